@@ -1,0 +1,29 @@
+"""Typed errors of demucs_rr.
+
+Library code raises these with a message that says how to fix the problem; only the CLI turns
+them into a one-line message and a non-zero exit code.
+"""
+
+
+class DemucsRRError(Exception):
+    """Base class of every error demucs_rr raises on purpose."""
+
+
+class AudioIOError(DemucsRRError):
+    """An audio file cannot be read, decoded or written."""
+
+
+class ModelNotFoundError(DemucsRRError):
+    """A model name or path does not resolve to a model package."""
+
+
+class PackageFormatError(DemucsRRError):
+    """A model package or checkpoint is malformed, unsafe or of an unknown version."""
+
+
+class DownloadError(DemucsRRError):
+    """A pretrained model could not be downloaded or failed its checksum."""
+
+
+class ConfigError(DemucsRRError):
+    """A user-supplied option or configuration value is invalid."""

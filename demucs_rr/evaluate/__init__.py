@@ -1,0 +1,1 @@
+"""demucs_rr.evaluate."""
