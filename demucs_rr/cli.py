@@ -1,0 +1,154 @@
+"""Command line: ``demucs-rr separate|models ...`` and the ``separate`` shortcut.
+
+Only this module turns errors into exit codes: 0 success, 1 a batch where some tracks failed
+(the others were written), 2 bad usage or nothing could be done. Messages are one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from demucs_rr import __version__
+from demucs_rr.errors import DemucsRRError
+
+logger = logging.getLogger("demucs_rr")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+    return value
+
+
+def _stem_list(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of stem names")
+    return names
+
+
+def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``separate`` (shared by ``demucs-rr separate`` and the ``separate`` script)."""
+    from demucs_rr.audio import WriteOptions
+    from demucs_rr.models.pretrained import DEFAULT_MODEL
+    from demucs_rr.separate.outputs import DEFAULT_TEMPLATE, OTHER_METHODS
+
+    d = WriteOptions()
+    p = parser
+    p.add_argument("tracks", nargs="+", help="audio files or directories to separate")
+    p.add_argument("-n", "--name", default=DEFAULT_MODEL,
+                   help="pretrained model name (see `demucs-rr models list`) or a model file "
+                        f"(.safetensors package or official .th); default {DEFAULT_MODEL}")
+    p.add_argument("--repo", help="folder searched first for model files")
+    p.add_argument("-o", "--out", default="separated", help="output root folder")
+    p.add_argument("--filename", default=DEFAULT_TEMPLATE,
+                   help="output path template below --out; fields {model} {track} {trackext} "
+                        f"{{stem}} {{ext}}; default {DEFAULT_TEMPLATE!r}".replace("{{", "{")
+                   .replace("}}", "}"))
+    p.add_argument("-r", "--recursive", action="store_true", help="search directories recursively")
+    p.add_argument("-d", "--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+    p.add_argument("--shifts", type=_non_negative_int, default=0,
+                   help="random shifts averaged (shift trick; better, N times slower); default 0")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shift offsets (default 0)")
+    p.add_argument("--overlap", type=_overlap, default=0.25, help="chunk overlap (default 0.25)")
+    p.add_argument("--segment", type=_seconds, help="chunk length in seconds (default: model's)")
+    p.add_argument("--no-split", action="store_true", help="process each track in one pass")
+    p.add_argument("-b", "--batch-size", type=_positive_int, default=1,
+                   help="chunks per forward pass (faster on GPU, more memory); default 1")
+    p.add_argument("--two-stems", metavar="STEM", help="write STEM and no_STEM only")
+    p.add_argument("--other-method", choices=OTHER_METHODS, default="add",
+                   help="how no_STEM is made: sum of the other stems (add), mixture minus "
+                        "STEM (minus), or not written (none); default add")
+    p.add_argument("--stems", type=_stem_list, help="comma-separated subset of stems to write")
+    enc = p.add_mutually_exclusive_group()
+    enc.add_argument("--int24", action="store_true", help="write 24-bit integer wav/flac")
+    enc.add_argument("--float32", action="store_true", help="write 32-bit float wav")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--flac", action="store_true", help="write flac instead of wav")
+    fmt.add_argument("--mp3", action="store_true", help="write mp3 instead of wav")
+    p.add_argument("--mp3-bitrate", type=_positive_int, default=d.mp3_bitrate,
+                   help=f"mp3 bitrate in kbps (default {d.mp3_bitrate})")
+    p.add_argument("--mp3-preset", type=int, choices=range(2, 8), default=d.mp3_preset,
+                   metavar="{2..7}", help="lame quality: 2 best .. 7 fastest (default 2)")
+    p.add_argument("--clip-mode", choices=("rescale", "clamp", "none"), default=d.clip_mode,
+                   help="avoid clipping by rescaling each stem, clamping, or not (default rescale)")
+    p.add_argument("--keep-sample-rate", action="store_true",
+                   help="write stems at the input's sample rate instead of the model's")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``demucs-rr`` parser with its subcommands."""
+    parser = argparse.ArgumentParser(prog="demucs-rr", description="Music source separation.")
+    parser.add_argument("--version", action="version", version=f"demucs-rr {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sep = sub.add_parser("separate", help="split songs into stems")
+    add_separate_arguments(sep)
+    models = sub.add_parser("models", help="list pretrained and local models")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION")
+    lst = models_sub.add_parser("list", help="list known model names")
+    for p in (models, lst):
+        p.add_argument("--repo", help="also list model files in this folder")
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "separate":
+        from demucs_rr.separate.run import run_separate
+
+        return run_separate(args)
+    from demucs_rr.separate.run import run_models_list
+
+    return run_models_list(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``demucs-rr``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return _run(args)
+    except DemucsRRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def separate_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``separate`` script (same as ``demucs-rr separate``)."""
+    return main(["separate", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,166 @@
+"""Python API: :class:`Separator` separates tensors and files in memory.
+
+Example:
+    >>> from demucs_rr import Separator
+    >>> sep = Separator("demucs", device="auto", shifts=1)
+    >>> mix, stems = sep.separate_file("song.mp3")
+    >>> stems["vocals"].shape  # (C, T) at sep.samplerate
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from demucs_rr.audio import convert_audio, load_for_model
+from demucs_rr.errors import AudioIOError, ConfigError
+from demucs_rr.separate.engine import ApplyOptions, separate_normalized
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(name: str) -> torch.device:
+    """Resolve ``auto|cpu|cuda|cuda:N|mps`` to an available device.
+
+    ``auto`` prefers CUDA, then Apple MPS, then the CPU. Asking for an unavailable device raises
+    :class:`ConfigError`.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    base = name.split(":")[0]
+    if base not in DEVICES[1:]:
+        raise ConfigError(f"unknown device {name!r}: use one of {', '.join(DEVICES)} (or cuda:N)")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available: use -d cpu")
+    if base == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but Apple MPS is not available: use -d cpu")
+    return torch.device(name)
+
+
+def _check_options(overlap: float, shifts: int, batch_size: int, segment: float | None) -> None:
+    """Raise :class:`ConfigError` for out-of-range engine options."""
+    if not 0 <= overlap < 1:
+        raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
+    if shifts < 0:
+        raise ConfigError(f"shifts must be >= 0, got {shifts}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if segment is not None and segment <= 0:
+        raise ConfigError(f"segment must be a positive number of seconds, got {segment}")
+
+
+class Separator:
+    """Separates music into stems with a pretrained or local model.
+
+    Args:
+        model: a pretrained name (``demucs-rr models list``), a path to a model file, or an
+            already built model (``nn.Module`` following :mod:`demucs_rr.models.base`).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        segment: chunk length in seconds (default: the model's).
+        overlap: overlap between chunks, in [0, 1).
+        shifts: number of random shifts averaged (shift trick); 0 is deterministic.
+        split: process the track in chunks (bounded memory); ``False`` does one pass.
+        batch_size: chunks per forward pass.
+        seed: seed of the shift offsets.
+        repo: folder searched first for model files.
+        progress: show a tqdm bar counted in seconds of audio.
+    """
+
+    def __init__(self, model: str | Path | nn.Module = "demucs", *, device: str = "auto",
+                 segment: float | None = None, overlap: float = 0.25, shifts: int = 0,
+                 split: bool = True, batch_size: int = 1, seed: int = 0,
+                 repo: str | Path | None = None, progress: bool = False) -> None:
+        _check_options(overlap, shifts, batch_size, segment)
+        self.device = pick_device(device)
+        if isinstance(model, nn.Module):
+            self.model, self.model_name = model, type(model).__name__
+        else:
+            from demucs_rr.models.pretrained import resolve_model
+
+            self.model = resolve_model(str(model), repo=Path(repo) if repo else None)
+            self.model_name = Path(str(model)).stem if Path(str(model)).suffix else str(model)
+        self.model.eval().to(self.device)
+        seg = None if segment is None else max(1, int(segment * self.samplerate))
+        self.options = ApplyOptions(segment=seg, overlap=overlap, split=split, shifts=shifts,
+                                    seed=seed, batch_size=batch_size)
+        self.progress = progress
+
+    @property
+    def sources(self) -> list[str]:
+        """Stem names, in output order."""
+        return list(self.model.sources)
+
+    @property
+    def samplerate(self) -> int:
+        """Sample rate of the model and of the returned stems."""
+        return int(self.model.samplerate)
+
+    @property
+    def audio_channels(self) -> int:
+        """Channel count of the model and of the returned stems."""
+        return int(self.model.audio_channels)
+
+    def separate_tensor(self, wav: torch.Tensor, samplerate: int | None = None,
+                        callback: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+        """Separate an in-memory mixture. The caller's tensor is not modified.
+
+        Args:
+            wav: (C, T) or (T,) mixture, any channel count the channel policy accepts.
+            samplerate: rate of ``wav`` in Hz (default: the model's); resampled if different.
+            callback: optional progress callback receiving samples processed.
+
+        Returns:
+            ``{stem: (C_model, T')}`` float32 tensors at :attr:`samplerate`.
+        """
+        if wav.dim() == 1:
+            wav = wav[None]
+        if wav.dim() != 2 or wav.shape[-1] == 0:
+            raise AudioIOError(f"expected a non-empty (channels, time) tensor, got "
+                               f"{tuple(wav.shape)}")
+        if not torch.isfinite(wav).all():
+            raise AudioIOError("the mixture contains NaN or infinite samples")
+        mix = convert_audio(wav.float(), samplerate or self.samplerate, self.samplerate,
+                            self.audio_channels)
+        return self._separate(mix, callback)
+
+    def separate_file(self, path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Read, convert and separate an audio file.
+
+        Returns:
+            ((C_model, T') mixture at :attr:`samplerate`, ``{stem: (C_model, T')}``).
+        """
+        mix, _ = load_for_model(path, self.samplerate, self.audio_channels)
+        return mix, self._separate(mix, None)
+
+    def _separate(self, mix: torch.Tensor, callback: Callable[[int], None] | None
+                  ) -> dict[str, torch.Tensor]:
+        """Run the engine on a converted (C, T) mixture, with an optional progress bar."""
+        passes = max(1, self.options.shifts)
+        bar = None
+        if self.progress:
+            total = passes * mix.shape[-1] / self.samplerate
+            bar = tqdm(total=round(total, 2), unit="seconds", dynamic_ncols=True, leave=False)
+
+        def report(samples: int) -> None:
+            if bar is not None:
+                bar.update(round(samples / self.samplerate, 2))
+            if callback is not None:
+                callback(samples)
+
+        try:
+            out = separate_normalized(self.model, mix, self.options, self.device, report)
+        finally:
+            if bar is not None:
+                bar.close()
+        return {name: out[i] for i, name in enumerate(self.sources)}

@@ -1,0 +1,145 @@
+"""Inputs and outputs of a separation batch: track discovery, output names, stem selection,
+and writing a track's stems all-or-nothing."""
+
+from __future__ import annotations
+
+import os
+import string
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from demucs_rr.audio import AUDIO_EXTENSIONS, WriteOptions, write_audio
+from demucs_rr.errors import AudioIOError, ConfigError
+
+DEFAULT_TEMPLATE = "{model}/{track}/{stem}.{ext}"
+TEMPLATE_FIELDS = frozenset({"track", "trackext", "stem", "ext", "model"})
+OTHER_METHODS = ("add", "minus", "none")
+
+
+@dataclass(frozen=True)
+class Track:
+    """One input file of a batch.
+
+    Attributes:
+        path: the audio file.
+        name: output name: the file name without extension, prefixed by its folder relative to
+            the input directory when found by a directory walk (``album/01``).
+        ext: the file extension without the dot (``mp3``).
+    """
+
+    path: Path
+    name: str
+    ext: str
+
+
+def _walk(directory: Path, recursive: bool) -> list[Path]:
+    """Audio files in ``directory`` (sorted), by extension; hidden files are skipped."""
+    found = directory.rglob("*") if recursive else directory.glob("*")
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def collect_tracks(inputs: list[str], recursive: bool) -> tuple[list[Track], list[str]]:
+    """Expand files and directories into tracks.
+
+    Returns:
+        (tracks in input order, one error line per input that yields nothing).
+    """
+    tracks: list[Track] = []
+    errors: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = _walk(path, recursive)
+            if not files:
+                hint = "" if recursive else " (use --recursive to search subfolders)"
+                errors.append(f"{item}: no audio files found in this directory{hint}")
+            for f in files:
+                rel = f.relative_to(path).with_suffix("").as_posix()
+                tracks.append(Track(f, rel, f.suffix.lstrip(".")))
+        elif path.exists():
+            tracks.append(Track(path, path.stem, path.suffix.lstrip(".")))
+        else:
+            errors.append(f"{item}: no such file or directory")
+    return tracks, errors
+
+
+def check_template(template: str) -> None:
+    """Reject a ``--filename`` template with unknown fields, bad syntax or no ``{stem}``."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ConfigError(f"bad --filename template {template!r}: {exc}") from None
+    unknown = fields - TEMPLATE_FIELDS
+    if unknown:
+        raise ConfigError(f"bad --filename template {template!r}: unknown field(s) "
+                          f"{', '.join(sorted(unknown))}; use {', '.join(sorted(TEMPLATE_FIELDS))}")
+    if "stem" not in fields:
+        raise ConfigError(f"bad --filename template {template!r}: it must contain {{stem}}")
+    if Path(template).is_absolute() or template.startswith("~"):
+        raise ConfigError(f"bad --filename template {template!r}: it must be a relative path")
+
+
+def output_path(out_dir: Path, template: str, track: Track, stem: str, ext: str,
+                model: str) -> Path:
+    """Render the template for one stem; the result always lies inside ``out_dir``."""
+    rel = template.format(track=track.name, trackext=track.ext, stem=stem, ext=ext, model=model)
+    root = out_dir.resolve()
+    path = (root / rel).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise ConfigError(f"--filename {template!r} gives {rel!r}, which is outside {out_dir}")
+    return path
+
+
+def select_stems(sources: list[str], stems: list[str] | None, two_stems: str | None,
+                 other_method: str) -> list[str]:
+    """Names of the stems to write; validates ``--stems`` and ``--two-stems``."""
+    for name in (stems or []) + ([two_stems] if two_stems else []):
+        if name not in sources:
+            raise ConfigError(f"unknown stem {name!r}: this model has {', '.join(sources)}")
+    if two_stems:
+        return [two_stems] + ([] if other_method == "none" else [f"no_{two_stems}"])
+    return list(stems) if stems else list(sources)
+
+
+def compose_stems(stems: dict[str, torch.Tensor], mix: torch.Tensor, names: list[str],
+                  other_method: str) -> dict[str, torch.Tensor]:
+    """Build the requested outputs; ``no_X`` is the sum of the other stems (``add``) or the
+    mixture minus ``X`` (``minus``). Tensors are (C, T)."""
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        if name in stems:
+            out[name] = stems[name]
+        elif name.startswith("no_") and other_method == "minus":
+            out[name] = mix - stems[name[3:]]
+        else:
+            others = [v for k, v in stems.items() if k != name[3:]]
+            out[name] = torch.stack(others).sum(0)
+    return out
+
+
+def write_track(outputs: dict[Path, torch.Tensor], samplerate: int,
+                options: WriteOptions) -> None:
+    """Write every (C, T) stem of a track, all or nothing.
+
+    Each stem is first written (atomically) under a hidden temporary name beside its target;
+    only when all succeeded are they renamed into place. On failure nothing new is left behind.
+    """
+    tag = uuid.uuid4().hex[:8]
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, wav in outputs.items():
+            tmp = path.with_name(f".{path.stem}.{tag}.tmp{path.suffix}")
+            staged.append((tmp, path))
+            write_audio(wav, tmp, samplerate, options)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except (OSError, AudioIOError) as exc:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, AudioIOError):
+            raise
+        raise AudioIOError(f"cannot write {path}: {exc.strerror or exc}") from None

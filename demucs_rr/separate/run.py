@@ -1,0 +1,118 @@
+"""The ``separate`` and ``models list`` commands: argument handling around the engine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from demucs_rr.audio import WriteOptions, load_for_model, resample
+from demucs_rr.errors import DemucsRRError
+from demucs_rr.separate.api import Separator
+from demucs_rr.separate.outputs import (
+    Track,
+    check_template,
+    collect_tracks,
+    compose_stems,
+    output_path,
+    select_stems,
+    write_track,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _write_options(args: argparse.Namespace) -> WriteOptions:
+    fmt = "mp3" if args.mp3 else "flac" if args.flac else "wav"
+    encoding = "int24" if args.int24 else "float32" if args.float32 else "int16"
+    if fmt == "flac" and encoding == "float32":
+        raise DemucsRRError("flac cannot store float32 samples: use --int24 or wav --float32")
+    return WriteOptions(format=fmt, encoding=encoding, clip_mode=args.clip_mode,
+                        mp3_bitrate=args.mp3_bitrate, mp3_preset=args.mp3_preset)
+
+
+def _check_out_dir(out: Path) -> None:
+    """Fail early when the output root cannot be created or written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".demucs_rr_write_test_{time.monotonic_ns()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise DemucsRRError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+
+
+def _separate_track(sep: Separator, track: Track, args: argparse.Namespace, names: list[str],
+                    wopts: WriteOptions, out: Path) -> list[Path]:
+    """Separate one track and write its stems; returns the written paths."""
+    mix, input_sr = load_for_model(track.path, sep.samplerate, sep.audio_channels)
+    stems = sep.separate_tensor(mix, sep.samplerate)
+    outputs = compose_stems(stems, mix, names, args.other_method)
+    rate = sep.samplerate
+    if args.keep_sample_rate and input_sr != rate:
+        outputs = {k: resample(v, rate, input_sr) for k, v in outputs.items()}
+        rate = input_sr
+    paths = {output_path(out, args.filename, track, name, wopts.format, sep.model_name): wav
+             for name, wav in outputs.items()}
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_track(paths, rate, wopts)
+    return list(paths)
+
+
+def run_separate(args: argparse.Namespace) -> int:
+    """Separate every input; per-track errors are reported and the batch goes on."""
+    check_template(args.filename)
+    wopts = _write_options(args)
+    tracks, errors = collect_tracks(args.tracks, args.recursive)
+    if not tracks:
+        for line in errors:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    _check_out_dir(out)
+    sep = Separator(args.name, device=args.device, segment=args.segment, overlap=args.overlap,
+                    shifts=args.shifts, split=not args.no_split, batch_size=args.batch_size,
+                    seed=args.seed, repo=args.repo, progress=not args.quiet)
+    names = select_stems(sep.sources, args.stems, args.two_stems, args.other_method)
+    written: set[Path] = set()
+    failed = len(errors)
+    for track in tracks:
+        start = time.perf_counter()
+        try:
+            paths = _separate_track(sep, track, args, names, wopts, out)
+        except DemucsRRError as exc:
+            failed += 1
+            print(f"error: {track.path}: {exc}", file=sys.stderr)
+            continue
+        if written.intersection(paths):
+            print(f"warning: {track.path} overwrote the stems of an earlier input with the same "
+                  "name; add {trackext} to --filename to keep both", file=sys.stderr)
+        written.update(paths)
+        if not args.quiet:
+            print(f"{track.path} -> {paths[0].parent} ({time.perf_counter() - start:.1f} s)",
+                  file=sys.stderr)
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    if failed:
+        total = len(tracks) + len(errors)
+        print(f"{failed} of {total} inputs failed", file=sys.stderr)
+        return 1 if failed < total else 2
+    return 0
+
+
+def run_models_list(args: argparse.Namespace) -> int:
+    """Print the known pretrained models and local model files."""
+    from demucs_rr.models.pretrained import list_models
+
+    rows = list_models(repo=Path(args.repo) if getattr(args, "repo", None) else None)
+    print(f"{'name':<18} {'class':<11} {'SDR':>5}  {'cached':<6} description")
+    for row in rows:
+        sdr = f"{row['sdr']:.2f}" if row.get("sdr") is not None else "-"
+        cached = "yes" if row.get("cached") else "no"
+        print(f"{row['name']:<18} {row['class']:<11} {sdr:>5}  {cached:<6} "
+              f"{row.get('description', '')}")
+    return 0
+
