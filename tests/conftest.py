@@ -35,6 +35,7 @@ def make_tone_mix(seconds: float = 1.0, samplerate: int = 44100, channels: int =
     gen = torch.Generator().manual_seed(0)
     rows = []
     for c in range(channels):
-        tone = 0.2 * torch.sin(2 * math.pi * (220 + 110 * c) * t) + 0.1 * torch.sin(2 * math.pi * 55 * t)
+        tone = 0.2 * torch.sin(2 * math.pi * (220 + 110 * c) * t)
+        tone = tone + 0.1 * torch.sin(2 * math.pi * 55 * t)
         rows.append(tone + 0.01 * torch.randn(t.shape, generator=gen))
     return torch.stack(rows).float()

@@ -85,8 +85,8 @@ def test_overlap_add_pop_in_blocks_equals_pop_at_end():
 
 def test_progress_reports_each_sample_once_per_pass():
     seen = []
-    apply_model(identity(segment=300), noise(1234), ApplyOptions(segment=300, shifts=2,
-                                                                  batch_size=2), progress=seen.append)
+    opts = ApplyOptions(segment=300, shifts=2, batch_size=2)
+    apply_model(identity(segment=300), noise(1234), opts, progress=seen.append)
     assert sum(seen) == 2 * 1234
 
 

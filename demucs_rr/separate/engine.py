@@ -183,9 +183,14 @@ def separate_normalized(model: nn.Module, mix: torch.Tensor,
                         progress: ProgressCallback | None = None) -> torch.Tensor:
     """Normalise ``mix`` (C, T) over the whole track, separate, and undo the normalisation.
 
+    The official tool adds the whole mean back to every stem, so its stems sum to the mixture
+    plus ``(S - 1) * mean``; here each stem gets ``mean / S``, so that stems that add up to the
+    normalised mixture add up to the mixture itself. The mean of music is tiny, so metrics do not
+    move, but written stems then sum to the input within quantisation.
+
     Returns:
         (S, C, T) float32 estimates in the units of ``mix``.
     """
     normed, mean, std = normalize(mix.float())
     out = apply_model(model, normed, options, device, progress)
-    return out * std + mean
+    return out * std + mean / out.shape[0]
