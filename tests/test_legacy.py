@@ -1,0 +1,273 @@
+"""Safe loading of official v2 files: hub state dicts and pickled packages."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import os
+import pickletools
+import sys
+import types
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PosixPath
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from demucs_rr.errors import ModelNotFoundError, PackageFormatError
+from demucs_rr.models.demucs import DEMUCS_V2_SOURCES, Demucs
+from demucs_rr.models.legacy import (
+    LegacyPackage,
+    load_official_package,
+    load_state_file,
+    load_state_strict,
+    model_from_official_package,
+)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _globals_in(path: Path) -> set[str]:
+    """Globals a torch.save zip pickle references (read with pickletools, nothing executed)."""
+    with zipfile.ZipFile(path) as zf:
+        data = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    found: set[str] = set()
+    strings: list[Any] = []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name == "GLOBAL":
+            found.add(str(arg).replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            found.add(f"{strings[-2]}.{strings[-1]}")
+        if isinstance(arg, str):
+            strings.append(arg)
+    return found
+
+
+# ------------------------------------------------------------------------------ official files
+
+
+def test_package_loads_like_state(official_fixtures: Path) -> None:
+    case = official_fixtures / "v2_demucs"
+    meta = json.loads((case / "meta.json").read_text())
+    package = load_official_package(case / "package.th")
+    assert isinstance(package, LegacyPackage)
+    assert package.klass_name == "demucs.model.Demucs"
+    assert package.args == []
+    assert package.kwargs == meta["files"]["package.th"]["kwargs"]
+    # argparse.Namespace -> plain dict, PosixPath -> str
+    assert type(package.training_args) is dict
+    assert package.training_args == meta["files"]["package.th"]["training_args"]
+    assert package.training_args["musdb"] == "musdb18"
+    state = load_state_file(case / "state.th")
+    assert list(package.state) == list(state)
+    for key, value in state.items():
+        assert value.dtype == torch.float32
+        assert torch.equal(package.state[key], value), key
+
+
+def test_package_model_forward_matches_official(official_fixtures: Path, one_thread: None) -> None:
+    case = official_fixtures / "v2_demucs"
+    model = model_from_official_package(case / "package.th")
+    assert isinstance(model, Demucs) and not model.training
+    assert model.segment_length == 8820 and model.sources == DEMUCS_V2_SOURCES
+    with np.load(case / "forward.npz") as data:
+        x, ref = data["x"], data["y"]
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    assert y.shape == ref.shape
+    assert float(np.abs(y - ref).max()) <= 1e-5 * float(np.abs(ref).max()) + 1e-6
+
+
+def test_package_is_not_a_state_file(official_fixtures: Path) -> None:
+    with pytest.raises(PackageFormatError, match="load_official_package") as info:
+        load_state_file(official_fixtures / "v2_demucs" / "package.th")
+    assert "\n" not in str(info.value) and "package.th" in str(info.value)
+
+
+def test_v3_package_is_readable_but_not_built_here(official_fixtures: Path) -> None:
+    package = load_official_package(official_fixtures / "v3_demucs" / "package.th")
+    assert package.klass_name == "demucs.demucs.Demucs"
+    with pytest.raises(PackageFormatError, match="demucs.demucs.Demucs"):
+        model_from_official_package(official_fixtures / "v3_demucs" / "package.th")
+
+
+# ------------------------------------------------------------------------------ malicious files
+
+
+class _Payload:
+    def __init__(self, func: Any, arg: str) -> None:
+        self.func, self.arg = func, arg
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (self.func, (self.arg,))
+
+
+@pytest.mark.parametrize("where", ["klass", "state", "training_args"])
+@pytest.mark.parametrize("kind", ["os.system", "builtins.eval"])
+def test_malicious_pickle_is_refused_without_running(tmp_path: Path, where: str, kind: str) -> None:
+    marker = tmp_path / "pwned"
+    if kind == "os.system":
+        payload = _Payload(os.system, f"touch {marker}")
+        reference = f"{os.system.__module__}.system"  # posix.system on Linux
+    else:
+        payload = _Payload(builtins.eval, f"open({str(marker)!r}, 'w').close()")
+        reference = "builtins.eval"
+    package: dict[str, Any] = {
+        "klass": "x",
+        "args": (),
+        "kwargs": {},
+        "state": {"w": torch.zeros(2)},
+        "training_args": None,
+    }
+    package[where] = payload if where != "state" else {"w": torch.zeros(2), "evil": payload}
+    path = tmp_path / "evil.th"
+    torch.save(package, path)
+    # the payload really is in the file (protocol 2 writes builtins as __builtin__)
+    assert reference.replace("builtins.", "__builtin__.") in _globals_in(path)
+    with pytest.raises(PackageFormatError, match=f"refusing to load .*evil.th.*{reference}"):
+        load_official_package(path)
+    with pytest.raises(PackageFormatError):
+        model_from_official_package(path)
+    assert not marker.exists()
+
+
+def test_non_package_pickles_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "list.th"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(PackageFormatError, match="not an official model package"):
+        load_official_package(path)
+    path = tmp_path / "garbage.th"
+    path.write_bytes(b"not a torch file at all")
+    with pytest.raises(PackageFormatError, match="garbage.th"):
+        load_official_package(path)
+    with pytest.raises(PackageFormatError, match="garbage.th"):
+        load_state_file(path)
+    with pytest.raises(ModelNotFoundError):
+        load_official_package(tmp_path / "missing.th")
+    with pytest.raises(ModelNotFoundError):
+        load_state_file(tmp_path / "missing.th")
+
+
+# ------------------------------------------------------------------------------ state files
+
+
+def test_state_file_checks(tmp_path: Path) -> None:
+    good = tmp_path / "good.th"
+    torch.save({"a": torch.ones(2), "b": torch.zeros(1, 3)}, good)
+    state = load_state_file(good)
+    assert list(state) == ["a", "b"] and torch.equal(state["a"], torch.ones(2))
+
+    quantized = tmp_path / "demucs_quantized-07afea75.th"
+    torch.save({"compressed": b"\x78\x9c zlib bytes"}, quantized)
+    with pytest.raises(PackageFormatError, match="quantized.*`demucs` or `demucs_extra`") as info:
+        load_state_file(quantized)
+    assert "demucs_quantized-07afea75.th" in str(info.value) and "\n" not in str(info.value)
+
+    not_tensors = tmp_path / "mixed.th"
+    torch.save({"a": torch.ones(1), "b": 3}, not_tensors)
+    with pytest.raises(PackageFormatError, match="mixed.th.*'b'"):
+        load_state_file(not_tensors)
+
+    a_list = tmp_path / "list.th"
+    torch.save([torch.ones(1)], a_list)
+    with pytest.raises(PackageFormatError, match="list.th.*list"):
+        load_state_file(a_list)
+
+
+def test_strict_loading_reports_missing_extra_and_shape() -> None:
+    model = Demucs(DEMUCS_V2_SOURCES, channels=2, depth=2, lstm_layers=1)
+    state = model.state_dict()
+
+    missing = {k: v for k, v in state.items() if k != "lstm.linear.bias"}
+    with pytest.raises(PackageFormatError, match="missing keys: lstm.linear.bias"):
+        load_state_strict(model, missing, "x.th")
+
+    extra = {**state, "encoder.9.0.weight": torch.zeros(1)}
+    with pytest.raises(PackageFormatError, match="unexpected keys: encoder.9.0.weight"):
+        load_state_strict(model, extra, "x.th")
+
+    wrong = {**state, "encoder.0.0.weight": torch.zeros(2, 2, 7)}
+    with pytest.raises(PackageFormatError, match=r"encoder.0.0.weight has shape \(2, 2, 7\)"):
+        load_state_strict(model, wrong, "x.th")
+
+    half = {k: v.half() for k, v in state.items()}
+    load_state_strict(model, half, "x.th")  # fp16 packages are cast to float32
+    assert model.encoder[0][0].weight.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------ crafted packages
+
+
+@pytest.fixture
+def fake_official(monkeypatch: pytest.MonkeyPatch) -> dict[str, type]:
+    """Importable stand-ins for demucs.model.Demucs / demucs.tasnet.ConvTasNet, so that
+    torch.save writes the same class references as the official save_model."""
+    classes = {}
+    for module_name, class_name in (("demucs.model", "Demucs"), ("demucs.tasnet", "ConvTasNet")):
+        module = types.ModuleType(module_name)
+        klass = type(class_name, (), {"__module__": module_name})
+        setattr(module, class_name, klass)
+        monkeypatch.setitem(sys.modules, module_name, module)
+        classes[class_name] = klass
+    monkeypatch.setitem(sys.modules, "demucs", types.ModuleType("demucs"))
+    return classes
+
+
+def test_unknown_kwargs_are_dropped_with_warning(
+    tmp_path: Path, fake_official: dict[str, type], caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.manual_seed(0)
+    kwargs = {"sources": DEMUCS_V2_SOURCES, "channels": 2, "depth": 2, "lstm_layers": 1}
+    state = Demucs(**kwargs).state_dict()
+    path = tmp_path / "pkg.th"
+    training_args = {"musdb": PosixPath("/data/musdb")}
+    package = {
+        "klass": fake_official["Demucs"],
+        "args": (),
+        "kwargs": {**kwargs, "no_such_option": 3},
+        "state": state,
+        "training_args": training_args,
+    }
+    torch.save(package, path)
+    with caplog.at_level(logging.WARNING, logger="demucs_rr.models.legacy"):
+        model = model_from_official_package(path)
+    assert "no_such_option" in caplog.text
+    assert isinstance(model, Demucs) and model.init_kwargs["channels"] == 2
+    assert load_official_package(path).training_args == {"musdb": "/data/musdb"}
+    for key, value in state.items():
+        assert torch.equal(model.state_dict()[key], value)
+
+
+def test_package_with_quantized_state_is_refused(
+    tmp_path: Path, fake_official: dict[str, type]
+) -> None:
+    path = tmp_path / "q.th"
+    package = {"klass": fake_official["Demucs"], "args": (), "kwargs": {}}
+    torch.save({**package, "state": {"compressed": b"zz"}, "training_args": None}, path)
+    with pytest.raises(PackageFormatError, match="quantized"):
+        load_official_package(path)
+
+
+def test_tasnet_package_resolves_lazily(tmp_path: Path, fake_official: dict[str, type]) -> None:
+    path = tmp_path / "tasnet.th"
+    package = {"klass": fake_official["ConvTasNet"], "args": (), "kwargs": {"X": 2}}
+    torch.save({**package, "state": {"w": torch.zeros(1)}, "training_args": None}, path)
+    assert load_official_package(path).klass_name == "demucs.tasnet.ConvTasNet"
+    try:
+        import demucs_rr.models.tasnet  # noqa: F401
+    except ImportError:
+        with pytest.raises(PackageFormatError, match="Conv-TasNet"):
+            model_from_official_package(path)
+    else:  # implemented: the bogus one-tensor state must be refused as a mismatch
+        with pytest.raises(PackageFormatError):
+            model_from_official_package(path)

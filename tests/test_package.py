@@ -1,0 +1,215 @@
+"""Release package (one .safetensors file) and model class registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from demucs_rr.errors import ModelNotFoundError, PackageFormatError
+from demucs_rr.models import package as package_mod
+from demucs_rr.models.package import (
+    FORMAT_VERSION,
+    load_package,
+    read_package_metadata,
+    save_package,
+)
+from demucs_rr.models.registry import MODEL_CLASSES, build_model, register_model_class
+
+SOURCES = ["drums", "bass", "other", "vocals"]
+
+
+class TinySep(nn.Module):
+    """Stand-in separation model: conv + LSTM + int buffer, enough to exercise the format."""
+
+    def __init__(self, sources: list[str], audio_channels: int = 2, hidden: int = 3,
+                 samplerate: int = 8000, segment_length: int = 800) -> None:
+        super().__init__()
+        self.sources = list(sources)
+        self.audio_channels = audio_channels
+        self.samplerate = samplerate
+        self.segment_length = segment_length
+        self.init_kwargs = {"sources": list(sources), "audio_channels": audio_channels,
+                            "hidden": hidden, "samplerate": samplerate,
+                            "segment_length": segment_length}
+        self.conv = nn.Conv1d(audio_channels, hidden, 3, padding=1)
+        self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
+        self.out = nn.Conv1d(hidden, len(sources) * audio_channels, 1)
+        self.register_buffer("steps", torch.tensor(7, dtype=torch.int64))
+
+    def valid_length(self, length: int) -> int:
+        return length
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(mix))  # (B, H, T)
+        x = self.lstm(x.transpose(1, 2))[0].transpose(1, 2)  # (B, H, T)
+        x = self.out(x)  # (B, S*C, T)
+        return x.view(x.shape[0], len(self.sources), self.audio_channels, -1)
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> TinySep:
+    monkeypatch.setitem(MODEL_CLASSES, "TinySep", TinySep)
+    torch.manual_seed(0)
+    model = TinySep(SOURCES)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_()
+    return model.eval()
+
+
+def _mix() -> torch.Tensor:
+    return torch.randn(2, 2, 257, generator=torch.Generator().manual_seed(1))
+
+
+def test_round_trip_is_bit_identical(tiny: TinySep, tmp_path) -> None:
+    path = save_package(tiny, tmp_path / "m.safetensors", name="tiny",
+                        training={"metrics": {"sdr": 1.5}, "train_tracks": ["a", "b"]})
+    assert path == tmp_path / "m.safetensors"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    loaded = load_package(path)
+    assert isinstance(loaded, TinySep) and not loaded.training
+    assert loaded.steps.dtype == torch.int64 and int(loaded.steps) == 7
+    for key, value in tiny.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with torch.no_grad():
+        assert torch.equal(loaded(_mix()), tiny(_mix()))
+
+    meta = read_package_metadata(path)
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["model_class"] == "TinySep"
+    assert meta["kwargs"] == tiny.init_kwargs
+    assert meta["sources"] == SOURCES
+    assert (meta["samplerate"], meta["audio_channels"], meta["segment_length"]) == (8000, 2, 800)
+    assert meta["name"] == "tiny"
+    assert meta["training"]["metrics"]["sdr"] == 1.5
+
+
+def test_half_round_trip_within_fp16_tolerance(tiny: TinySep, tmp_path) -> None:
+    full = save_package(tiny, tmp_path / "full.safetensors")
+    half = save_package(tiny, tmp_path / "half.safetensors", half=True)
+    stored = load_file(str(half))
+    assert stored["conv.weight"].dtype == torch.float16
+    assert stored["steps"].dtype == torch.int64
+    assert load_file(str(full))["conv.weight"].dtype == torch.float32
+    loaded = load_package(half)
+    for key, value in tiny.state_dict().items():
+        got = loaded.state_dict()[key]
+        assert got.dtype == value.dtype, key
+        if value.is_floating_point():
+            assert torch.equal(got, value.half().float()), key
+    with torch.no_grad():
+        ref, out = tiny(_mix()), loaded(_mix())
+    assert torch.allclose(out, ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("version", [None, 0, "1", True])
+def test_unknown_format_version_refused(tmp_path, version) -> None:
+    meta = {"model_class": "TinySep", "kwargs": {}}
+    if version is not None:
+        meta["format_version"] = version
+    path = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"demucs_rr": json.dumps(meta)})
+    with pytest.raises(PackageFormatError, match="unknown package format version"):
+        load_package(path)
+
+
+def test_newer_format_version_refused(tmp_path) -> None:
+    meta = {"format_version": FORMAT_VERSION + 1, "model_class": "TinySep", "kwargs": {}}
+    path = tmp_path / "new.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"demucs_rr": json.dumps(meta)})
+    with pytest.raises(PackageFormatError,
+                       match=rf"newer demucs_rr \(format {FORMAT_VERSION + 1}\); upgrade"):
+        read_package_metadata(path)
+
+
+def test_non_safetensors_file_refused(tmp_path, tiny: TinySep) -> None:
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"this is not a model at all")
+    with pytest.raises(PackageFormatError, match="not a safetensors"):
+        load_package(garbage)
+    pickled = tmp_path / "pickled.safetensors"
+    torch.save(tiny.state_dict(), pickled)
+    with pytest.raises(PackageFormatError, match="not a safetensors"):
+        load_package(pickled)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(1)}, str(plain))
+    with pytest.raises(PackageFormatError, match="not a demucs_rr package"):
+        load_package(plain)
+    with pytest.raises(ModelNotFoundError):
+        load_package(tmp_path / "missing.safetensors")
+
+
+def test_atomic_save_leaves_no_temp_file(tiny: TinySep, tmp_path, monkeypatch) -> None:
+    path = save_package(tiny, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+
+    def failing_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(package_mod, "save_file", failing_save)
+    with torch.no_grad():
+        tiny.out.bias.add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        save_package(tiny, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    assert path.read_bytes() == before
+
+
+def test_model_without_init_kwargs_refused(tmp_path) -> None:
+    model = nn.Linear(2, 2)
+    with pytest.raises(PackageFormatError, match="init_kwargs"):
+        save_package(model, tmp_path / "x.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unregistered_class_refused(tmp_path) -> None:
+    class Unregistered(TinySep):
+        pass
+
+    with pytest.raises(PackageFormatError, match="register_model_class"):
+        save_package(Unregistered(SOURCES), tmp_path / "x.safetensors")
+
+
+def test_registry_unknown_class_and_bad_kwargs(monkeypatch) -> None:
+    with pytest.raises(PackageFormatError, match="Demucs") as info:
+        build_model("NoSuchNet", {})
+    assert "ConvTasNet" in str(info.value)
+    register_model_class("TinySep", TinySep)
+    try:
+        with pytest.raises(PackageFormatError, match="do not fit"):
+            build_model("TinySep", {"sources": SOURCES, "bogus": 1})
+        assert isinstance(build_model("TinySep", {"sources": SOURCES}), TinySep)
+    finally:
+        del MODEL_CLASSES["TinySep"]
+
+
+def test_shape_mismatch_is_a_format_error(tiny: TinySep, tmp_path) -> None:
+    path = save_package(tiny, tmp_path / "m.safetensors")
+    meta = read_package_metadata(path)
+    meta["kwargs"]["hidden"] = 5
+    save_file(load_file(str(path)), str(path), metadata={"demucs_rr": json.dumps(meta)})
+    with pytest.raises(PackageFormatError, match="do not match TinySep"):
+        load_package(path)
+
+
+def test_real_demucs_round_trip(tmp_path) -> None:
+    demucs = pytest.importorskip(
+        "demucs_rr.models.demucs", reason="demucs_rr.models.demucs is not written yet"
+    )
+    torch.manual_seed(0)
+    model = demucs.Demucs(sources=SOURCES, channels=4, depth=4, lstm_layers=1,
+                          segment_length=8820).eval()
+    path = save_package(model, tmp_path / "demucs_tiny.safetensors", name="demucs_tiny")
+    loaded = load_package(path)
+    assert type(loaded) is demucs.Demucs and not loaded.training
+    assert read_package_metadata(path)["model_class"] == "Demucs"
+    assert loaded.init_kwargs == model.init_kwargs
+    mix = torch.randn(1, 2, model.valid_length(2000), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(loaded(mix), model(mix))
