@@ -18,7 +18,7 @@ from torch import nn
 
 import demucs_rr.models
 from demucs_rr.errors import DownloadError, ModelNotFoundError, PackageFormatError
-from demucs_rr.models import pretrained
+from demucs_rr.models import fetch, pretrained
 from demucs_rr.models.package import save_package
 from demucs_rr.models.pretrained import (
     DEFAULT_MODEL,
@@ -266,7 +266,7 @@ def test_cached_file_reused_without_network(server, tiny, monkeypatch) -> None:
     def no_rehash(path):
         raise AssertionError("verified cached file was hashed again")
 
-    monkeypatch.setattr(pretrained, "_sha256_file", no_rehash)
+    monkeypatch.setattr(fetch, "_sha256_file", no_rehash)
     assert _same(resolve_model(NAME, progress=False), model)
 
 
