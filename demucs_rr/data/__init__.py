@@ -1,1 +1,33 @@
-"""demucs_rr.data."""
+"""Training and evaluation data: multitrack folders, MUSDB18 splits, training items, synthetic set.
+
+* :mod:`~demucs_rr.data.tracks`: :class:`Track`, :func:`scan_tracks` (cached metadata),
+  :func:`load_track`.
+* :mod:`~demucs_rr.data.datasets`: :class:`StemSegments` (normalised fixed-length stem items,
+  optional repitch), :func:`split_tracks` (train / valid / test for a layout).
+* :mod:`~demucs_rr.data.musdb`: :func:`musdb_tracks` (official MUSDB18 / MUSDB18-HQ splits;
+  compressed files are decoded once to wav).
+* :mod:`~demucs_rr.data.repitch`: pitch/tempo augmentation through ``soundstretch``.
+* :mod:`~demucs_rr.data.synthetic`: :func:`make_synthetic_dataset`, a procedural 4-stem set.
+"""
+
+from demucs_rr.data.datasets import LAYOUTS, StemSegments, TrackSplits, split_tracks
+from demucs_rr.data.musdb import SOURCES, musdb_tracks, validation_tracks
+from demucs_rr.data.repitch import repitch, soundstretch_available
+from demucs_rr.data.synthetic import make_synthetic_dataset
+from demucs_rr.data.tracks import Track, load_track, scan_tracks
+
+__all__ = [
+    "LAYOUTS",
+    "SOURCES",
+    "StemSegments",
+    "Track",
+    "TrackSplits",
+    "load_track",
+    "make_synthetic_dataset",
+    "musdb_tracks",
+    "repitch",
+    "scan_tracks",
+    "soundstretch_available",
+    "split_tracks",
+    "validation_tracks",
+]
