@@ -7,6 +7,7 @@ Only this module turns errors into exit codes: 0 success, 1 a batch where some t
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,14 @@ from demucs_rr import __version__
 from demucs_rr.errors import DemucsRRError
 
 logger = logging.getLogger("demucs_rr")
+
+EXTRA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    # name: (module, add-arguments function, run function, help)
+    "train": ("demucs_rr.train.cli", "add_train_arguments", "run_train",
+              "train a model (YAML config + key=value overrides)"),
+    "export": ("demucs_rr.train.cli", "add_export_arguments", "run_export",
+               "write a release package from a training run"),
+}
 
 
 def _positive_int(text: str) -> int:
@@ -117,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst = models_sub.add_parser("list", help="list known model names")
     for p in (models, lst):
         p.add_argument("--repo", help="also list model files in this folder")
+    for name, (module, add, _, help_text) in EXTRA_COMMANDS.items():
+        getattr(importlib.import_module(module), add)(sub.add_parser(name, help=help_text))
     return parser
 
 
@@ -130,6 +141,9 @@ def _run(args: argparse.Namespace) -> int:
         from demucs_rr.separate.run import run_separate
 
         return run_separate(args)
+    if args.command in EXTRA_COMMANDS:
+        module, _, run, _ = EXTRA_COMMANDS[args.command]
+        return int(getattr(importlib.import_module(module), run)(args))
     from demucs_rr.separate.run import run_models_list
 
     return run_models_list(args)

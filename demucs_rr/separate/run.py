@@ -112,7 +112,7 @@ def run_models_list(args: argparse.Namespace) -> int:
     for row in rows:
         sdr = f"{row['sdr']:.2f}" if row.get("sdr") is not None else "-"
         cached = "yes" if row.get("cached") else "no"
-        print(f"{row['name']:<18} {row['class']:<11} {sdr:>5}  {cached:<6} "
+        print(f"{row['name']:<18} {row.get('class') or '?':<11} {sdr:>5}  {cached:<6} "
               f"{row.get('description', '')}")
     return 0
 

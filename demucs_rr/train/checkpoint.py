@@ -1,0 +1,115 @@
+"""Training checkpoints: written atomically every epoch, loaded with ``weights_only=True``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no pickled
+classes), so loading it runs no code. Keys (see :func:`demucs_rr.train.loop.TrainState`):
+``format``, ``version``, ``config`` (plain dict), ``epoch``, ``step``, ``model``, ``optimizer``,
+``scheduler``, ``scaler``, ``ema``, ``rng``, ``history``, ``best``, ``train_tracks``,
+``valid_tracks``. It is for resuming only; ``demucs-rr export`` makes the release package.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from demucs_rr.errors import PackageFormatError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "CHECKPOINT_VERSION",
+    "capture_rng",
+    "load_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+CHECKPOINT_NAME = "checkpoint.th"
+CHECKPOINT_FORMAT = "demucs_rr.train.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def capture_rng() -> dict[str, Any]:
+    """Global RNG states (torch CPU and CUDA, numpy, Python) as tensors and plain values."""
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)
+    name, keys, pos, has_gauss, cached = np_state
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng` (CUDA states are restored when CUDA is available)."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32),
+                         np_state["pos"], np_state["has_gauss"], np_state["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (temporary file in the same folder + rename).
+
+    ``format`` and ``version`` keys are added. A crash leaves either the previous checkpoint
+    or the new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
+
+    Raises:
+        PackageFormatError: missing file, not a demucs_rr training checkpoint, unsafe content,
+            or a newer version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PackageFormatError(f"no training checkpoint at {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        raise PackageFormatError(f"{path} is not a readable training checkpoint ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise PackageFormatError(f"{path} is not a demucs_rr training checkpoint")
+    version = data.get("version")
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise PackageFormatError(f"{path}: checkpoint version {version!r} is not supported "
+                                 f"(this demucs_rr reads up to {CHECKPOINT_VERSION})")
+    return data

@@ -1,0 +1,126 @@
+"""The ``train`` and ``export`` commands (registered as subcommands by :mod:`demucs_rr.cli`).
+
+Examples::
+
+    demucs-rr train model=tiny dset=synthetic epochs=5
+    demucs-rr train dset.root=/data/musdb18hq --run-dir runs/demucs
+    demucs-rr train --run-dir runs/demucs --resume            # continue after an interruption
+    torchrun --nproc_per_node 8 -m demucs_rr train dset.root=/data/musdb18hq --run-dir runs/x
+    demucs-rr export runs/demucs                               # -> runs/demucs/demucs.safetensors
+    demucs-rr separate -n runs/demucs/demucs.safetensors song.mp3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from pathlib import Path
+
+from demucs_rr.errors import ConfigError
+
+__all__ = ["add_export_arguments", "add_train_arguments", "run_export", "run_train"]
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``demucs-rr train``."""
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides: model=NAME and dset=NAME pick presets "
+                             "(conf/model, conf/dset), a.b=value sets a key of conf/config.yaml")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="run folder (config, checkpoint, metrics); default: "
+                             "runs/<the overrides>")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in --run-dir from its checkpoint, with its saved "
+                           "config (overrides still apply, e.g. epochs=300)")
+    mode.add_argument("--restart", action="store_true",
+                      help="start from scratch even if --run-dir holds a checkpoint")
+    parser.add_argument("--conf-dir", type=Path, default=None,
+                        help="config folder (default: $DEMUCS_RR_CONF or the checkout's conf/)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and exit")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def default_run_dir(overrides: list[str]) -> Path:
+    """``runs/<overrides joined by commas>`` (``runs/default`` without overrides)."""
+    name = ",".join(overrides) or "default"
+    return Path("runs") / re.sub(r"[^\w.,=+-]", "_", name)[:120]
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Resolve the config and train; returns the exit code."""
+    from demucs_rr.train.config import config_to_yaml, load_config
+    from demucs_rr.train.loop import CONFIG_NAME, fit
+
+    run_dir = args.run_dir or default_run_dir(args.overrides)
+    if args.resume:
+        saved = run_dir / CONFIG_NAME
+        if not saved.is_file():
+            raise ConfigError(f"nothing to resume: {saved} does not exist")
+        config = load_config(args.overrides, base=saved)
+    else:
+        config = load_config(args.overrides, conf_dir=args.conf_dir)
+    if args.quiet:
+        config = dataclasses.replace(config, log=dataclasses.replace(config.log, progress=False))
+    if args.print_config:
+        print(config_to_yaml(config), end="")
+        return 0
+    history = fit(config, run_dir, resume=args.resume, restart=args.restart,
+                  echo=lambda line: print(line, flush=True))
+    best = history[-1].get("best_epoch", 0) if history else 0
+    if best:
+        record = next(r for r in history if r["epoch"] == best)
+        print(f"best epoch {best}: valid nSDR {record['valid/nsdr']:.2f} dB; package it with "
+              f"`demucs-rr export {run_dir}`")
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``demucs-rr export``."""
+    parser.add_argument("run_dir", type=Path, help="run folder written by `demucs-rr train`")
+    parser.add_argument("-o", "--out", type=Path, default=None,
+                        help="package file (default: RUN_DIR/<name>.safetensors)")
+    parser.add_argument("--name", default=None, help="model name (default: the run folder name)")
+    parser.add_argument("--last", action="store_true",
+                        help="export the last weights instead of the best validated ones")
+    parser.add_argument("--half", action="store_true", help="store float16 weights")
+
+
+def _package_metrics(best: dict | None, sources: list[str]) -> dict:
+    if not best:
+        return {}
+    metrics = best["metrics"]
+    out = {"epoch": best["epoch"], "weights": best["weights"],
+           "valid_loss": metrics["loss"], "valid_nsdr": metrics["nsdr"]}
+    out.update({f"valid_nsdr_{s}": metrics[f"nsdr/{s}"] for s in sources})
+    return out
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write the release package of a run; returns the exit code."""
+    from demucs_rr.models.package import save_package
+    from demucs_rr.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from demucs_rr.train.config import load_config
+    from demucs_rr.train.state import make_model
+
+    run_dir: Path = args.run_dir
+    saved = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    config = load_config(base=saved["config"])
+    model = make_model(config)
+    best = saved.get("best")
+    if args.last or not best:
+        model.load_state_dict(saved["model"])
+        which = "last weights"
+    else:
+        model.load_state_dict(best["state"])
+        which = f"best weights: epoch {best['epoch']}, {best['weights']}"
+    name = args.name or run_dir.resolve().name
+    out = args.out or run_dir / f"{name}.safetensors"
+    training = {"config": saved["config"], "epochs": int(saved["epoch"]),
+                "metrics": {} if args.last else _package_metrics(best, config.dset.sources),
+                "train_tracks": saved["train_tracks"], "valid_tracks": saved["valid_tracks"]}
+    save_package(model.eval(), out, name=name, training=training, half=args.half)
+    print(f"wrote {out} ({which}); use it with `demucs-rr separate -n {out} SONG`")
+    return 0

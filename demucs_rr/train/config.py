@@ -1,0 +1,411 @@
+"""Training configuration: ``conf/`` YAML + ``key=value`` overrides -> frozen dataclasses.
+
+The YAML tree is merged into a structured OmegaConf schema built from the dataclasses below, so
+an unknown key (in a file or on the command line) or a value of the wrong type is a one-line
+:class:`~demucs_rr.errors.ConfigError` before anything runs. Composition, in order:
+
+1. ``conf/config.yaml`` (its ``defaults`` block names the model and dataset presets);
+2. ``conf/model/<model>.yaml`` under ``model`` and ``conf/dset/<dset>.yaml`` under ``dset``;
+   a preset's optional ``recipe:`` block sets top-level keys (e.g. Conv-TasNet's batch of 32);
+3. command-line overrides: ``model=NAME`` / ``dset=NAME`` pick presets, ``a.b=value`` sets keys.
+
+Only the CLI and :mod:`demucs_rr.train` use this module; models and data get plain values.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from demucs_rr.errors import ConfigError
+
+__all__ = [
+    "GROUPS",
+    "TrainConfig",
+    "config_to_dict",
+    "config_to_yaml",
+    "default_conf_dir",
+    "load_config",
+    "model_kwargs",
+    "segment_samples",
+]
+
+GROUPS = ("model", "dset")
+"""Config groups whose value on the command line (``model=tiny``) selects a preset file."""
+
+V2_SOURCES = ["drums", "bass", "other", "vocals"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Registry class name and constructor kwargs (sources, channels, rate come from dset)."""
+
+    arch: str = "Demucs"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Size of the generated dataset (``dset.kind=synthetic``)."""
+
+    train_tracks: int = 8
+    valid_tracks: int = 2
+    seconds: float = 8.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DsetConfig:
+    """Where the stems are and what they are (``kind``: musdb | folder | synthetic)."""
+
+    kind: str = "musdb"
+    root: Optional[str] = None  # noqa: UP045  (OmegaConf needs Optional on 3.10)
+    is_wav: bool = True
+    train_split: str = "train"
+    valid_split: str = "valid"
+    sources: list[str] = field(default_factory=lambda: list(V2_SOURCES))
+    samplerate: int = 44100
+    channels: int = 2
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How training items are cut and loaded."""
+
+    stride: float = 1.0
+    workers: int = 4
+    repitch: float = 0.2
+    max_tempo: float = 12.0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Batch augmentations (demucs-facts.md §4.2); each can be switched off."""
+
+    shift: float = 1.0
+    flip_sign: bool = True
+    flip_channels: bool = True
+    scale: bool = True
+    scale_min: float = 0.25
+    scale_max: float = 1.25
+    remix_group_size: int = 4
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Per-source reconstruction loss."""
+
+    kind: str = "l1"
+    weights: Optional[list[float]] = None  # noqa: UP045
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam, schedule, clipping and EMA."""
+
+    lr: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    warmup_steps: int = 0
+    clip_grad: float = 0.0
+    ema_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class ValidConfig:
+    """Validation through the separation engine."""
+
+    every: int = 1
+    split: bool = True
+    segment: Optional[float] = None  # noqa: UP045
+    overlap: float = 0.25
+    batch_size: int = 1
+    max_seconds: Optional[float] = None  # noqa: UP045
+    best_on: str = "loss"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Progress display and optional TensorBoard."""
+
+    progress: bool = True
+    tensorboard: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The whole resolved training configuration (see ``conf/config.yaml`` for the meanings)."""
+
+    seed: int = 42
+    epochs: int = 180
+    batch_size: int = 64
+    segment: float = 10.0
+    device: str = "auto"
+    amp: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dset: DsetConfig = field(default_factory=DsetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    valid: ValidConfig = field(default_factory=ValidConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def default_conf_dir() -> Path:
+    """``$DEMUCS_RR_CONF`` if set, else the checkout's ``conf/``, else the installed copy."""
+    env = os.environ.get("DEMUCS_RR_CONF")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    if (checkout / "config.yaml").is_file():
+        return checkout
+    return Path(__file__).resolve().parents[1] / "conf"
+
+
+def _one_line(exc: OmegaConfBaseException, where: str) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    key = getattr(exc, "full_key", None)
+    if isinstance(exc, ConfigKeyError) and key:
+        hint = re.search(r"Did you mean: '[^']*'\?", first)
+        return f"unknown config key {key!r} in {where}" + (f" ({hint.group(0)})" if hint else "")
+    return f"bad config value{f' for {key!r}' if key else ''} in {where}: {first}"
+
+
+def _merge(cfg: DictConfig, other: Any, where: str) -> DictConfig:
+    try:
+        merged = OmegaConf.merge(cfg, other)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc, where)) from None
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (OmegaConfBaseException, OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys")
+    return data
+
+
+def _preset(conf_dir: Path, group: str, name: str) -> tuple[dict, dict, Path]:
+    """(group body, recipe of top-level keys, path) of preset ``name`` of ``group``."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else conf_dir / group / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+        raise ConfigError(f"unknown {group} preset {name!r}; known: {', '.join(known) or 'none'}")
+    body = _read_yaml(path)
+    recipe = body.pop("recipe", None) or {}
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{path}: `recipe` must be a mapping of top-level keys")
+    return body, recipe, path
+
+
+def _split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Separate group selections (``model=tiny``) from dotted key overrides."""
+    groups: dict[str, str] = {}
+    dotted: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"config override {item!r} is not of the form key=value")
+        if key.strip() in GROUPS:
+            groups[key.strip()] = value.strip()
+        else:
+            dotted.append(item)
+    return groups, dotted
+
+
+def _schema() -> DictConfig:
+    cfg = OmegaConf.structured(TrainConfig)
+    OmegaConf.set_readonly(cfg, False)
+    return cfg
+
+
+def _compose(conf_dir: Path, groups: dict[str, str]) -> DictConfig:
+    base_path = conf_dir / "config.yaml"
+    if not base_path.is_file():
+        raise ConfigError(f"no training config at {base_path}: pass --conf-dir or set "
+                          "$DEMUCS_RR_CONF to the conf/ folder of demucs_rr")
+    base = _read_yaml(base_path)
+    defaults = base.pop("defaults", None) or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{base_path}: `defaults` must map group names to preset names")
+    cfg = _merge(_schema(), base, str(base_path))
+    recipes: list[tuple[dict, Path]] = []
+    for group in GROUPS:
+        name = groups.get(group, defaults.get(group))
+        if name is None:
+            continue
+        body, recipe, path = _preset(conf_dir, group, str(name))
+        cfg = _merge(cfg, {group: body}, str(path))
+        recipes.append((recipe, path))
+    for recipe, path in recipes:
+        cfg = _merge(cfg, recipe, f"the recipe of {path}")
+    return cfg
+
+
+def load_config(overrides: Sequence[str] = (), conf_dir: str | os.PathLike | None = None,
+                base: str | os.PathLike | dict | None = None) -> TrainConfig:
+    """Compose and validate a training configuration.
+
+    Args:
+        overrides: ``key=value`` strings; ``model=NAME`` and ``dset=NAME`` select presets.
+        conf_dir: folder holding ``config.yaml``, ``model/`` and ``dset/``; defaults to
+            :func:`default_conf_dir`.
+        base: a saved resolved config (``RUN_DIR/config.yaml``, or the dict of a checkpoint)
+            to start from instead of the presets; then only dotted overrides are allowed.
+
+    Returns:
+        The frozen, checked configuration.
+
+    Raises:
+        ConfigError: unknown key, wrong type, unknown preset or an invalid value.
+    """
+    groups, dotted = _split_overrides(overrides)
+    if base is not None:
+        if groups:
+            raise ConfigError(f"cannot change presets ({', '.join(groups)}) of a saved run config")
+        data, where = (base, "the saved config") if isinstance(base, dict) else (
+            _read_yaml(Path(base)), str(base))
+        cfg = _merge(_schema(), data, where)
+    else:
+        cfg = _compose(Path(conf_dir) if conf_dir else default_conf_dir(), groups)
+    OmegaConf.set_struct(cfg.model.kwargs, True)  # model.kwargs.<typo>=... is an error too
+    try:
+        cli = OmegaConf.from_dotlist(dotted)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides {dotted}: {str(exc).splitlines()[0]}") from None
+    cfg = _merge(cfg, cli, "the command line")
+    try:
+        config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc, "the configuration")) from None
+    assert isinstance(config, TrainConfig)
+    check_config(config)
+    return config
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_choices(config: TrainConfig) -> None:
+    choices = {
+        "amp": (config.amp, ("auto", "fp32", "bf16", "fp16")),
+        "loss.kind": (config.loss.kind, ("l1", "mse")),
+        "optim.schedule": (config.optim.schedule, ("none", "cosine")),
+        "valid.best_on": (config.valid.best_on, ("loss", "nsdr")),
+        "dset.kind": (config.dset.kind, ("musdb", "folder", "synthetic")),
+    }
+    for key, (value, allowed) in choices.items():
+        _require(value in allowed, f"{key}={value!r} is not one of {', '.join(allowed)}")
+    _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device) is not None,
+             f"device={config.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+def _check_numbers(config: TrainConfig) -> None:
+    aug, opt, val = config.augment, config.optim, config.valid
+    checks = [
+        (config.epochs >= 1, "epochs must be >= 1"),
+        (config.batch_size >= 1, "batch_size must be >= 1"),
+        (config.segment > 0, "segment must be > 0 seconds"),
+        (config.data.stride > 0, "data.stride must be > 0 seconds"),
+        (config.data.workers >= 0, "data.workers must be >= 0"),
+        (0 <= config.data.repitch <= 1, "data.repitch is a probability in [0, 1]"),
+        (aug.shift >= 0, "augment.shift must be >= 0 seconds"),
+        (0 <= aug.scale_min <= aug.scale_max, "need 0 <= augment.scale_min <= scale_max"),
+        (aug.remix_group_size >= 0, "augment.remix_group_size must be >= 0"),
+        (opt.lr > 0 and opt.weight_decay >= 0, "optim.lr must be > 0, weight_decay >= 0"),
+        (0 <= opt.beta1 < 1 and 0 <= opt.beta2 < 1, "optim.beta1/beta2 must be in [0, 1)"),
+        (opt.warmup_steps >= 0 and opt.clip_grad >= 0, "warmup_steps/clip_grad must be >= 0"),
+        (0 <= opt.ema_decay < 1, "optim.ema_decay must be in [0, 1) (0 disables EMA)"),
+        (val.every >= 1 and val.batch_size >= 1, "valid.every/batch_size must be >= 1"),
+        (0 <= val.overlap < 1, "valid.overlap must be in [0, 1)"),
+        (val.segment is None or val.segment > 0, "valid.segment must be > 0 or null"),
+        (val.max_seconds is None or val.max_seconds > 0, "valid.max_seconds must be > 0"),
+        (config.dset.samplerate > 0 and config.dset.channels >= 1, "bad dset rate/channels"),
+    ]
+    for ok, message in checks:
+        _require(ok, message)
+
+
+def _check_model(config: TrainConfig) -> None:
+    from demucs_rr.models.registry import MODEL_CLASSES, get_model_class
+
+    arch = config.model.arch
+    _require(arch in MODEL_CLASSES,
+             f"model.arch={arch!r} is not a registered model ({', '.join(sorted(MODEL_CLASSES))})")
+    try:
+        inspect.signature(get_model_class(arch)).bind(**model_kwargs(config))
+    except TypeError as exc:
+        raise ConfigError(f"model.kwargs do not fit {arch}: {exc}") from None
+
+
+def check_config(config: TrainConfig) -> None:
+    """Value checks that the schema's types cannot express.
+
+    Raises:
+        ConfigError: naming the first offending key.
+    """
+    _check_choices(config)
+    _check_numbers(config)
+    sources = config.dset.sources
+    _require(len(sources) > 0 and len(set(sources)) == len(sources),
+             f"dset.sources must be non-empty and unique, got {sources}")
+    weights = config.loss.weights
+    if weights is not None:
+        _require(len(weights) == len(sources) and min(weights) >= 0 and sum(weights) > 0,
+                 f"loss.weights needs {len(sources)} non-negative values (one per source "
+                 f"{sources}) with a positive sum, got {weights}")
+    if config.dset.kind != "synthetic":
+        _require(bool(config.dset.root),
+                 f"dset.root is not set: pass dset.root=/path/to/the/{config.dset.kind} folder")
+    _check_model(config)
+
+
+def segment_samples(config: TrainConfig) -> int:
+    """Training segment (model output length before ``valid_length``) in samples."""
+    return max(1, round(config.segment * config.dset.samplerate))
+
+
+def model_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """Constructor kwargs: ``model.kwargs`` + sources, channels, samplerate from ``dset``.
+
+    ``segment_length`` (the model's default inference chunk) is 4 x the training segment, as v2
+    stored it, unless ``model.kwargs`` sets it.
+    """
+    kwargs = dict(config.model.kwargs)
+    kwargs.setdefault("segment_length", 4 * segment_samples(config))
+    kwargs.update(sources=list(config.dset.sources), audio_channels=config.dset.channels,
+                  samplerate=config.dset.samplerate)
+    return kwargs
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Plain JSON-able dict of ``config``."""
+    return asdict(config)
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    """YAML text of ``config``; :func:`load_config` reads it back with ``base=``."""
+    return OmegaConf.to_yaml(OmegaConf.create(config_to_dict(config)))

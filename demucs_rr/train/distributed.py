@@ -1,0 +1,134 @@
+"""Process-group context for ``torchrun``: rank, world size and device, passed explicitly.
+
+Launch ``N`` processes with ``torchrun --nproc_per_node N -m demucs_rr train ...`` (or across
+nodes with ``--nnodes/--node_rank/--rdzv_endpoint``); ``torchrun`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``, read here. Without them the run is a single
+process. There are no module globals: the :class:`DistContext` is handed to whoever needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from demucs_rr.errors import ConfigError
+
+__all__ = ["DistContext", "pick_train_device"]
+
+
+def pick_train_device(name: str, local_rank: int) -> torch.device:
+    """Training device for ``name`` (auto | cpu | cuda | cuda:N) in process ``local_rank``.
+
+    ``auto`` and ``cuda`` give ``cuda:LOCAL_RANK`` when CUDA is available (``auto`` falls back
+    to the CPU); an explicit ``cuda:N`` is kept as is.
+
+    Raises:
+        ConfigError: CUDA asked for but not available.
+    """
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if name == "auto":
+            return torch.device("cpu")
+        raise ConfigError(f"device={name} asked for but CUDA is not available; use device=cpu")
+    if name in ("auto", "cuda"):
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in the job.
+
+    Attributes:
+        rank: global rank in ``[0, world_size)``.
+        world_size: number of processes.
+        local_rank: rank on this node (selects the GPU).
+        device: this process's training device.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def from_env(cls, device: str = "auto",
+                 env: Mapping[str, str] | None = None) -> DistContext:
+        """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (as set by torchrun); defaults: 1 process.
+
+        Raises:
+            ConfigError: inconsistent variables, or an unavailable device.
+        """
+        env = os.environ if env is None else env
+        try:
+            world = int(env.get("WORLD_SIZE", "1"))
+            rank = int(env.get("RANK", "0"))
+            local = int(env.get("LOCAL_RANK", str(rank)))
+        except ValueError as exc:
+            raise ConfigError(f"bad torchrun environment variable: {exc}") from None
+        if world < 1 or not 0 <= rank < world or local < 0:
+            raise ConfigError(f"inconsistent torchrun environment: RANK={rank}, "
+                              f"WORLD_SIZE={world}, LOCAL_RANK={local}")
+        return cls(rank, world, local, pick_train_device(device, local))
+
+    @property
+    def distributed(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes files and shows progress."""
+        return self.rank == 0
+
+    @property
+    def backend(self) -> str:
+        """``nccl`` on CUDA, ``gloo`` on CPU."""
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
+    def init(self) -> None:
+        """Join the process group (``env://`` rendezvous of torchrun); no-op for 1 process."""
+        if not self.distributed or torch_dist.is_initialized():
+            return
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        torch_dist.init_process_group(backend=self.backend, rank=self.rank,
+                                      world_size=self.world_size)
+
+    def close(self) -> None:
+        """Leave the process group if this context joined one."""
+        if self.distributed and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``DistributedDataParallel(model)`` when distributed, else ``model`` itself."""
+        if not self.distributed:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        """Wait for every process (no-op for 1 process)."""
+        if self.distributed:
+            torch_dist.barrier()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum of ``tensor`` over processes (a new tensor; the input is left unchanged)."""
+        out = tensor.detach().clone().to(self.device)
+        if self.distributed:
+            torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
+        return out.cpu()
+
+    def all_reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Mean over processes of each value of ``values`` (same keys on every process)."""
+        if not self.distributed or not values:
+            return dict(values)
+        keys = list(values)  # same insertion order on every rank
+        total = self.all_reduce_sum(torch.tensor([values[k] for k in keys], dtype=torch.float64))
+        return {k: float(v) / self.world_size for k, v in zip(keys, total.tolist(), strict=True)}
