@@ -108,6 +108,11 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
                    help="avoid clipping by rescaling each stem, clamping, or not (default rescale)")
     p.add_argument("--keep-sample-rate", action="store_true",
                    help="write stems at the input's sample rate instead of the model's")
+    p.add_argument("--stream", action="store_true",
+                   help="separate block by block with a causal model (Conv-TasNet causal=True) "
+                        "and report its latency and real-time factor")
+    p.add_argument("--block-size", type=_positive_int, default=1024,
+                   help="samples per block with --stream (default 1024)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="debug logging")

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from demucs_rr.audio import WriteOptions, load_for_model, resample
 from demucs_rr.errors import DemucsRRError
 from demucs_rr.separate.api import Separator
@@ -48,7 +50,10 @@ def _separate_track(sep: Separator, track: Track, args: argparse.Namespace, name
                     wopts: WriteOptions, out: Path) -> list[Path]:
     """Separate one track and write its stems; returns the written paths."""
     mix, input_sr = load_for_model(track.path, sep.samplerate, sep.audio_channels)
-    stems = sep.separate_tensor(mix, sep.samplerate)
+    if args.stream:
+        stems = _stream(sep, mix, args.block_size)
+    else:
+        stems = sep.separate_tensor(mix, sep.samplerate)
     outputs = compose_stems(stems, mix, names, args.other_method)
     rate = sep.samplerate
     if args.keep_sample_rate and input_sr != rate:
@@ -60,6 +65,18 @@ def _separate_track(sep: Separator, track: Track, args: argparse.Namespace, name
         path.parent.mkdir(parents=True, exist_ok=True)
     write_track(paths, rate, wopts)
     return list(paths)
+
+
+def _stream(sep: Separator, mix: torch.Tensor, block_size: int) -> dict[str, torch.Tensor]:
+    """Separate (C, T) block by block with a causal model; reports latency on stderr."""
+    from demucs_rr.separate.stream import stream_separate
+
+    out, report = stream_separate(sep.model, mix, block_size)
+    block_ms = 1000 * block_size / sep.samplerate
+    print(f"streaming: algorithmic latency {report.latency_samples} samples "
+          f"({report.latency_ms:.2f} ms) + {block_size}-sample blocks ({block_ms:.1f} ms); "
+          f"real-time factor {report.rtf:.2f}", file=sys.stderr)
+    return {name: out[i] for i, name in enumerate(sep.sources)}
 
 
 def run_separate(args: argparse.Namespace) -> int:
