@@ -23,6 +23,10 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
               "train a model (YAML config + key=value overrides)"),
     "export": ("demucs_rr.train.cli", "add_export_arguments", "run_export",
                "write a release package from a training run"),
+    "evaluate": ("demucs_rr.evaluate.cli", "add_evaluate_arguments", "run_evaluate",
+                 "score a model on MUSDB18 or a folder of stems (SDR, nSDR)"),
+    "leaderboard": ("demucs_rr.evaluate.cli", "add_leaderboard_arguments", "run_leaderboard",
+                    "merge evaluation folders into one ranked table"),
 }
 
 
