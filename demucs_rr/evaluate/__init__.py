@@ -1,1 +1,32 @@
-"""demucs_rr.evaluate."""
+"""Evaluation: BSSEval v4 / nSDR metrics in torch, dataset evaluation and leaderboards.
+
+Example:
+    >>> from demucs_rr.evaluate import bss_eval, nsdr
+    >>> res = bss_eval(refs, ests)  # (S, C, T) each, museval's MUSDB18 settings
+    >>> res.sdr.shape  # (S, F): one value per 1 s frame
+"""
+
+from demucs_rr.evaluate.bsseval import BSSEvalResult, bss_eval
+from demucs_rr.evaluate.metrics import (
+    TrackScores,
+    aggregate,
+    framewise_sdr,
+    nsdr,
+    pad_or_truncate,
+    read_track_json,
+    score_track,
+    write_track_json,
+)
+
+__all__ = [
+    "BSSEvalResult",
+    "TrackScores",
+    "aggregate",
+    "bss_eval",
+    "framewise_sdr",
+    "nsdr",
+    "pad_or_truncate",
+    "read_track_json",
+    "score_track",
+    "write_track_json",
+]

