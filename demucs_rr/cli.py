@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from demucs_rr import __version__
+from demucs_rr import __version__, argtypes
 from demucs_rr.errors import DemucsRRError
 
 logger = logging.getLogger("demucs_rr")
@@ -28,34 +28,6 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "leaderboard": ("demucs_rr.evaluate.cli", "add_leaderboard_arguments", "run_leaderboard",
                     "merge evaluation folders into one ranked table"),
 }
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _overlap(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
-    return value
 
 
 def _stem_list(text: str) -> list[str]:
@@ -85,13 +57,15 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
                    .replace("}}", "}"))
     p.add_argument("-r", "--recursive", action="store_true", help="search directories recursively")
     p.add_argument("-d", "--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
-    p.add_argument("--shifts", type=_non_negative_int, default=0,
+    p.add_argument("--shifts", type=argtypes.non_negative_int, default=0,
                    help="random shifts averaged (shift trick; better, N times slower); default 0")
     p.add_argument("--seed", type=int, default=0, help="seed of the shift offsets (default 0)")
-    p.add_argument("--overlap", type=_overlap, default=0.25, help="chunk overlap (default 0.25)")
-    p.add_argument("--segment", type=_seconds, help="chunk length in seconds (default: model's)")
+    p.add_argument("--overlap", type=argtypes.overlap, default=0.25,
+                   help="chunk overlap (default 0.25)")
+    p.add_argument("--segment", type=argtypes.seconds,
+                   help="chunk length in seconds (default: model's)")
     p.add_argument("--no-split", action="store_true", help="process each track in one pass")
-    p.add_argument("-b", "--batch-size", type=_positive_int, default=1,
+    p.add_argument("-b", "--batch-size", type=argtypes.positive_int, default=1,
                    help="chunks per forward pass (faster on GPU, more memory); default 1")
     p.add_argument("--two-stems", metavar="STEM", help="write STEM and no_STEM only")
     p.add_argument("--other-method", choices=OTHER_METHODS, default="add",
@@ -104,7 +78,7 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--flac", action="store_true", help="write flac instead of wav")
     fmt.add_argument("--mp3", action="store_true", help="write mp3 instead of wav")
-    p.add_argument("--mp3-bitrate", type=_positive_int, default=d.mp3_bitrate,
+    p.add_argument("--mp3-bitrate", type=argtypes.positive_int, default=d.mp3_bitrate,
                    help=f"mp3 bitrate in kbps (default {d.mp3_bitrate})")
     p.add_argument("--mp3-preset", type=int, choices=range(2, 8), default=d.mp3_preset,
                    metavar="{2..7}", help="lame quality: 2 best .. 7 fastest (default 2)")
@@ -115,7 +89,7 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="store_true",
                    help="separate block by block with a causal model (Conv-TasNet causal=True) "
                         "and report its latency and real-time factor")
-    p.add_argument("--block-size", type=_positive_int, default=1024,
+    p.add_argument("--block-size", type=argtypes.positive_int, default=1024,
                    help="samples per block with --stream (default 1024)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,

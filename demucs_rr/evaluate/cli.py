@@ -14,37 +14,10 @@ import os
 import sys
 from pathlib import Path
 
+from demucs_rr import argtypes
 from demucs_rr.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _overlap(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
-    return value
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,14 +37,16 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tracks", nargs="+", metavar="NAME", help="only these tracks")
     p.add_argument("-o", "--out", help="results folder (default evaluation/<model>)")
     p.add_argument("-d", "--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
-    p.add_argument("--shifts", type=_non_negative_int, default=0,
+    p.add_argument("--shifts", type=argtypes.non_negative_int, default=0,
                    help="random shifts averaged (default 0)")
-    p.add_argument("--overlap", type=_overlap, default=0.25, help="chunk overlap (default 0.25)")
-    p.add_argument("--segment", type=_seconds, help="chunk length in seconds (default: model's)")
+    p.add_argument("--overlap", type=argtypes.overlap, default=0.25,
+                   help="chunk overlap (default 0.25)")
+    p.add_argument("--segment", type=argtypes.seconds,
+                   help="chunk length in seconds (default: model's)")
     p.add_argument("--no-split", action="store_true", help="separate each track in one pass")
-    p.add_argument("-b", "--batch-size", type=_positive_int, default=1,
+    p.add_argument("-b", "--batch-size", type=argtypes.positive_int, default=1,
                    help="chunks per forward pass (default 1)")
-    p.add_argument("-j", "--jobs", type=_positive_int, default=1,
+    p.add_argument("-j", "--jobs", type=argtypes.positive_int, default=1,
                    help="worker processes (tracks in parallel) on this rank (default 1)")
     p.add_argument("--sdr-only", action="store_true",
                    help="score SDR only (milliseconds per track; ISR/SIR/SAR left empty)")
