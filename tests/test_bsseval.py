@@ -25,10 +25,10 @@ from demucs_rr.evaluate import bsseval
 from demucs_rr.evaluate.bsseval import (
     block_levinson,
     bss_eval,
+    correlations,
     frame_layout,
     gram,
     redundant_channels,
-    xcorr,
 )
 from demucs_rr.evaluate.metrics import framewise_sdr, nsdr, pad_or_truncate, score_track
 
@@ -249,11 +249,23 @@ def test_solvers_agree(solver: str, monkeypatch):
         torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("length", [100, 600, 15873, 31751, 100000])
+def test_correlations_are_linear(length: int):
+    gen = torch.Generator().manual_seed(length)
+    x = torch.randn(3, length, generator=gen, dtype=torch.float64)
+    y = torch.randn(2, length, generator=gen, dtype=torch.float64)
+    z, lags = torch.cat([x, y]), 512
+    want = torch.zeros(3, 5, lags, dtype=torch.float64)
+    for k in range(min(lags, length)):
+        want[:, :, k] = x[:, : length - k] @ z[:, k:].T
+    torch.testing.assert_close(correlations(x, y, lags), want, atol=1e-10, rtol=1e-12)
+
+
 def test_block_levinson_solves_block_toeplitz():
     gen = torch.Generator().manual_seed(0)
     n, p = 40, 3
     sig = torch.randn(p, 3000, generator=gen, dtype=torch.float64)
-    g = gram(xcorr(sig, sig, n))  # (p, delay) order; block Toeplitz in (delay, p) order
+    g = gram(correlations(sig, sig[:0], n))  # (p, delay) order; block Toeplitz in (delay, p)
     t = g.view(p, n, p, n).permute(1, 0, 3, 2).reshape(n * p, n * p)
     rlag = torch.stack([t[:p, d * p:(d + 1) * p] if d >= 0 else t[-d * p:(1 - d) * p, :p]
                         for d in range(1 - n, n)])

@@ -15,10 +15,14 @@ with ``L - 1`` zeros:
 
 v4 estimates the filters once from the whole track and applies them to every frame's
 references; v3 (``framewise_filters=True``) re-estimates them per frame. The correlations use
-blocked FFTs, the normal equations one batched solve, and the per-frame projection energies are
-taken in the frequency domain (Parseval), so no projection is ever brought back to the time
-domain. ``sources_version=True`` gives the older ``bss_eval_sources`` ratios (no ISR) and
-``compute_permutation=True`` the best estimate order in the mean-SIR sense, as museval does.
+blocked FFTs; the normal equations (block Toeplitz, S*C*L unknowns) are solved by a block
+Levinson recursion in O(L^2 (SC)^3) (dense Cholesky or LU on request, and for small systems);
+channels that are silent or copies of another channel are left out of the projection basis
+(they make the equations exactly singular without changing the projections); the per-frame
+projection energies are taken in the frequency domain (Parseval), so no projection is ever
+brought back to the time domain. ``sources_version=True`` gives the older ``bss_eval_sources``
+ratios (no ISR) and ``compute_permutation=True`` the best estimate order in the mean-SIR sense,
+as museval does.
 A frame where any reference or any estimate is digitally silent (its channel sum is exactly zero
 throughout) is NaN for every metric of every source; a zero denominator gives +inf.
 """
@@ -96,13 +100,39 @@ def _frames(x: torch.Tensor, window: int, hop: int, n_frames: int) -> torch.Tens
     return out.movedim(-2, 0)
 
 
+def frame_grams(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(S, C, F, W) frame views -> (S, F, C, C) float64 inner products ``<x_c, y_c'>``.
+
+    One matrix product per source on strided views (no copy): each input is read once, at
+    memory speed, which elementwise reductions do not reach.
+    """
+    return torch.stack([x[s].transpose(0, 1) @ y[s].transpose(0, 1).mT
+                        for s in range(x.shape[0])]).to(torch.float64)
+
+
+def silent_from_grams(x: torch.Tensor, grams: torch.Tensor, rtol: float) -> torch.Tensor:
+    """(S, F) museval silence (channel sum exactly zero) of (S, C, F, W) frames.
+
+    The energy of the channel sum is the sum of the Gram entries; only frames where it is
+    (near) zero are checked sample by sample.
+    """
+    cands = grams.sum(dim=(-1, -2)) <= rtol * torch.diagonal(grams, dim1=-2, dim2=-1).sum(-1)
+    out = torch.zeros_like(cands)
+    for s, f in cands.nonzero().tolist():
+        out[s, f] = bool((x[s, :, f].sum(dim=0) == 0).all())
+    return out
+
+
 def silent_frames(refs: torch.Tensor, ests: torch.Tensor, window: int | None = 44100,
                   hop: int | None = 44100) -> torch.Tensor:
     """(F,) True where any reference or estimate has an all-zero channel sum in the frame."""
     n_frames, win, hop_ = frame_layout(refs.shape[-1], window, hop)
-    both = torch.cat([refs, ests]).sum(dim=1)  # (2S, T)
-    fr = _frames(both, win, hop_, n_frames)  # (F, 2S, win)
-    return (fr == 0).all(dim=-1).any(dim=-1)
+    out = torch.zeros(n_frames, dtype=torch.bool, device=refs.device)
+    for x in (refs, ests):
+        fr = x.unfold(-1, win, hop_)[:, :, :n_frames]  # (S, C, F, W)
+        fr = fr if hop_ == win else fr.contiguous()
+        out |= silent_from_grams(fr, frame_grams(fr, fr), 1e-9).any(dim=0)
+    return out
 
 
 def db(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -121,40 +151,58 @@ def _check(refs: torch.Tensor, ests: torch.Tensor) -> tuple[torch.Tensor, torch.
     return refs.to(torch.float64), ests.to(refs.device, torch.float64)
 
 
-def xcorr(x: torch.Tensor, y: torch.Tensor, lags: int) -> torch.Tensor:
-    """Linear cross-correlations at lags 0..lags-1 by blocked FFTs.
+def correlations(x: torch.Tensor, y: torch.Tensor, lags: int) -> torch.Tensor:
+    """Linear cross-correlations of ``x`` with ``x`` and ``y`` at lags 0..lags-1, blocked FFTs.
+
+    Each signal is cut into blocks transformed once, zero-padded so that products of spectra
+    are linear correlations within a block; the pairs that straddle a block boundary are added
+    from small transforms of the boundary segments.
 
     Args:
         x: (P, T) signals.
         y: (Q, T) signals.
-        lags: number of non-negative lags.
+        lags: number of non-negative lags L.
 
     Returns:
-        (P, Q, lags) with ``r[p, q, k] = sum_n x[p, n] * y[q, n + k]`` (zero beyond T).
+        (P, P + Q, L) with ``r[p, q, k] = sum_n x[p, n] * z[q, n + k]`` (zero beyond T), where
+        ``z`` is ``x`` followed by ``y``.
     """
     length = x.shape[-1]
-    nfft = fast_len(length + lags - 1)
-    if nfft > _CORR_NFFT:
-        nfft = _CORR_NFFT
+    nfft = min(fast_len(length + lags - 1), _CORR_NFFT)
     block = nfft - lags + 1
-    n_blocks = -(-length // block)
-    xp = torch.nn.functional.pad(x, (0, n_blocks * block - length))
-    yp = torch.nn.functional.pad(y, (0, n_blocks * block + lags - 1 - length))
-    n_bins, cplx, ws = nfft // 2 + 1, torch.complex128, Workspace()
-    acc = torch.zeros(n_bins, x.shape[0], y.shape[0], dtype=cplx, device=x.device)
-    for b0 in range(0, n_blocks, _CORR_BLOCKS):
-        nb = min(n_blocks, b0 + _CORR_BLOCKS) - b0
-        xb = xp[:, b0 * block: (b0 + nb) * block].unflatten(-1, (nb, block))
-        yb = yp[:, b0 * block: (b0 + nb) * block + lags - 1].unfold(-1, block + lags - 1, block)
-        xf = torch.fft.rfft(xb, n=nfft, out=ws.get("xfft", (x.shape[0], nb, n_bins), cplx,
-                                                   x.device))
-        yf = torch.fft.rfft(yb, n=nfft, out=ws.get("yfft", (y.shape[0], nb, n_bins), cplx,
-                                                   x.device))
-        xt = torch.conj_physical(xf.permute(2, 0, 1),
-                                 out=ws.get("xt", (n_bins, x.shape[0], nb), cplx, x.device))
-        yt = ws.get("yt", (n_bins, nb, y.shape[0]), cplx, x.device).copy_(yf.permute(2, 1, 0))
-        acc.baddbmm_(xt, yt)
-    return torch.fft.irfft(acc.permute(1, 2, 0), n=nfft)[..., :lags]
+    r = torch.fft.irfft(_block_products(x, y, block, nfft), n=nfft)[..., :lags]
+    edges = torch.arange(1, -(-length // block), device=x.device) * block
+    if edges.numel():  # pairs (n, n + k) in neighbouring blocks
+        offs = torch.arange(lags - 1, device=x.device)
+        tail = x[:, edges[:, None] - lags + 1 + offs]  # (P, E, L - 1)
+        idx = edges[:, None] + offs
+        head = torch.cat([x, y])[:, idx.clamp(max=length - 1)] * (idx < length)  # (P+Q, E, L-1)
+        n_small = fast_len(3 * lags)
+        spec_t = torch.fft.rfft(tail, n=n_small)
+        spec_h = torch.fft.rfft(torch.nn.functional.pad(head, (lags - 1, 0)), n=n_small)
+        cross = (spec_h.permute(2, 0, 1) @ spec_t.permute(2, 0, 1).mH).mT.permute(1, 2, 0)
+        r += torch.fft.irfft(cross, n=n_small)[..., :lags]
+    return r
+
+
+def _block_products(x: torch.Tensor, y: torch.Tensor, block: int, nfft: int) -> torch.Tensor:
+    """(P, T), (Q, T) signals -> (P, P + Q, K): sums over blocks of ``conj(X_p) Z_q``."""
+    length, n_bins, cplx = x.shape[-1], nfft // 2 + 1, torch.complex128
+    n_x, n_all = x.shape[0], x.shape[0] + y.shape[0]
+    full, ws = length // block, Workspace()
+    acc = torch.zeros(n_bins, n_all, n_x, dtype=cplx, device=x.device)
+    starts = list(range(0, full, _CORR_BLOCKS)) + ([full] if full * block < length else [])
+    for b0 in starts:
+        nb = min(full, b0 + _CORR_BLOCKS) - b0
+        n_cols = nb if nb else 1
+        spec = ws.get("spec", (n_all, n_cols, n_bins), cplx, x.device)
+        for sig, part in [(x, spec[:n_x])] + ([(y, spec[n_x:])] if y.shape[0] else []):
+            chunk = (sig[:, b0 * block: (b0 + nb) * block].unflatten(-1, (nb, block)) if nb
+                     else sig[:, b0 * block:, None].mT)  # full blocks, or the last partial one
+            torch.fft.rfft(chunk, n=nfft, out=part)
+        st = ws.get("st", (n_bins, n_all, n_cols), cplx, x.device).copy_(spec.permute(2, 0, 1))
+        acc.baddbmm_(st, st[:, :n_x].mH)  # (K, P + Q, P): sum_b Z_q conj(X_p)
+    return acc.permute(2, 1, 0)
 
 
 def _lag_table(r: torch.Tensor) -> torch.Tensor:
@@ -167,7 +215,7 @@ def gram(r: torch.Tensor) -> torch.Tensor:
     """Gram matrix of the delayed copies from their correlations.
 
     Args:
-        r: (..., P, P, L) correlations from :func:`xcorr` of the references with themselves.
+        r: (..., P, P, L) correlations from :func:`correlations` of the references with themselves.
 
     Returns:
         (..., P * L, P * L) with entry ``[(p, a), (q, b)] = <x_p delayed a, x_q delayed b>``.
@@ -196,25 +244,33 @@ def block_levinson(rlag: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     bwd, x = torch.zeros_like(fwd), torch.zeros_like(y)
     fwd[:, 0] = bwd[:, 0] = torch.eye(rlag.shape[-1], dtype=rlag.dtype, device=rlag.device)
     err_f, err_b = rlag[:, n - 1].clone(), rlag[:, n - 1].clone()
-    x[:, 0] = torch.linalg.solve(err_f, y[:, 0])
+    x[:, 0] = _lu_solve(err_f, y[:, 0])[0]
     for k in range(1, n):
         r_neg, r_pos = rlag[:, n - 1 - k: n - 1], rlag[:, n: n + k]  # T[k, :k] and T[0, 1:k+1]
         delta_f = torch.einsum("bjpq,bjqr->bpr", r_neg, fwd[:, :k])
         delta_b = torch.einsum("bjpq,bjqr->bpr", r_pos, bwd[:, :k])
         eps = torch.einsum("bjpq,bjqr->bpr", r_neg, x[:, :k])
-        gain_f = torch.linalg.solve(err_b, delta_f)
-        gain_b = torch.linalg.solve(err_f, delta_b)
+        gain_f, gain_b = _lu_solve(err_b, delta_f)[0], _lu_solve(err_f, delta_b)[0]
         new_b = torch.cat([-(fwd[:, :1] @ gain_b[:, None]),
                            bwd[:, :k] - fwd[:, 1:k + 1] @ gain_b[:, None]], dim=1)
         fwd[:, 1:k + 1] -= bwd[:, :k] @ gain_f[:, None]
         bwd[:, :k + 1] = new_b
         err_f, err_b = err_f - delta_b @ gain_f, err_b - delta_f @ gain_b
-        x[:, :k + 1] += bwd[:, :k + 1] @ torch.linalg.solve(err_b, y[:, k] - eps)[:, None]
+        x[:, :k + 1] += bwd[:, :k + 1] @ _lu_solve(err_b, y[:, k] - eps)[0][:, None]
     return x
 
 
+def _lu_solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``solve_ex`` one matrix at a time: batched LU in MKL can hang after a
+    ``torch.set_num_threads`` call (illegal-parameter errors in DLASWP); single matrices work."""
+    if a.dim() == 2:
+        return torch.linalg.solve_ex(a, b)
+    outs = [torch.linalg.solve_ex(a_i, b_i) for a_i, b_i in zip(a, b, strict=True)]
+    return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+
+
 def _solve(g: torch.Tensor, d: torch.Tensor, solver: str) -> torch.Tensor:
-    """Solve ``(g + eps I) x = d`` batched over leading dims, like museval (LU, else lstsq)."""
+    """Solve ``(g + eps I) x = d`` batched over a leading dim, like museval (LU, else lstsq)."""
     eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
     reg = g + _EPS * eye
     if solver == "cholesky":
@@ -222,8 +278,8 @@ def _solve(g: torch.Tensor, d: torch.Tensor, solver: str) -> torch.Tensor:
         if not bool(info.any()):
             return torch.cholesky_solve(d, factor)
     elif solver != "lu":
-        raise ConfigError(f"unknown solver {solver!r}: use levinson, cholesky or lu")
-    x, info = torch.linalg.solve_ex(reg, d)
+        raise ConfigError(f"unknown solver {solver!r}: use one of {', '.join(SOLVERS)}")
+    x, info = _lu_solve(reg, d)
     if bool(info.any()):
         driver = "gelsd" if g.device.type == "cpu" else None
         fallback = torch.linalg.lstsq(g.cpu() if driver else g, d.cpu() if driver else d,
@@ -283,7 +339,7 @@ def _solve_normal(r: torch.Tensor, d: torch.Tensor, solver: str) -> torch.Tensor
     """Solve the (eps-regularised) normal equations of the delayed copies of some signals.
 
     Args:
-        r: (B, P, P, L) correlations of the signals (see :func:`xcorr`).
+        r: (B, P, P, L) correlations of the signals (see :func:`correlations`).
         d: (B, P * L, m) right-hand sides, rows ordered (signal, delay).
         solver: ``levinson`` (block-Toeplitz recursion, O(L^2 P^3); used above
             ``_LEVINSON_MIN`` unknowns, where it beats the O((PL)^3) factorisation, and falling
@@ -333,8 +389,7 @@ def compute_filters(refs: torch.Tensor, ests: torch.Tensor, filters_len: int = F
     """
     n_src, n_ch, _ = refs.shape
     n_sig = n_src * n_ch
-    r = xcorr(refs.reshape(n_sig, -1), torch.cat([refs, ests]).reshape(2 * n_sig, -1),
-              filters_len)
+    r = correlations(refs.reshape(n_sig, -1), ests.reshape(n_sig, -1), filters_len)
     rr = r[:, :n_sig]
     d = r[:, n_sig:].permute(0, 2, 1).reshape(n_sig * filters_len, n_sig)  # (P*L, E*C)
     keep = ~redundant_channels(rr[..., 0], n_src)  # (S, C)

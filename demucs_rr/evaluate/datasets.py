@@ -143,21 +143,30 @@ def _select(found: list[Track], tracks: Sequence[str] | None, root: Path) -> lis
     return [by_name[name] for name in tracks]
 
 
+def _musdb():  # noqa: ANN202 - the musdb module
+    """Import the optional ``musdb`` package (its stempeg dependency also needs ffmpeg)."""
+    try:
+        import musdb
+    except Exception as exc:  # ImportError, or stempeg failing without ffmpeg
+        raise ConfigError(f"reading MUSDB18 .stem.mp4 files needs musdb and ffmpeg "
+                          f"(pip install musdb; or use MUSDB18-HQ with --is-wav): {exc}") from None
+    return musdb
+
+
 def _load_musdb_track(name: str, spec: tuple) -> TrackAudio:
     """spec: (root, subset, is_wav)."""
     root, subset, _ = spec
-    try:
-        import musdb
-    except ImportError as exc:
-        raise ConfigError(f"reading MUSDB18 .stem.mp4 files needs musdb (pip install musdb, "
-                          f"and ffmpeg on PATH) ({exc})") from None
-    db = musdb.DB(root=root, subsets=subset, is_wav=False)
+    db = _musdb().DB(root=root, subsets=subset, is_wav=False)
     matches = [t for t in db.tracks if t.name == name]
     if not matches:
         raise ConfigError(f"track {name!r} not found in MUSDB18 at {root}")
     track = matches[0]
-    stems = {s: _from_numpy(track.targets[s].audio) for s in MUSDB_SOURCES}
-    return TrackAudio(mixture=_from_numpy(track.audio), stems=stems, samplerate=int(track.rate))
+    try:
+        stems = {s: _from_numpy(track.targets[s].audio) for s in MUSDB_SOURCES}
+        mixture = _from_numpy(track.audio)
+    except Exception as exc:  # stempeg/ffmpeg decoding errors have no common type
+        raise AudioIOError(f"cannot decode MUSDB18 track {name!r}: {exc}") from None
+    return TrackAudio(mixture=mixture, stems=stems, samplerate=int(track.rate))
 
 
 def _from_numpy(audio) -> torch.Tensor:  # noqa: ANN001 - numpy array (T, C)
@@ -191,5 +200,6 @@ def musdb_dataset(root: str | Path, subset: str = "test", is_wav: bool = False,
     names = sorted(p.name[: -len(".stem.mp4")] for p in folder.glob("*.stem.mp4"))
     if not names:
         raise ConfigError(f"no .stem.mp4 files in {folder} (use --is-wav for MUSDB18-HQ)")
+    _musdb()  # fail early, before any separation, when musdb or ffmpeg is missing
     found = [Track(n, subset, _load_musdb_track, (str(root), subset, False)) for n in names]
     return _select(found, tracks, folder)
