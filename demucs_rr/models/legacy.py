@@ -338,9 +338,9 @@ def load_official_package(path: str | Path) -> LegacyPackage:
     path = Path(path)
     _check_exists(path)
     try:
-        package = torch.load(
-            path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle
-        )
+        # weights_only=False is safe here: every global goes through the restricted unpickler.
+        package = torch.load(path, map_location="cpu", weights_only=False,
+                             pickle_module=_restricted_pickle)
     except _Refused as exc:
         raise PackageFormatError(
             f"refusing to load {path}: it references {exc.reference}, which is not allowed "
