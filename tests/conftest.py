@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,3 +41,20 @@ def make_tone_mix(seconds: float = 1.0, samplerate: int = 44100, channels: int =
         tone = tone + 0.1 * torch.sin(2 * math.pi * 55 * t)
         rows.append(tone + 0.01 * torch.randn(t.shape, generator=gen))
     return torch.stack(rows).float()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run with one intra-op thread (the fixtures were produced that way), then restore."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def assert_matches(out: np.ndarray, ref: np.ndarray, what: str) -> None:
+    """Fixture tolerance: max|out - ref| <= 1e-5 * max|ref| + 1e-6, shapes equal."""
+    assert out.shape == ref.shape, f"{what}: shape {out.shape} != {ref.shape}"
+    err = float(np.abs(out - ref).max())
+    bound = 1e-5 * float(np.abs(ref).max()) + 1e-6
+    assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"

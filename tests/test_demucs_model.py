@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +18,7 @@ from demucs_rr.models.demucs import (
     center_trim,
     demucs_v2,
 )
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Run with one intra-op thread (the fixtures were produced that way), then restore."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def assert_matches(out: np.ndarray, ref: np.ndarray, what: str) -> None:
-    """Fixture tolerance: max|out - ref| <= 1e-5 * max|ref| + 1e-6, shapes equal."""
-    assert out.shape == ref.shape, f"{what}: shape {out.shape} != {ref.shape}"
-    err = float(np.abs(out - ref).max())
-    bound = 1e-5 * float(np.abs(ref).max()) + 1e-6
-    assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
+from tests.conftest import assert_matches
 
 
 def _case(official: Path, case: str) -> tuple[dict, dict, dict[str, np.ndarray]]:

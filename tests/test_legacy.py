@@ -10,7 +10,6 @@ import pickletools
 import sys
 import types
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path, PosixPath
 from typing import Any
 
@@ -27,14 +26,6 @@ from demucs_rr.models.legacy import (
     load_state_strict,
     model_from_official_package,
 )
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _globals_in(path: Path) -> set[str]:

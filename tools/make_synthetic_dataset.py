@@ -11,31 +11,20 @@ import argparse
 import sys
 import time
 
+from demucs_rr import argtypes
 from demucs_rr.data.synthetic import make_synthetic_dataset
 from demucs_rr.errors import DemucsRRError
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="output folder")
-    parser.add_argument("--train", type=_count, default=8, help="train tracks (default 8)")
-    parser.add_argument("--valid", type=_count, default=2, help="valid tracks (default 2)")
-    parser.add_argument("--test", type=_count, default=2, help="test tracks (default 2)")
-    parser.add_argument("--seconds", type=_seconds, default=8.0, help="track length (default 8)")
+    count = argtypes.non_negative_int
+    parser.add_argument("--train", type=count, default=8, help="train tracks (default 8)")
+    parser.add_argument("--valid", type=count, default=2, help="valid tracks (default 2)")
+    parser.add_argument("--test", type=count, default=2, help="test tracks (default 2)")
+    parser.add_argument("--seconds", type=argtypes.seconds, default=8.0,
+                        help="track length (default 8)")
     parser.add_argument("--samplerate", type=int, default=44100, help="sample rate (default 44100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
