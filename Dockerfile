@@ -8,6 +8,7 @@ RUN apt-get update \
 WORKDIR /opt/demucs_rr
 COPY pyproject.toml README.md ./
 COPY demucs_rr ./demucs_rr
+COPY conf ./conf
 # torch first, pinned, so that `pip install .` does not pick another build. Pass pip options
 # with --build-arg TORCH_PIP="..." (e.g. an --index-url of CPU-only wheels for a smaller image).
 ARG TORCH_PIP="torch==2.13.0"

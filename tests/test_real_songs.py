@@ -20,11 +20,10 @@ def songs(eval_data: Path) -> list[Path]:
     return sorted((eval_data / "full-songs" / "librosa-data").glob("*.ogg"))
 
 
-def test_fraction_stems_of_real_songs_sum_to_mixture(eval_data, tmp_path):
+def _check_fraction_stems(files: list[Path], tmp_path: Path) -> None:
+    """Stems of a lossless fraction split keep the input's frames and rate and sum to it."""
     model = FractionModel(SOURCES, [0.1, 0.2, 0.3, 0.4], segment_length=10 * 44100, crop=101)
     pkg = save_package(model, tmp_path / "frac.safetensors")
-    files = songs(eval_data)
-    assert len(files) == 4
     out = tmp_path / "out"
     assert main(["separate", "-q", *map(str, files), "-n", str(pkg), "-o", str(out)]) == 0
     for song in files:
@@ -36,6 +35,20 @@ def test_fraction_stems_of_real_songs_sum_to_mixture(eval_data, tmp_path):
             stems[stem], _ = sf.read(out / "frac" / song.stem / f"{stem}.wav", dtype="float32")
         total = sum(stems.values())
         assert np.abs(total - mix).max() <= 4 / 32767 + 1e-6, song.name
+
+
+def test_fraction_stems_of_a_real_song_sum_to_mixture(eval_data, tmp_path):
+    """Smoke run of the default suite: the shortest song (46 s)."""
+    files = [f for f in songs(eval_data) if "Hungarian_Dance" in f.name]
+    assert len(files) == 1
+    _check_fraction_stems(files, tmp_path)
+
+
+@pytest.mark.slow
+def test_fraction_stems_of_all_real_songs_sum_to_mixture(eval_data, tmp_path):
+    files = songs(eval_data)
+    assert len(files) == 4
+    _check_fraction_stems(files, tmp_path)
 
 
 def _tiny_demucs_package(tmp_path: Path) -> Path:
@@ -53,7 +66,8 @@ def _check_duration(files: list[Path], out: Path) -> None:
             assert (got.samplerate, got.frames, got.channels) == (info.samplerate, info.frames, 2)
 
 
-def test_tiny_demucs_on_a_real_song(eval_data, tmp_path):
+@pytest.mark.slow
+def test_tiny_demucs_on_a_real_song_batched(eval_data, tmp_path):
     files = [f for f in songs(eval_data) if "Vibe_Ace" in f.name]
     out = tmp_path / "out"
     argv = ["separate", "-q", str(files[0]), "-n", str(_tiny_demucs_package(tmp_path)),
