@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from demucs_rr import __version__, argtypes
 from demucs_rr.errors import DemucsRRError
@@ -28,6 +29,13 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "leaderboard": ("demucs_rr.evaluate.cli", "add_leaderboard_arguments", "run_leaderboard",
                     "merge evaluation folders into one ranked table"),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line (exit code 2), pointing at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _stem_list(text: str) -> list[str]:
@@ -96,11 +104,33 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
                    help="debug logging")
 
 
+def add_threads_argument(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
+    """``--threads N``: CPU threads torch may use (accepted before or after the subcommand)."""
+    parser.add_argument("--threads", type=argtypes.positive_int, metavar="N",
+                        default=None if top_level else argparse.SUPPRESS,
+                        help="CPU threads for torch (default: torch's, one per core); on a "
+                             "shared machine set it to the cores you may use")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads``: intra-op threads, and inter-op threads while torch still allows it."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # only settable once, before any inter-op work has started
+        logger.debug("inter-op threads already fixed at %d", torch.get_num_interop_threads())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``demucs-rr`` parser with its subcommands."""
-    parser = argparse.ArgumentParser(prog="demucs-rr", description="Music source separation.")
+    parser = _Parser(prog="demucs-rr", description="Music source separation.")
     parser.add_argument("--version", action="version", version=f"demucs-rr {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_threads_argument(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sep = sub.add_parser("separate", help="split songs into stems")
     add_separate_arguments(sep)
@@ -111,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--repo", help="also list model files in this folder")
     for name, (module, add, _, help_text) in EXTRA_COMMANDS.items():
         getattr(importlib.import_module(module), add)(sub.add_parser(name, help=help_text))
+    for sub_parser in (*sub.choices.values(), lst):
+        add_threads_argument(sub_parser)
     return parser
 
 
@@ -137,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        set_threads(args.threads)
         return _run(args)
     except DemucsRRError as exc:
         print(f"error: {exc}", file=sys.stderr)

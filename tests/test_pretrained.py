@@ -9,14 +9,12 @@ import io
 import socket
 import sys
 import threading
-import types
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-import demucs_rr.models
 from demucs_rr.errors import DownloadError, ModelNotFoundError, PackageFormatError
 from demucs_rr.models import fetch, pretrained
 from demucs_rr.models.package import save_package
@@ -62,7 +60,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     truncated: dict[str, bytes] = {}
     requests: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+    def do_GET(self) -> None:
         self.requests.append(self.path)
         if self.path in self.files:
             body = self.files[self.path]
@@ -117,25 +115,11 @@ def server(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture(autouse=True)
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Isolated cache, TinyNet registered, and a stand-in legacy loader until the real one lands."""
+    """Isolated cache and TinyNet registered."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("DEMUCS_RR_CACHE", str(cache))
     monkeypatch.setitem(MODEL_CLASSES, "TinyNet", TinyNet)
-    try:
-        from demucs_rr.models import legacy
-
-        legacy.load_state_file  # noqa: B018
-    except (ImportError, AttributeError):
-        fake = types.ModuleType("demucs_rr.models.legacy")
-        fake.load_state_file = lambda p: torch.load(p, map_location="cpu", weights_only=True)
-        fake.model_from_official_package = _no_package_loader
-        monkeypatch.setitem(sys.modules, "demucs_rr.models.legacy", fake)
-        monkeypatch.setattr(demucs_rr.models, "legacy", fake, raising=False)
     return cache
-
-
-def _no_package_loader(path):
-    raise PackageFormatError("official packages not supported in this stand-in")
 
 
 @pytest.fixture
@@ -183,9 +167,8 @@ def test_catalogue() -> None:
 
 
 def test_demucs_presets_fit_constructor() -> None:
-    demucs = pytest.importorskip(
-        "demucs_rr.models.demucs", reason="demucs_rr.models.demucs is not written yet"
-    )
+    from demucs_rr.models import demucs
+
     for info in PRETRAINED.values():
         if info.model_class == "Demucs":
             inspect.signature(demucs.Demucs).bind(**info.kwargs)
@@ -367,5 +350,5 @@ def test_list_models(tiny, monkeypatch, env) -> None:
     assert rows[NAME]["cached"] and not rows["demucs"]["cached"]
     assert rows["demucs"]["path"] == str(env / "demucs-e07c671f.th")
     assert rows["demucs"] | {"cached": False} == {
-        "name": "demucs", "class": "Demucs", "sdr": 6.28, "cached": False,
+        "name": "demucs", "class": "Demucs", "sdr": 6.28, "valid_nsdr": None, "cached": False,
         "description": PRETRAINED["demucs"].description, "path": rows["demucs"]["path"]}

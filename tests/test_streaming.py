@@ -37,7 +37,7 @@ def block_sizes(spec: int | str, length: int) -> list[int]:
 def stream(streamer: StreamingSeparator, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Feed ``x`` in blocks, checking the lag bound after each; return all outputs + flush."""
     outs, start, emitted = [], 0, 0
-    L, hop = streamer.model.L, streamer.hop  # noqa: N806
+    L, hop = streamer.model.L, streamer.hop
     for size in sizes:
         outs.append(streamer.process(x[:, start : start + size]))
         start = min(start + size, x.size(-1))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from demucs_rr.data.synthetic import STEMS, make_synthetic_dataset
+from demucs_rr.data.synthetic import make_synthetic_dataset
 from demucs_rr.errors import ConfigError
+from demucs_rr.sources import MUSDB_SOURCES as STEMS
 
 RATE = 22050
 SPLITS = {"train": 2, "valid": 1}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from demucs_rr.models.base import SeparationModel
+from demucs_rr.models.base import PackagedModel, SeparationModel
 from demucs_rr.models.tasnet import ConvTasNet
 from demucs_rr.separate.engine import ApplyOptions, apply_model
 from tests.conftest import assert_matches
@@ -88,6 +88,32 @@ def test_causal_variant_structure() -> None:
 
 
 @pytest.mark.parametrize("causal", [True, False])
+def test_named_parts_are_the_official_modules(causal: bool) -> None:
+    """The named parts are the very modules behind the official state-dict keys."""
+    model = ConvTasNet(SOURCES, N=8, B=4, H=6, P=3, X=3, R=2, causal=causal, norm_type="cLN")
+    sep, params = model.separator, dict(model.named_parameters())
+    assert model.num_sources == sep.num_sources == 4 and not hasattr(model, "C")
+    assert sep.bottleneck_norm.gamma is params["separator.network.0.gamma"]
+    assert sep.bottleneck.weight is params["separator.network.1.weight"]
+    assert sep.mask_conv.weight is params["separator.network.3.weight"]
+    assert sep.mask_conv.weight.shape == (4 * 8, 4, 1)
+    blocks = sep.blocks
+    assert [b.dsconv.dilation for b in blocks] == [1, 2, 4] * 2
+    assert [b.dsconv.padding for b in blocks] == [
+        (2 * d if causal else d) for d in [1, 2, 4] * 2]
+    assert all(b.dsconv.context == 2 * b.dsconv.dilation for b in blocks)
+    last = blocks[-1]
+    prefix = "separator.network.2.1.2.net."
+    named = {"0.weight": last.conv_in.weight, "1.weight": last.act_in.weight,
+             "2.gamma": last.norm_in.gamma, "3.net.0.weight": last.dsconv.depthwise.weight,
+             f"3.net.{1 + causal}.weight": last.dsconv.act.weight,
+             f"3.net.{2 + causal}.gamma": last.dsconv.norm.gamma,
+             f"3.net.{3 + causal}.weight": last.dsconv.pointwise.weight}
+    for key, param in named.items():
+        assert params[prefix + key] is param, key
+
+
+@pytest.mark.parametrize("causal", [True, False])
 def test_causality(causal: bool) -> None:
     """Changing input from sample t0 on leaves causal outputs before t0 - (L - 1) untouched."""
     torch.manual_seed(0)
@@ -114,7 +140,7 @@ def test_causality(causal: bool) -> None:
 def test_contract_and_init_kwargs() -> None:
     model = ConvTasNet(SOURCES, N=8, B=4, H=6, X=2, R=1, causal=True, norm_type="cLN",
                        mask_nonlinear="softmax", segment_length=4410)
-    assert isinstance(model, SeparationModel)
+    assert isinstance(model, SeparationModel) and isinstance(model, PackagedModel)
     rebuilt = ConvTasNet(**json.loads(json.dumps(model.init_kwargs)))
     assert list(rebuilt.state_dict()) == list(model.state_dict())
     assert rebuilt.init_kwargs == model.init_kwargs

@@ -49,7 +49,7 @@ def signals(seconds: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return r.float(), e.float()
 
 
-def best_time(fn, repeats: int, sync: bool = False) -> tuple[float, object]:  # noqa: ANN001
+def best_time(fn, repeats: int, sync: bool = False) -> tuple[float, object]:
     """Best wall time of ``repeats`` calls (after one warm-up call) and the last result."""
     out = fn()
     best = math.inf

@@ -62,7 +62,7 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
     """Decode with soundfile; returns a (T, C) float32 array and the sample rate."""
     try:
         data, samplerate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:  # noqa: BLE001 - libsndfile raises several types on bad data
+    except Exception as err:
         reason = _one_line(str(err) or type(err).__name__)
         if "not a regular file" in reason:  # libsndfile's wording for data it cannot parse
             reason = "unrecognised or corrupt data"

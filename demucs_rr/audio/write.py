@@ -172,7 +172,7 @@ def write_audio(
     wav: torch.Tensor,
     path: str | Path,
     samplerate: int,
-    options: WriteOptions = WriteOptions(),  # noqa: B008 - frozen, hence safe as a default
+    options: WriteOptions = WriteOptions(),
 ) -> Path:
     """Write a waveform atomically: the file at ``path`` is either complete or untouched.
 
@@ -204,7 +204,7 @@ def write_audio(
         _encode_to(tmp, data, int(samplerate), options)
         os.replace(tmp, path)
         tmp = None
-    except Exception as err:  # noqa: BLE001 - every encoder/OS failure becomes one error type
+    except Exception as err:
         raise AudioIOError(f"cannot write {path}: {_reason(err)}") from err
     finally:
         if tmp is not None:

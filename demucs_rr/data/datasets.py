@@ -31,15 +31,12 @@ from torch.utils.data import Dataset
 from demucs_rr.audio import convert_channels, resample
 from demucs_rr.data.repitch import draw_repitch, repitch, soundstretch_available
 from demucs_rr.data.tracks import Track, read_frames, scan_tracks
+from demucs_rr.data.trackset import KINDS
 from demucs_rr.errors import ConfigError
 
-__all__ = ["LAYOUTS", "StemSegments", "TrackSplits", "split_tracks"]
+__all__ = ["StemSegments", "TrackSplits", "split_tracks"]
 
 logger = logging.getLogger(__name__)
-
-#: Dataset layouts understood by :func:`split_tracks`.
-LAYOUTS = ("folders", "musdb_hq", "musdb_stems")
-
 
 class StemSegments(Dataset):
     """Fixed-length training items: (S, C, segment) float32 stems of one track.
@@ -159,28 +156,28 @@ class TrackSplits:
     test: list[Track]
 
 
-def split_tracks(root: str | Path, sources: Sequence[str], layout: str = "folders",
+def split_tracks(root: str | Path, sources: Sequence[str], kind: str = "folder",
                  subset_train: str = "train", subset_valid: str = "valid",
                  subset_test: str = "test", *, mixture: str | None = "mixture",
                  cache: bool = True, cache_dir: str | Path | None = None) -> TrackSplits:
     """Train, valid and test tracks of a dataset.
 
-    Layouts:
-        ``folders``: ``root/<subset_train>/``, ``root/<subset_valid>/`` and optionally
+    Kinds (those of :mod:`demucs_rr.data.trackset`):
+        ``folder``: ``root/<subset_train>/``, ``root/<subset_valid>/`` and optionally
         ``root/<subset_test>/``, each scanned with :func:`scan_tracks` (what
         :func:`demucs_rr.data.synthetic.make_synthetic_dataset` writes).
-        ``musdb_hq``: MUSDB18-HQ wav folders; valid = the 14 official validation tracks taken
+        ``musdb-hq``: MUSDB18-HQ wav folders; valid = the 14 official validation tracks taken
         out of ``train`` (``subset_*`` are ignored).
-        ``musdb_stems``: compressed MUSDB18 (``.stem.mp4``), decoded once into ``cache_dir``.
+        ``musdb``: compressed MUSDB18 (``.stem.mp4``), decoded once into ``cache_dir``.
 
     Raises:
-        ConfigError: unknown layout, or any error of :func:`scan_tracks` / ``musdb_tracks``.
+        ConfigError: unknown kind, or any error of :func:`scan_tracks` / ``musdb_tracks``.
     """
     names = list(sources)
-    if layout in ("musdb_hq", "musdb_stems"):
+    if kind in ("musdb-hq", "musdb"):
         from demucs_rr.data.musdb import musdb_tracks
 
-        is_wav = layout == "musdb_hq"
+        is_wav = kind == "musdb-hq"
         test_dir = Path(root) / "test"
         return TrackSplits(
             train=musdb_tracks(root, "train", is_wav, names, cache_dir=cache_dir, cache=cache),
@@ -188,8 +185,8 @@ def split_tracks(root: str | Path, sources: Sequence[str], layout: str = "folder
             test=(musdb_tracks(root, "test", is_wav, names, cache_dir=cache_dir, cache=cache)
                   if test_dir.is_dir() else []),
         )
-    if layout != "folders":
-        raise ConfigError(f"unknown dataset layout {layout!r}, choose from {LAYOUTS}")
+    if kind != "folder":
+        raise ConfigError(f"unknown dataset kind {kind!r}, choose from {', '.join(KINDS)}")
     base = Path(root).expanduser()
     if not base.is_dir():
         raise ConfigError(f"dataset folder {base} does not exist or is not a folder")

@@ -23,21 +23,21 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from demucs_rr.data.tracks import Track, cache_root, scan_tracks
+from demucs_rr import runtime
+from demucs_rr.data.tracks import Track, scan_tracks
 from demucs_rr.errors import ConfigError, DemucsRRError
+from demucs_rr.sources import MUSDB_SOURCES
 
-__all__ = ["SOURCES", "STEM_ORDER", "VALIDATION_TRACKS", "decode_stems", "musdb_tracks",
+__all__ = ["SPLITS", "STEM_ORDER", "VALIDATION_TRACKS", "decode_stems", "musdb_tracks",
            "validation_tracks"]
 
 logger = logging.getLogger(__name__)
 
-#: The four MUSDB18 sources in the official model order.
-SOURCES: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 #: Audio streams of a ``.stem.mp4`` file, in stream order.
-STEM_ORDER: tuple[str, ...] = ("mixture", "drums", "bass", "other", "vocals")
+STEM_ORDER: tuple[str, ...] = ("mixture", *MUSDB_SOURCES)
 #: The 14 validation tracks of musdb 0.4 (``validation_tracks`` in ``musdb/configs/mus.yaml``).
 VALIDATION_TRACKS: tuple[str, ...] = (
     "Actions - One Minute Smile",
@@ -57,6 +57,7 @@ VALIDATION_TRACKS: tuple[str, ...] = (
 )
 _SUFFIX = ".stem.mp4"
 _STAMP = ".source.json"
+#: Official splits: ``train`` (86 tracks), ``valid`` (14, taken out of train), ``test`` (50).
 SPLITS = ("train", "valid", "test")
 
 
@@ -71,7 +72,7 @@ def validation_tracks() -> list[str]:
             names = yaml.safe_load(config.read_text(encoding="utf-8"))["validation_tracks"]
             if names and all(isinstance(name, str) for name in names):
                 return list(names)
-        except Exception as err:  # noqa: BLE001 - any problem: fall back to the embedded list
+        except Exception as err:  # any problem: fall back to the embedded list
             logger.debug("cannot read %s (%s); using the embedded list", config, err)
     return list(VALIDATION_TRACKS)
 
@@ -148,7 +149,7 @@ def decode_stems(root: str | Path, subset: str, names: Sequence[str] | None = No
         raise ConfigError(f"no {_SUFFIX} files in {folder} (for MUSDB18-HQ use is_wav=True)")
     if cache_dir is None:
         digest = hashlib.sha256(str(folder.parent).encode("utf-8")).hexdigest()[:16]
-        out = cache_root() / "musdb_wav" / digest / subset
+        out = runtime.cache_dir() / "musdb_wav" / digest / subset
     else:
         out = Path(cache_dir).expanduser() / subset
     todo = {name: path for name, path in files.items() if not _decoded(out / name, path)}
@@ -164,9 +165,27 @@ def decode_stems(root: str | Path, subset: str, names: Sequence[str] | None = No
 # --------------------------------------------------------------------------- splits
 
 
+def _split_names(base: Path, split: str, is_wav: bool) -> list[str]:
+    """Track names of one split present in ``base`` (the ``train`` or ``test`` folder)."""
+    valid = set(validation_tracks())
+    if is_wav:
+        present = [p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    else:
+        present = [p.name[: -len(_SUFFIX)] for p in base.iterdir() if p.name.endswith(_SUFFIX)]
+    if split == "valid":
+        names = sorted(valid.intersection(present))
+        if not names:
+            raise ConfigError(f"none of the {len(valid)} MUSDB18 validation tracks is in {base}")
+        return names
+    names = sorted(set(present) - valid) if split == "train" else sorted(present)
+    if not names:
+        raise ConfigError(f"no MUSDB18 tracks for split {split!r} in {base}")
+    return names
+
+
 def musdb_tracks(root: str | Path, split: str, is_wav: bool,
-                 sources: Sequence[str] = SOURCES, *, cache_dir: str | Path | None = None,
-                 cache: bool = True) -> list[Track]:
+                 sources: Sequence[str] = MUSDB_SOURCES, *, cache_dir: str | Path | None = None,
+                 cache: bool = True, names: Collection[str] | None = None) -> list[Track]:
     """Tracks of one official MUSDB18 split.
 
     Args:
@@ -177,34 +196,28 @@ def musdb_tracks(root: str | Path, split: str, is_wav: bool,
         sources: stems to include; the mixture file is always used for the statistics.
         cache_dir: decode folder for compressed MUSDB18 (see :func:`decode_stems`).
         cache: use the metadata cache of :func:`scan_tracks`.
+        names: only these tracks of the split (only they are decoded).
 
     Returns:
         Tracks sorted by name; ``Track.name`` is the MUSDB track name.
 
     Raises:
-        ConfigError: unknown split, missing folders or files, a track missing a stem, ffmpeg
-            missing for compressed files, or none of the validation tracks present.
+        ConfigError: unknown split, missing folders or files, a track missing a stem, a name
+            of ``names`` not in the split, ffmpeg missing for compressed files, or none of
+            the validation tracks present.
     """
     if split not in SPLITS:
-        raise ConfigError(f"unknown MUSDB18 split {split!r}, choose from {SPLITS}")
+        raise ConfigError(f"unknown MUSDB18 split {split!r}, choose from {', '.join(SPLITS)}")
     subset = "test" if split == "test" else "train"
-    valid = set(validation_tracks())
     base = Path(root).expanduser() / subset
     if not base.is_dir():
-        raise ConfigError(f"MUSDB18 folder {base} does not exist")
-    if is_wav:
-        present = [p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    else:
-        present = [p.name[: -len(_SUFFIX)] for p in base.iterdir() if p.name.endswith(_SUFFIX)]
-    if split == "valid":
-        names = sorted(valid.intersection(present))
-        if not names:
-            raise ConfigError(f"none of the {len(valid)} MUSDB18 validation tracks is in {base}")
-    elif split == "train":
-        names = sorted(set(present) - valid)
-    else:
-        names = sorted(present)
-    if not names:
-        raise ConfigError(f"no MUSDB18 tracks for split {split!r} in {base}")
-    folder = base if is_wav else decode_stems(root, subset, names, cache_dir)
-    return scan_tracks(folder, list(sources), "mixture", cache, include=names)
+        raise ConfigError(f"MUSDB18 folder {base} does not exist (expected "
+                          f"{Path(root).expanduser()}/{{train,test}}/)")
+    found = _split_names(base, split, is_wav)
+    if names is not None:
+        missing = sorted(set(names) - set(found))
+        if missing:
+            raise ConfigError(f"not in the MUSDB18 {split} split at {base}: {', '.join(missing)}")
+        found = [name for name in found if name in set(names)]
+    folder = base if is_wav else decode_stems(root, subset, found, cache_dir)
+    return scan_tracks(folder, list(sources), "mixture", cache, include=found)

@@ -29,11 +29,10 @@ import numpy as np
 import soundfile
 
 from demucs_rr.errors import ConfigError
+from demucs_rr.sources import MUSDB_SOURCES
 
-__all__ = ["STEMS", "make_synthetic_dataset", "synth_track"]
+__all__ = ["make_synthetic_dataset", "synth_track"]
 
-#: Stems written for every track, in the MUSDB order.
-STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
 _PEAK = 0.9
 _INT16 = 32767
 _MAJOR = (0, 2, 4, 5, 7, 9, 11)
@@ -189,7 +188,7 @@ def _vocals(rng: np.random.Generator, n: int, sr: int, root: int,
 
 
 def synth_track(seconds: float, samplerate: int, rng: np.random.Generator) -> np.ndarray:
-    """One track's stems as float64 (4, 2, T) in the order of :data:`STEMS`, unscaled."""
+    """One track's stems as float64 (4, 2, T), unscaled, in the order of ``MUSDB_SOURCES``."""
     n = int(round(seconds * samplerate))
     beat = 60.0 / rng.uniform(90, 150)
     root = int(rng.integers(0, 12))
@@ -256,7 +255,7 @@ def make_synthetic_dataset(root: str | Path,
             stems = _quantise(synth_track(seconds, samplerate, rng))
             folder = out / split / f"{split}-{index:03d}"
             folder.mkdir(parents=True, exist_ok=True)
-            for name, stem in zip(STEMS, stems, strict=True):
+            for name, stem in zip(MUSDB_SOURCES, stems, strict=True):
                 _write_int16(folder / f"{name}.wav", stem, samplerate)
             _write_int16(folder / "mixture.wav", stems.sum(axis=0), samplerate)
     return out

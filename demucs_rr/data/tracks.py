@@ -38,8 +38,9 @@ import torch
 
 from demucs_rr.audio import AUDIO_EXTENSIONS, read_audio
 from demucs_rr.errors import AudioIOError, ConfigError
+from demucs_rr.runtime import cache_dir
 
-__all__ = ["CACHE_NAME", "Track", "cache_root", "load_track", "read_frames", "scan_tracks"]
+__all__ = ["CACHE_NAME", "Track", "load_track", "read_frames", "scan_tracks"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,19 +76,6 @@ class Track:
     std: float
 
 
-def cache_root() -> Path:
-    """``$DEMUCS_RR_CACHE``, else ``$XDG_CACHE_HOME/demucs_rr``, else ``~/.cache/demucs_rr``.
-
-    Same rule as the model download cache (``demucs_rr.models.pretrained.cache_dir``), repeated
-    here so that the data package does not import the models.
-    """
-    if os.environ.get("DEMUCS_RR_CACHE"):
-        return Path(os.environ["DEMUCS_RR_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "demucs_rr"
-    return Path.home() / ".cache" / "demucs_rr"
-
-
 # --------------------------------------------------------------------------- reading audio
 
 
@@ -104,7 +92,7 @@ def read_frames(path: Path, start: int = 0, frames: int = -1) -> torch.Tensor:
     try:
         data = soundfile.read(str(path), start=start, frames=frames, dtype="float32",
                               always_2d=True)[0]
-    except Exception:  # noqa: BLE001 - libsndfile raises several types; fall back to ffmpeg
+    except Exception:  # libsndfile raises several types; fall back to ffmpeg
         wav, _ = read_audio(path)
         end = wav.shape[-1] if frames < 0 else start + frames
         return wav[:, start:end].contiguous()
@@ -117,7 +105,7 @@ def _file_info(path: Path) -> tuple[int, int, int]:
         try:
             info = soundfile.info(str(path))
             return int(info.frames), int(info.samplerate), int(info.channels)
-        except Exception:  # noqa: BLE001 - unreadable header: let read_audio report it
+        except Exception:  # unreadable header: let read_audio report it
             pass
     wav, samplerate = read_audio(path)
     return wav.shape[-1], samplerate, wav.shape[0]
@@ -134,7 +122,7 @@ def _mono_stats(mono: np.ndarray) -> tuple[float, float]:
 
 def _fallback_cache(root: Path) -> Path:
     digest = hashlib.sha256(str(root).encode("utf-8")).hexdigest()[:24]
-    return cache_root() / "metadata" / f"{digest}.json"
+    return cache_dir() / "metadata" / f"{digest}.json"
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -267,6 +255,14 @@ def _check_same(rel: str, infos: dict[str, tuple[int, int, int]]) -> tuple[int, 
     return next(iter(infos.values()))
 
 
+def _stem_names(folder: Path, mixture: str | None) -> list[str]:
+    """Stem names of the audio files in ``folder`` (every one but the mixture), sorted."""
+    names = {p.stem for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+             and p.suffix.lower() in AUDIO_EXTENSIONS}
+    names.discard(mixture or "")
+    return sorted(names)
+
+
 def _scan_one(folder: Path, rel: str, sources: Sequence[str], mixture: str | None,
               cache: _MetaCache) -> Track:
     stems: dict[str, Path] = {}
@@ -288,15 +284,25 @@ def _scan_one(folder: Path, rel: str, sources: Sequence[str], mixture: str | Non
                  channels=channels, mean=mean, std=std)
 
 
-def scan_tracks(root: str | Path, sources: list[str], mixture: str | None = "mixture",
+def _track_folders(base: Path, include: Collection[str] | None) -> list[Path]:
+    folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if include is not None:
+        wanted = set(include)
+        folders = [p for p in folders if p.name in wanted]
+    return folders
+
+
+def scan_tracks(root: str | Path, sources: Sequence[str] | None, mixture: str | None = "mixture",
                 cache: bool = True, *, include: Collection[str] | None = None) -> list[Track]:
     """Scan a folder holding one sub-folder per track.
 
     Args:
         root: dataset folder; every non-hidden sub-folder is a track.
         sources: stem names; each track must hold one audio file ``<stem>.<ext>`` per name.
+            None takes every audio file of a track folder but the mixture as a stem (the
+            stems may then differ between tracks; folders without audio files are skipped).
         mixture: stem name of the optional mixture file; None ignores any mixture file.
-            Without a mixture file the statistics are those of the sum of ``sources``.
+            Without a mixture file the statistics are those of the sum of the stems.
         cache: read and write the metadata cache (see the module docstring).
         include: when given, only the track folders with these names are scanned.
 
@@ -309,24 +315,28 @@ def scan_tracks(root: str | Path, sources: list[str], mixture: str | None = "mix
             lengths, sample rates or channel counts within a track (naming the track and
             the files).
     """
-    if not sources:
+    if sources is not None and not sources:
         raise ConfigError("no stem names given to scan for")
     base = Path(root).expanduser()
     if not base.is_dir():
         raise ConfigError(f"dataset folder {base} does not exist or is not a folder")
     base = base.resolve()
-    folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if include is not None:
-        wanted = set(include)
-        folders = [p for p in folders if p.name in wanted]
-    if not folders:
-        raise ConfigError(f"no track folders in {base} (expected one sub-folder per track "
-                          f"holding {', '.join(sources)} audio files)")
+    folders = _track_folders(base, include)
     meta = _MetaCache(base, cache)
+    tracks = []
     try:
-        tracks = [_scan_one(p, p.name, sources, mixture, meta) for p in folders]
+        for folder in folders:
+            names = sources if sources is not None else _stem_names(folder, mixture)
+            if not names:
+                logger.warning("skipping %s: no audio stem files", folder)
+                continue
+            tracks.append(_scan_one(folder, folder.name, names, mixture, meta))
     finally:
         meta.save()
+    if not tracks:
+        wanted = ", ".join(sources) if sources else "stem"
+        raise ConfigError(f"no track folders in {base} (expected one sub-folder per track "
+                          f"holding {wanted} audio files)")
     logger.debug("scanned %d tracks in %s", len(tracks), base)
     return tracks
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from demucs_rr import argtypes
 from demucs_rr.errors import ConfigError
+from demucs_rr.runtime import DEVICE_NAMES, resolve_device, torchrun_ranks
+
+if TYPE_CHECKING:
+    from demucs_rr.data.trackset import TrackSet
+    from demucs_rr.evaluate.run import EvalOptions
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +38,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--folder", metavar="ROOT",
                       help="generic dataset: ROOT/<track>/<stem>.<ext> (+ optional mixture)")
     p.add_argument("--is-wav", action="store_true", help="MUSDB18-HQ (wav folders)")
-    p.add_argument("--subset", default="test", help="subset to score (default test)")
+    p.add_argument("--subset",
+                   help="MUSDB18 split test|train|valid (default test); for --folder, a "
+                        "sub-folder of ROOT (default: ROOT/test/ if present, else all of ROOT)")
     p.add_argument("--tracks", nargs="+", metavar="NAME", help="only these tracks")
-    p.add_argument("-o", "--out", help="results folder (default evaluation/<model>)")
-    p.add_argument("-d", "--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
+    p.add_argument("-o", "--out",
+                   help="results folder (default evaluation/<model>/<dataset>-<subset>)")
+    p.add_argument("-d", "--device", default="auto", help="|".join(DEVICE_NAMES))
     p.add_argument("--shifts", type=argtypes.non_negative_int, default=0,
                    help="random shifts averaged (default 0)")
     p.add_argument("--overlap", type=argtypes.overlap, default=0.25,
@@ -60,23 +68,31 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def _dataset(args: argparse.Namespace) -> list:
-    from demucs_rr.evaluate.datasets import folder_dataset, musdb_dataset
+def _trackset(args: argparse.Namespace) -> TrackSet:
+    from demucs_rr.data.trackset import open_tracks
 
     if args.musdb:
-        return musdb_dataset(args.musdb, args.subset, args.is_wav, args.tracks)
-    if args.is_wav:
+        kind, root = ("musdb-hq" if args.is_wav else "musdb"), args.musdb
+    elif args.is_wav:
         raise ConfigError("--is-wav applies to --musdb only")
-    return folder_dataset(args.folder, args.subset, args.tracks)
+    else:
+        kind, root = "folder", args.folder
+    return open_tracks(kind, root, args.subset, args.tracks)
 
 
-def _rank() -> tuple[int, int]:
-    """(RANK, WORLD_SIZE) from the torchrun environment (0, 1 when absent)."""
-    try:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise ConfigError("RANK and WORLD_SIZE must be integers") from None
-    return rank, world
+def _options(args: argparse.Namespace, out: Path, device: str) -> EvalOptions:
+    from demucs_rr.evaluate.run import EvalOptions
+
+    return EvalOptions(
+        model=args.name, out=out, repo=Path(args.repo) if args.repo else None, device=device,
+        sdr_only=args.sdr_only, backend=args.backend, solver=args.solver, jobs=args.jobs,
+        overwrite=args.overwrite,
+        separator=dict(shifts=args.shifts, overlap=args.overlap, segment=args.segment,
+                       split=not args.no_split, batch_size=args.batch_size))
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -87,40 +103,39 @@ def run_evaluate(args: argparse.Namespace) -> int:
         summary_table,
         write_summary,
     )
-    from demucs_rr.evaluate.run import EvalOptions, run_evaluation
+    from demucs_rr.evaluate.results import default_out, model_label
+    from demucs_rr.evaluate.run import run_evaluation
 
     if not args.no_plot:
         require_matplotlib()
-    tracks = _dataset(args)
-    model_label = Path(args.name).stem if Path(args.name).suffix else args.name
-    out = Path(args.out or Path("evaluation") / model_label)
-    options = EvalOptions(
-        model=args.name, out=out, repo=Path(args.repo) if args.repo else None,
-        device=args.device, sdr_only=args.sdr_only, backend=args.backend, solver=args.solver,
-        jobs=args.jobs, overwrite=args.overwrite,
-        separator=dict(shifts=args.shifts, overlap=args.overlap, segment=args.segment,
-                       split=not args.no_split, batch_size=args.batch_size))
-    rank, world = _rank()
-    result = run_evaluation(tracks, options, rank=rank, world_size=world,
-                            progress=not args.quiet and sys.stderr.isatty())
+    ranks = torchrun_ranks()
+    device = str(resolve_device(args.device, ranks.local_rank))
+    trackset = _trackset(args)
+    label = model_label(args.name)
+    out = Path(args.out) if args.out else default_out(label, trackset)
+    result = run_evaluation(trackset, _options(args, out, device), rank=ranks.rank,
+                            world_size=ranks.world_size,
+                            progress=not args.quiet and sys.stderr.isatty(),
+                            notify=_stderr if ranks.rank == 0 else None)
     for name, error in result.failed.items():
-        print(f"failed: {name}: {error}", file=sys.stderr)
-    if rank != 0:
+        _stderr(f"failed: {name}: {error}")
+    if ranks.rank != 0:
         return 1 if result.failed else 0
     if not result.scores:
         raise ConfigError(f"no track could be scored; results folder {out}")
-    paths = write_summary(result.scores, out, f"{model_label} on {args.subset}",
+    paths = write_summary(result.scores, out, f"{label} on {trackset.label}",
                           plot=not args.no_plot)
     print(markdown(*summary_table(result.scores)), end="")
-    print(f"results: {out} (summary: {paths['markdown'].name}, {paths['csv'].name}"
-          + (f", {paths['plot'].name})" if "plot" in paths else ")"))
+    print(f"results: {out} ({len(result.scores)} tracks; summary: {paths['markdown'].name}, "
+          f"{paths['csv'].name}" + (f", {paths['plot'].name})" if "plot" in paths else ")"))
     return 1 if result.failed else 0
 
 
 def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``demucs-rr leaderboard``."""
     p = parser
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="result folders of `evaluate`")
+    p.add_argument("dirs", nargs="+", metavar="DIR",
+                   help="result folders of `evaluate`, or folders holding them (evaluation/)")
     p.add_argument("--no-reference", action="store_true",
                    help="leave out the published reference rows")
     p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
@@ -128,10 +143,11 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_leaderboard(args: argparse.Namespace) -> int:
-    """Run ``demucs-rr leaderboard``: print the merged, ranked table."""
+    """Run ``demucs-rr leaderboard``: print the merged table, ranked within each dataset."""
     from demucs_rr.evaluate.leaderboard import (
         REFERENCE_SOURCE,
         entry_from,
+        label_entries,
         leaderboard,
         load_results,
         markdown,
@@ -139,7 +155,14 @@ def run_leaderboard(args: argparse.Namespace) -> int:
         to_csv,
     )
 
-    entries = [entry_from(*load_results(d)) for d in args.dirs]
+    groups, seen = [], set()
+    for folder in args.dirs:
+        for group in load_results(folder):
+            key = (group.folder.resolve(), group.dataset)
+            if key not in seen:
+                seen.add(key)
+                groups.append(group)
+    entries = label_entries([entry_from(g) for g in groups])
     if not args.no_reference:
         entries += reference_entries()
     header, rows = leaderboard(entries)

@@ -290,6 +290,6 @@ def aggregate(tracks: list[TrackScores], tracks_agg: str = "median") -> dict[str
     return out
 
 
-def _reduce(fn, values: list[float]) -> float:  # noqa: ANN001 - numpy reducer
+def _reduce(fn, values: list[float]) -> float:
     arr = np.asarray(values, dtype=np.float64)
     return float(fn(arr)) if np.isfinite(arr).any() else math.nan

@@ -1,5 +1,9 @@
 """Evaluate a model on a dataset: separate each track with the one engine, score it, write
-museval-format JSON per track and, on rank 0, the summary (Markdown, CSV, box plot).
+museval-format JSON per track and, on rank 0, gather every result of the folder for the summary.
+
+Tracks come from the data layer (:func:`demucs_rr.data.open_tracks`); results are laid out and
+checked for reuse by :mod:`demucs_rr.evaluate.results` (a folder never mixes datasets or
+settings).
 
 Parallelism: ``jobs`` worker processes per rank (each with its own :class:`Separator`), and
 ``world_size`` ranks (``torchrun`` or several machines sharing ``out``) that each take every
@@ -16,14 +20,27 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from demucs_rr.audio import convert_audio
+from demucs_rr.data.tracks import Track, load_track
+from demucs_rr.data.trackset import TrackSet
 from demucs_rr.errors import ConfigError, DemucsRRError
-from demucs_rr.evaluate.datasets import Track
 from demucs_rr.evaluate.metrics import TrackScores, read_track_json, score_track, write_track_json
+from demucs_rr.evaluate.results import (
+    RunRecord,
+    check_reuse,
+    model_label,
+    model_signature,
+    result_files,
+    result_path,
+)
+from demucs_rr.models.base import SeparationModel
+
+if TYPE_CHECKING:
+    from demucs_rr.separate.api import Separator
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +53,7 @@ class EvalOptions:
         model: pretrained name, package/model file, or a built model.
         out: results folder (``<out>/<subset>/<track>.json`` + summary files).
         repo: folder searched first for model files.
-        device: separation device (``auto``, ``cpu``, ``cuda``, ...).
+        device: separation device (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
         separator: extra :class:`Separator` keywords (shifts, overlap, segment, split, ...).
         sdr_only: score SDR only (milliseconds per track) instead of SDR/ISR/SIR/SAR.
         backend: ``torch`` or ``museval`` (reference implementation, slow).
@@ -46,7 +63,7 @@ class EvalOptions:
         wait_timeout: seconds rank 0 waits for the other ranks.
     """
 
-    model: str | Path | nn.Module
+    model: str | Path | SeparationModel
     out: Path
     repo: Path | None = None
     device: str = "auto"
@@ -59,11 +76,11 @@ class EvalOptions:
     wait_timeout: float = 24 * 3600.0
 
 
-def training_tracks(model: str | Path | nn.Module, repo: Path | None = None) -> set[str]:
+def training_tracks(model: str | Path | SeparationModel, repo: Path | None = None) -> set[str]:
     """Track names the model's package records as its training split (empty when unknown)."""
     from demucs_rr.models.package import read_package_metadata
 
-    if isinstance(model, nn.Module):
+    if not isinstance(model, (str, Path)):
         return set()
     candidates = [Path(model).expanduser()]
     if repo is not None:
@@ -85,98 +102,118 @@ def check_not_training(tracks: Sequence[Track], options: EvalOptions) -> None:
                           f"({', '.join(overlap[:3])}{more}): evaluate on held-out tracks")
 
 
-def result_path(out: Path, track: Track) -> Path:
-    """museval layout: ``<out>/<subset>/<track name>.json``."""
-    return Path(out) / track.subset / f"{track.name}.json"
-
-
-def make_separator(options: EvalOptions):  # noqa: ANN201 - Separator (imported lazily)
-    """The engine the CLI uses, configured from ``options``."""
+def make_separator(options: EvalOptions) -> Separator:
+    """The engine the CLI uses (a :class:`Separator`), configured from ``options``."""
     from demucs_rr.separate.api import Separator
 
     return Separator(options.model, device=options.device, repo=options.repo,
                      **options.separator)
 
 
-def _metrics_device(separator) -> torch.device:  # noqa: ANN001
+def run_record(trackset: TrackSet, options: EvalOptions, separator: Separator) -> RunRecord:
+    """Dataset and number-changing settings of this run (engine values after defaults)."""
+    apply = separator.options
+    segment = apply.segment if apply.segment is not None else getattr(
+        separator.model, "segment_length", None)
+    settings = {
+        "model": model_label(options.model), "model_signature": model_signature(separator.model),
+        "segment": None if segment is None else int(segment), "overlap": float(apply.overlap),
+        "split": bool(apply.split), "shifts": int(apply.shifts), "seed": int(apply.seed),
+        "transition_power": float(apply.transition_power), "sdr_only": bool(options.sdr_only),
+    }
+    return RunRecord(trackset.describe(), settings)
+
+
+def _metrics_device(separator: Separator) -> torch.device:
     """float64 metrics run on CUDA when separation does, else on the CPU (MPS has no float64)."""
     return separator.device if separator.device.type == "cuda" else torch.device("cpu")
 
 
-def evaluate_track(track: Track, separator, options: EvalOptions) -> TrackScores:  # noqa: ANN001
-    """Separate and score one track (estimates converted back to the references' rate)."""
+def evaluate_track(track: Track, separator: Separator, options: EvalOptions,
+                   record: RunRecord) -> TrackScores:
+    """Separate and score one track (estimates converted back to the references' rate).
+
+    The references are every stem of the track the model also outputs; the mixture is the
+    track's mixture file, or the sum of all its stems.
+    """
     start = time.perf_counter()
-    audio = track.load()
-    targets = [s for s in separator.sources if s in audio.stems]
+    targets = [s for s in separator.sources if s in track.stems]
     if not targets:
         raise ConfigError(f"{track.name}: the model's sources {separator.sources} match none of "
-                          f"the track's stems {sorted(audio.stems)}")
-    estimates = separator.separate_tensor(audio.mixture, audio.samplerate)
-    channels = audio.mixture.shape[0]
+                          f"the track's stems {sorted(track.stems)}")
+    mixture, stems = load_track(track, list(track.stems))  # (C, T), (S, C, T)
+    estimates = separator.separate_tensor(mixture, track.samplerate)
     device = _metrics_device(separator)
-    refs = torch.stack([audio.stems[t] for t in targets]).to(device)
+    names = list(track.stems)
+    refs = stems[[names.index(t) for t in targets]].to(device)
     ests = torch.stack([convert_audio(estimates[t].float().cpu(), separator.samplerate,
-                                      audio.samplerate, channels) for t in targets]).to(device)
-    scores = score_track(track.name, targets, refs, ests, audio.samplerate,
+                                      track.samplerate, track.channels)
+                        for t in targets]).to(device)
+    scores = score_track(track.name, targets, refs, ests, track.samplerate,
                          sdr_only=options.sdr_only, backend=options.backend,
                          solver=options.solver)
-    scores.extra = {"model": _model_name(options.model, separator), "subset": track.subset,
-                    "samplerate": audio.samplerate, "seconds_audio": refs.shape[-1] /
-                    audio.samplerate, "seconds_wall": round(time.perf_counter() - start, 3),
-                    "metrics": "SDR" if options.sdr_only else "SDR/ISR/SIR/SAR",
-                    "backend": options.backend, **_jsonable(options.separator)}
+    scores.extra = {
+        "model": record.settings["model"], "dataset": record.dataset,
+        "settings": record.settings, "samplerate": track.samplerate,
+        "seconds_audio": refs.shape[-1] / track.samplerate,
+        "seconds_wall": round(time.perf_counter() - start, 3),
+        "metrics": "SDR" if options.sdr_only else "SDR/ISR/SIR/SAR", "backend": options.backend,
+        "solver": options.solver, "batch_size": int(separator.options.batch_size),
+        "device": str(separator.device),
+    }
     return scores
 
 
-def _model_name(model: object, separator) -> str:  # noqa: ANN001
-    return str(getattr(separator, "model_name", None) or model)
+@dataclass(frozen=True)
+class _Job:
+    """What every worker needs besides the track."""
+
+    options: EvalOptions
+    record: RunRecord
+    subset: str
 
 
-def _jsonable(d: dict) -> dict:
-    return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool, type(None)))}
+def _score_and_write(track: Track, separator: Separator, job: _Job) -> None:
+    scores = evaluate_track(track, separator, job.options, job.record)
+    write_track_json(scores, result_path(job.options.out, job.subset, track.name))
 
 
 _WORKER: dict = {}
 
 
-def _init_worker(options: EvalOptions, threads: int) -> None:
+def _init_worker(job: _Job, threads: int) -> None:
     torch.set_num_threads(threads)
-    _WORKER["options"] = options
-    _WORKER["separator"] = make_separator(options)
+    _WORKER["job"] = job
+    _WORKER["separator"] = make_separator(job.options)
 
 
-def _work(track: Track) -> tuple[str, TrackScores | None, str | None]:
-    options = _WORKER["options"]
+def _work(track: Track) -> tuple[str, str | None]:
     try:
-        scores = evaluate_track(track, _WORKER["separator"], options)
-        write_track_json(scores, result_path(options.out, track))
-        return track.name, scores, None
+        _score_and_write(track, _WORKER["separator"], _WORKER["job"])
+        return track.name, None
     except DemucsRRError as exc:
-        return track.name, None, str(exc)
+        return track.name, str(exc)
 
 
-def _run_serial(tracks: list[Track], options: EvalOptions,
+def _run_serial(tracks: list[Track], separator: Separator, job: _Job,
                 report: Callable[[str, str | None], None]) -> None:
-    separator = make_separator(options)
     for track in tracks:
         try:
-            scores = evaluate_track(track, separator, options)
-            write_track_json(scores, result_path(options.out, track))
+            _score_and_write(track, separator, job)
             report(track.name, None)
         except DemucsRRError as exc:
             report(track.name, str(exc))
 
 
-def _run_pool(tracks: list[Track], options: EvalOptions,
-              report: Callable[[str, str | None], None]) -> None:
-    threads = max(1, (os.cpu_count() or 1) // options.jobs)
+def _run_pool(tracks: list[Track], job: _Job, report: Callable[[str, str | None], None]) -> None:
+    jobs = job.options.jobs
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no fork of a threaded torch process
-    with ProcessPoolExecutor(options.jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(options, threads)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(job, threads)) as pool:
         futures = [pool.submit(_work, t) for t in tracks]
         for future in as_completed(futures):
-            name, _, error = future.result()
-            report(name, error)
+            report(*future.result())
 
 
 @dataclass
@@ -184,33 +221,63 @@ class RunResult:
     """Outcome of :func:`run_evaluation` on one rank.
 
     Attributes:
-        scores: every track's scores found in ``out`` (rank 0; empty on other ranks).
+        scores: every track result of the folder (rank 0; empty on other ranks), earlier
+            results of the same dataset and settings included.
         failed: track name -> error message, for this rank's tracks.
-        skipped: tracks whose JSON already existed.
+        skipped: this rank's tracks whose JSON already existed (not scored again).
+        reused: names of the earlier results in ``scores`` (computed by earlier runs).
     """
 
     scores: list[TrackScores]
     failed: dict[str, str]
     skipped: list[str]
+    reused: list[str] = field(default_factory=list)
 
 
-def run_evaluation(tracks: Sequence[Track], options: EvalOptions, *, rank: int = 0,
-                   world_size: int = 1, progress: bool = False) -> RunResult:
-    """Evaluate ``tracks`` (this rank's share), then on rank 0 gather every rank's results.
-
-    Raises:
-        ConfigError: a track is in the model's training split, or bad options.
-    """
+def _check_run(options: EvalOptions, rank: int, world_size: int) -> None:
     if not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is outside world size {world_size}")
     if options.jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {options.jobs}")
-    check_not_training(tracks, options)
+
+
+def run_evaluation(trackset: TrackSet, options: EvalOptions, *, rank: int = 0,
+                   world_size: int = 1, progress: bool = False,
+                   notify: Callable[[str], None] | None = None) -> RunResult:
+    """Evaluate the tracks of ``trackset`` (this rank's share), then gather on rank 0.
+
+    Earlier results in ``options.out`` are reused (``notify`` is told how many) when they
+    record the same dataset and settings; ``options.overwrite`` scores the tracks again.
+
+    Raises:
+        ConfigError: a track is in the model's training split, bad options, or earlier
+            results in ``options.out`` made from another dataset or with other settings.
+    """
+    _check_run(options, rank, world_size)
+    check_not_training(trackset.tracks, options)
     options = replace(options, out=Path(options.out))
-    mine = list(tracks)[rank::world_size]
-    skipped = [t.name for t in mine
-               if not options.overwrite and result_path(options.out, t).is_file()]
-    todo = [t for t in mine if t.name not in skipped]
+    separator = make_separator(options)
+    job = _Job(options, run_record(trackset, options, separator), trackset.subset)
+    earlier = {p.stem for p in check_reuse(options.out, job.record)}
+    kept = set() if options.overwrite else earlier
+    reused = sorted(earlier - {t.name for t in trackset.tracks if t.name not in kept})
+    if reused and notify is not None:
+        notify(f"reusing {len(reused)} earlier results from {options.out}")
+    mine = list(trackset.tracks)[rank::world_size]
+    skipped = [t.name for t in mine if t.name in kept]
+    todo = [t for t in mine if t.name not in kept]
+    failed = _run_tracks(todo, separator, job, progress)
+    _mark_done(options.out, rank, world_size)
+    if rank != 0:
+        return RunResult(scores=[], failed=failed, skipped=skipped, reused=reused)
+    _wait_for_ranks(options.out, world_size, options.wait_timeout)
+    scores = [read_track_json(p) for p in result_files(options.out)]
+    return RunResult(scores=scores, failed=failed, skipped=skipped, reused=reused)
+
+
+def _run_tracks(todo: list[Track], separator: Separator, job: _Job,
+                progress: bool) -> dict[str, str]:
+    """Score ``todo`` serially or in worker processes; returns name -> error of failures."""
     failed: dict[str, str] = {}
     bar = _progress_bar(len(todo), progress)
 
@@ -223,22 +290,18 @@ def run_evaluation(tracks: Sequence[Track], options: EvalOptions, *, rank: int =
             bar.set_postfix_str(name[:30])
 
     try:
-        if todo:
-            (_run_pool if options.jobs > 1 and len(todo) > 1 else _run_serial)(
-                todo, options, report)
+        if job.options.jobs > 1 and len(todo) > 1:
+            _run_pool(todo, job, report)
+        elif todo:
+            _run_serial(todo, separator, job, report)
     finally:
         if bar is not None:
             bar.close()
-    _mark_done(options.out, rank, world_size)
-    if rank != 0:
-        return RunResult(scores=[], failed=failed, skipped=skipped)
-    _wait_for_ranks(options.out, world_size, options.wait_timeout)
-    found = [result_path(options.out, t) for t in tracks]
-    scores = [read_track_json(p) for p in found if p.is_file()]
-    return RunResult(scores=scores, failed=failed, skipped=skipped)
+    return failed
 
 
-def _progress_bar(total: int, enabled: bool):  # noqa: ANN202 - tqdm or None
+def _progress_bar(total: int, enabled: bool) -> Any:
+    """A tqdm bar counting tracks, or None."""
     if not enabled or total == 0:
         return None
     from tqdm import tqdm

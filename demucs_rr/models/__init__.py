@@ -4,9 +4,11 @@ Model classes themselves (``demucs_rr.models.demucs``, ``demucs_rr.models.tasnet
 lazily through the registry, so importing this package does not build or import them.
 """
 
-from demucs_rr.models.base import SeparationModel
+from demucs_rr.models.base import PackagedModel, SeparationModel
+from demucs_rr.models.fetch import download
 from demucs_rr.models.package import (
     FORMAT_VERSION,
+    TrainingInfo,
     load_package,
     read_package_metadata,
     save_package,
@@ -15,7 +17,6 @@ from demucs_rr.models.pretrained import (
     DEFAULT_MODEL,
     PRETRAINED,
     PretrainedInfo,
-    download,
     list_models,
     resolve_model,
 )
@@ -26,8 +27,10 @@ __all__ = [
     "FORMAT_VERSION",
     "MODEL_CLASSES",
     "PRETRAINED",
+    "PackagedModel",
     "PretrainedInfo",
     "SeparationModel",
+    "TrainingInfo",
     "build_model",
     "download",
     "list_models",

@@ -1,33 +1,51 @@
-"""The contract every separation model of demucs_rr fulfils.
+"""The contract every separation model of demucs_rr fulfils, as types.
 
 The separation engine relies on nothing else: a model maps a mixture (B, C, T) to stems
 (B, S, C, T') and exposes the metadata below. Models whose output is shorter than their input
 (Demucs) report through ``valid_length`` how long an input must be so that the output covers
-``length`` samples once centre-trimmed; the engine pads centred with real neighbouring audio.
+``length`` samples once centre-trimmed (:func:`center_trim`); the engine pads centred with real
+neighbouring audio.
+
+Two structural types (``typing.Protocol``) describe it:
+
+- :class:`SeparationModel`: what separation needs (engine, streaming, validation);
+- :class:`PackagedModel`: what a release package needs on top (constructor kwargs and weights),
+  which is what every registered model class (:mod:`demucs_rr.models.registry`) provides.
+
+Any ``torch.nn.Module`` subclass that sets the metadata attributes in its constructor and
+defines ``valid_length`` (and ``init_kwargs``) fulfils them; no base class is needed.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
+from torch import nn
+
+__all__ = ["PackagedModel", "SeparationModel", "as_module", "center_trim"]
+
+_Model = TypeVar("_Model", bound="SeparationModel")
 
 
 @runtime_checkable
 class SeparationModel(Protocol):
-    """Structural type of a separation model.
+    """Structural type of a separation model (in practice a ``torch.nn.Module``).
 
     Attributes:
         sources: stem names, in output order (S of them).
         samplerate: sample rate the model works at, in Hz.
         audio_channels: number of audio channels C the model takes and returns.
         segment_length: default chunk length for split inference, in samples.
+        training: whether the module is in training mode.
     """
 
     sources: list[str]
     samplerate: int
     audio_channels: int
     segment_length: int
+    training: bool
 
     def valid_length(self, length: int) -> int:
         """Smallest input length >= ``length`` whose output covers ``length`` samples."""
@@ -36,3 +54,82 @@ class SeparationModel(Protocol):
     def __call__(self, mix: torch.Tensor) -> torch.Tensor:
         """Separate (B, C, T) into (B, S, C, T'), T' <= T, centred on the input."""
         ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """The trainable parameters (their device is where the model runs)."""
+        ...
+
+    def eval(self: _Model) -> _Model:
+        """Switch to inference mode; returns the model itself."""
+        ...
+
+    def train(self: _Model, mode: bool = True) -> _Model:
+        """Switch training mode on or off; returns the model itself."""
+        ...
+
+    def to(self: _Model, device: torch.device | str | None = None) -> _Model:
+        """Move the weights to ``device``; returns the model itself."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Name -> tensor of every parameter and persistent buffer."""
+        ...
+
+
+@runtime_checkable
+class PackagedModel(SeparationModel, Protocol):
+    """A separation model that a release package can store and rebuild.
+
+    A package keeps the registry name of ``type(model)``, ``init_kwargs`` and the state dict;
+    loading calls ``cls(**init_kwargs)`` and strict-loads the state (``load_state_dict``).
+
+    Attributes:
+        init_kwargs: every constructor argument as JSON-able values.
+    """
+
+    init_kwargs: dict[str, Any]
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> Any:
+        """Copy ``state_dict`` into the model's parameters and buffers."""
+        ...
+
+
+def as_module(model: SeparationModel) -> nn.Module:
+    """The ``torch.nn.Module`` behind ``model``, for what needs a real module (DDP, hooks).
+
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module model, got a {type(model).__name__}")
+    return model
+
+
+def center_trim(tensor: torch.Tensor, reference: int | torch.Tensor) -> torch.Tensor:
+    """Trim the last dimension of ``tensor`` to ``reference`` samples, centred.
+
+    ``reference`` is a length or a tensor whose last dimension gives it. With ``delta`` extra
+    samples, ``delta // 2`` are cut on the left and the rest (the odd one) on the right: the
+    alignment of a model output with its input.
+
+    Args:
+        tensor: (..., T) tensor with T >= the reference length.
+        reference: target length L, or a tensor of shape (..., L).
+
+    Returns:
+        (..., L) view of ``tensor`` (``tensor`` itself when T == L).
+
+    Raises:
+        ValueError: if ``tensor`` is shorter than the reference length.
+    """
+    length = reference.size(-1) if isinstance(reference, torch.Tensor) else int(reference)
+    delta = tensor.size(-1) - length
+    if delta < 0:
+        raise ValueError(
+            f"center_trim: tensor of length {tensor.size(-1)} is shorter than the target "
+            f"length {length}"
+        )
+    if delta:
+        tensor = tensor[..., delta // 2 : delta // 2 + length]
+    return tensor

@@ -21,56 +21,26 @@ import julius
 import torch
 from torch import nn
 
+from demucs_rr.models.base import center_trim
+from demucs_rr.sources import MUSDB_SOURCES
+
 __all__ = [
     "BLSTM",
     "DEMUCS_V2_CONFIGS",
-    "DEMUCS_V2_SOURCES",
     "Demucs",
-    "center_trim",
     "demucs_v2",
     "rescale_module",
 ]
 
-#: Source order of every v2 release (MusDB stem ids 1..4).
-DEMUCS_V2_SOURCES: list[str] = ["drums", "bass", "other", "vocals"]
-
 #: Constructor overrides of the released v2 Demucs models (``sources`` is always
-#: :data:`DEMUCS_V2_SOURCES`). ``demucs_quantized`` shares the ``demucs`` architecture but its
-#: DiffQ-packed weights are not supported, hence it is absent.
+#: :data:`demucs_rr.sources.MUSDB_SOURCES`). ``demucs_quantized`` shares the ``demucs``
+#: architecture but its DiffQ-packed weights are not supported, hence it is absent.
 DEMUCS_V2_CONFIGS: dict[str, dict[str, Any]] = {
     "demucs": {"channels": 64},
     "demucs_extra": {"channels": 64},
     "demucs48_hq": {"channels": 48},
     "demucs_unittest": {"channels": 4},
 }
-
-
-def center_trim(tensor: torch.Tensor, reference: int | torch.Tensor) -> torch.Tensor:
-    """Trim the last dimension of ``tensor`` to ``reference`` samples, centred.
-
-    ``reference`` is a length or a tensor whose last dimension gives it. With ``delta`` extra
-    samples, ``delta // 2`` are cut on the left and the rest (the odd one) on the right.
-
-    Args:
-        tensor: (..., T) tensor with T >= the reference length.
-        reference: target length L, or a tensor of shape (..., L).
-
-    Returns:
-        (..., L) view of ``tensor``.
-
-    Raises:
-        ValueError: if ``tensor`` is shorter than the reference length.
-    """
-    length = reference.size(-1) if isinstance(reference, torch.Tensor) else int(reference)
-    delta = tensor.size(-1) - length
-    if delta < 0:
-        raise ValueError(
-            f"center_trim: tensor of length {tensor.size(-1)} is shorter than the target "
-            f"length {length}"
-        )
-    if delta:
-        tensor = tensor[..., delta // 2 : -(delta - delta // 2)]
-    return tensor
 
 
 class BLSTM(nn.Module):
@@ -104,7 +74,7 @@ def _rescale_conv(conv: nn.Conv1d | nn.ConvTranspose1d, reference: float) -> Non
 
 
 def rescale_module(module: nn.Module, reference: float) -> None:
-    """Rescale every Conv1d / ConvTranspose1d of ``module`` in place (v2 init, fact sheet §1.5)."""
+    """Rescale every Conv1d / ConvTranspose1d of ``module`` in place (the v2 initialisation)."""
     for sub in module.modules():
         if isinstance(sub, (nn.Conv1d, nn.ConvTranspose1d)):
             _rescale_conv(sub, reference)
@@ -227,8 +197,9 @@ class Demucs(nn.Module):
     def valid_length(self, length: int) -> int:
         """Input length to feed so that the output covers ``length`` samples.
 
-        Exact official algorithm (fact sheet §1.4); the output of a valid input is then centre
-        trimmed to ``length`` by the caller. E.g. default config: 44100 -> 49834.
+        Exact official algorithm; the output of a valid input is then centre trimmed to
+        ``length`` by the caller (:func:`~demucs_rr.models.base.center_trim`). E.g. default
+        config: 44100 -> 49834.
         """
         if self.resample:
             length *= 2
@@ -313,6 +284,6 @@ def demucs_v2(name: str, **overrides: Any) -> Demucs:
     if name not in DEMUCS_V2_CONFIGS:
         known = ", ".join(sorted(DEMUCS_V2_CONFIGS))
         raise ValueError(f"unknown v2 Demucs model {name!r}; known: {known}")
-    kwargs: dict[str, Any] = {"sources": list(DEMUCS_V2_SOURCES), **DEMUCS_V2_CONFIGS[name]}
+    kwargs: dict[str, Any] = {"sources": list(MUSDB_SOURCES), **DEMUCS_V2_CONFIGS[name]}
     kwargs.update(overrides)
     return Demucs(**kwargs)

@@ -1,6 +1,6 @@
 """Safe loading of official Demucs v2 files: hub state dicts and pickled model packages.
 
-Two formats exist (fact sheet §3.1):
+Two formats exist:
 
 - hub files (``demucs-e07c671f.th``...): a plain ``dict[str, Tensor]`` written with ``torch.save``;
   read by :func:`load_state_file` with ``weights_only=True``.
@@ -34,16 +34,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from torch import nn
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
+from demucs_rr.models.base import PackagedModel
+from demucs_rr.models.package import load_state_strict
 
 __all__ = [
     "LegacyPackage",
     "OfficialClassRef",
     "load_official_package",
     "load_state_file",
-    "load_state_strict",
     "model_from_official_package",
     "resolve_official_class",
 ]
@@ -114,46 +114,11 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
             f"cannot load {path} as a plain state dict: it pickles Python objects other than "
             "tensors (an official model package needs load_official_package)"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a format error
+    except Exception as exc:
         raise PackageFormatError(
             f"cannot load {path} as a plain state dict ({_one_line(exc)})"
         ) from None
     return _validate_state(state, path, "the file")
-
-
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    """``model.load_state_dict(state, strict=True)`` with a one-line, actionable error.
-
-    Floating tensors are cast to float32 first (v3/v4 packages store fp16).
-
-    Raises:
-        PackageFormatError: on missing / unexpected keys or shape mismatches.
-    """
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    if missing or extra:
-
-        def _fmt(keys: list[str]) -> str:
-            shown = ", ".join(keys[:5])
-            return shown + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_fmt(missing)}")
-        if extra:
-            parts.append(f"unexpected keys: {_fmt(extra)}")
-        raise PackageFormatError(
-            f"weights in {origin} do not match {type(model).__name__}: " + "; ".join(parts)
-        )
-    for key, value in state.items():
-        if tuple(own[key].shape) != tuple(value.shape):
-            raise PackageFormatError(
-                f"weights in {origin} do not match {type(model).__name__}: {key} has shape "
-                f"{tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
-            )
-    model.load_state_dict(state, strict=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,7 +136,7 @@ class OfficialClassRef:
     path: str
 
 
-class _NamespaceDict(dict):  # type: ignore[type-arg]
+class _NamespaceDict(dict[str, Any]):
     """Stand-in for ``argparse.Namespace``: unpickles (NEWOBJ + BUILD) into a dict."""
 
     def __setstate__(self, state: Any) -> None:
@@ -194,7 +159,7 @@ def _windows_path_str(*parts: str) -> str:
 _OFFICIAL_CLASSES = (
     "demucs.model.Demucs",
     "demucs.tasnet.ConvTasNet",
-    # v3/v4 classes are recognised (so the package can be inspected) but not built here.
+    # v3/v4 classes: read here, built by demucs_rr.models.official_v4.
     "demucs.demucs.Demucs",
     "demucs.hdemucs.HDemucs",
     "demucs.htdemucs.HTDemucs",
@@ -346,7 +311,7 @@ def load_official_package(path: str | Path) -> LegacyPackage:
             f"refusing to load {path}: it references {exc.reference}, which is not allowed "
             "in a model package"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a format error
+    except Exception as exc:
         raise PackageFormatError(f"cannot read model package {path} ({_one_line(exc)})") from None
 
     if not isinstance(package, dict) or not {"klass", "kwargs", "state"} <= set(package):
@@ -381,7 +346,7 @@ def load_official_package(path: str | Path) -> LegacyPackage:
     )
 
 
-def resolve_official_class(klass_name: str) -> type[nn.Module]:
+def resolve_official_class(klass_name: str) -> Callable[..., PackagedModel]:
     """Map an official class path to the demucs_rr class implementing it.
 
     Raises:
@@ -392,15 +357,13 @@ def resolve_official_class(klass_name: str) -> type[nn.Module]:
 
         return Demucs
     if klass_name == "demucs.tasnet.ConvTasNet":
-        try:
-            from demucs_rr.models.tasnet import ConvTasNet  # type: ignore[import-not-found]
-        except ImportError:
-            raise PackageFormatError(
-                "this package holds a v2 Conv-TasNet, which this build of demucs_rr does not "
-                "implement"
-            ) from None
-        return ConvTasNet  # type: ignore[no-any-return]
-    raise PackageFormatError(f"model class {klass_name} is not supported by the v2 package loader")
+        from demucs_rr.models.tasnet import ConvTasNet
+
+        return ConvTasNet
+    raise PackageFormatError(
+        f"model class {klass_name} is not supported by the v2 package loader (Demucs 3/4 "
+        "packages load with demucs_rr.models.official_v4.model_from_official_v4_package)"
+    )
 
 
 def _filter_kwargs(klass: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -417,7 +380,7 @@ def _filter_kwargs(klass: Callable[..., Any], kwargs: dict[str, Any]) -> dict[st
     return kept
 
 
-def model_from_official_package(path: str | Path) -> nn.Module:
+def model_from_official_package(path: str | Path) -> PackagedModel:
     """Build the model of an official v2 package and strictly load its (float32) weights.
 
     Returns:

@@ -8,11 +8,11 @@ Layout:
 
     {"format_version": 1, "model_class": "Demucs", "kwargs": {...}, "sources": [...],
      "samplerate": 44100, "audio_channels": 2, "segment_length": N,
-     "name": optional str, "training": optional dict (config, metrics, track lists)}
+     "name": optional str, "training": optional object, see TrainingInfo}
 
 ``model_class`` is a name of :mod:`demucs_rr.models.registry`; ``kwargs`` are the constructor
 arguments the model recorded in its ``init_kwargs`` attribute. Loading rebuilds the model from
-those and strict-loads the state, so it needs no unpickling at all.
+those and strict-loads the state (:func:`load_state_strict`), so it needs no unpickling at all.
 """
 
 from __future__ import annotations
@@ -21,16 +21,29 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
+from demucs_rr.models.base import PackagedModel
 from demucs_rr.models.registry import build_model, class_name_of
+from demucs_rr.models.training_info import TrainingInfo
+
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_KEY",
+    "TrainingInfo",
+    "load_package",
+    "load_state_strict",
+    "read_package_metadata",
+    "read_training_info",
+    "save_package",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +54,11 @@ METADATA_KEY = "demucs_rr"
 
 
 def save_package(
-    model: nn.Module,
-    path: str | os.PathLike,
+    model: PackagedModel,
+    path: str | os.PathLike[str],
     *,
     name: str | None = None,
-    training: dict | None = None,
+    training: TrainingInfo | Mapping[str, Any] | None = None,
     half: bool = False,
 ) -> Path:
     """Write ``model`` as a release package at ``path`` (atomically).
@@ -54,12 +67,12 @@ def save_package(
     once complete, so ``path`` is either the old file or the full new one, never partial.
 
     Args:
-        model: a registered model class instance carrying ``init_kwargs`` (JSON-able dict) and
-            the metadata attributes ``sources``, ``samplerate``, ``audio_channels``,
-            ``segment_length``.
+        model: an instance of a registered model class (see
+            :class:`~demucs_rr.models.base.PackagedModel`).
         path: destination file, conventionally ending in ``.safetensors``.
         name: optional human-readable model name stored in the metadata.
-        training: optional JSON-able dict (training config, metrics, train/valid track lists).
+        training: how the model was trained; a JSON object is validated as a
+            :class:`TrainingInfo`.
         half: store floating tensors as float16 (half the size; loaded back as float32).
 
     Returns:
@@ -67,28 +80,10 @@ def save_package(
 
     Raises:
         PackageFormatError: the model has no ``init_kwargs``, its class is not registered, or the
-            metadata is not JSON-able.
+            metadata is not JSON-able or not a valid training block.
     """
     path = Path(path)
-    init_kwargs = getattr(model, "init_kwargs", None)
-    if not isinstance(init_kwargs, dict):
-        raise PackageFormatError(
-            f"cannot package a {type(model).__name__}: it has no `init_kwargs` dict recording its "
-            "constructor arguments, so the model could not be rebuilt at load time"
-        )
-    meta: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "model_class": class_name_of(model),
-        "kwargs": init_kwargs,
-        "sources": list(model.sources),
-        "samplerate": int(model.samplerate),
-        "audio_channels": int(model.audio_channels),
-        "segment_length": int(model.segment_length),
-    }
-    if name is not None:
-        meta["name"] = str(name)
-    if training is not None:
-        meta["training"] = training
+    meta = _metadata(model, name, training)
     try:
         header = json.dumps(meta)
     except (TypeError, ValueError) as exc:
@@ -108,7 +103,34 @@ def save_package(
     return path
 
 
-def _state_for_saving(model: nn.Module, float_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _metadata(model: PackagedModel, name: str | None,
+              training: TrainingInfo | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The JSON header of ``model``'s package."""
+    init_kwargs = getattr(model, "init_kwargs", None)
+    if not isinstance(init_kwargs, dict):
+        raise PackageFormatError(
+            f"cannot package a {type(model).__name__}: it has no `init_kwargs` dict recording its "
+            "constructor arguments, so the model could not be rebuilt at load time"
+        )
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model_class": class_name_of(model),
+        "kwargs": init_kwargs,
+        "sources": list(model.sources),
+        "samplerate": int(model.samplerate),
+        "audio_channels": int(model.audio_channels),
+        "segment_length": int(model.segment_length),
+    }
+    if name is not None:
+        meta["name"] = str(name)
+    if training is not None:
+        if not isinstance(training, TrainingInfo):
+            training = TrainingInfo.from_json(training, "training metadata")
+        meta["training"] = training.to_json()
+    return meta
+
+
+def _state_for_saving(model: PackagedModel, float_dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """CPU, contiguous copy-on-need of the state dict; tensors sharing memory get their own."""
     tensors: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
@@ -125,8 +147,11 @@ def _state_for_saving(model: nn.Module, float_dtype: torch.dtype) -> dict[str, t
     return tensors
 
 
-def read_package_metadata(path: str | os.PathLike) -> dict:
+def read_package_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate the ``demucs_rr`` metadata of a package without loading tensors.
+
+    The ``training`` entry, when present, is checked against :class:`TrainingInfo` (read it
+    typed with :func:`read_training_info`).
 
     Raises:
         ModelNotFoundError: ``path`` does not exist.
@@ -156,7 +181,19 @@ def read_package_metadata(path: str | os.PathLike) -> dict:
     for key, kind in (("model_class", str), ("kwargs", dict)):
         if not isinstance(meta.get(key), kind):
             raise PackageFormatError(f"{path}: package metadata lacks a valid {key!r} entry")
+    if meta.get("training") is not None:
+        TrainingInfo.from_json(meta["training"], str(path))
     return meta
+
+
+def read_training_info(meta: Mapping[str, Any], origin: str = "package") -> TrainingInfo | None:
+    """The typed ``training`` block of package metadata, or None when the package has none.
+
+    Raises:
+        PackageFormatError: the block is malformed.
+    """
+    training = meta.get("training")
+    return None if training is None else TrainingInfo.from_json(training, origin)
 
 
 def _check_version(path: Path, version: object) -> None:
@@ -172,7 +209,48 @@ def _check_version(path: Path, version: object) -> None:
         )
 
 
-def load_package(path: str | os.PathLike) -> nn.Module:
+def load_state_strict(model: PackagedModel, state: Mapping[str, torch.Tensor],
+                      source: str) -> None:
+    """Load ``state`` into ``model`` exactly: same keys, same shapes, or nothing is loaded.
+
+    Floating tensors are cast to float32 first (packages may store float16). Every mismatch
+    is reported at once, on one line::
+
+        SOURCE: weights do not match Demucs: missing keys [a, b]; unexpected keys [c];
+        shape mismatch [d: stored (2, 7), model (2, 8)]
+
+    (lists longer than 5 end with ``(+N more)``).
+
+    Args:
+        model: the freshly built model.
+        state: name -> tensor, e.g. from a package or an official file.
+        source: where ``state`` comes from (a path), first in the error message.
+
+    Raises:
+        PackageFormatError: on missing / unexpected keys or shape mismatches.
+    """
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k}: stored {tuple(v.shape)}, model {tuple(own[k].shape)}"
+              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    problems = [f"{what} [{_shorten(items)}]" for what, items in
+                (("missing keys", missing), ("unexpected keys", extra), ("shape mismatch", shapes))
+                if items]
+    if problems:
+        raise PackageFormatError(
+            f"{source}: weights do not match {type(model).__name__}: " + "; ".join(problems)
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _shorten(items: list[str], shown: int = 5) -> str:
+    text = ", ".join(items[:shown])
+    return text + (f" (+{len(items) - shown} more)" if len(items) > shown else "")
+
+
+def load_package(path: str | os.PathLike[str]) -> PackagedModel:
     """Rebuild the model stored in a package, in eval mode, with float32 weights.
 
     Raises:
@@ -187,16 +265,9 @@ def load_package(path: str | os.PathLike) -> nn.Module:
         state = load_file(str(path), device="cpu")
     except Exception as exc:
         raise PackageFormatError(f"{path}: cannot read package tensors ({exc})") from exc
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise PackageFormatError(
-            f"{path}: stored weights do not match {meta['model_class']}"
-            f"({json.dumps(meta['kwargs'])}): {exc}"
-        ) from exc
+    load_state_strict(model, state, str(path))
     stored_sources = meta.get("sources")
-    if stored_sources is not None and list(getattr(model, "sources", [])) != stored_sources:
+    if stored_sources is not None and list(model.sources) != stored_sources:
         raise PackageFormatError(
             f"{path}: metadata sources {stored_sources} disagree with the rebuilt model's "
             f"{list(model.sources)}"

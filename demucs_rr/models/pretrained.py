@@ -26,20 +26,26 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-
-from torch import nn
+from typing import Any, TypedDict
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
+from demucs_rr.models.base import PackagedModel
 from demucs_rr.models.fetch import download, verify_cached
-from demucs_rr.models.package import load_package, read_package_metadata
+from demucs_rr.models.package import (
+    load_package,
+    load_state_strict,
+    read_package_metadata,
+    read_training_info,
+)
 from demucs_rr.models.registry import build_model
+from demucs_rr.runtime import cache_dir
+from demucs_rr.sources import MUSDB_SOURCES
 
 logger = logging.getLogger(__name__)
 
 REMOTE_ROOT = "https://dl.fbaipublicfiles.com/demucs/v3.0/"
 """Official v2 download folder (named "v3.0" upstream even for the v2 models)."""
 
-SOURCES = ["drums", "bass", "other", "vocals"]
 DEFAULT_MODEL = "demucs"
 
 
@@ -61,7 +67,7 @@ class PretrainedInfo:
     url: str
     sha256_prefix: str
     model_class: str
-    kwargs: dict
+    kwargs: dict[str, Any]
     description: str
     sdr: float | None = None
 
@@ -71,14 +77,14 @@ class PretrainedInfo:
         return f"{self.name}-{self.sha256_prefix}.th"
 
 
-def _demucs(channels: int) -> dict:
-    return {"sources": SOURCES, "channels": channels}
+def _demucs(channels: int) -> dict[str, Any]:
+    return {"sources": list(MUSDB_SOURCES), "channels": channels}
 
 
-_TASNET = {"sources": SOURCES, "X": 10}
+_TASNET: dict[str, Any] = {"sources": list(MUSDB_SOURCES), "X": 10}
 
 # name, sha256 prefix, registry class, constructor kwargs, MUSDB18 test SDR, description
-_CATALOGUE: list[tuple[str, str, str, dict, float | None, str]] = [
+_CATALOGUE: list[tuple[str, str, str, dict[str, Any], float | None, str]] = [
     ("demucs", "e07c671f", "Demucs", _demucs(64), 6.28, "Demucs v2, 64 channels, MUSDB18"),
     ("demucs_extra", "3646af93", "Demucs", _demucs(64), 6.79,
      "Demucs v2, 64 channels, MUSDB18 + 150 extra tracks"),
@@ -109,16 +115,6 @@ _HUB_NAME = re.compile(r"^(?P<name>.+)-(?P<sig>[0-9a-f]{8})\.th$")
 
 
 # --------------------------------------------------------------------------- cache and URLs
-
-
-def cache_dir() -> Path:
-    """Download cache: ``$DEMUCS_RR_CACHE``, else ``$XDG_CACHE_HOME/demucs_rr``, else
-    ``~/.cache/demucs_rr``."""
-    if os.environ.get("DEMUCS_RR_CACHE"):
-        return Path(os.environ["DEMUCS_RR_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "demucs_rr"
-    return Path.home() / ".cache" / "demucs_rr"
 
 
 def model_url(info: PretrainedInfo) -> str:
@@ -177,23 +173,17 @@ def _preset_from_filename(path: Path) -> PretrainedInfo | None:
     return PRETRAINED.get(path.stem) if path.suffix == ".th" else None
 
 
-def load_state_model(path: Path, info: PretrainedInfo) -> nn.Module:
+def load_state_model(path: Path, info: PretrainedInfo) -> PackagedModel:
     """Build ``info``'s architecture and strict-load the bare state dict at ``path``."""
     from demucs_rr.models import legacy
 
     state = legacy.load_state_file(path)
     model = build_model(info.model_class, copy.deepcopy(info.kwargs))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise PackageFormatError(
-            f"{path}: weights do not match the {info.name} architecture "
-            f"({info.model_class} {info.kwargs}): {exc}"
-        ) from exc
+    load_state_strict(model, state, f"{path} ({info.name})")
     return model.eval()
 
 
-def load_model_file(path: Path, preset: PretrainedInfo | None = None) -> nn.Module:
+def load_model_file(path: Path, preset: PretrainedInfo | None = None) -> PackagedModel:
     """Load a model from a file: our ``.safetensors`` package, or an official ``.th``/``.pt``.
 
     A ``.th``/``.pt`` file is either an official pickled package (loaded through the restricted
@@ -241,7 +231,8 @@ def _find_in_repo(name: str, repo: Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def resolve_model(name_or_path: str, repo: Path | None = None, progress: bool = True) -> nn.Module:
+def resolve_model(name_or_path: str, repo: Path | None = None,
+                  progress: bool = True) -> PackagedModel:
     """Turn a ``-n`` argument into a model in eval mode.
 
     Order: an existing file path; then, if ``repo`` is given, ``{repo}/{name}.safetensors``,
@@ -280,54 +271,52 @@ def resolve_model(name_or_path: str, repo: Path | None = None, progress: bool = 
     return load_state_model(target, info)
 
 
-def list_models(repo: Path | None = None) -> list[dict]:
-    """Rows for ``demucs-rr models list``.
+ModelRow = TypedDict("ModelRow", {
+    "name": str, "class": str | None, "sdr": float | None, "valid_nsdr": float | None,
+    "description": str, "cached": bool, "path": str,
+})
+"""One row of ``demucs-rr models list``: the ``-n`` name; the registry class (None when
+unknown); ``sdr``, the published MUSDB18 test SDR in dB (pretrained models); ``valid_nsdr``,
+the validation nSDR in dB recorded by ``demucs-rr export`` (packages trained here); a one-line
+description; whether the file is present locally, and where it is or would be cached."""
 
-    Each row: ``name``, ``class``, ``sdr`` (MUSDB18 test SDR or None), ``description``,
-    ``cached`` (file present locally) and ``path`` (where it is or would be cached). Models in
-    ``repo`` (``*.safetensors`` and ``*.th``) come first. ``demucs_quantized`` is not listed:
-    its DiffQ format is not supported (see :data:`UNSUPPORTED`).
+
+def list_models(repo: Path | None = None) -> list[ModelRow]:
+    """Rows for ``demucs-rr models list``: models in ``repo`` first, then the pretrained ones.
+
+    ``repo`` files are ``*.safetensors`` packages (with the validation nSDR their training
+    recorded) and official ``*.th`` files. ``demucs_quantized`` is not listed: its DiffQ
+    format is not supported (see :data:`UNSUPPORTED`).
     """
-    rows: list[dict] = []
+    rows: list[ModelRow] = []
     if repo is not None:
         for file in sorted(Path(repo).expanduser().glob("*")):
             if file.suffix in (".safetensors", ".th") and file.is_file():
                 rows.append(_repo_row(file))
     for info in PRETRAINED.values():
         target = cached_path(info)
-        rows.append(
-            {
-                "name": info.name,
-                "class": info.model_class,
-                "sdr": info.sdr,
-                "description": info.description,
-                "cached": target.is_file(),
-                "path": str(target),
-            }
-        )
+        rows.append({"name": info.name, "class": info.model_class, "sdr": info.sdr,
+                     "valid_nsdr": None, "description": info.description,
+                     "cached": target.is_file(), "path": str(target)})
     return rows
 
 
-def _repo_row(file: Path) -> dict:
-    row = {
-        "name": file.stem,
-        "class": None,
-        "sdr": None,
-        "description": "",
-        "cached": True,
-        "path": str(file),
-    }
+def _repo_row(file: Path) -> ModelRow:
+    row: ModelRow = {"name": file.stem, "class": None, "sdr": None, "valid_nsdr": None,
+                     "description": "", "cached": True, "path": str(file)}
     if file.suffix == ".safetensors":
         try:
             meta = read_package_metadata(file)
+            training = read_training_info(meta, str(file))
         except (PackageFormatError, ModelNotFoundError) as exc:
             row["description"] = f"unreadable package: {exc}"
             return row
         row["class"] = meta["model_class"]
-        metrics = (meta.get("training") or {}).get("metrics") or {}
-        sdr = metrics.get("sdr") if isinstance(metrics, dict) else None
-        row["sdr"] = sdr if isinstance(sdr, (int, float)) else None
         row["description"] = meta.get("name") or "demucs_rr package"
+        if training is not None:
+            row["valid_nsdr"] = training.valid_nsdr
+            row["description"] += _training_summary(training.epochs, training.best_epoch,
+                                                    training.weights)
     else:
         preset = _preset_from_filename(file)
         match = _HUB_NAME.match(file.name)
@@ -335,3 +324,12 @@ def _repo_row(file: Path) -> dict:
         row["class"] = preset.model_class if preset else None
         row["description"] = "official-format file" + (f" ({preset.name})" if preset else "")
     return row
+
+
+def _training_summary(epochs: int, best_epoch: int | None, weights: str) -> str:
+    """`` (trained N epochs; best epoch K, ema weights)`` for a package description."""
+    if not epochs:
+        return ""
+    if best_epoch is None:
+        return f" (trained {epochs} epochs; last weights)"
+    return f" (trained {epochs} epochs; best epoch {best_epoch}, {weights} weights)"

@@ -1,7 +1,7 @@
 """Model class registry: the class *name* stored in a package maps to a class here.
 
-Packages never pickle classes (style habit 4); they store a registry name plus JSON kwargs and the
-loader rebuilds the model with :func:`build_model`. Built-in classes are imported lazily, on first
+Packages never pickle classes; they store a registry name plus JSON kwargs and the loader
+rebuilds the model with :func:`build_model`. Built-in classes are imported lazily, on first
 lookup, so importing this module (and ``demucs_rr.models``) stays cheap and free of cycles.
 """
 
@@ -10,20 +10,26 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Iterator, MutableMapping
-
-from torch import nn
+from typing import Any
 
 from demucs_rr.errors import PackageFormatError
+from demucs_rr.models.base import PackagedModel
+
+ModelFactory = Callable[..., PackagedModel]
+"""What the registry maps a name to: a model class (called with its ``init_kwargs``)."""
 
 # Built-in classes: registry name -> "module:attribute", imported on first lookup.
 _BUILTIN: dict[str, str] = {
     "Demucs": "demucs_rr.models.demucs:Demucs",
     "ConvTasNet": "demucs_rr.models.tasnet:ConvTasNet",
+    "DemucsV3": "demucs_rr.models.demucs_v3:DemucsV3",
+    "HDemucs": "demucs_rr.models.hdemucs:HDemucs",
+    "HTDemucs": "demucs_rr.models.htdemucs:HTDemucs",
     "FractionModel": "demucs_rr.models.testing:FractionModel",
 }
 
 
-class ModelClassRegistry(MutableMapping[str, Callable[..., nn.Module]]):
+class ModelClassRegistry(MutableMapping[str, ModelFactory]):
     """A ``name -> class`` mapping whose built-in entries are imported when first read.
 
     Iterating, ``len`` and ``in`` never import anything; ``map[name]`` imports the module of a
@@ -32,19 +38,19 @@ class ModelClassRegistry(MutableMapping[str, Callable[..., nn.Module]]):
 
     def __init__(self, lazy: dict[str, str]) -> None:
         self._lazy = dict(lazy)
-        self._resolved: dict[str, Callable[..., nn.Module]] = {}
+        self._resolved: dict[str, ModelFactory] = {}
 
-    def __getitem__(self, name: str) -> Callable[..., nn.Module]:
+    def __getitem__(self, name: str) -> ModelFactory:
         if name in self._resolved:
             return self._resolved[name]
         target = self._lazy[name]  # KeyError for an unknown name, as for a dict
         module_name, _, attr = target.partition(":")
-        cls = getattr(importlib.import_module(module_name), attr)
+        cls: ModelFactory = getattr(importlib.import_module(module_name), attr)
         self._resolved[name] = cls
         del self._lazy[name]
         return cls
 
-    def __setitem__(self, name: str, cls: Callable[..., nn.Module]) -> None:
+    def __setitem__(self, name: str, cls: ModelFactory) -> None:
         self._lazy.pop(name, None)
         self._resolved[name] = cls
 
@@ -64,7 +70,7 @@ class ModelClassRegistry(MutableMapping[str, Callable[..., nn.Module]]):
     def __contains__(self, name: object) -> bool:
         return name in self._resolved or name in self._lazy
 
-    def loaded(self) -> dict[str, Callable[..., nn.Module]]:
+    def loaded(self) -> dict[str, ModelFactory]:
         """The entries already imported (no import happens)."""
         return dict(self._resolved)
 
@@ -76,18 +82,19 @@ MODEL_CLASSES: ModelClassRegistry = ModelClassRegistry(_BUILTIN)
 """Registry name -> model class. Built-ins (``Demucs``, ``ConvTasNet``) resolve lazily."""
 
 
-def register_model_class(name: str, cls: Callable[..., nn.Module]) -> None:
+def register_model_class(name: str, cls: ModelFactory) -> None:
     """Register ``cls`` under ``name`` (replacing any previous entry of that name).
 
-    The class must take JSON-able keyword arguments and expose them as ``init_kwargs`` so that
-    :func:`demucs_rr.models.package.save_package` can store it.
+    The class must take JSON-able keyword arguments and its instances must fulfil
+    :class:`~demucs_rr.models.base.PackagedModel` (``init_kwargs`` included) so that
+    :func:`demucs_rr.models.package.save_package` can store them.
     """
     if not name or not isinstance(name, str):
         raise ValueError(f"model class name must be a non-empty string, got {name!r}")
     MODEL_CLASSES[name] = cls
 
 
-def get_model_class(class_name: str) -> Callable[..., nn.Module]:
+def get_model_class(class_name: str) -> ModelFactory:
     """Return the class registered as ``class_name``.
 
     Raises:
@@ -107,7 +114,7 @@ def get_model_class(class_name: str) -> Callable[..., nn.Module]:
         ) from exc
 
 
-def class_name_of(model: nn.Module) -> str:
+def class_name_of(model: PackagedModel) -> str:
     """Registry name under which ``type(model)`` is registered.
 
     Only the entry named like the class (and already-resolved entries) are looked at, so no
@@ -132,7 +139,7 @@ def class_name_of(model: nn.Module) -> str:
     )
 
 
-def build_model(class_name: str, kwargs: dict) -> nn.Module:
+def build_model(class_name: str, kwargs: dict[str, Any]) -> PackagedModel:
     """Instantiate the registered class ``class_name`` with ``kwargs``.
 
     Raises:

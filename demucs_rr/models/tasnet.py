@@ -12,6 +12,10 @@ The module tree reproduces the official one exactly, so that the released state 
   (causal: ``[depthwise, Chomp1d, PReLU, norm, 1x1]``, so its keys are ``net.{0,2,3,4}``).
 - ``decoder.basis_signals``: Linear(N -> C*L, no bias), then overlap-add with hop L/2.
 
+The indices above only fix the state-dict keys: code reaches the parts by name
+(``separator.bottleneck_norm``, ``.bottleneck``, ``.blocks``, ``.mask_conv``; a block's
+``conv_in``, ``act_in``, ``norm_in``, ``dsconv``; see :mod:`demucs_rr.models.tasnet_layers`).
+
 Normalisation (``norm_type``), exactly as the official code:
 
 - ``gLN``: one mean/variance per example over channels *and* time (not causal).
@@ -26,12 +30,24 @@ K encoder frames (``K = (T - L) // (L // 2) + 1``), H / B' hidden / bottleneck c
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from demucs_rr.models.tasnet_layers import (
+    EPS,
+    NORM_TYPES,
+    ChannelwiseLayerNorm,
+    Chomp1d,
+    DepthwiseSeparableConv,
+    GlobalLayerNorm,
+    TemporalBlock,
+    TemporalConvNet,
+    choose_norm,
+    overlap_and_add,
+)
 
 __all__ = [
     "EPS",
@@ -48,190 +64,13 @@ __all__ = [
     "overlap_and_add",
 ]
 
-#: Epsilon inside the square root of gLN / cLN (official value).
-EPS = 1e-8
-
-NORM_TYPES = ("gLN", "cLN", "BN", "id")
 MASK_NONLINEARS = ("relu", "softmax")
-
-
-def overlap_and_add(frames: torch.Tensor, step: int) -> torch.Tensor:
-    """Sum frames placed every ``step`` samples.
-
-    Args:
-        frames: (..., K, L) frames, K >= 1.
-        step: hop between consecutive frames, in samples (1 <= step <= L).
-
-    Returns:
-        (..., (K - 1) * step + L) signal.
-    """
-    *outer, num_frames, frame_length = frames.shape
-    sub = math.gcd(frame_length, step)  # frames are cut in sub-frames of this length
-    sub_step, sub_per_frame = step // sub, frame_length // sub
-    out_length = step * (num_frames - 1) + frame_length
-    index = torch.arange(num_frames, device=frames.device)[:, None] * sub_step
-    index = (index + torch.arange(sub_per_frame, device=frames.device)).reshape(-1)
-    pieces = frames.reshape(*outer, num_frames * sub_per_frame, sub)
-    out = frames.new_zeros(*outer, out_length // sub, sub)
-    out.index_add_(-2, index, pieces)
-    return out.reshape(*outer, out_length)
-
-
-class ChannelwiseLayerNorm(nn.Module):
-    """Layer norm over channels at every time step (cLN): frame-local, hence causal.
-
-    Args:
-        channels: channel count N; ``gamma`` and ``beta`` have shape (1, N, 1).
-    """
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(1, channels, 1))
-        self.beta = nn.Parameter(torch.zeros(1, channels, 1))
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """(B, N, K) -> (B, N, K), biased variance, ``EPS`` inside the square root."""
-        mean = torch.mean(y, dim=1, keepdim=True)  # (B, 1, K)
-        var = torch.var(y, dim=1, keepdim=True, unbiased=False)  # (B, 1, K)
-        return self.gamma * (y - mean) / torch.pow(var + EPS, 0.5) + self.beta
-
-
-class GlobalLayerNorm(nn.Module):
-    """Layer norm over channels and time of each example (gLN); not causal.
-
-    Args:
-        channels: channel count N; ``gamma`` and ``beta`` have shape (1, N, 1).
-    """
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(1, channels, 1))
-        self.beta = nn.Parameter(torch.zeros(1, channels, 1))
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """(B, N, K) -> (B, N, K), biased variance, ``EPS`` inside the square root."""
-        mean = y.mean(dim=1, keepdim=True).mean(dim=2, keepdim=True)  # (B, 1, 1)
-        var = torch.pow(y - mean, 2).mean(dim=1, keepdim=True).mean(dim=2, keepdim=True)
-        return self.gamma * (y - mean) / torch.pow(var + EPS, 0.5) + self.beta
-
-
-def choose_norm(norm_type: str, channels: int) -> nn.Module:
-    """The normalisation layer named ``norm_type`` (one of :data:`NORM_TYPES`)."""
-    if norm_type == "gLN":
-        return GlobalLayerNorm(channels)
-    if norm_type == "cLN":
-        return ChannelwiseLayerNorm(channels)
-    if norm_type == "id":
-        return nn.Identity()
-    if norm_type == "BN":
-        return nn.BatchNorm1d(channels)
-    raise ValueError(f"unknown norm_type {norm_type!r}; use one of {', '.join(NORM_TYPES)}")
-
-
-class Chomp1d(nn.Module):
-    """Drop the last ``chomp_size`` frames: turns a both-sides padded conv into a causal one."""
-
-    def __init__(self, chomp_size: int) -> None:
-        super().__init__()
-        self.chomp_size = chomp_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, K + chomp_size) -> (B, H, K)."""
-        if self.chomp_size == 0:  # the official x[..., :-0] would return an empty tensor
-            return x
-        return x[:, :, : -self.chomp_size].contiguous()
-
-
-class DepthwiseSeparableConv(nn.Module):
-    """Dilated depthwise conv, PReLU, norm and 1x1 conv, all bias-free (``net`` Sequential).
-
-    Args:
-        in_channels: channels H of the depthwise conv.
-        out_channels: channels of the pointwise output (the bottleneck B').
-        kernel_size: depthwise kernel size P.
-        dilation: depthwise dilation (frames).
-        norm_type: see :func:`choose_norm`.
-        causal: pad (P - 1) * dilation frames on both sides and chomp the right ones (left-only
-            context), else pad (P - 1) * dilation // 2 on both sides.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int,
-                 norm_type: str = "gLN", causal: bool = False) -> None:
-        super().__init__()
-        span = (kernel_size - 1) * dilation
-        padding = span if causal else span // 2
-        layers: list[nn.Module] = [
-            nn.Conv1d(in_channels, in_channels, kernel_size, stride=1, padding=padding,
-                      dilation=dilation, groups=in_channels, bias=False)
-        ]
-        if causal:
-            layers.append(Chomp1d(padding))
-        layers += [nn.PReLU(), choose_norm(norm_type, in_channels),
-                   nn.Conv1d(in_channels, out_channels, 1, bias=False)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, K) -> (B, B', K)."""
-        return self.net(x)
-
-
-class TemporalBlock(nn.Module):
-    """1x1 conv B' -> H, PReLU, norm, depthwise-separable conv H -> B', plus the residual.
-
-    The official block has no skip-connection output (unlike the Conv-TasNet paper).
-    """
-
-    def __init__(self, in_channels: int, hidden: int, kernel_size: int, dilation: int,
-                 norm_type: str = "gLN", causal: bool = False) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv1d(in_channels, hidden, 1, bias=False),
-            nn.PReLU(),
-            choose_norm(norm_type, hidden),
-            DepthwiseSeparableConv(hidden, in_channels, kernel_size, dilation, norm_type, causal),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, B', K) -> (B, B', K)."""
-        return self.net(x) + x
-
-
-class TemporalConvNet(nn.Module):
-    """The separator: estimates one mask per source over the encoder representation."""
-
-    def __init__(self, N: int, B: int, H: int, P: int, X: int, R: int, C: int,  # noqa: N803
-                 norm_type: str = "gLN", causal: bool = False,
-                 mask_nonlinear: str = "relu") -> None:
-        super().__init__()
-        self.C = C
-        self.mask_nonlinear = mask_nonlinear
-        repeats = [
-            nn.Sequential(*[TemporalBlock(B, H, P, 2**x, norm_type, causal) for x in range(X)])
-            for _ in range(R)
-        ]
-        self.network = nn.Sequential(
-            ChannelwiseLayerNorm(N),  # always cLN here, whatever norm_type
-            nn.Conv1d(N, B, 1, bias=False),
-            nn.Sequential(*repeats),
-            nn.Conv1d(B, C * N, 1, bias=False),
-        )
-
-    def masks(self, score: torch.Tensor) -> torch.Tensor:
-        """Mask logits (B, S*N, K) -> masks (B, S, N, K) (ReLU, or softmax over sources)."""
-        score = score.view(score.size(0), self.C, -1, score.size(-1))  # (B, S, N, K)
-        if self.mask_nonlinear == "softmax":
-            return F.softmax(score, dim=1)
-        return F.relu(score)
-
-    def forward(self, mixture_w: torch.Tensor) -> torch.Tensor:
-        """(B, N, K) -> masks (B, S, N, K)."""
-        return self.masks(self.network(mixture_w))
 
 
 class Encoder(nn.Module):
     """Strided conv (50 % overlap) + ReLU: (B, C, T) -> (B, N, K)."""
 
-    def __init__(self, L: int, N: int, audio_channels: int) -> None:  # noqa: N803
+    def __init__(self, L: int, N: int, audio_channels: int) -> None:
         super().__init__()
         self.conv1d_U = nn.Conv1d(audio_channels, N, kernel_size=L, stride=L // 2, bias=False)
 
@@ -243,7 +82,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Masked representation -> per-frame waveforms (Linear) -> overlap-add."""
 
-    def __init__(self, N: int, L: int, audio_channels: int) -> None:  # noqa: N803
+    def __init__(self, N: int, L: int, audio_channels: int) -> None:
         super().__init__()
         self.L = L
         self.audio_channels = audio_channels
@@ -253,7 +92,7 @@ class Decoder(nn.Module):
         """(B, N, K) representation and (B, S, N, K) masks -> (B, S, C, K, L) frames."""
         source_w = mixture_w.unsqueeze(1) * est_mask  # (B, S, N, K)
         source_w = source_w.transpose(2, 3)  # (B, S, K, N)
-        est = self.basis_signals(source_w)  # (B, S, K, C*L)
+        est: torch.Tensor = self.basis_signals(source_w)  # (B, S, K, C*L)
         b, s, k, _ = est.shape
         return est.view(b, s, k, self.audio_channels, self.L).transpose(2, 3)  # (B, S, C, K, L)
 
@@ -291,13 +130,13 @@ class ConvTasNet(nn.Module):
     def __init__(
         self,
         sources: list[str],
-        N: int = 256,  # noqa: N803  (official argument names)
-        L: int = 20,  # noqa: N803
-        B: int = 256,  # noqa: N803
-        H: int = 512,  # noqa: N803
-        P: int = 3,  # noqa: N803
-        X: int = 8,  # noqa: N803
-        R: int = 4,  # noqa: N803
+        N: int = 256,
+        L: int = 20,
+        B: int = 256,
+        H: int = 512,
+        P: int = 3,
+        X: int = 8,
+        R: int = 4,
         audio_channels: int = 2,
         norm_type: str = "gLN",
         causal: bool = False,
@@ -314,7 +153,7 @@ class ConvTasNet(nn.Module):
             "segment_length": segment_length,
         }  # fmt: skip
         self.sources: list[str] = list(sources)
-        self.C = len(self.sources)
+        self.num_sources = len(self.sources)
         self.N, self.L, self.B, self.H, self.P, self.X, self.R = N, L, B, H, P, X, R
         self.norm_type = norm_type
         self.causal = causal
@@ -326,7 +165,7 @@ class ConvTasNet(nn.Module):
         # Official creation order (encoder, separator, decoder) and init: a seeded construction
         # draws the same weights as the official class.
         self.encoder = Encoder(L, N, audio_channels)
-        self.separator = TemporalConvNet(N, B, H, P, X, R, self.C, norm_type, causal,
+        self.separator = TemporalConvNet(N, B, H, P, X, R, self.num_sources, norm_type, causal,
                                          mask_nonlinear)
         self.decoder = Decoder(N, L, audio_channels)
         for param in self.parameters():
@@ -363,14 +202,14 @@ class ConvTasNet(nn.Module):
             )
         length = mix.size(-1)
         if length < self.L:
-            return mix.new_zeros(mix.size(0), self.C, self.audio_channels, length)
+            return mix.new_zeros(mix.size(0), self.num_sources, self.audio_channels, length)
         mixture_w = self.encoder(mix)  # (B, N, K)
         est_mask = self.separator(mixture_w)  # (B, S, N, K)
         est_source = self.decoder(mixture_w, est_mask)  # (B, S, C, (K - 1) * L/2 + L)
         return F.pad(est_source, (0, length - est_source.size(-1)))  # (B, S, C, T)
 
 
-def _check_config(sources: list[str], L: int, norm_type: str,  # noqa: N803
+def _check_config(sources: list[str], L: int, norm_type: str,
                   mask_nonlinear: str) -> None:
     """Reject constructor values the official code would fail on later (or silently misuse)."""
     if not sources:

@@ -25,6 +25,8 @@ class FractionModel(nn.Module):
         crop: samples removed on each side by the forward pass.
     """
 
+    fractions: torch.Tensor  # (S,) buffer
+
     def __init__(self, sources: list[str], fractions: list[float] | None = None,
                  audio_channels: int = 2, samplerate: int = 44100,
                  segment_length: int = 44100, crop: int = 0) -> None:

@@ -14,39 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from demucs_rr.audio import convert_audio, load_for_model
 from demucs_rr.errors import AudioIOError, ConfigError
+from demucs_rr.models.base import SeparationModel
+from demucs_rr.runtime import resolve_device
 from demucs_rr.separate.engine import ApplyOptions, separate_normalized
 
 logger = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def pick_device(name: str) -> torch.device:
-    """Resolve ``auto|cpu|cuda|cuda:N|mps`` to an available device.
-
-    ``auto`` prefers CUDA, then Apple MPS, then the CPU. Asking for an unavailable device raises
-    :class:`ConfigError`.
-    """
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    base = name.split(":")[0]
-    if base not in DEVICES[1:]:
-        raise ConfigError(f"unknown device {name!r}: use one of {', '.join(DEVICES)} (or cuda:N)")
-    if base == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA GPU is available: use -d cpu")
-    if base == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' requested but Apple MPS is not available: use -d cpu")
-    return torch.device(name)
-
 
 def _check_options(overlap: float, shifts: int, batch_size: int, segment: float | None) -> None:
     """Raise :class:`ConfigError` for out-of-range engine options."""
@@ -65,7 +41,7 @@ class Separator:
 
     Args:
         model: a pretrained name (``demucs-rr models list``), a path to a model file, or an
-            already built model (``nn.Module`` following :mod:`demucs_rr.models.base`).
+            already built model (see :class:`~demucs_rr.models.base.SeparationModel`).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         segment: chunk length in seconds (default: the model's).
         overlap: overlap between chunks, in [0, 1).
@@ -77,19 +53,20 @@ class Separator:
         progress: show a tqdm bar counted in seconds of audio.
     """
 
-    def __init__(self, model: str | Path | nn.Module = "demucs", *, device: str = "auto",
+    def __init__(self, model: str | Path | SeparationModel = "demucs", *, device: str = "auto",
                  segment: float | None = None, overlap: float = 0.25, shifts: int = 0,
                  split: bool = True, batch_size: int = 1, seed: int = 0,
                  repo: str | Path | None = None, progress: bool = False) -> None:
         _check_options(overlap, shifts, batch_size, segment)
-        self.device = pick_device(device)
-        if isinstance(model, nn.Module):
-            self.model, self.model_name = model, type(model).__name__
-        else:
+        self.device = resolve_device(device)
+        self.model: SeparationModel
+        if isinstance(model, (str, Path)):
             from demucs_rr.models.pretrained import resolve_model
 
             self.model = resolve_model(str(model), repo=Path(repo) if repo else None)
             self.model_name = Path(str(model)).stem if Path(str(model)).suffix else str(model)
+        else:
+            self.model, self.model_name = model, type(model).__name__
         self.model.eval().to(self.device)
         seg = None if segment is None else max(1, int(segment * self.samplerate))
         self.options = ApplyOptions(segment=seg, overlap=overlap, split=split, shifts=shifts,

@@ -110,14 +110,6 @@ def centred_window(mix: torch.Tensor, chunk: Chunk, padded_length: int) -> torch
     return window(mix, chunk.offset - delta // 2, padded_length)
 
 
-def center_trim(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    """Cut ``tensor`` (..., T) to (..., length), dropping ``delta // 2`` samples on the left."""
-    delta = tensor.shape[-1] - length
-    if delta < 0:
-        raise ValueError(f"model output ({tensor.shape[-1]} samples) is shorter than {length}")
-    return tensor[..., delta // 2 : delta // 2 + length]
-
-
 class OverlapAdd:
     """Weighted overlap-add accumulator over a timeline ``[start, end)``.
 

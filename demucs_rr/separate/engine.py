@@ -15,12 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from demucs_rr.models.base import SeparationModel, center_trim
 from demucs_rr.separate.chunking import (
     Chunk,
     OverlapAdd,
-    center_trim,
     centred_window,
     plan_chunks,
     triangle_weight,
@@ -77,7 +76,7 @@ def _batches(chunks: Sequence[Chunk], batch_size: int) -> Iterator[list[Chunk]]:
         yield group
 
 
-def _run_batch(model: nn.Module, mix: torch.Tensor, group: list[Chunk],
+def _run_batch(model: SeparationModel, mix: torch.Tensor, group: list[Chunk],
                device: torch.device) -> torch.Tensor:
     """Run the model on the centred windows of ``group``.
 
@@ -91,8 +90,9 @@ def _run_batch(model: nn.Module, mix: torch.Tensor, group: list[Chunk],
     return center_trim(out, length).float().cpu()
 
 
-def _apply_pass(model: nn.Module, mix: torch.Tensor, left_pad: int, options: ApplyOptions,
-                device: torch.device, progress: ProgressCallback | None) -> torch.Tensor:
+def _apply_pass(model: SeparationModel, mix: torch.Tensor, left_pad: int,
+                options: ApplyOptions, device: torch.device,
+                progress: ProgressCallback | None) -> torch.Tensor:
     """One pass over the track whose chunk grid starts ``left_pad`` samples before it.
 
     Returns:
@@ -120,7 +120,8 @@ def _apply_pass(model: nn.Module, mix: torch.Tensor, left_pad: int, options: App
     return acc.pop(length)[..., left_pad:]
 
 
-def apply_model(model: nn.Module, mix: torch.Tensor, options: ApplyOptions = ApplyOptions(),
+def apply_model(model: SeparationModel, mix: torch.Tensor,
+                options: ApplyOptions = ApplyOptions(),
                 device: torch.device | str | None = None,
                 progress: ProgressCallback | None = None) -> torch.Tensor:
     """Separate a (normalised) mixture with chunked overlap-add and the shift trick.
@@ -177,7 +178,7 @@ def normalize(mix: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, float
     return (mix - mean) / std, mean, std
 
 
-def separate_normalized(model: nn.Module, mix: torch.Tensor,
+def separate_normalized(model: SeparationModel, mix: torch.Tensor,
                         options: ApplyOptions = ApplyOptions(),
                         device: torch.device | str | None = None,
                         progress: ProgressCallback | None = None) -> torch.Tensor:

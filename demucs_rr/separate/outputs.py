@@ -20,7 +20,7 @@ OTHER_METHODS = ("add", "minus", "none")
 
 
 @dataclass(frozen=True)
-class Track:
+class InputFile:
     """One input file of a batch.
 
     Attributes:
@@ -42,13 +42,13 @@ def _walk(directory: Path, recursive: bool) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-def collect_tracks(inputs: list[str], recursive: bool) -> tuple[list[Track], list[str]]:
+def collect_tracks(inputs: list[str], recursive: bool) -> tuple[list[InputFile], list[str]]:
     """Expand files and directories into tracks.
 
     Returns:
         (tracks in input order, one error line per input that yields nothing).
     """
-    tracks: list[Track] = []
+    tracks: list[InputFile] = []
     errors: list[str] = []
     for item in inputs:
         path = Path(item)
@@ -59,9 +59,9 @@ def collect_tracks(inputs: list[str], recursive: bool) -> tuple[list[Track], lis
                 errors.append(f"{item}: no audio files found in this directory{hint}")
             for f in files:
                 rel = f.relative_to(path).with_suffix("").as_posix()
-                tracks.append(Track(f, rel, f.suffix.lstrip(".")))
+                tracks.append(InputFile(f, rel, f.suffix.lstrip(".")))
         elif path.exists():
-            tracks.append(Track(path, path.stem, path.suffix.lstrip(".")))
+            tracks.append(InputFile(path, path.stem, path.suffix.lstrip(".")))
         else:
             errors.append(f"{item}: no such file or directory")
     return tracks, errors
@@ -83,7 +83,7 @@ def check_template(template: str) -> None:
         raise ConfigError(f"bad --filename template {template!r}: it must be a relative path")
 
 
-def output_path(out_dir: Path, template: str, track: Track, stem: str, ext: str,
+def output_path(out_dir: Path, template: str, track: InputFile, stem: str, ext: str,
                 model: str) -> Path:
     """Render the template for one stem; the result always lies inside ``out_dir``."""
     rel = template.format(track=track.name, trackext=track.ext, stem=stem, ext=ext, model=model)

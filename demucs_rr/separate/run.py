@@ -14,7 +14,7 @@ from demucs_rr.audio import WriteOptions, load_for_model, resample
 from demucs_rr.errors import DemucsRRError
 from demucs_rr.separate.api import Separator
 from demucs_rr.separate.outputs import (
-    Track,
+    InputFile,
     check_template,
     collect_tracks,
     compose_stems,
@@ -46,7 +46,7 @@ def _check_out_dir(out: Path) -> None:
         raise DemucsRRError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
 
 
-def _separate_track(sep: Separator, track: Track, args: argparse.Namespace, names: list[str],
+def _separate_track(sep: Separator, track: InputFile, args: argparse.Namespace, names: list[str],
                     wopts: WriteOptions, out: Path) -> list[Path]:
     """Separate one track and write its stems; returns the written paths."""
     mix, input_sr = load_for_model(track.path, sep.samplerate, sep.audio_channels)
@@ -121,15 +121,26 @@ def run_separate(args: argparse.Namespace) -> int:
 
 
 def run_models_list(args: argparse.Namespace) -> int:
-    """Print the known pretrained models and local model files."""
+    """Print the known pretrained models and local model files.
+
+    Two score columns keep the numbers apart: ``test SDR`` is the published MUSDB18 test SDR of
+    a pretrained model; ``valid nSDR`` is the validation nSDR that ``demucs-rr export`` recorded
+    in a package trained here (on that run's validation tracks, not the MUSDB18 test set).
+    """
     from demucs_rr.models.pretrained import list_models
 
     rows = list_models(repo=Path(args.repo) if getattr(args, "repo", None) else None)
-    print(f"{'name':<18} {'class':<11} {'SDR':>5}  {'cached':<6} description")
+    print(f"{'name':<18} {'class':<11} {'test SDR':>8} {'valid nSDR':>10}  {'cached':<6} "
+          "description")
     for row in rows:
-        sdr = f"{row['sdr']:.2f}" if row.get("sdr") is not None else "-"
-        cached = "yes" if row.get("cached") else "no"
-        print(f"{row['name']:<18} {row.get('class') or '?':<11} {sdr:>5}  {cached:<6} "
-              f"{row.get('description', '')}")
+        sdr = _score(row["sdr"])
+        nsdr = _score(row["valid_nsdr"])
+        cached = "yes" if row["cached"] else "no"
+        print(f"{row['name']:<18} {row['class'] or '?':<11} {sdr:>8} {nsdr:>10}  {cached:<6} "
+              f"{row['description']}")
     return 0
 
+
+def _score(value: float | None) -> str:
+    """A dB score with 2 decimals, or ``-`` when unknown."""
+    return "-" if value is None else f"{value:.2f}"

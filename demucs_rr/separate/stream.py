@@ -43,16 +43,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.tasnet import (
-    EPS,
-    ChannelwiseLayerNorm,
-    ConvTasNet,
-    TemporalBlock,
-    overlap_and_add,
-)
+from demucs_rr.models.base import SeparationModel
+from demucs_rr.models.tasnet import ConvTasNet
+from demucs_rr.models.tasnet_layers import overlap_and_add
+from demucs_rr.separate.stream_blocks import BlockStream, frame_norm, pointwise
 
 __all__ = ["StreamError", "StreamReport", "StreamingSeparator", "stream_separate"]
 
@@ -64,7 +60,7 @@ class StreamError(ConfigError):
     """Streaming cannot proceed: unsuitable model, or a block that does not fit the stream."""
 
 
-def check_streamable(model: nn.Module) -> ConvTasNet:
+def check_streamable(model: SeparationModel) -> ConvTasNet:
     """Return ``model`` if it can be streamed, else raise :class:`StreamError`."""
     if not isinstance(model, ConvTasNet):
         raise StreamError(
@@ -100,14 +96,14 @@ class StreamingSeparator:
         StreamError: if the model cannot be streamed (see :func:`check_streamable`).
     """
 
-    def __init__(self, model: nn.Module, *, fixed_latency: bool = False) -> None:
+    def __init__(self, model: SeparationModel, *, fixed_latency: bool = False) -> None:
         self.model = check_streamable(model)
         self.fixed_latency = fixed_latency
         self.hop = self.model.L // 2
         param = next(self.model.parameters())
         self._device, self._dtype = param.device, param.dtype
-        self._steps = [_BlockStep(block) for repeat in self.model.separator.network[2]
-                       for block in repeat]
+        self._blocks = [BlockStream(block, self._device, self._dtype)
+                        for block in self.model.separator.blocks]
         self.reset()
 
     # ------------------------------------------------------------------ public metadata
@@ -138,10 +134,11 @@ class StreamingSeparator:
         """Forget the current stream; the next :meth:`process` starts a new one."""
         model, dev = self.model, self._device
         self._pending = torch.zeros(model.audio_channels, 0, device=dev, dtype=self._dtype)
-        self._histories = [_History(step.span, model.H, dev, self._dtype) for step in self._steps]
+        for block in self._blocks:
+            block.reset()
         self._tail: torch.Tensor | None = None  # (S, C, L - hop) once a frame exists
         delay = self.latency_samples if self.fixed_latency else 0
-        self._fifo = torch.zeros(model.C, model.audio_channels, delay)
+        self._fifo = torch.zeros(model.num_sources, model.audio_channels, delay)
         self._received = 0
         self._emitted = 0  # samples released by the decoder (before the fixed delay)
         self._samplerate: int | None = None
@@ -182,7 +179,7 @@ class StreamingSeparator:
             hold ``received`` samples (``received + latency_samples`` with ``fixed_latency``).
         """
         rest = self._received - self._emitted
-        out = torch.zeros(self.model.C, self.model.audio_channels, rest)
+        out = torch.zeros(self.model.num_sources, self.model.audio_channels, rest)
         if self._tail is not None:
             tail = self._tail[..., :rest].float().cpu()
             out[..., : tail.size(-1)] = tail
@@ -221,11 +218,11 @@ class StreamingSeparator:
 
     def _advance(self, buf: torch.Tensor) -> torch.Tensor:
         """Run every complete frame of ``buf`` (C, m); keep the rest for the next call."""
-        L, hop = self.model.L, self.hop  # noqa: N806
+        L, hop = self.model.L, self.hop
         frames = (buf.size(-1) - L) // hop + 1 if buf.size(-1) >= L else 0
         if frames == 0:
             self._pending = buf
-            return torch.zeros(self.model.C, self.model.audio_channels, 0)
+            return torch.zeros(self.model.num_sources, self.model.audio_channels, 0)
         self._pending = buf[:, frames * hop:].clone()
         decoded = self._decode_frames(buf[:, : (frames - 1) * hop + L])  # (S, C, k, L)
         ola = overlap_and_add(decoded.contiguous(), hop)  # (S, C, (k - 1) * hop + L)
@@ -241,111 +238,21 @@ class StreamingSeparator:
         Works time-major ((k, channels) activations): every 1x1 conv is one matrix product and
         cLN one ``layer_norm`` over the last dimension (same math as the offline modules).
         """
-        model = self.model
-        network = model.separator.network
+        model, separator = self.model, self.model.separator
         frames = chunk.unfold(-1, model.L, self.hop).transpose(0, 1)  # (k, C, L)
         enc = model.encoder.conv1d_U.weight.flatten(1)  # (N, C*L)
         mixture_w = F.relu(frames.flatten(1) @ enc.t())  # (k, N)
-        x = _pointwise(network[1], _frame_norm(network[0])(mixture_w))  # (k, B')
-        for step, history in zip(self._steps, self._histories, strict=True):
-            x.add_(step(x, history))  # residual
-        score = _pointwise(network[3], x).view(x.size(0), model.C, model.N)  # (k, S, N)
+        normed = frame_norm(separator.bottleneck_norm)(mixture_w)  # (k, N)
+        x = pointwise(separator.bottleneck, normed)  # (k, B')
+        for block in self._blocks:
+            x.add_(block(x))  # residual
+        score = pointwise(separator.mask_conv, x)  # (k, S*N)
+        score = score.view(x.size(0), model.num_sources, model.N)  # (k, S, N)
         masks = F.softmax(score, dim=1) if model.mask_nonlinear == "softmax" else F.relu(score)
-        est = (mixture_w[:, None] * masks) @ model.decoder.basis_signals.weight.t()  # (k, S, C*L)
-        est = est.view(x.size(0), model.C, model.audio_channels, model.L)  # (k, S, C, L)
+        basis = model.decoder.basis_signals.weight  # (C*L, N)
+        est = (mixture_w[:, None] * masks) @ basis.t()  # (k, S, C*L)
+        est = est.view(x.size(0), model.num_sources, model.audio_channels, model.L)
         return est.permute(1, 2, 0, 3)  # (S, C, k, L)
-
-
-def _pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A bias-free 1x1 Conv1d applied to time-major (k, in) frames -> (k, out)."""
-    return x @ conv.weight[:, :, 0].t()
-
-
-def _frame_norm(norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A frame-local norm (cLN, BatchNorm1d in eval mode, identity) for time-major (k, ch)."""
-    if isinstance(norm, ChannelwiseLayerNorm):
-        gamma, beta = norm.gamma.view(-1), norm.beta.view(-1)
-        return lambda x: F.layer_norm(x, gamma.shape, gamma, beta, EPS)
-    return norm  # BatchNorm1d takes (batch, channels); Identity
-
-
-class _BlockStep:
-    """Residual branch of one :class:`TemporalBlock` on new time-major frames.
-
-    Weight views are taken once (they follow in-place updates such as ``load_state_dict``;
-    build the streamer after moving the model to its device).
-    """
-
-    def __init__(self, block: TemporalBlock) -> None:
-        net = block.net
-        dsconv = net[3].net  # [depthwise, Chomp1d, PReLU, norm, pointwise]
-        conv = dsconv[0]
-        self.kernel, self.dilation = conv.kernel_size[0], conv.dilation[0]
-        self.span = (self.kernel - 1) * self.dilation  # left context, in frames
-        self.w_in = net[0].weight[:, :, 0].t()  # (B', H)
-        self.act_in, self.norm_in = net[1], _frame_norm(net[2])
-        self.taps = [conv.weight[:, 0, j] for j in range(self.kernel)]  # P x (H,)
-        self.act_out, self.norm_out = dsconv[2], _frame_norm(dsconv[3])
-        self.w_out = dsconv[4].weight[:, :, 0].t()  # (H, B')
-
-    def __call__(self, x: torch.Tensor, history: _History) -> torch.Tensor:
-        """New frames x (k, B') -> residual branch (k, B'); appends to ``history``."""
-        h = self.norm_in(self.act_in(x @ self.w_in))  # (k, H)
-        inputs = history.taps(h, self.kernel, self.dilation)  # P x (k, H)
-        y = inputs[0] * self.taps[0]  # dilated depthwise conv, tap by tap
-        for tap_input, weight in zip(inputs[1:], self.taps[1:], strict=True):
-            y.addcmul_(tap_input, weight)
-        history.push(h)
-        return self.norm_out(self.act_out(y)) @ self.w_out  # (k, B')
-
-
-class _History:
-    """Left context of one causal dilated depthwise conv: its last ``span`` input frames.
-
-    Kept in a ring buffer (zeros at the start, as the causal zero padding), so that a block
-    only reads the frames its taps need and writes its own frames, whatever the dilation.
-    """
-
-    def __init__(self, span: int, channels: int, device: torch.device,
-                 dtype: torch.dtype) -> None:
-        self.span = span
-        self.ring = torch.zeros(span, channels, device=device, dtype=dtype)  # (span, H)
-        self.head = 0  # ring index of the oldest frame
-
-    def _ring(self, start: int, length: int) -> list[torch.Tensor]:
-        """Frames [start, start + length) of the context, oldest = 0 (at most 2 pieces)."""
-        first = (self.head + start) % self.span
-        cut = min(length, self.span - first)
-        pieces = [self.ring[first : first + cut]]
-        if cut < length:
-            pieces.append(self.ring[: length - cut])
-        return pieces
-
-    def taps(self, h: torch.Tensor, kernel: int, dilation: int) -> list[torch.Tensor]:
-        """Inputs of the ``kernel`` taps for new frames h (k, H): tap j reads frame
-        ``t - (kernel - 1 - j) * dilation`` for every new frame t. Each is (k, H)."""
-        k, out = h.size(0), []
-        for j in range(kernel):
-            start = j * dilation  # in the coordinates of context (span frames) + new frames
-            pieces = self._ring(start, min(k, self.span - start)) if start < self.span else []
-            if start + k > self.span:
-                pieces.append(h[max(start, self.span) - self.span : start + k - self.span])
-            out.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces))
-        return out
-
-    def push(self, h: torch.Tensor) -> None:
-        """Append new frames h (k, H), dropping the oldest ones."""
-        k = h.size(0)
-        if not self.span:
-            return
-        if k >= self.span:
-            self.ring.copy_(h[k - self.span :])
-            self.head = 0
-            return
-        cut = min(k, self.span - self.head)
-        self.ring[self.head : self.head + cut] = h[:cut]
-        self.ring[: k - cut] = h[cut:]
-        self.head = (self.head + k) % self.span
 
 
 @dataclass(frozen=True)
@@ -365,7 +272,7 @@ class StreamReport:
     block_ms: list[float]
 
 
-def stream_separate(model: nn.Module, mix: torch.Tensor, block_size: int = 1024, *,
+def stream_separate(model: SeparationModel, mix: torch.Tensor, block_size: int = 1024, *,
                     normalize: bool = True,
                     on_block: Callable[[torch.Tensor], None] | None = None,
                     ) -> tuple[torch.Tensor, StreamReport]:

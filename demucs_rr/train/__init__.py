@@ -1,4 +1,4 @@
-"""Training of demucs_rr models (the Demucs v2 recipe, demucs-facts.md §4).
+"""Training of demucs_rr models (the Demucs v2 recipe of the paper).
 
 Modules, from the edge inwards:
 

@@ -1,4 +1,4 @@
-"""Batch augmentations of Demucs v2 (demucs-facts.md §4.2) over (B, S, C, T) stems.
+"""Batch augmentations of Demucs v2 over (B, S, C, T) stems.
 
 Each module draws its random parameters from an explicit CPU ``torch.Generator`` (no global RNG)
 and changes nothing (beyond :class:`Shift`'s deterministic crop) unless in training mode.
@@ -93,8 +93,8 @@ class Shift(nn.Module):
         if not self.training:
             return wav[..., :length]
         batch, sources = wav.shape[:2]
-        offsets = torch.randint(self.shift, (rows.total, sources), generator=generator)
-        offsets = offsets[rows.start:rows.start + batch].tolist()
+        drawn = torch.randint(self.shift, (rows.total, sources), generator=generator)
+        offsets: list[list[int]] = drawn[rows.start:rows.start + batch].tolist()
         return torch.stack([
             torch.stack([wav[b, s, :, o:o + length] for s, o in enumerate(row)])
             for b, row in enumerate(offsets)

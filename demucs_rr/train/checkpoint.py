@@ -104,7 +104,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise PackageFormatError(f"no training checkpoint at {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+    except Exception as exc:
         raise PackageFormatError(f"{path} is not a readable training checkpoint ({exc})") from exc
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise PackageFormatError(f"{path} is not a demucs_rr training checkpoint")

@@ -2,12 +2,12 @@
 
 Examples::
 
-    demucs-rr train model=tiny dset=synthetic epochs=5
-    demucs-rr train dset.root=/data/musdb18hq --run-dir runs/demucs
-    demucs-rr train --run-dir runs/demucs --resume            # continue after an interruption
-    torchrun --nproc_per_node 8 -m demucs_rr train dset.root=/data/musdb18hq --run-dir runs/x
-    demucs-rr export runs/demucs                               # -> runs/demucs/demucs.safetensors
-    demucs-rr separate -n runs/demucs/demucs.safetensors song.mp3
+    demucs-rr train --run-dir runs/tiny model=tiny dset=synthetic dset.root=data/synth
+    demucs-rr train --run-dir runs/tiny --resume epochs=60     # continue, here to epoch 60
+    demucs-rr export runs/tiny                                 # -> runs/tiny/tiny.safetensors
+    demucs-rr separate -n runs/tiny/tiny.safetensors song.mp3
+    demucs-rr train --run-dir runs/demucs dset.root=/data/musdb18hq      # the v2 recipe
+    torchrun --nproc_per_node 8 -m demucs_rr train --run-dir runs/x dset.root=/data/musdb18hq
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from demucs_rr.errors import ConfigError
+from demucs_rr.models.training_info import VALID_LOSS, VALID_NSDR, TrainingInfo
 
 __all__ = ["add_export_arguments", "add_train_arguments", "run_export", "run_train"]
 
@@ -32,14 +35,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "runs/<the overrides>")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
-                      help="continue the run in --run-dir from its checkpoint, with its saved "
-                           "config (overrides still apply, e.g. epochs=300)")
+                      help="continue the run in --run-dir (required) from its checkpoint, with "
+                           "its saved config (overrides still apply, e.g. epochs=300)")
     mode.add_argument("--restart", action="store_true",
                       help="start from scratch even if --run-dir holds a checkpoint")
     parser.add_argument("--conf-dir", type=Path, default=None,
                         help="config folder (default: $DEMUCS_RR_CONF or the checkout's conf/)")
     parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config and exit")
+                        help="print the resolved config (YAML) and exit without training")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -49,16 +52,28 @@ def default_run_dir(overrides: list[str]) -> Path:
     return Path("runs") / re.sub(r"[^\w.,=+-]", "_", name)[:120]
 
 
+def _runs_hint() -> str:
+    """``; runs here: a, b`` listing the run folders below ``runs/`` (empty when none)."""
+    from demucs_rr.train.loop import CONFIG_NAME
+
+    found = sorted(str(p.parent) for p in Path("runs").glob(f"*/{CONFIG_NAME}"))[:5]
+    return f"; runs here: {', '.join(found)}" if found else ""
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Resolve the config and train; returns the exit code."""
+    from demucs_rr.runtime import torchrun_ranks
     from demucs_rr.train.config import config_to_yaml, load_config
     from demucs_rr.train.loop import CONFIG_NAME, fit
 
+    if args.resume and args.run_dir is None:
+        raise ConfigError("--resume needs --run-dir RUN_DIR, the folder of the run to continue"
+                          + _runs_hint())
     run_dir = args.run_dir or default_run_dir(args.overrides)
     if args.resume:
         saved = run_dir / CONFIG_NAME
         if not saved.is_file():
-            raise ConfigError(f"nothing to resume: {saved} does not exist")
+            raise ConfigError(f"nothing to resume: {saved} does not exist{_runs_hint()}")
         config = load_config(args.overrides, base=saved)
     else:
         config = load_config(args.overrides, conf_dir=args.conf_dir)
@@ -67,6 +82,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
+    if torchrun_ranks().rank == 0:
+        print(f"run folder: {run_dir} (continue it with `demucs-rr train --run-dir {run_dir} "
+              "--resume`)", flush=True)
     history = fit(config, run_dir, resume=args.resume, restart=args.restart,
                   echo=lambda line: print(line, flush=True))
     best = history[-1].get("best_epoch", 0) if history else 0
@@ -88,39 +106,43 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--half", action="store_true", help="store float16 weights")
 
 
-def _package_metrics(best: dict | None, sources: list[str]) -> dict:
-    if not best:
-        return {}
-    metrics = best["metrics"]
-    out = {"epoch": best["epoch"], "weights": best["weights"],
-           "valid_loss": metrics["loss"], "valid_nsdr": metrics["nsdr"]}
-    out.update({f"valid_nsdr_{s}": metrics[f"nsdr/{s}"] for s in sources})
-    return out
+def _training_info(saved: dict[str, Any], best: dict[str, Any] | None,
+                   sources: Sequence[str]) -> TrainingInfo:
+    """The package's training block; validation metrics only when ``best`` weights are kept."""
+    info = TrainingInfo(epochs=int(saved["epoch"]), config=dict(saved["config"]),
+                        train_tracks=list(saved["train_tracks"]),
+                        valid_tracks=list(saved["valid_tracks"]))
+    if best is None:
+        return info
+    found = best["metrics"]
+    metrics = {VALID_LOSS: float(found["loss"]), VALID_NSDR: float(found["nsdr"])}
+    metrics.update({f"{VALID_NSDR}_{s}": float(found[f"nsdr/{s}"]) for s in sources})
+    return dataclasses.replace(info, best_epoch=int(best["epoch"]), weights=str(best["weights"]),
+                               metrics=metrics)
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Write the release package of a run; returns the exit code."""
-    from demucs_rr.models.package import save_package
+    from demucs_rr.models.package import load_state_strict, save_package
     from demucs_rr.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from demucs_rr.train.config import load_config
     from demucs_rr.train.state import make_model
 
     run_dir: Path = args.run_dir
-    saved = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    checkpoint = run_dir / CHECKPOINT_NAME
+    saved = load_checkpoint(checkpoint)
     config = load_config(base=saved["config"])
     model = make_model(config)
-    best = saved.get("best")
-    if args.last or not best:
-        model.load_state_dict(saved["model"])
+    best = None if args.last else saved.get("best")
+    if best is None:
+        load_state_strict(model, saved["model"], f"{checkpoint} (last weights)")
         which = "last weights"
     else:
-        model.load_state_dict(best["state"])
+        load_state_strict(model, best["state"], f"{checkpoint} (best weights)")
         which = f"best weights: epoch {best['epoch']}, {best['weights']}"
     name = args.name or run_dir.resolve().name
     out = args.out or run_dir / f"{name}.safetensors"
-    training = {"config": saved["config"], "epochs": int(saved["epoch"]),
-                "metrics": {} if args.last else _package_metrics(best, config.dset.sources),
-                "train_tracks": saved["train_tracks"], "valid_tracks": saved["valid_tracks"]}
+    training = _training_info(saved, best, config.dset.sources)
     save_package(model.eval(), out, name=name, training=training, half=args.half)
     print(f"wrote {out} ({which}); use it with `demucs-rr separate -n {out} SONG`")
     return 0

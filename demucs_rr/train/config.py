@@ -26,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from demucs_rr.errors import ConfigError
+from demucs_rr.runtime import check_device
+from demucs_rr.sources import MUSDB_SOURCES
 
 __all__ = [
     "GROUPS",
@@ -40,8 +42,6 @@ __all__ = [
 
 GROUPS = ("model", "dset")
 """Config groups whose value on the command line (``model=tiny``) selects a preset file."""
-
-V2_SOURCES = ["drums", "bass", "other", "vocals"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class DsetConfig:
     is_wav: bool = True
     train_split: str = "train"
     valid_split: str = "valid"
-    sources: list[str] = field(default_factory=lambda: list(V2_SOURCES))
+    sources: list[str] = field(default_factory=lambda: list(MUSDB_SOURCES))
     samplerate: int = 44100
     channels: int = 2
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -89,7 +89,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Batch augmentations (demucs-facts.md §4.2); each can be switched off."""
+    """Batch augmentations of the Demucs v2 recipe; each can be switched off."""
 
     shift: float = 1.0
     flip_sign: bool = True
@@ -319,8 +319,7 @@ def _check_choices(config: TrainConfig) -> None:
     }
     for key, (value, allowed) in choices.items():
         _require(value in allowed, f"{key}={value!r} is not one of {', '.join(allowed)}")
-    _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device) is not None,
-             f"device={config.device!r}: use auto, cpu, cuda or cuda:N")
+    check_device(config.device, allow_mps=False)
 
 
 def _check_numbers(config: TrainConfig) -> None:

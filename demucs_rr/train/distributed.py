@@ -8,7 +8,6 @@ process. There are no module globals: the :class:`DistContext` is handed to whoe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,29 +15,9 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from demucs_rr.errors import ConfigError
+from demucs_rr.runtime import resolve_device, torchrun_ranks
 
-__all__ = ["DistContext", "pick_train_device"]
-
-
-def pick_train_device(name: str, local_rank: int) -> torch.device:
-    """Training device for ``name`` (auto | cpu | cuda | cuda:N) in process ``local_rank``.
-
-    ``auto`` and ``cuda`` give ``cuda:LOCAL_RANK`` when CUDA is available (``auto`` falls back
-    to the CPU); an explicit ``cuda:N`` is kept as is.
-
-    Raises:
-        ConfigError: CUDA asked for but not available.
-    """
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        if name == "auto":
-            return torch.device("cpu")
-        raise ConfigError(f"device={name} asked for but CUDA is not available; use device=cpu")
-    if name in ("auto", "cuda"):
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(name)
+__all__ = ["DistContext"]
 
 
 @dataclass(frozen=True)
@@ -62,20 +41,15 @@ class DistContext:
                  env: Mapping[str, str] | None = None) -> DistContext:
         """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (as set by torchrun); defaults: 1 process.
 
+        ``auto`` and ``cuda`` give ``cuda:LOCAL_RANK`` when CUDA is available (``auto`` falls
+        back to the CPU; MPS is not used for training); an explicit ``cuda:N`` is kept.
+
         Raises:
-            ConfigError: inconsistent variables, or an unavailable device.
+            ConfigError: inconsistent variables, or an unknown or unavailable device.
         """
-        env = os.environ if env is None else env
-        try:
-            world = int(env.get("WORLD_SIZE", "1"))
-            rank = int(env.get("RANK", "0"))
-            local = int(env.get("LOCAL_RANK", str(rank)))
-        except ValueError as exc:
-            raise ConfigError(f"bad torchrun environment variable: {exc}") from None
-        if world < 1 or not 0 <= rank < world or local < 0:
-            raise ConfigError(f"inconsistent torchrun environment: RANK={rank}, "
-                              f"WORLD_SIZE={world}, LOCAL_RANK={local}")
-        return cls(rank, world, local, pick_train_device(device, local))
+        ranks = torchrun_ranks(env)
+        device_ = resolve_device(device, ranks.local_rank, allow_mps=False)
+        return cls(ranks.rank, ranks.world_size, ranks.local_rank, device_)
 
     @property
     def distributed(self) -> bool:

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import nn
+
+from demucs_rr.models.base import PackagedModel
 
 __all__ = ["EMA"]
 
@@ -23,7 +24,7 @@ class EMA:
         decay: per-update decay in [0, 1).
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: PackagedModel, decay: float) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
@@ -35,7 +36,7 @@ class EMA:
         }
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: PackagedModel) -> None:
         """Fold the current weights of ``model`` into the average."""
         self.count = self.count * self.decay + 1.0
         weight = 1.0 / self.count
@@ -47,7 +48,7 @@ class EMA:
                 avg.copy_(value)
 
     @contextmanager
-    def swapped(self, model: nn.Module) -> Iterator[nn.Module]:
+    def swapped(self, model: PackagedModel) -> Iterator[PackagedModel]:
         """Load the EMA weights into ``model`` for the ``with`` block, then restore its own."""
         own = {key: value.detach().clone() for key, value in model.state_dict().items()}
         model.load_state_dict(self.state)

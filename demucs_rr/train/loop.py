@@ -1,6 +1,6 @@
 """The training loop: one step, one epoch, validation through the separation engine, and fit.
 
-Data flow of a step (demucs-facts.md §4.2-4.3)::
+Data flow of a step::
 
     (B, S, C, T + shift) normalised stems -> augment (Shift, FlipSign, FlipChannels, Scale,
     Remix) -> (B, S, C, T) -> mix = sum over S (B, C, T) -> model -> (B, S, C, T') estimate
@@ -33,7 +33,7 @@ from demucs_rr.data.datasets import StemSegments, split_tracks
 from demucs_rr.data.repitch import soundstretch_available
 from demucs_rr.data.tracks import Track
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.demucs import center_trim
+from demucs_rr.models.base import SeparationModel, center_trim
 from demucs_rr.separate.engine import ApplyOptions
 from demucs_rr.train.augment import BatchRows, step_generator
 from demucs_rr.train.checkpoint import (
@@ -202,10 +202,11 @@ class TrainData:
     valid_tracks: list[Track]
 
 
-def _layout(config: TrainConfig) -> str:
+def _kind(config: TrainConfig) -> str:
+    """Dataset kind of the data layer (synthetic sets are folders)."""
     if config.dset.kind == "musdb":
-        return "musdb_hq" if config.dset.is_wav else "musdb_stems"
-    return "folders"
+        return "musdb-hq" if config.dset.is_wav else "musdb"
+    return "folder"
 
 
 def _make_synthetic(config: TrainConfig, dist: DistContext) -> None:
@@ -222,7 +223,8 @@ def _make_synthetic(config: TrainConfig, dist: DistContext) -> None:
     dist.barrier()
 
 
-def prepare_data(config: TrainConfig, model: nn.Module, dist: DistContext) -> TrainData:
+def prepare_data(config: TrainConfig, model: SeparationModel,
+                 dist: DistContext) -> TrainData:
     """Scan the dataset and cut training items of ``valid_length(segment) + shift`` samples.
 
     Raises:
@@ -232,7 +234,7 @@ def prepare_data(config: TrainConfig, model: nn.Module, dist: DistContext) -> Tr
     dset = config.dset
     if dset.kind == "synthetic":
         _make_synthetic(config, dist)
-    splits = split_tracks(str(dset.root), dset.sources, _layout(config), dset.train_split,
+    splits = split_tracks(str(dset.root), dset.sources, _kind(config), dset.train_split,
                           dset.valid_split)
     repitch = config.data.repitch
     if repitch > 0 and not soundstretch_available():

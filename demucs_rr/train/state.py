@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from demucs_rr.errors import ConfigError, PackageFormatError
+from demucs_rr.models.base import PackagedModel, as_module
 from demucs_rr.models.registry import build_model
 from demucs_rr.train.augment import AugmentPipeline, build_augment
 from demucs_rr.train.config import TrainConfig, model_kwargs
@@ -47,7 +48,7 @@ class TrainState:
             "state"}`` (``weights`` is ``"model"`` or ``"ema"``), or None.
     """
 
-    model: nn.Module
+    model: PackagedModel
     net: nn.Module
     optimizer: torch.optim.Optimizer
     augment: AugmentPipeline
@@ -91,7 +92,7 @@ class TrainState:
         self.best = data["best"]
 
 
-def make_model(config: TrainConfig) -> nn.Module:
+def make_model(config: TrainConfig) -> PackagedModel:
     """The model of ``config``, initialised from ``config.seed`` (same weights on every rank).
 
     Raises:
@@ -143,7 +144,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_state(config: TrainConfig, model: nn.Module, dist: DistContext,
+def build_state(config: TrainConfig, model: PackagedModel, dist: DistContext,
                 steps_per_epoch: int) -> TrainState:
     """Optimiser, schedule, AMP, EMA, augmentation and loss around ``model`` (moved to the
     device and wrapped in DDP when distributed)."""
@@ -159,7 +160,7 @@ def build_state(config: TrainConfig, model: nn.Module, dist: DistContext,
         scale=(aug.scale_min, aug.scale_max) if aug.scale else None,
         remix_group_size=aug.remix_group_size).to(dist.device)
     return TrainState(
-        model=model, net=dist.wrap(model), optimizer=optimizer, augment=augment,
+        model=model, net=dist.wrap(as_module(model)), optimizer=optimizer, augment=augment,
         criterion=SourceLoss(config.dset.sources, config.loss.kind, config.loss.weights),
         dist=dist, seed=config.seed,
         scheduler=make_scheduler(optimizer, opt.schedule, opt.warmup_steps,

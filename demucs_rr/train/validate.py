@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-from torch import nn
 
 from demucs_rr.data.tracks import Track, load_track
 from demucs_rr.evaluate.metrics import nsdr
+from demucs_rr.models.base import SeparationModel
 from demucs_rr.separate.engine import ApplyOptions, separate_normalized
 from demucs_rr.train.distributed import DistContext
 from demucs_rr.train.losses import per_source_error
@@ -37,7 +37,7 @@ class ValidOptions:
     max_samples: int | None = None
 
 
-def _score_track(model: nn.Module, track: Track, options: ValidOptions,
+def _score_track(model: SeparationModel, track: Track, options: ValidOptions,
                  device: torch.device) -> torch.Tensor:
     """(3, S) float64 rows: loss, nSDR and do-nothing nSDR of each source on one track."""
     mix, stems = load_track(track, options.sources)  # (C, T), (S, C, T), not normalised
@@ -50,7 +50,7 @@ def _score_track(model: nn.Module, track: Track, options: ValidOptions,
     return torch.stack([loss.double(), nsdr(stems, estimate), baseline])
 
 
-def validate(model: nn.Module, tracks: list[Track], options: ValidOptions,
+def validate(model: SeparationModel, tracks: list[Track], options: ValidOptions,
              dist: DistContext) -> dict[str, float]:
     """Separate whole validation tracks with the engine the CLI uses and score them.
 
