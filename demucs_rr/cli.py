@@ -20,14 +20,30 @@ logger = logging.getLogger("demucs_rr")
 
 EXTRA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     # name: (module, add-arguments function, run function, help)
-    "train": ("demucs_rr.train.cli", "add_train_arguments", "run_train",
-              "train a model (YAML config + key=value overrides)"),
-    "export": ("demucs_rr.train.cli", "add_export_arguments", "run_export",
-               "write a release package from a training run"),
-    "evaluate": ("demucs_rr.evaluate.cli", "add_evaluate_arguments", "run_evaluate",
-                 "score a model on MUSDB18 or a folder of stems (SDR, nSDR)"),
-    "leaderboard": ("demucs_rr.evaluate.cli", "add_leaderboard_arguments", "run_leaderboard",
-                    "merge evaluation folders into one ranked table"),
+    "train": (
+        "demucs_rr.train.cli",
+        "add_train_arguments",
+        "run_train",
+        "train a model (YAML config + key=value overrides)",
+    ),
+    "export": (
+        "demucs_rr.train.cli",
+        "add_export_arguments",
+        "run_export",
+        "write a release package from a training run",
+    ),
+    "evaluate": (
+        "demucs_rr.evaluate.cli",
+        "add_evaluate_arguments",
+        "run_evaluate",
+        "score a model on MUSDB18 or a folder of stems (SDR, nSDR)",
+    ),
+    "leaderboard": (
+        "demucs_rr.evaluate.cli",
+        "add_leaderboard_arguments",
+        "run_leaderboard",
+        "merge evaluation folders into one ranked table",
+    ),
 }
 
 
@@ -54,31 +70,52 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
     d = WriteOptions()
     p = parser
     p.add_argument("tracks", nargs="+", help="audio files or directories to separate")
-    p.add_argument("-n", "--name", default=DEFAULT_MODEL,
-                   help="pretrained model name (see `demucs-rr models list`) or a model file "
-                        f"(.safetensors package or official .th); default {DEFAULT_MODEL}")
+    p.add_argument(
+        "-n",
+        "--name",
+        default=DEFAULT_MODEL,
+        help="pretrained model name (see `demucs-rr models list`) or a model file "
+        f"(.safetensors package or official .th); default {DEFAULT_MODEL}",
+    )
     p.add_argument("--repo", help="folder searched first for model files")
     p.add_argument("-o", "--out", default="separated", help="output root folder")
-    p.add_argument("--filename", default=DEFAULT_TEMPLATE,
-                   help="output path template below --out; fields {model} {track} {trackext} "
-                        f"{{stem}} {{ext}}; default {DEFAULT_TEMPLATE!r}".replace("{{", "{")
-                   .replace("}}", "}"))
+    p.add_argument(
+        "--filename",
+        default=DEFAULT_TEMPLATE,
+        help="output path template below --out; fields {model} {track} {trackext} "
+        f"{{stem}} {{ext}}; default {DEFAULT_TEMPLATE!r}".replace("{{", "{").replace("}}", "}"),
+    )
     p.add_argument("-r", "--recursive", action="store_true", help="search directories recursively")
     p.add_argument("-d", "--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
-    p.add_argument("--shifts", type=argtypes.non_negative_int, default=0,
-                   help="random shifts averaged (shift trick; better, N times slower); default 0")
+    p.add_argument(
+        "--shifts",
+        type=argtypes.non_negative_int,
+        default=0,
+        help="random shifts averaged (shift trick; better, N times slower); default 0",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the shift offsets (default 0)")
-    p.add_argument("--overlap", type=argtypes.overlap, default=0.25,
-                   help="chunk overlap (default 0.25)")
-    p.add_argument("--segment", type=argtypes.seconds,
-                   help="chunk length in seconds (default: model's)")
+    p.add_argument(
+        "--overlap", type=argtypes.overlap, default=0.25, help="chunk overlap (default 0.25)"
+    )
+    p.add_argument(
+        "--segment", type=argtypes.seconds, help="chunk length in seconds (default: model's)"
+    )
     p.add_argument("--no-split", action="store_true", help="process each track in one pass")
-    p.add_argument("-b", "--batch-size", type=argtypes.positive_int, default=1,
-                   help="chunks per forward pass (faster on GPU, more memory); default 1")
+    p.add_argument(
+        "-b",
+        "--batch-size",
+        type=argtypes.positive_int,
+        default=1,
+        help="chunks per forward pass (faster on GPU, more memory); default 1",
+    )
     p.add_argument("--two-stems", metavar="STEM", help="write STEM and no_STEM only")
-    p.add_argument("--other-method", choices=OTHER_METHODS, default="add",
-                   help="how no_STEM is made: sum of the other stems (add), mixture minus "
-                        "STEM (minus), or not written (none); default add")
+    p.add_argument(
+        "--other-method",
+        choices=OTHER_METHODS,
+        default="add",
+        help="how no_STEM is made: sum of the other stems (add), mixture minus "
+        "STEM (minus), or not written (none); default add",
+    )
     p.add_argument("--stems", type=_stem_list, help="comma-separated subset of stems to write")
     enc = p.add_mutually_exclusive_group()
     enc.add_argument("--int24", action="store_true", help="write 24-bit integer wav/flac")
@@ -86,30 +123,59 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--flac", action="store_true", help="write flac instead of wav")
     fmt.add_argument("--mp3", action="store_true", help="write mp3 instead of wav")
-    p.add_argument("--mp3-bitrate", type=argtypes.positive_int, default=d.mp3_bitrate,
-                   help=f"mp3 bitrate in kbps (default {d.mp3_bitrate})")
-    p.add_argument("--mp3-preset", type=int, choices=range(2, 8), default=d.mp3_preset,
-                   metavar="{2..7}", help="lame quality: 2 best .. 7 fastest (default 2)")
-    p.add_argument("--clip-mode", choices=("rescale", "clamp", "none"), default=d.clip_mode,
-                   help="avoid clipping by rescaling each stem, clamping, or not (default rescale)")
-    p.add_argument("--keep-sample-rate", action="store_true",
-                   help="write stems at the input's sample rate instead of the model's")
-    p.add_argument("--stream", action="store_true",
-                   help="separate block by block with a causal model (Conv-TasNet causal=True) "
-                        "and report its latency and real-time factor")
-    p.add_argument("--block-size", type=argtypes.positive_int, default=1024,
-                   help="samples per block with --stream (default 1024)")
+    p.add_argument(
+        "--mp3-bitrate",
+        type=argtypes.positive_int,
+        default=d.mp3_bitrate,
+        help=f"mp3 bitrate in kbps (default {d.mp3_bitrate})",
+    )
+    p.add_argument(
+        "--mp3-preset",
+        type=int,
+        choices=range(2, 8),
+        default=d.mp3_preset,
+        metavar="{2..7}",
+        help="lame quality: 2 best .. 7 fastest (default 2)",
+    )
+    p.add_argument(
+        "--clip-mode",
+        choices=("rescale", "clamp", "none"),
+        default=d.clip_mode,
+        help="avoid clipping by rescaling each stem, clamping, or not (default rescale)",
+    )
+    p.add_argument(
+        "--keep-sample-rate",
+        action="store_true",
+        help="write stems at the input's sample rate instead of the model's",
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="separate block by block with a causal model (Conv-TasNet causal=True) "
+        "and report its latency and real-time factor",
+    )
+    p.add_argument(
+        "--block-size",
+        type=argtypes.positive_int,
+        default=1024,
+        help="samples per block with --stream (default 1024)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                   help="debug logging")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
     """``--threads N``: CPU threads torch may use (accepted before or after the subcommand)."""
-    parser.add_argument("--threads", type=argtypes.positive_int, metavar="N",
-                        default=None if top_level else argparse.SUPPRESS,
-                        help="CPU threads for torch (default: torch's, one per core); on a "
-                             "shared machine set it to the cores you may use")
+    parser.add_argument(
+        "--threads",
+        type=argtypes.positive_int,
+        metavar="N",
+        default=None if top_level else argparse.SUPPRESS,
+        help="CPU threads for torch (default: torch's, one per core); on a "
+        "shared machine set it to the cores you may use",
+    )
 
 
 def set_threads(threads: int | None) -> None:
@@ -147,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s: %(message)s"
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

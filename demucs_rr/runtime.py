@@ -19,8 +19,7 @@ import torch
 
 from demucs_rr.errors import ConfigError
 
-__all__ = ["DEVICE_NAMES", "Ranks", "cache_dir", "check_device", "resolve_device",
-           "torchrun_ranks"]
+__all__ = ["DEVICE_NAMES", "Ranks", "cache_dir", "check_device", "resolve_device", "torchrun_ranks"]
 
 #: Device names every command accepts (``cuda:N`` selects GPU ``N``).
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -71,8 +70,10 @@ def torchrun_ranks(env: Mapping[str, str] | None = None) -> Ranks:
     except ValueError as exc:
         raise ConfigError(f"bad torchrun environment variable: {exc}") from None
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise ConfigError(f"inconsistent torchrun environment: RANK={rank}, "
-                          f"WORLD_SIZE={world}, LOCAL_RANK={local}")
+        raise ConfigError(
+            f"inconsistent torchrun environment: RANK={rank}, "
+            f"WORLD_SIZE={world}, LOCAL_RANK={local}"
+        )
     return Ranks(rank, world, local)
 
 

@@ -42,8 +42,12 @@ from demucs_rr.evaluate.metrics import (
 TOL = 1e-3
 CASES = ["01", "02", "03", "05", "06", "07", "08", "09"]
 BLOCKS = ["Sources", "Framewise", "Images", "Images Framewise"]
-KEYS = {"Source to Distortion": "sdr", "Image to Spatial": "isr",
-        "Source to Interference": "sir", "Source to Artifact": "sar"}
+KEYS = {
+    "Source to Distortion": "sdr",
+    "Image to Spatial": "isr",
+    "Source to Interference": "sir",
+    "Source to Artifact": "sar",
+}
 MUSDB = ["drums", "bass", "other", "vocals"]
 L = 64  # filter taps of the property tests (the properties hold for any length; fast)
 
@@ -60,8 +64,9 @@ def _one_thread():
 
 def _mono_stack(folder) -> np.ndarray:
     """(S, T) float64: every wav of the folder, downmixed to mono (mir_eval's loader)."""
-    return np.stack([np.atleast_2d(sf.read(f)[0].T).mean(axis=0)
-                     for f in sorted(folder.glob("*.wav"))])
+    return np.stack(
+        [np.atleast_2d(sf.read(f)[0].T).mean(axis=0) for f in sorted(folder.glob("*.wav"))]
+    )
 
 
 def _images(mono: np.ndarray, nchan: int, gain: float) -> torch.Tensor:
@@ -70,8 +75,10 @@ def _images(mono: np.ndarray, nchan: int, gain: float) -> torch.Tensor:
     return torch.stack([x] + [gain * x] * (nchan - 1), dim=1)
 
 
-@pytest.mark.parametrize("case,block", [
-    pytest.param(c, b, id=f"{c}-{b.replace(' ', '')}") for c in CASES for b in BLOCKS])
+@pytest.mark.parametrize(
+    "case,block",
+    [pytest.param(c, b, id=f"{c}-{b.replace(' ', '')}") for c in CASES for b in BLOCKS],
+)
 def test_mir_eval_block(eval_data, case: str, block: str):
     folder = eval_data / "mir_eval_separation"
     spec = json.loads((folder / f"output{case}.json").read_text())[block]
@@ -81,10 +88,15 @@ def test_mir_eval_block(eval_data, case: str, block: str):
     else:
         refs, ests = torch.from_numpy(ref)[:, None], torch.from_numpy(est)[:, None]
     framewise = "Framewise" in block
-    res = bss_eval(refs, ests, spec["win"] if framewise else None,
-                   spec["hop"] if framewise else None, framewise_filters=True,
-                   sources_version=not block.startswith("Images"),
-                   compute_permutation=not framewise)
+    res = bss_eval(
+        refs,
+        ests,
+        spec["win"] if framewise else None,
+        spec["hop"] if framewise else None,
+        framewise_filters=True,
+        sources_version=not block.startswith("Images"),
+        compute_permutation=not framewise,
+    )
     for key, attr in KEYS.items():
         if key not in spec:
             continue
@@ -107,8 +119,9 @@ def excerpt(eval_data):
 @pytest.mark.parametrize("name", ["leak", "mix4"])
 def test_musdb_excerpt_expectations(eval_data, excerpt, name: str):
     refs, mix = excerpt
-    expected = json.loads((eval_data / "expected" / "musdb18-excerpts_museval-0.4.1_v4.json")
-                          .read_text())["tracks"]["Music Delta - 80s Rock"]["results"][name]
+    expected = json.loads(
+        (eval_data / "expected" / "musdb18-excerpts_museval-0.4.1_v4.json").read_text()
+    )["tracks"]["Music Delta - 80s Rock"]["results"][name]
     if name == "mix4":
         est = np.stack([mix / 4] * 4)
     else:
@@ -120,12 +133,16 @@ def test_musdb_excerpt_expectations(eval_data, excerpt, name: str):
     for i, target in enumerate(MUSDB):
         want = expected[target]
         for metric in ("SDR", "ISR", "SIR", "SAR"):
-            np.testing.assert_allclose(getattr(res, metric.lower())[i].numpy(),
-                                       np.array(want[metric], dtype=float), atol=TOL)
+            np.testing.assert_allclose(
+                getattr(res, metric.lower())[i].numpy(),
+                np.array(want[metric], dtype=float),
+                atol=TOL,
+            )
         np.testing.assert_allclose(fast[i].numpy(), want["SDR"], atol=1e-9)
         want_sdr = np.array(want["SDR"], dtype=float)
-        np.testing.assert_array_less(np.abs(fast32[i].numpy() - want_sdr),
-                                     float32_sdr_bound(want_sdr) + 1e-9)
+        np.testing.assert_array_less(
+            np.abs(fast32[i].numpy() - want_sdr), float32_sdr_bound(want_sdr) + 1e-9
+        )
         assert np.nanmedian(fast[i].numpy()) == pytest.approx(want["median"]["SDR"], abs=1e-9)
         assert float(ours_nsdr[i]) == pytest.approx(want["nsdr"], abs=1e-9)
 
@@ -133,8 +150,9 @@ def test_musdb_excerpt_expectations(eval_data, excerpt, name: str):
 def test_sigsep_regression_json(eval_data, excerpt):
     """museval's own regression output: random estimates of vocals and accompaniment."""
     refs, _ = excerpt
-    expected = json.loads((eval_data / "expected" / "sigsep-mus-eval_Music Delta - 80s Rock.json")
-                          .read_text())
+    expected = json.loads(
+        (eval_data / "expected" / "sigsep-mus-eval_Music Delta - 80s Rock.json").read_text()
+    )
     rng = np.random.RandomState(0)
     vocals = rng.random_sample((refs.shape[-1], 2))
     accompaniment = rng.random_sample((refs.shape[-1], 2))
@@ -151,8 +169,12 @@ def test_sigsep_regression_json(eval_data, excerpt):
 def _signals(seconds: float = 3.0, sources: int = 2, rate: int = 8000, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     t = torch.arange(int(seconds * rate), dtype=torch.float64) / rate
-    refs = torch.stack([torch.stack([torch.sin(2 * math.pi * (100 * (j + 1) + 30 * c) * t)
-                                     for c in range(2)]) for j in range(sources)])
+    refs = torch.stack(
+        [
+            torch.stack([torch.sin(2 * math.pi * (100 * (j + 1) + 30 * c) * t) for c in range(2)])
+            for j in range(sources)
+        ]
+    )
     refs = refs + 0.1 * torch.randn(refs.shape, generator=gen, dtype=torch.float64)
     noise = 0.05 * torch.randn(refs.shape, generator=gen, dtype=torch.float64)
     return refs, refs + 0.2 * refs.roll(1, dims=0) + noise
@@ -276,8 +298,12 @@ def test_block_levinson_solves_block_toeplitz():
     sig = torch.randn(p, 3000, generator=gen, dtype=torch.float64)
     g = gram(correlations(sig, sig[:0], n))  # (p, delay) order; block Toeplitz in (delay, p)
     t = g.view(p, n, p, n).permute(1, 0, 3, 2).reshape(n * p, n * p)
-    rlag = torch.stack([t[:p, d * p:(d + 1) * p] if d >= 0 else t[-d * p:(1 - d) * p, :p]
-                        for d in range(1 - n, n)])
+    rlag = torch.stack(
+        [
+            t[:p, d * p : (d + 1) * p] if d >= 0 else t[-d * p : (1 - d) * p, :p]
+            for d in range(1 - n, n)
+        ]
+    )
     y = torch.randn(n * p, 2, generator=gen, dtype=torch.float64)
     x = block_levinson(rlag[None], y.view(1, n, p, 2)).reshape(n * p, 2)
     torch.testing.assert_close(x, torch.linalg.solve(t, y), atol=1e-12, rtol=1e-9)
@@ -301,7 +327,8 @@ def test_framewise_sdr_float32_within_rounding_bound(target_db: float):
     exact = framewise_sdr(refs, ests, 8000, 8000)
     r32, e32 = refs.float(), ests.float()
     got = framewise_sdr(r32, e32, 8000, 8000)
-    torch.testing.assert_close(got, framewise_sdr(r32.double(), e32.double(), 8000, 8000),
-                               atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        got, framewise_sdr(r32.double(), e32.double(), 8000, 8000), atol=1e-9, rtol=0
+    )
     assert exact.sub(target_db).abs().max() < 0.5
     assert ((got - exact).abs() <= float32_sdr_bound(exact) + 1e-9).all()

@@ -65,8 +65,25 @@ def test_two_stems_add_and_minus(package, song, tmp_path, capsys):
     mix, _ = read(song)
     for method in ("add", "minus"):
         out = tmp_path / method
-        assert run([str(song), "-n", str(package), "-o", str(out), "--two-stems", "vocals",
-                    "--other-method", method, "--filename", "{track}_{stem}.{ext}"], capsys)[0] == 0
+        assert (
+            run(
+                [
+                    str(song),
+                    "-n",
+                    str(package),
+                    "-o",
+                    str(out),
+                    "--two-stems",
+                    "vocals",
+                    "--other-method",
+                    method,
+                    "--filename",
+                    "{track}_{stem}.{ext}",
+                ],
+                capsys,
+            )[0]
+            == 0
+        )
         names = sorted(p.name for p in out.iterdir())
         assert names == ["my song_no_vocals.wav", "my song_vocals.wav"]
         rest, _ = read(out / "my song_no_vocals.wav")
@@ -75,16 +92,67 @@ def test_two_stems_add_and_minus(package, song, tmp_path, capsys):
 
 def test_stem_subset_and_formats(package, song, tmp_path, capsys):
     out = tmp_path / "o"
-    assert run([str(song), "-n", str(package), "-o", str(out), "--stems", "bass,drums",
-                "--flac", "--int24", "--filename", "{stem}.{ext}"], capsys)[0] == 0
+    assert (
+        run(
+            [
+                str(song),
+                "-n",
+                str(package),
+                "-o",
+                str(out),
+                "--stems",
+                "bass,drums",
+                "--flac",
+                "--int24",
+                "--filename",
+                "{stem}.{ext}",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["bass.flac", "drums.flac"]
     assert sf.info(out / "bass.flac").subtype == "PCM_24"
-    assert run([str(song), "-n", str(package), "-o", str(out), "--stems", "bass", "--mp3",
-                "--mp3-bitrate", "128", "--filename", "{stem}.{ext}"], capsys)[0] == 0
+    assert (
+        run(
+            [
+                str(song),
+                "-n",
+                str(package),
+                "-o",
+                str(out),
+                "--stems",
+                "bass",
+                "--mp3",
+                "--mp3-bitrate",
+                "128",
+                "--filename",
+                "{stem}.{ext}",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     data, sr = read(out / "bass.mp3")
     assert sr == 44100 and data.shape[0] == 2
-    assert run([str(song), "-n", str(package), "-o", str(out), "--stems", "other", "--float32",
-                "--filename", "{stem}.{ext}"], capsys)[0] == 0
+    assert (
+        run(
+            [
+                str(song),
+                "-n",
+                str(package),
+                "-o",
+                str(out),
+                "--stems",
+                "other",
+                "--float32",
+                "--filename",
+                "{stem}.{ext}",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     assert sf.info(out / "other.wav").subtype == "FLOAT"
 
 
@@ -98,8 +166,22 @@ def test_sample_rates(package, tmp_path, capsys, rate):
     data, sr = read(out / "frac" / f"r{rate}" / "vocals.wav")
     assert sr == 44100 and abs(data.shape[1] - 22050) <= 1 and data.shape[0] == 2
     keep = tmp_path / "keep"
-    assert run([str(path), "-n", str(package), "-o", str(keep), "--stems", "vocals",
-                "--keep-sample-rate"], capsys)[0] == 0
+    assert (
+        run(
+            [
+                str(path),
+                "-n",
+                str(package),
+                "-o",
+                str(keep),
+                "--stems",
+                "vocals",
+                "--keep-sample-rate",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     data, sr = read(keep / "frac" / f"r{rate}" / "vocals.wav")
     assert sr == rate and abs(data.shape[1] - len(t)) <= 1
 
@@ -143,15 +225,24 @@ def test_bad_inputs_one_line_exit_2(package, song, tmp_path, capsys):
         [str(song), "--filename", "{track}/{nope}.{ext}"],
         [str(song), "--filename", "{track}.{ext}"],
         [str(song), "--filename", "../../{stem}.{ext}"],
-        [str(song), "--filename", "{stem}.{ext", ],
+        [
+            str(song),
+            "--filename",
+            "{stem}.{ext",
+        ],
         [str(song), "-o", str(blocker / "sub")],
         [str(song), "-n", "no_such_model"],
     ]
     out = tmp_path / "out"
     for argv in cases:
-        code, err = run([*argv, "-n", str(package), "-o", str(out)] if "-n" not in argv
-                        and "-o" not in argv else [*argv, "-n", str(package)]
-                        if "-n" not in argv else [*argv, "-o", str(out)], capsys)
+        code, err = run(
+            [*argv, "-n", str(package), "-o", str(out)]
+            if "-n" not in argv and "-o" not in argv
+            else [*argv, "-n", str(package)]
+            if "-n" not in argv
+            else [*argv, "-o", str(out)],
+            capsys,
+        )
         lines = [line for line in err.splitlines() if line.startswith("error")]
         assert code == 2, (argv, err)
         assert len(lines) >= 1 and len(err.splitlines()) <= 2, err
@@ -202,12 +293,16 @@ def test_failed_write_leaves_no_partial_track(package, song, tmp_path, capsys, m
 
 
 def test_console_script_and_models_list(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "demucs_rr", "separate", str(tmp_path / "x.mp3")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "demucs_rr", "separate", str(tmp_path / "x.mp3")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "x.mp3" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "demucs_rr", "models", "list"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "demucs_rr", "models", "list"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "demucs" in proc.stdout and "tasnet" in proc.stdout
 
 

@@ -19,8 +19,9 @@ def thread_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
     return calls
 
 
-def test_threads_before_or_after_the_command(thread_calls: dict[str, list[int]],
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_threads_before_or_after_the_command(
+    thread_calls: dict[str, list[int]], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["--threads", "3", "models", "list"]) == 0
     assert main(["models", "list", "--threads", "4"]) == 0
     assert main(["models", "--threads", "5"]) == 0
@@ -29,10 +30,10 @@ def test_threads_before_or_after_the_command(thread_calls: dict[str, list[int]],
     assert thread_calls["intra"] == [3, 4, 5]  # no --threads: torch's default is left alone
 
 
-def test_threads_on_train_and_separate(thread_calls: dict[str, list[int]], tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "--threads", "2", "model=tiny", "dset=synthetic",
-                 "--print-config"]) == 0
+def test_threads_on_train_and_separate(
+    thread_calls: dict[str, list[int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--threads", "2", "model=tiny", "dset=synthetic", "--print-config"]) == 0
     assert "epochs: 40" in capsys.readouterr().out
     # set before any work: the missing input fails afterwards, with the threads already set
     assert separate_main(["--threads", "6", str(tmp_path / "missing.wav")]) == 2
@@ -43,8 +44,9 @@ def test_threads_on_train_and_separate(thread_calls: dict[str, list[int]], tmp_p
     assert thread_calls["intra"] == [2, 6]
 
 
-def test_interop_threads_already_fixed(monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_interop_threads_already_fixed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     calls: list[int] = []
 
     def too_late(threads: int) -> None:
@@ -58,11 +60,14 @@ def test_interop_threads_already_fixed(monkeypatch: pytest.MonkeyPatch,
 
 @pytest.mark.parametrize("value", ["0", "-1", "x", "1.5", ""])
 @pytest.mark.parametrize("where", ["top", "train", "separate"])
-def test_bad_threads_exit_2_with_one_line(value: str, where: str, thread_calls: dict,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    argv = {"top": ["--threads", value, "models", "list"],
-            "train": ["train", "model=tiny", "--threads", value, "--print-config"],
-            "separate": ["separate", "song.wav", "--threads", value]}[where]
+def test_bad_threads_exit_2_with_one_line(
+    value: str, where: str, thread_calls: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = {
+        "top": ["--threads", value, "models", "list"],
+        "train": ["train", "model=tiny", "--threads", value, "--print-config"],
+        "separate": ["separate", "song.wav", "--threads", value],
+    }[where]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
@@ -72,8 +77,13 @@ def test_bad_threads_exit_2_with_one_line(value: str, where: str, thread_calls: 
 
 
 def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in ([], ["nope"], ["separate"], ["separate", "a.wav", "--overlap", "2"],
-                 ["train", "--resume", "--restart"]):
+    for argv in (
+        [],
+        ["nope"],
+        ["separate"],
+        ["separate", "a.wav", "--overlap", "2"],
+        ["train", "--resume", "--restart"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
@@ -81,8 +91,9 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         assert err.count("\n") == 1 and "error:" in err and "--help" in err, (argv, err)
 
 
-def test_resume_needs_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_needs_run_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "tiny").mkdir(parents=True)
     (tmp_path / "runs" / "tiny" / "config.yaml").write_text("epochs: 1\n")

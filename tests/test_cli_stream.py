@@ -17,8 +17,19 @@ def _tasnet(tmp_path, causal: bool):
     from demucs_rr.models import tasnet
 
     torch.manual_seed(0)
-    model = tasnet.ConvTasNet(SOURCES, N=16, L=20, B=8, H=16, P=3, X=3, R=2, causal=causal,
-                              norm_type="cLN" if causal else "gLN", segment_length=44100)
+    model = tasnet.ConvTasNet(
+        SOURCES,
+        N=16,
+        L=20,
+        B=8,
+        H=16,
+        P=3,
+        X=3,
+        R=2,
+        causal=causal,
+        norm_type="cLN" if causal else "gLN",
+        segment_length=44100,
+    )
     return save_package(model, tmp_path / f"tas_{int(causal)}.safetensors")
 
 
@@ -27,8 +38,10 @@ def test_stream_matches_offline_one_pass(tmp_path, capsys):
     song = tmp_path / "song.wav"
     sf.write(song, make_tone_mix(0.7).T.numpy(), 44100, subtype="FLOAT")
     common = [str(song), "-n", str(pkg), "--float32", "-q", "--clip-mode", "none"]
-    assert main(["separate", *common, "-o", str(tmp_path / "s"), "--stream",
-                 "--block-size", "333"]) == 0
+    assert (
+        main(["separate", *common, "-o", str(tmp_path / "s"), "--stream", "--block-size", "333"])
+        == 0
+    )
     err = capsys.readouterr().err
     assert "latency 19 samples" in err and "real-time factor" in err
     assert main(["separate", *common, "-o", str(tmp_path / "o"), "--no-split"]) == 0
@@ -43,8 +56,9 @@ def test_stream_refuses_non_causal_model(tmp_path, capsys):
     pkg = _tasnet(tmp_path, causal=False)
     song = tmp_path / "song.wav"
     sf.write(song, make_tone_mix(0.1).T.numpy(), 44100)
-    code = main(["separate", "-q", str(song), "-n", str(pkg), "-o", str(tmp_path / "o"),
-                 "--stream"])
+    code = main(
+        ["separate", "-q", str(song), "-n", str(pkg), "-o", str(tmp_path / "o"), "--stream"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "causal" in err and "Traceback" not in err
     assert not list((tmp_path / "o").rglob("*.wav"))

@@ -25,8 +25,9 @@ from demucs_rr.sources import MUSDB_SOURCES
 RATE = 8000
 STEMS = ["drums", "bass"]
 
-needs_soundstretch = pytest.mark.skipif(not soundstretch_available(),
-                                        reason="soundstretch not installed")
+needs_soundstretch = pytest.mark.skipif(
+    not soundstretch_available(), reason="soundstretch not installed"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -41,13 +42,19 @@ def _write(path: Path, data: np.ndarray, rate: int = RATE) -> np.ndarray:
     return data.astype(np.float32)
 
 
-def _make_track(folder: Path, length: int, seed: int, rate: int = RATE, channels: int = 2,
-                mixture: bool = True) -> dict[str, np.ndarray]:
+def _make_track(
+    folder: Path, length: int, seed: int, rate: int = RATE, channels: int = 2, mixture: bool = True
+) -> dict[str, np.ndarray]:
     """Random stems (and a mixture that is NOT their sum) in ``folder``; returns them."""
     rng = np.random.default_rng(seed)
-    out = {name: _write(folder / f"{name}.wav",
-                        0.1 * rng.standard_normal((channels, length)) + 0.01 * (i + 1), rate)
-           for i, name in enumerate(STEMS)}
+    out = {
+        name: _write(
+            folder / f"{name}.wav",
+            0.1 * rng.standard_normal((channels, length)) + 0.01 * (i + 1),
+            rate,
+        )
+        for i, name in enumerate(STEMS)
+    }
     if mixture:
         mix = sum(out.values()) * 0.8 + 0.05
         out["mixture"] = _write(folder / "mixture.wav", mix, rate)
@@ -117,8 +124,9 @@ def test_scan_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch: pytest.
     assert scan_tracks(root, STEMS, cache=False) == again
 
 
-def test_scan_cache_falls_back_when_root_is_read_only(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch):
+def test_scan_cache_falls_back_when_root_is_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     root = tmp_path / "set"
     _make_track(root / "Song A", 500, 0)
     root.chmod(0o555)  # also honoured when the tests run as root
@@ -165,8 +173,10 @@ def test_scan_errors(tmp_path: Path) -> None:
 
 def test_stem_segments_items_match_direct_slicing(tmp_path: Path) -> None:
     root = tmp_path / "set"
-    data = {name: _make_track(root / name, length, seed)
-            for name, length, seed in (("a", 8000, 0), ("b", 4400, 1), ("c", 1500, 2))}
+    data = {
+        name: _make_track(root / name, length, seed)
+        for name, length, seed in (("a", 8000, 0), ("b", 4400, 1), ("c", 1500, 2))
+    }
     found = scan_tracks(root, STEMS)
     ds = StemSegments(found, STEMS, segment=2000, stride=1000, samplerate=RATE)
     assert len(ds) == 7 + 3 + 1
@@ -177,15 +187,14 @@ def test_stem_segments_items_match_direct_slicing(tmp_path: Path) -> None:
         assert (track.name, where) == (name, offset)
         item = ds[index]
         assert item.shape == (2, 2, 2000) and item.dtype == torch.float32
-        stems = np.stack([data[name][s] for s in STEMS])[..., offset:offset + 2000]
+        stems = np.stack([data[name][s] for s in STEMS])[..., offset : offset + 2000]
         ref = (stems - track.mean) / track.std
-        np.testing.assert_allclose(item[..., : ref.shape[-1]].numpy(), ref, rtol=1e-5,
-                                   atol=1e-5)
-        assert not item[..., ref.shape[-1]:].any()  # zero padding of the short track
-    raw = StemSegments(found, STEMS, segment=2000, stride=1000, normalize=False,
-                       samplerate=RATE)
-    np.testing.assert_array_equal(raw[8].numpy(), np.stack(
-        [data["b"][s] for s in STEMS])[..., 1000:3000])
+        np.testing.assert_allclose(item[..., : ref.shape[-1]].numpy(), ref, rtol=1e-5, atol=1e-5)
+        assert not item[..., ref.shape[-1] :].any()  # zero padding of the short track
+    raw = StemSegments(found, STEMS, segment=2000, stride=1000, normalize=False, samplerate=RATE)
+    np.testing.assert_array_equal(
+        raw[8].numpy(), np.stack([data["b"][s] for s in STEMS])[..., 1000:3000]
+    )
     with pytest.raises(IndexError):
         ds[len(ds)]
 
@@ -194,8 +203,9 @@ def test_stem_segments_convert_rate_and_channels(tmp_path: Path) -> None:
     root = tmp_path / "set"
     data = _make_track(root / "mono16k", 16000, 0, rate=16000, channels=1)
     found = scan_tracks(root, STEMS)
-    ds = StemSegments(found, STEMS, segment=1000, stride=500, samplerate=RATE, channels=2,
-                      normalize=False)
+    ds = StemSegments(
+        found, STEMS, segment=1000, stride=500, samplerate=RATE, channels=2, normalize=False
+    )
     assert len(ds) == (8000 - 1000) // 500 + 1
     item = ds[6]  # starts at 3000 samples of 8 kHz = 6000 of 16 kHz
     assert item.shape == (2, 2, 1000)
@@ -205,8 +215,9 @@ def test_stem_segments_convert_rate_and_channels(tmp_path: Path) -> None:
     torch.testing.assert_close(item[:, 0, 100:900], full[:, 0, 3100:3900], atol=2e-3, rtol=0)
 
 
-def test_stem_segments_rejects_bad_arguments(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stem_segments_rejects_bad_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _make_track(tmp_path / "set" / "a", 1000, 0)
     found = scan_tracks(tmp_path / "set", STEMS)
     with pytest.raises(ConfigError, match="no stem 'vocals'"):
@@ -229,8 +240,10 @@ def _musdb_hq(root: Path) -> None:
         for seed, name in enumerate(tracks_):
             folder = root / subset / name
             rng = np.random.default_rng(seed)
-            stems = [_write(folder / f"{s}.wav", 0.1 * rng.standard_normal((2, 300)))
-                     for s in MUSDB_SOURCES]
+            stems = [
+                _write(folder / f"{s}.wav", 0.1 * rng.standard_normal((2, 300)))
+                for s in MUSDB_SOURCES
+            ]
             _write(folder / "mixture.wav", sum(stems))
 
 
@@ -244,7 +257,10 @@ def test_musdb_hq_splits(tmp_path: Path) -> None:
     assert [t.name for t in musdb_tracks(tmp_path / "hq", "test", True)] == ["Test Song"]
     splits = split_tracks(tmp_path / "hq", list(MUSDB_SOURCES), "musdb-hq")
     assert [t.name for t in splits.train + splits.valid + splits.test] == [
-        "Zz Song", names[0], "Test Song"]
+        "Zz Song",
+        names[0],
+        "Test Song",
+    ]
     with pytest.raises(ConfigError, match="unknown MUSDB18 split"):
         musdb_tracks(tmp_path / "hq", "extra", True)
     shutil.rmtree(tmp_path / "hq" / "train" / names[0])
@@ -313,7 +329,10 @@ def test_open_tracks_musdb_hq(tmp_path: Path) -> None:
     _musdb_hq(tmp_path / "hq")
     test = open_tracks("musdb-hq", tmp_path / "hq")
     assert (test.subset, test.label, [t.name for t in test.tracks]) == (
-        "test", "musdb-hq-test", ["Test Song"])
+        "test",
+        "musdb-hq-test",
+        ["Test Song"],
+    )
     assert list(test.tracks[0].stems) == list(MUSDB_SOURCES)
     valid = open_tracks("musdb-hq", tmp_path / "hq", "valid")
     assert [t.name for t in valid.tracks] == [validation_tracks()[0]]
@@ -323,8 +342,9 @@ def test_open_tracks_musdb_hq(tmp_path: Path) -> None:
         open_tracks("musdb-hq", tmp_path / "hq", "all")
 
 
-def test_musdb_compressed_decodes_once(eval_data: Path, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_musdb_compressed_decodes_once(
+    eval_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg not installed: compressed MUSDB18 cannot be decoded")
     root = eval_data / "musdb18-stems"
@@ -373,8 +393,16 @@ def test_repitch_changes_length_by_tempo() -> None:
 def test_stem_segments_repitch_is_seeded(tmp_path: Path) -> None:
     _make_track(tmp_path / "set" / "a", 3000, 0)
     found = scan_tracks(tmp_path / "set", STEMS)
-    ds = StemSegments(found, STEMS, segment=1000, stride=1000, samplerate=RATE,
-                      repitch_proba=1.0, max_tempo=12.0, seed=0)
+    ds = StemSegments(
+        found,
+        STEMS,
+        segment=1000,
+        stride=1000,
+        samplerate=RATE,
+        repitch_proba=1.0,
+        max_tempo=12.0,
+        seed=0,
+    )
     assert ds.read_length == 1137 and len(ds) == (3000 - 1137) // 1000 + 1
     first = ds[1]
     assert first.shape == (2, 2, 1000)

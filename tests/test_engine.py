@@ -66,8 +66,10 @@ def test_window_pads_with_zeros_only_outside_the_track():
 def test_overlap_add_pop_in_blocks_equals_pop_at_end():
     weight = triangle_weight(100)
     chunks = plan_chunks(0, 470, 100, 0.25)
-    outs = [torch.randn(2, 1, c.length, generator=torch.Generator().manual_seed(i))
-            for i, c in enumerate(chunks)]
+    outs = [
+        torch.randn(2, 1, c.length, generator=torch.Generator().manual_seed(i))
+        for i, c in enumerate(chunks)
+    ]
     whole = OverlapAdd(2, 1, 0, weight)
     for c, o in zip(chunks, outs, strict=True):
         whole.add(c, o)
@@ -101,6 +103,7 @@ def test_rejects_wrong_channel_count():
 
 
 # --- real models -------------------------------------------------------------------------------
+
 
 def tiny_demucs(**kwargs):
     from demucs_rr.models import demucs

@@ -44,8 +44,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _write_tracks(folder: Path, names: tuple[str, ...], stems: tuple[str, ...],
-                  mixture: bool = False) -> Path:
+def _write_tracks(
+    folder: Path, names: tuple[str, ...], stems: tuple[str, ...], mixture: bool = False
+) -> Path:
     """Two-second noise tracks at 8 kHz: one wav per stem (and the mixture when asked)."""
     rng = np.random.default_rng(len(names))
     for name in names:
@@ -59,8 +60,9 @@ def _write_tracks(folder: Path, names: tuple[str, ...], stems: tuple[str, ...],
 
 
 def _package(tmp_path: Path, name: str = "fraction", rate: int = RATE) -> str:
-    model = FractionModel(list(MUSDB_SOURCES), [0.4, 0.3, 0.2, 0.1], samplerate=rate,
-                          segment_length=rate)
+    model = FractionModel(
+        list(MUSDB_SOURCES), [0.4, 0.3, 0.2, 0.1], samplerate=rate, segment_length=rate
+    )
     return str(save_package(model, tmp_path / f"{name}.safetensors"))
 
 
@@ -74,8 +76,9 @@ def _leaderboard(*argv: str) -> list[list[str]]:
     parser = argparse.ArgumentParser()
     add_leaderboard_arguments(parser)
     csv_path = Path(argv[0]).parent / "board.csv"
-    assert run_leaderboard(parser.parse_args([*argv, "--no-reference", "--csv", str(csv_path)]))\
-        == 0
+    assert (
+        run_leaderboard(parser.parse_args([*argv, "--no-reference", "--csv", str(csv_path)])) == 0
+    )
     return [row.split(",") for row in csv_path.read_text().splitlines()[1:]]
 
 
@@ -102,15 +105,21 @@ def test_mismatching_settings_are_refused(tmp_path: Path) -> None:
     other = _write_tracks(tmp_path / "other", ("a",), ("drums", "bass"))
     model, out = _package(tmp_path), str(tmp_path / "out")
     assert _evaluate("-n", model, "--folder", str(data), "-o", out) == 0
-    with pytest.raises(ConfigError, match=r"shifts 0 there, 1 now\); pass another --out, or "
-                                          r"delete .* to recompute"):
+    with pytest.raises(
+        ConfigError,
+        match=r"shifts 0 there, 1 now\); pass another --out, or "
+        r"delete .* to recompute",
+    ):
         _evaluate("-n", model, "--folder", str(data), "-o", out, "--shifts", "1")
     with pytest.raises(ConfigError, match=r"dataset root '.*data' there, '.*other' now"):
         _evaluate("-n", model, "--folder", str(other), "-o", out)
     (tmp_path / "v2").mkdir()
-    retrained = save_package(FractionModel(list(MUSDB_SOURCES), [0.1, 0.2, 0.3, 0.4],
-                                           samplerate=RATE, segment_length=RATE),
-                             tmp_path / "v2" / "fraction.safetensors")
+    retrained = save_package(
+        FractionModel(
+            list(MUSDB_SOURCES), [0.1, 0.2, 0.3, 0.4], samplerate=RATE, segment_length=RATE
+        ),
+        tmp_path / "v2" / "fraction.safetensors",
+    )
     with pytest.raises(ConfigError, match="model_signature '[0-9a-f]{16}' there"):
         _evaluate("-n", str(retrained), "--folder", str(data), "-o", out)
     museval_json = Path(out) / "test" / "b.json"
@@ -119,9 +128,9 @@ def test_mismatching_settings_are_refused(tmp_path: Path) -> None:
         _evaluate("-n", model, "--folder", str(data), "-o", out)
 
 
-def test_folder_and_musdb_results_go_to_separate_folders(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_folder_and_musdb_results_go_to_separate_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.chdir(tmp_path)
     folder = _write_tracks(tmp_path / "songs", ("one",), ("drums", "bass"))
     hq = _write_tracks(tmp_path / "hq" / "test", ("t1", "t2"), MUSDB_SOURCES, mixture=True)
@@ -131,12 +140,16 @@ def test_folder_and_musdb_results_go_to_separate_folders(tmp_path: Path,
     assert _evaluate("-n", model, "--musdb", str(hq.parent), "--is-wav") == 0
     base = Path("evaluation") / "fraction"
     assert sorted(p.relative_to(base).as_posix() for p in base.glob("*/*/*.json")) == [
-        "folder-songs-test/test/one.json", "musdb-hq-test/test/t1.json",
-        "musdb-hq-test/test/t2.json"]
+        "folder-songs-test/test/one.json",
+        "musdb-hq-test/test/t1.json",
+        "musdb-hq-test/test/t2.json",
+    ]
     assert "reusing" not in capsys.readouterr().err
     rows = _leaderboard("evaluation")
     assert [(r[1], r[2], r[-1]) for r in rows] == [
-        ("fraction", "folder-songs-test", "1"), ("fraction", "musdb-hq-test", "2")]
+        ("fraction", "folder-songs-test", "1"),
+        ("fraction", "musdb-hq-test", "2"),
+    ]
     assert [r[0] for r in rows] == ["1", "1"]  # ranked within each dataset
 
 
@@ -145,8 +158,7 @@ def test_leaderboard_rows_are_told_apart(tmp_path: Path) -> None:
     model = _package(tmp_path)
     outs = [tmp_path / "runs" / name for name in ("base", "shifted", "long")]
     outs += [tmp_path / "x" / "same", tmp_path / "y" / "same"]
-    for out, extra in zip(outs, ([], ["--shifts", "1"], ["--segment", "2"], [], []),
-                          strict=True):
+    for out, extra in zip(outs, ([], ["--shifts", "1"], ["--segment", "2"], [], []), strict=True):
         assert _evaluate("-n", model, "--folder", str(data), "-o", str(out), *extra) == 0
     names = [r[1] for r in _leaderboard(*map(str, outs))]
     assert len(set(names)) == 5
@@ -164,9 +176,9 @@ def test_leaderboard_refuses_a_folder_that_mixes_results(tmp_path: Path) -> None
         load_results(tmp_path / "plain")
 
 
-def test_musdb_evaluation_lists_the_database_once(eval_data: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_musdb_evaluation_lists_the_database_once(
+    eval_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """Three compressed tracks: one listing and one decode per track, never a database per
     track; a second run decodes nothing and reuses every result."""
     if shutil.which("ffmpeg") is None:
@@ -176,7 +188,8 @@ def test_musdb_evaluation_lists_the_database_once(eval_data: Path, tmp_path: Pat
     (root / "test").mkdir(parents=True)
     for name in ("A", "B", "C"):
         (root / "test" / f"{name}.stem.mp4").symlink_to(
-            eval_data / "musdb18-stems" / "train" / f"{EXCERPT}.stem.mp4")
+            eval_data / "musdb18-stems" / "train" / f"{EXCERPT}.stem.mp4"
+        )
     counts = {"db": 0, "listing": 0, "ffmpeg": 0}
 
     class CountingDB(musdb.DB):

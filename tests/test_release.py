@@ -62,8 +62,10 @@ def test_docker_check_detects_a_missing_folder() -> None:
 
 def test_every_subpackage_is_packaged() -> None:
     listed = set(_pyproject()["tool"]["setuptools"]["packages"])
-    on_disk = {".".join(p.parent.relative_to(REPO).parts)
-               for p in (REPO / "demucs_rr").rglob("__init__.py")}
+    on_disk = {
+        ".".join(p.parent.relative_to(REPO).parts)
+        for p in (REPO / "demucs_rr").rglob("__init__.py")
+    }
     assert on_disk - listed == set(), "subpackages missing from [tool.setuptools] packages"
     conf = REPO / "conf"
     patterns = _pyproject()["tool"]["setuptools"]["package-data"]["demucs_rr.conf"]
@@ -81,6 +83,6 @@ def test_one_version_source() -> None:
 
 def test_readme_layout_names_every_subpackage() -> None:
     readme = (REPO / "README.md").read_text()
-    layout = readme[readme.index("Layout:"):]
+    layout = readme[readme.index("Layout:") :]
     for init in sorted((REPO / "demucs_rr").glob("*/__init__.py")):
         assert f"demucs_rr/{init.parent.name}" in layout, f"README layout lacks {init.parent.name}"

@@ -36,8 +36,11 @@ def test_device_names() -> None:
     for name in ("auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"):
         assert check_device(name) == name
     for name in ("gpu", "cuda:", "cuda:x", "CPU", ""):
-        with pytest.raises(ConfigError, match=r"device '.*': not one of auto, cpu, cuda, "
-                                              r"cuda:N, mps$"):
+        with pytest.raises(
+            ConfigError,
+            match=r"device '.*': not one of auto, cpu, cuda, "
+            r"cuda:N, mps$",
+        ):
             check_device(name)
     with pytest.raises(ConfigError, match="device 'mps': not supported here; use auto, cpu"):
         check_device("mps", allow_mps=False)

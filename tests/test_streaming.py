@@ -66,11 +66,14 @@ def test_stream_equals_offline(sizes: int | str) -> None:
     assert_close(out, ref)
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(L=21, P=2, mask_nonlinear="softmax"),  # odd L: three frames overlap per sample
-    dict(L=8, norm_type="id", audio_channels=1, R=1),
-    dict(norm_type="BN", X=3),  # BatchNorm1d in eval mode is frame-local too
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(L=21, P=2, mask_nonlinear="softmax"),  # odd L: three frames overlap per sample
+        dict(L=8, norm_type="id", audio_channels=1, R=1),
+        dict(norm_type="BN", X=3),  # BatchNorm1d in eval mode is frame-local too
+    ],
+)
 def test_stream_equals_offline_variants(overrides: dict) -> None:
     model = tiny_model(**overrides)
     x = signal(1501)[: model.audio_channels]

@@ -19,28 +19,29 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "make_synthetic_dataset.p
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*.wav"))}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.wav"))}
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("synth"), SPLITS, seconds=3.0,
-                                  samplerate=RATE, seed=0)
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("synth"), SPLITS, seconds=3.0, samplerate=RATE, seed=0
+    )
 
 
 def test_layout_and_determinism(synth: Path, tmp_path: Path) -> None:
     names = {"mixture", *STEMS}
     tracks = sorted(p for p in synth.glob("*/*") if p.is_dir())
     assert [p.relative_to(synth).as_posix() for p in tracks] == [
-        "train/train-000", "train/train-001", "valid/valid-000"]
+        "train/train-000",
+        "train/train-001",
+        "valid/valid-000",
+    ]
     for track in tracks:
         assert {p.stem for p in track.glob("*.wav")} == names
-    again = make_synthetic_dataset(tmp_path / "same", SPLITS, seconds=3.0, samplerate=RATE,
-                                   seed=0)
+    again = make_synthetic_dataset(tmp_path / "same", SPLITS, seconds=3.0, samplerate=RATE, seed=0)
     assert _files(again) == _files(synth)
-    other = make_synthetic_dataset(tmp_path / "other", SPLITS, seconds=3.0, samplerate=RATE,
-                                   seed=1)
+    other = make_synthetic_dataset(tmp_path / "other", SPLITS, seconds=3.0, samplerate=RATE, seed=1)
     first, second = _files(other), _files(synth)
     assert first.keys() == second.keys()
     assert all(first[key] != second[key] for key in first)
@@ -98,8 +99,23 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert spec is not None and spec.loader is not None
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    code = tool.main([str(tmp_path), "--train", "1", "--valid", "1", "--test", "0",
-                      "--seconds", "0.5", "--samplerate", "8000", "--seed", "3"])
+    code = tool.main(
+        [
+            str(tmp_path),
+            "--train",
+            "1",
+            "--valid",
+            "1",
+            "--test",
+            "0",
+            "--seconds",
+            "0.5",
+            "--samplerate",
+            "8000",
+            "--seed",
+            "3",
+        ]
+    )
     assert code == 0 and "wrote 2 tracks" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train", "valid"]
     info = soundfile.info(tmp_path / "valid" / "valid-000" / "vocals.wav")

@@ -43,8 +43,9 @@ def test_forward_matches_official(official_fixtures: Path, tasnet_case, one_thre
     assert model.segment_length == 8820
 
 
-def test_apply_split_matches_official(official_fixtures: Path, tasnet_case,
-                                      one_thread: None) -> None:
+def test_apply_split_matches_official(
+    official_fixtures: Path, tasnet_case, one_thread: None
+) -> None:
     _, _, model = tasnet_case
     with np.load(official_fixtures / "v2_tasnet" / "apply_split.npz") as data:
         mix, ref = data["mix"], data["out"]
@@ -99,16 +100,19 @@ def test_named_parts_are_the_official_modules(causal: bool) -> None:
     assert sep.mask_conv.weight.shape == (4 * 8, 4, 1)
     blocks = sep.blocks
     assert [b.dsconv.dilation for b in blocks] == [1, 2, 4] * 2
-    assert [b.dsconv.padding for b in blocks] == [
-        (2 * d if causal else d) for d in [1, 2, 4] * 2]
+    assert [b.dsconv.padding for b in blocks] == [(2 * d if causal else d) for d in [1, 2, 4] * 2]
     assert all(b.dsconv.context == 2 * b.dsconv.dilation for b in blocks)
     last = blocks[-1]
     prefix = "separator.network.2.1.2.net."
-    named = {"0.weight": last.conv_in.weight, "1.weight": last.act_in.weight,
-             "2.gamma": last.norm_in.gamma, "3.net.0.weight": last.dsconv.depthwise.weight,
-             f"3.net.{1 + causal}.weight": last.dsconv.act.weight,
-             f"3.net.{2 + causal}.gamma": last.dsconv.norm.gamma,
-             f"3.net.{3 + causal}.weight": last.dsconv.pointwise.weight}
+    named = {
+        "0.weight": last.conv_in.weight,
+        "1.weight": last.act_in.weight,
+        "2.gamma": last.norm_in.gamma,
+        "3.net.0.weight": last.dsconv.depthwise.weight,
+        f"3.net.{1 + causal}.weight": last.dsconv.act.weight,
+        f"3.net.{2 + causal}.gamma": last.dsconv.norm.gamma,
+        f"3.net.{3 + causal}.weight": last.dsconv.pointwise.weight,
+    }
     for key, param in named.items():
         assert params[prefix + key] is param, key
 
@@ -138,8 +142,18 @@ def test_causality(causal: bool) -> None:
 
 
 def test_contract_and_init_kwargs() -> None:
-    model = ConvTasNet(SOURCES, N=8, B=4, H=6, X=2, R=1, causal=True, norm_type="cLN",
-                       mask_nonlinear="softmax", segment_length=4410)
+    model = ConvTasNet(
+        SOURCES,
+        N=8,
+        B=4,
+        H=6,
+        X=2,
+        R=1,
+        causal=True,
+        norm_type="cLN",
+        mask_nonlinear="softmax",
+        segment_length=4410,
+    )
     assert isinstance(model, SeparationModel) and isinstance(model, PackagedModel)
     rebuilt = ConvTasNet(**json.loads(json.dumps(model.init_kwargs)))
     assert list(rebuilt.state_dict()) == list(model.state_dict())

@@ -61,8 +61,14 @@ def small_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
     """Overrides for a quick tiny run on the synthetic data at ``root``."""
-    return ["model=tiny", "dset=synthetic", f"dset.root={root}", f"dset.samplerate={RATE}",
-            "log.progress=false", *extra]
+    return [
+        "model=tiny",
+        "dset=synthetic",
+        f"dset.root={root}",
+        f"dset.samplerate={RATE}",
+        "log.progress=false",
+        *extra,
+    ]
 
 
 def weights_of(run_dir: Path, key: str = "model") -> dict[str, torch.Tensor]:
@@ -84,15 +90,18 @@ def test_presets_resolve_and_build() -> None:
     assert default.model.kwargs["channels"] == 64 and default.loss.kind == "l1"
 
 
-@pytest.mark.parametrize("override, words", [
-    ("optim.lrr=1", "unknown config key 'optim.lrr'"),
-    ("model.kwargs.chanels=3", "unknown config key 'model.kwargs.chanels'"),
-    ("epochs=many", "'epochs'"),
-    ("model=huge", "unknown model preset 'huge'"),
-    ("amp=fp8", "amp='fp8'"),
-    ("loss.weights=[1,2]", "loss.weights needs 4"),
-    ("novalue", "not of the form key=value"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("optim.lrr=1", "unknown config key 'optim.lrr'"),
+        ("model.kwargs.chanels=3", "unknown config key 'model.kwargs.chanels'"),
+        ("epochs=many", "'epochs'"),
+        ("model=huge", "unknown model preset 'huge'"),
+        ("amp=fp8", "amp='fp8'"),
+        ("loss.weights=[1,2]", "loss.weights needs 4"),
+        ("novalue", "not of the form key=value"),
+    ],
+)
 def test_bad_config_is_one_line_error(override: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(["dset=synthetic", override])
@@ -145,8 +154,9 @@ def test_augment_modules_properties() -> None:
 
 def test_augment_is_identity_in_eval_and_seeded() -> None:
     wav = _batch()
-    aug = build_augment(shift=16, flip_sign=True, flip_channels=True, scale=(0.25, 1.25),
-                        remix_group_size=4)
+    aug = build_augment(
+        shift=16, flip_sign=True, flip_channels=True, scale=(0.25, 1.25), remix_group_size=4
+    )
     one = aug(wav, step_generator(3, 1, 5))
     two = aug(wav, step_generator(3, 1, 5))
     assert torch.equal(one, two)
@@ -157,11 +167,13 @@ def test_augment_is_identity_in_eval_and_seeded() -> None:
 
 def test_augment_rank_slices_match_global_batch() -> None:
     wav = _batch(b=8)
-    aug = build_augment(shift=16, flip_sign=True, flip_channels=True, scale=(0.25, 1.25),
-                        remix_group_size=4)
+    aug = build_augment(
+        shift=16, flip_sign=True, flip_channels=True, scale=(0.25, 1.25), remix_group_size=4
+    )
     full = aug(wav, step_generator(7, 1, 0))
-    halves = [aug(wav[4 * r:4 * r + 4], step_generator(7, 1, 0), BatchRows(4 * r, 8))
-              for r in range(2)]
+    halves = [
+        aug(wav[4 * r : 4 * r + 4], step_generator(7, 1, 0), BatchRows(4 * r, 8)) for r in range(2)
+    ]
     assert torch.equal(torch.cat(halves), full)
     with pytest.raises(ValueError, match="divisible"):
         Remix(4)(wav[:2], step_generator(0), BatchRows(2, 8))
@@ -241,30 +253,45 @@ def _write_track(folder: Path, lengths: dict[str, int], rates: dict[str, int]) -
         soundfile.write(folder / f"{name}.wav", data, rates.get(name, 8000))
 
 
-@pytest.mark.parametrize("lengths, rates, words", [
-    ({}, {}, "does not exist"),
-    ({"bass": 7000}, {}, "different lengths"),
-    ({}, {"vocals": 16000}, "different sample rates"),
-])
-def test_data_errors_before_training(tmp_path: Path, lengths: dict, rates: dict,
-                                     words: str) -> None:
+@pytest.mark.parametrize(
+    "lengths, rates, words",
+    [
+        ({}, {}, "does not exist"),
+        ({"bass": 7000}, {}, "different lengths"),
+        ({}, {"vocals": 16000}, "different sample rates"),
+    ],
+)
+def test_data_errors_before_training(
+    tmp_path: Path, lengths: dict, rates: dict, words: str
+) -> None:
     root = tmp_path / "data"
     if lengths or rates:
         _write_track(root / "train" / "a", lengths, rates)
         _write_track(root / "valid" / "b", {}, {})
-    config = load_config(["model=tiny", "dset=folder", f"dset.root={root}",
-                          "dset.samplerate=8000", "log.progress=false"])
+    config = load_config(
+        [
+            "model=tiny",
+            "dset=folder",
+            f"dset.root={root}",
+            "dset.samplerate=8000",
+            "log.progress=false",
+        ]
+    )
     with pytest.raises(ConfigError, match=words):
         fit(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["batch_size=64", "augment.remix_group_size=0"], "fewer than batch_size=64"),
-    (["batch_size=6"], "remix_group_size=4 does not divide"),
-])
-def test_batch_errors_before_training(small_synth: Path, tmp_path: Path, extra: list[str],
-                                      words: str) -> None:
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["batch_size=64", "augment.remix_group_size=0"], "fewer than batch_size=64"),
+        (["batch_size=6"], "remix_group_size=4 does not divide"),
+    ],
+)
+def test_batch_errors_before_training(
+    small_synth: Path, tmp_path: Path, extra: list[str], words: str
+) -> None:
     config = load_config(tiny_overrides(small_synth, *extra))
     with pytest.raises(ConfigError, match=words):
         fit(config, tmp_path / "run")
@@ -283,9 +310,17 @@ def test_existing_checkpoint_needs_resume_or_restart(small_synth: Path, tmp_path
 
 
 def test_resume_continues_exactly(small_synth: Path, tmp_path: Path) -> None:
-    config = load_config(tiny_overrides(
-        small_synth, "epochs=3", "optim.ema_decay=0.9", "optim.schedule=cosine",
-        "optim.warmup_steps=2", "optim.clip_grad=0.05", "valid.best_on=nsdr"))
+    config = load_config(
+        tiny_overrides(
+            small_synth,
+            "epochs=3",
+            "optim.ema_decay=0.9",
+            "optim.schedule=cosine",
+            "optim.warmup_steps=2",
+            "optim.clip_grad=0.05",
+            "valid.best_on=nsdr",
+        )
+    )
     straight = fit(config, tmp_path / "straight")
     fit(config, tmp_path / "resumed", stop_after=1)
     resumed = fit(config, tmp_path / "resumed", resume=True)
@@ -293,10 +328,13 @@ def test_resume_continues_exactly(small_synth: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-exact, not just close
     a, b = weights_of(tmp_path / "straight", "ema"), weights_of(tmp_path / "resumed", "ema")
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
-    a, b = weights_of(tmp_path / "straight", "optimizer"), weights_of(tmp_path / "resumed",
-                                                                        "optimizer")
-    assert all(torch.equal(a["state"][i]["exp_avg_sq"], b["state"][i]["exp_avg_sq"])
-               for i in a["state"])
+    a, b = (
+        weights_of(tmp_path / "straight", "optimizer"),
+        weights_of(tmp_path / "resumed", "optimizer"),
+    )
+    assert all(
+        torch.equal(a["state"][i]["exp_avg_sq"], b["state"][i]["exp_avg_sq"]) for i in a["state"]
+    )
     assert [r["train/loss"] for r in straight] == [r["train/loss"] for r in resumed]
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
@@ -315,15 +353,17 @@ def _parse(add, argv: list[str]) -> argparse.Namespace:
 
 
 @pytest.mark.slow
-def test_cli_train_converges_then_export_and_separate(tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_cli_train_converges_then_export_and_separate(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """`demucs-rr train` with the tiny preset beats the do-nothing baseline by a wide margin;
     `demucs-rr export` packages the best state, which `demucs-rr separate -n FILE` runs.
 
     Slow (~30 s): the default suite runs the same chain briefly in tests/test_readme.py.
     """
-    root = make_synthetic_dataset(tmp_path / "synth", {"train": 8, "valid": 2}, seconds=8.0,
-                                  samplerate=RATE)
+    root = make_synthetic_dataset(
+        tmp_path / "synth", {"train": 8, "valid": 2}, seconds=8.0, samplerate=RATE
+    )
     from demucs_rr.cli import main
 
     run_dir = tmp_path / "run"
@@ -357,8 +397,9 @@ def test_model_init_is_seeded() -> None:
     assert math.isfinite(sum(float(p.detach().sum()) for p in a.parameters()))
 
 
-def test_print_config_and_tensorboard(small_synth: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture) -> None:
+def test_print_config_and_tensorboard(
+    small_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     overrides = tiny_overrides(small_synth, "epochs=1", "log.tensorboard=true")
     assert run_train(_parse(add_train_arguments, [*overrides, "--print-config"])) == 0
     assert "tensorboard: true" in capsys.readouterr().out
@@ -381,8 +422,17 @@ def test_full_size_preset_takes_steps(preset: str) -> None:
     from demucs_rr.train.loop import train_step
     from demucs_rr.train.state import build_state
 
-    config = load_config([f"model={preset}", "dset=synthetic", "batch_size=2", "segment=0.25",
-                          "augment.shift=0.05", "augment.remix_group_size=2", "device=cpu"])
+    config = load_config(
+        [
+            f"model={preset}",
+            "dset=synthetic",
+            "batch_size=2",
+            "segment=0.25",
+            "augment.shift=0.05",
+            "augment.remix_group_size=2",
+            "device=cpu",
+        ]
+    )
     model = make_model(config)
     state = build_state(config, model, DistContext(), steps_per_epoch=2)
     length = model.valid_length(round(0.25 * 44100)) + round(0.05 * 44100)

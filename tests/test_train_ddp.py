@@ -39,18 +39,35 @@ gradient norms are compared too. Measured relative difference: about 5e-4."""
 
 
 def test_two_processes_match_one(tmp_path: Path) -> None:
-    root = make_synthetic_dataset(tmp_path / "synth", {"train": 4, "valid": 2}, seconds=6.0,
-                                  samplerate=16000)
-    overrides = ["model=tiny", "dset=synthetic", f"dset.root={root}", "dset.samplerate=16000",
-                 "epochs=2", "batch_size=8", "optim.ema_decay=0.9",
-                 "log.progress=false"]
+    root = make_synthetic_dataset(
+        tmp_path / "synth", {"train": 4, "valid": 2}, seconds=6.0, samplerate=16000
+    )
+    overrides = [
+        "model=tiny",
+        "dset=synthetic",
+        f"dset.root={root}",
+        "dset.samplerate=16000",
+        "epochs=2",
+        "batch_size=8",
+        "optim.ema_decay=0.9",
+        "log.progress=false",
+    ]
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(driver), str(tmp_path / "ddp"), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(driver),
+        str(tmp_path / "ddp"),
+        *overrides,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("epoch 2/2") == 1  # only rank 0 reports
@@ -66,8 +83,10 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert ddp["step"] == single["step"] == 4
     diff = max(float((ddp["model"][k] - single["model"][k]).abs().max()) for k in ddp["model"])
     assert diff < DDP_TOLERANCE
-    ema_diff = max(float((ddp["ema"]["state"][k] - single["ema"]["state"][k]).abs().max())
-                   for k in ddp["ema"]["state"])
+    ema_diff = max(
+        float((ddp["ema"]["state"][k] - single["ema"]["state"][k]).abs().max())
+        for k in ddp["ema"]["state"]
+    )
     assert ema_diff < DDP_TOLERANCE
     a, b = ddp["history"][-1], single["history"][-1]
     assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)

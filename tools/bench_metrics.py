@@ -39,13 +39,22 @@ def signals(seconds: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     t = torch.arange(int(seconds * RATE), dtype=torch.float64) / RATE
     refs = []
     for j, f0 in enumerate((55.0, 110.0, 220.0, 440.0)):
-        chans = [0.2 * torch.sin(2 * math.pi * f0 * (1 + 0.01 * c) * t + j)
-                 * (1 + 0.5 * torch.sin(2 * math.pi * 0.3 * (j + 1) * t)) for c in range(2)]
-        refs.append(torch.stack(chans) + 0.05 * torch.randn(2, t.numel(), generator=gen,
-                                                            dtype=torch.float64))
+        chans = [
+            0.2
+            * torch.sin(2 * math.pi * f0 * (1 + 0.01 * c) * t + j)
+            * (1 + 0.5 * torch.sin(2 * math.pi * 0.3 * (j + 1) * t))
+            for c in range(2)
+        ]
+        refs.append(
+            torch.stack(chans)
+            + 0.05 * torch.randn(2, t.numel(), generator=gen, dtype=torch.float64)
+        )
     r = torch.stack(refs)
-    e = r + 0.1 * r.roll(1, dims=0) + 0.02 * torch.randn(r.shape, generator=gen,
-                                                         dtype=torch.float64)
+    e = (
+        r
+        + 0.1 * r.roll(1, dims=0)
+        + 0.02 * torch.randn(r.shape, generator=gen, dtype=torch.float64)
+    )
     return r.float(), e.float()
 
 
@@ -79,26 +88,50 @@ def max_diff(ours: dict, theirs: dict) -> dict:
     return {m: float(np.nanmax(np.abs(np.asarray(ours[m]) - theirs[m]))) for m in ours}
 
 
-def _ours(refs: torch.Tensor, ests: torch.Tensor, device: str, threads: int,
-          args: argparse.Namespace, museval_run: tuple[float, dict]) -> list[dict]:
+def _ours(
+    refs: torch.Tensor,
+    ests: torch.Tensor,
+    device: str,
+    threads: int,
+    args: argparse.Namespace,
+    museval_run: tuple[float, dict],
+) -> list[dict]:
     """Our SDR-only and full modes on one device / thread count."""
     museval_time, museval_values = museval_run
     if device == "cpu":
         torch.set_num_threads(threads)
     r, e = refs.to(device), ests.to(device)
     sync = device == "cuda"
-    base = dict(seconds=refs.shape[-1] / RATE, device=device,
-                threads=threads if device == "cpu" else None)
+    base = dict(
+        seconds=refs.shape[-1] / RATE, device=device, threads=threads if device == "cpu" else None
+    )
     t_sdr, sdr = best_time(lambda: framewise_sdr(r, e), args.repeats_fast, sync)
-    rows = [dict(base, impl="ours SDR-only", time_s=t_sdr, speedup=museval_time / t_sdr,
-                 max_abs_diff_db=max_diff({"SDR": sdr.cpu().numpy()}, museval_values))]
+    rows = [
+        dict(
+            base,
+            impl="ours SDR-only",
+            time_s=t_sdr,
+            speedup=museval_time / t_sdr,
+            max_abs_diff_db=max_diff({"SDR": sdr.cpu().numpy()}, museval_values),
+        )
+    ]
     for solver in args.solvers:
         t_full, res = best_time(lambda s=solver: bss_eval(r, e, solver=s), args.repeats, sync)
-        values = {"SDR": res.sdr.cpu().numpy(), "ISR": res.isr.cpu().numpy(),
-                  "SIR": res.sir.cpu().numpy(), "SAR": res.sar.cpu().numpy()}
-        rows.append(dict(base, impl=f"ours full ({solver})", time_s=t_full,
-                         speedup=museval_time / t_full,
-                         max_abs_diff_db=max_diff(values, museval_values)))
+        values = {
+            "SDR": res.sdr.cpu().numpy(),
+            "ISR": res.isr.cpu().numpy(),
+            "SIR": res.sir.cpu().numpy(),
+            "SAR": res.sar.cpu().numpy(),
+        }
+        rows.append(
+            dict(
+                base,
+                impl=f"ours full ({solver})",
+                time_s=t_full,
+                speedup=museval_time / t_full,
+                max_abs_diff_db=max_diff(values, museval_values),
+            )
+        )
     return rows
 
 
@@ -120,17 +153,39 @@ def bench_length(seconds: float, args: argparse.Namespace) -> list[dict]:
     """museval once, then ours in one subprocess per configuration, on the same signals."""
     refs, ests = signals(seconds)
     elapsed, values = run_museval(refs, ests)
-    rows = [dict(seconds=seconds, impl="museval 0.4.1 (full, numpy)", device="cpu",
-                 threads=None, time_s=elapsed, speedup=1.0, max_abs_diff_db=None)]
+    rows = [
+        dict(
+            seconds=seconds,
+            impl="museval 0.4.1 (full, numpy)",
+            device="cpu",
+            threads=None,
+            time_s=elapsed,
+            speedup=1.0,
+            max_abs_diff_db=None,
+        )
+    ]
     print(json.dumps(rows[0]), flush=True)
     configs = list(args.threads) + ([0] if torch.cuda.is_available() and not args.no_cuda else [])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "museval.npz"
         np.savez(path, time=elapsed, **values)
         for threads in configs:
-            cmd = [sys.executable, __file__, "--worker", str(path), "--seconds", str(seconds),
-                   "--threads", str(threads), "--repeats", str(args.repeats),
-                   "--repeats-fast", str(args.repeats_fast), "--solvers", *args.solvers]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                str(path),
+                "--seconds",
+                str(seconds),
+                "--threads",
+                str(threads),
+                "--repeats",
+                str(args.repeats),
+                "--repeats-fast",
+                str(args.repeats_fast),
+                "--solvers",
+                *args.solvers,
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             new = json.loads(out.split("ROWS ", 1)[1])
             for row in new:
@@ -140,24 +195,35 @@ def bench_length(seconds: float, args: argparse.Namespace) -> list[dict]:
 
 
 def markdown(rows: list[dict], env: dict) -> str:
-    lines = ["# BSSEval v4: demucs_rr vs museval", "",
-             f"4 stereo stems, 44.1 kHz, v4 with 1 s windows/hops; best of {env['repeats']} runs "
-             f"for ours (SDR-only: best of {env['repeats_fast']}), one run of museval.", "",
-             f"Machine: {env['cpu']} ({env['cores']} cores), "
-             f"torch {env['torch']}, GPU: {env['gpu']}; load average at start "
-             f"{env['loadavg']} (shared machine: absolute times vary, ratios are side by "
-             "side).", "",
-             "| track | implementation | device (threads) | time | speed-up vs museval | "
-             "max abs diff SDR / ISR / SIR / SAR (dB) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# BSSEval v4: demucs_rr vs museval",
+        "",
+        f"4 stereo stems, 44.1 kHz, v4 with 1 s windows/hops; best of {env['repeats']} runs "
+        f"for ours (SDR-only: best of {env['repeats_fast']}), one run of museval.",
+        "",
+        f"Machine: {env['cpu']} ({env['cores']} cores), "
+        f"torch {env['torch']}, GPU: {env['gpu']}; load average at start "
+        f"{env['loadavg']} (shared machine: absolute times vary, ratios are side by "
+        "side).",
+        "",
+        "| track | implementation | device (threads) | time | speed-up vs museval | "
+        "max abs diff SDR / ISR / SIR / SAR (dB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         diff = r["max_abs_diff_db"]
-        dtext = "—" if not diff else " / ".join(f"{diff[m]:.1e}" for m in
-                                                 ("SDR", "ISR", "SIR", "SAR") if m in diff)
+        dtext = (
+            "—"
+            if not diff
+            else " / ".join(f"{diff[m]:.1e}" for m in ("SDR", "ISR", "SIR", "SAR") if m in diff)
+        )
         t = r["time_s"]
         ttext = f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"
         dev = r["device"] + (f" ({r['threads']})" if r.get("threads") else "")
-        lines.append(f"| {r['seconds']:g} s | {r['impl']} | {dev} | {ttext} | "
-                     f"{r['speedup']:.0f}x | {dtext} |")
+        lines.append(
+            f"| {r['seconds']:g} s | {r['impl']} | {dev} | {ttext} | "
+            f"{r['speedup']:.0f}x | {dtext} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -166,9 +232,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, nargs="+", default=[30.0, 240.0])
     parser.add_argument("--repeats", type=int, default=3, help="runs of our full mode")
     parser.add_argument("--repeats-fast", type=int, default=20, help="runs of SDR-only")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                        help="torch intra-op thread counts to run ours with, each in its own "
-                             "process (default 1 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="torch intra-op thread counts to run ours with, each in its own process (default 1 2)",
+    )
     parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
     parser.add_argument("--no-cuda", action="store_true")
     parser.add_argument("--out", default="tools/results/bench_metrics.md")
@@ -177,11 +247,15 @@ def main() -> None:
     if args.worker:
         _worker(args)
         return
-    env = dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
-               torch=torch.__version__,
-               gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
-               loadavg=" ".join(f"{x:.2f}" for x in os.getloadavg()),
-               repeats=args.repeats, repeats_fast=args.repeats_fast)
+    env = dict(
+        cpu=platform.processor() or platform.machine(),
+        cores=os.cpu_count(),
+        torch=torch.__version__,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        loadavg=" ".join(f"{x:.2f}" for x in os.getloadavg()),
+        repeats=args.repeats,
+        repeats_fast=args.repeats_fast,
+    )
     rows = [row for s in args.seconds for row in bench_length(s, args)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

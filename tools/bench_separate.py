@@ -63,31 +63,54 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        res = worker(args.seconds, args.channels, json.loads(args.worker), args.device,
-                     args.threads)
+        res = worker(
+            args.seconds, args.channels, json.loads(args.worker), args.device, args.threads
+        )
         print(json.dumps(res))
         return
     rows = []
     for name, config in CONFIGS.items():
         if args.only and name not in args.only:
             continue
-        cmd = [sys.executable, __file__, "--worker", json.dumps(config), "--seconds",
-               str(args.seconds), "--channels", str(args.channels), "--device", args.device,
-               "--threads", str(args.threads)]
-        res = json.loads(subprocess.run(cmd, check=True, capture_output=True,
-                                        text=True).stdout.strip().splitlines()[-1])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            json.dumps(config),
+            "--seconds",
+            str(args.seconds),
+            "--channels",
+            str(args.channels),
+            "--device",
+            args.device,
+            "--threads",
+            str(args.threads),
+        ]
+        res = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         rows.append(dict(config=name, **res))
-        print(f"{name}: {res['seconds']:.1f} s, RTF {res['rtf']:.2f}, "
-              f"peak RSS {res['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+        print(
+            f"{name}: {res['seconds']:.1f} s, RTF {res['rtf']:.2f}, "
+            f"peak RSS {res['peak_rss_mib']:.0f} MiB",
+            file=sys.stderr,
+        )
     base = rows[0]
-    lines = [f"# Separation benchmark: v2 Demucs (channels={args.channels}), "
-             f"{args.seconds:g} s stereo song, device {args.device}, {args.threads} threads", "",
-             "| configuration | time (s) | real-time factor | vs first | peak RSS (MiB) |"
-             + (" GPU peak (MiB) |" if args.device != "cpu" else ""),
-             "|---|---|---|---|---|" + ("---|" if args.device != "cpu" else "")]
+    lines = [
+        f"# Separation benchmark: v2 Demucs (channels={args.channels}), "
+        f"{args.seconds:g} s stereo song, device {args.device}, {args.threads} threads",
+        "",
+        "| configuration | time (s) | real-time factor | vs first | peak RSS (MiB) |"
+        + (" GPU peak (MiB) |" if args.device != "cpu" else ""),
+        "|---|---|---|---|---|" + ("---|" if args.device != "cpu" else ""),
+    ]
     for r in rows:
-        line = (f"| {r['config']} | {r['seconds']:.1f} | {r['rtf']:.2f} | "
-                f"{r['seconds'] / base['seconds']:.2f}x | {r['peak_rss_mib']:.0f} |")
+        line = (
+            f"| {r['config']} | {r['seconds']:.1f} | {r['rtf']:.2f} | "
+            f"{r['seconds'] / base['seconds']:.2f}x | {r['peak_rss_mib']:.0f} |"
+        )
         if args.device != "cpu":
             line += f" {r['gpu_mib']:.0f} |"
         lines.append(line)

@@ -87,9 +87,13 @@ def wait_quiet(max_wait: float, threshold: float = 0.1) -> float:
             return share
 
 
-def stream_once(model: ConvTasNet, mix: torch.Tensor, block: int,
-                clock=time.perf_counter, deadline: float = float("inf"),
-                ) -> tuple[list[float], torch.Tensor]:
+def stream_once(
+    model: ConvTasNet,
+    mix: torch.Tensor,
+    block: int,
+    clock=time.perf_counter,
+    deadline: float = float("inf"),
+) -> tuple[list[float], torch.Tensor]:
     """Stream ``mix`` (C, T) in blocks; return per-block times (ms) and the (S, C, T') output."""
     streamer = StreamingSeparator(model)
     times, outs, stop = [], [], time.perf_counter() + deadline
@@ -103,8 +107,9 @@ def stream_once(model: ConvTasNet, mix: torch.Tensor, block: int,
     return times, torch.cat(outs, dim=-1)
 
 
-def offline_once(model: ConvTasNet, mix: torch.Tensor,
-                 clock=time.perf_counter) -> tuple[float, torch.Tensor]:
+def offline_once(
+    model: ConvTasNet, mix: torch.Tensor, clock=time.perf_counter
+) -> tuple[float, torch.Tensor]:
     """One offline forward pass: (seconds on ``clock``, (S, C, T) output)."""
     begin = clock()
     with torch.inference_mode():
@@ -125,13 +130,16 @@ def single_core_cost(model: ConvTasNet, mix: torch.Tensor, block: int) -> dict:
     times, streamed = stream_once(model, mix, block, clock=time.thread_time)
     offline_s, reference = offline_once(model, mix, clock=time.thread_time)
     error = (streamed - reference).abs().max() / reference.abs().max()
-    return {"stream_cpu_s_per_audio_s": sum(times) / 1000.0 / seconds,
-            "offline_cpu_s_per_audio_s": offline_s / seconds,
-            "stream_vs_offline_max_rel_error": float(error)}
+    return {
+        "stream_cpu_s_per_audio_s": sum(times) / 1000.0 / seconds,
+        "offline_cpu_s_per_audio_s": offline_s / seconds,
+        "stream_vs_offline_max_rel_error": float(error),
+    }
 
 
-def wall_clock(model: ConvTasNet, mix: torch.Tensor, block: int, threads: int,
-               repeats: int, wait: float) -> dict:
+def wall_clock(
+    model: ConvTasNet, mix: torch.Tensor, block: int, threads: int, repeats: int, wait: float
+) -> dict:
     """Phase 2: wall-clock RTF and per-block latency with ``threads`` threads.
 
     Each repeat first waits (up to ``wait / repeats`` s) for the machine to go quiet and
@@ -148,8 +156,15 @@ def wall_clock(model: ConvTasNet, mix: torch.Tensor, block: int, threads: int,
         meter.start()
         offline = offline_once(model, mix)[0] / seconds
         rtf = sum(times) / 1000.0 / (len(times) * block / model.samplerate)
-        runs.append({"stream_rtf": rtf, "others": stream_others, "offline_rtf": offline,
-                     "offline_others": meter.share(), "times": times})
+        runs.append(
+            {
+                "stream_rtf": rtf,
+                "others": stream_others,
+                "offline_rtf": offline,
+                "offline_others": meter.share(),
+                "times": times,
+            }
+        )
     best = min(runs, key=lambda run: run["stream_rtf"])
     best_offline = min(runs, key=lambda run: run["offline_rtf"])
     times, budget_ms = best["times"], 1000.0 * block / model.samplerate
@@ -245,10 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=1024, help="block size (samples)")
     parser.add_argument("--threads", type=int, default=2, help="threads of phase 2")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of phase 2")
-    parser.add_argument("--wait", type=float, default=120.0,
-                        help="max seconds to wait for other processes to go quiet")
-    parser.add_argument("--out", type=Path, default=Path("tools/results/bench_stream.md"),
-                        help="Markdown report; the JSON goes next to it")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        help="max seconds to wait for other processes to go quiet",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("tools/results/bench_stream.md"),
+        help="Markdown report; the JSON goes next to it",
+    )
     args = parser.parse_args(argv)
     result = run(args.seconds, args.block, args.threads, args.repeats, args.wait)
     args.out.parent.mkdir(parents=True, exist_ok=True)

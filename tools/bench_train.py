@@ -27,8 +27,16 @@ PRESETS = ("demucs", "tasnet")
 DEFAULT_BATCH = {"demucs": 2, "tasnet": 1}
 
 
-def worker(preset: str, batch: int, segment: float | None, steps: int, warmup: int,
-           device: str, amp: bool, threads: int) -> dict:
+def worker(
+    preset: str,
+    batch: int,
+    segment: float | None,
+    steps: int,
+    warmup: int,
+    device: str,
+    amp: bool,
+    threads: int,
+) -> dict:
     """Run ``warmup + steps`` training steps of ``preset``; return timing and peak memory."""
     import torch
 
@@ -38,8 +46,14 @@ def worker(preset: str, batch: int, segment: float | None, steps: int, warmup: i
     from demucs_rr.train.state import build_state, make_model
 
     torch.set_num_threads(threads)
-    overrides = [f"model={preset}", "dset=synthetic", f"batch_size={batch}", f"device={device}",
-                 f"amp={'bf16' if amp else 'fp32'}", f"augment.remix_group_size={min(4, batch)}"]
+    overrides = [
+        f"model={preset}",
+        "dset=synthetic",
+        f"batch_size={batch}",
+        f"device={device}",
+        f"amp={'bf16' if amp else 'fp32'}",
+        f"augment.remix_group_size={min(4, batch)}",
+    ]
     if segment is not None:
         overrides.append(f"segment={segment}")
     config = load_config(overrides)
@@ -64,14 +78,23 @@ def worker(preset: str, batch: int, segment: float | None, steps: int, warmup: i
         torch.cuda.synchronize()
     elapsed = (time.perf_counter() - start) / steps
     return dict(
-        preset=preset, params_m=params / 1e6, batch=batch, segment_s=config.segment,
-        item_samples=length, device=str(dist.device), precision="bf16" if amp else "fp32",
-        threads=threads, s_per_step=elapsed, samples_per_s=batch / elapsed,
-        audio_s_per_s=batch * out_length / rate / elapsed, loss=metrics["loss"],
+        preset=preset,
+        params_m=params / 1e6,
+        batch=batch,
+        segment_s=config.segment,
+        item_samples=length,
+        device=str(dist.device),
+        precision="bf16" if amp else "fp32",
+        threads=threads,
+        s_per_step=elapsed,
+        samples_per_s=batch / elapsed,
+        audio_s_per_s=batch * out_length / rate / elapsed,
+        loss=metrics["loss"],
         load_avg=os.getloadavg()[0],
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        gpu_peak_mib=(torch.cuda.max_memory_allocated() / 2**20
-                      if dist.device.type == "cuda" else None),
+        gpu_peak_mib=(
+            torch.cuda.max_memory_allocated() / 2**20 if dist.device.type == "cuda" else None
+        ),
     )
 
 
@@ -101,15 +124,29 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
             f"| {r['preset']} | {r['params_m']:.1f} | {r['batch']} | {r['segment_s']:.2f} | "
             f"{r['device']} | {r['precision']} | {r['threads']} | {r['s_per_step']:.2f} | "
             f"{r['samples_per_s']:.2f} | {r['audio_s_per_s']:.2f} | {r['peak_rss_mib']:.0f} | "
-            f"{gpu} | {r['load_avg']:.1f} |")
+            f"{gpu} | {r['load_avg']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _run_one(preset: str, args: argparse.Namespace) -> dict:
     batch = args.batch or DEFAULT_BATCH[preset]
-    cmd = [sys.executable, __file__, "--worker", preset, "--batch", str(batch),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        preset,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     if args.segment is not None:
         cmd += ["--segment", str(args.segment)]
     if args.amp:
@@ -124,10 +161,15 @@ def _run_one(preset: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
-    parser.add_argument("--batch", type=int, default=None,
-                        help=f"items per step (default: {DEFAULT_BATCH})")
-    parser.add_argument("--segment", type=float, default=None,
-                        help="seconds per item (default: the preset's recipe)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help=f"items per step (default: {DEFAULT_BATCH})"
+    )
+    parser.add_argument(
+        "--segment",
+        type=float,
+        default=None,
+        help="seconds per item (default: the preset's recipe)",
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
@@ -137,8 +179,16 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = worker(args.worker, args.batch, args.segment, args.steps, args.warmup,
-                        args.device, args.amp, args.threads)
+        result = worker(
+            args.worker,
+            args.batch,
+            args.segment,
+            args.steps,
+            args.warmup,
+            args.device,
+            args.amp,
+            args.threads,
+        )
         print(json.dumps(result))
         return
     rows = []

@@ -23,16 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=count, default=8, help="train tracks (default 8)")
     parser.add_argument("--valid", type=count, default=2, help="valid tracks (default 2)")
     parser.add_argument("--test", type=count, default=2, help="test tracks (default 2)")
-    parser.add_argument("--seconds", type=argtypes.seconds, default=8.0,
-                        help="track length (default 8)")
+    parser.add_argument(
+        "--seconds", type=argtypes.seconds, default=8.0, help="track length (default 8)"
+    )
     parser.add_argument("--samplerate", type=int, default=44100, help="sample rate (default 44100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
     begin = time.perf_counter()
     try:
         root = make_synthetic_dataset(
-            args.root, {"train": args.train, "valid": args.valid, "test": args.test},
-            seconds=args.seconds, samplerate=args.samplerate, seed=args.seed)
+            args.root,
+            {"train": args.train, "valid": args.valid, "test": args.test},
+            seconds=args.seconds,
+            samplerate=args.samplerate,
+            seed=args.seed,
+        )
     except DemucsRRError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ __all__ = ["StemSegments", "TrackSplits", "split_tracks"]
 
 logger = logging.getLogger(__name__)
 
+
 class StemSegments(Dataset):
     """Fixed-length training items: (S, C, segment) float32 stems of one track.
 
@@ -64,9 +65,19 @@ class StemSegments(Dataset):
         seed: base seed of the repitch draws.
     """
 
-    def __init__(self, tracks: list[Track], sources: list[str], segment: int, stride: int,
-                 samplerate: int = 44100, channels: int = 2, normalize: bool = True,
-                 repitch_proba: float = 0.0, max_tempo: float = 12.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        tracks: list[Track],
+        sources: list[str],
+        segment: int,
+        stride: int,
+        samplerate: int = 44100,
+        channels: int = 2,
+        normalize: bool = True,
+        repitch_proba: float = 0.0,
+        max_tempo: float = 12.0,
+        seed: int = 0,
+    ) -> None:
         if segment < 1 or stride < 1:
             raise ConfigError(f"segment and stride must be >= 1 sample, got {segment}, {stride}")
         if not 0.0 <= repitch_proba <= 1.0:
@@ -74,8 +85,10 @@ class StemSegments(Dataset):
         if not 0.0 <= max_tempo < 100.0:
             raise ConfigError(f"max_tempo must be within [0, 100) percent, got {max_tempo}")
         if repitch_proba > 0 and not soundstretch_available():
-            raise ConfigError("repitch needs the soundstretch command: install it "
-                              "(apt-get install soundstretch) or set the repitch probability to 0")
+            raise ConfigError(
+                "repitch needs the soundstretch command: install it "
+                "(apt-get install soundstretch) or set the repitch probability to 0"
+            )
         if not tracks:
             raise ConfigError("no tracks to cut training items from")
         for track in tracks:
@@ -124,8 +137,10 @@ class StemSegments(Dataset):
         else:  # official Wavset: frame counts rounded up in the file's rate
             start = math.ceil(rate * offset / self.samplerate)
             frames = math.ceil(rate * self.read_length / self.samplerate)
-        wavs = [convert_channels(read_frames(track.stems[name], start, frames), self.channels)
-                for name in self.sources]
+        wavs = [
+            convert_channels(read_frames(track.stems[name], start, frames), self.channels)
+            for name in self.sources
+        ]
         length = min(wav.shape[-1] for wav in wavs)
         stems = torch.stack([wav[:, :length] for wav in wavs])
         if rate != self.samplerate:
@@ -156,10 +171,18 @@ class TrackSplits:
     test: list[Track]
 
 
-def split_tracks(root: str | Path, sources: Sequence[str], kind: str = "folder",
-                 subset_train: str = "train", subset_valid: str = "valid",
-                 subset_test: str = "test", *, mixture: str | None = "mixture",
-                 cache: bool = True, cache_dir: str | Path | None = None) -> TrackSplits:
+def split_tracks(
+    root: str | Path,
+    sources: Sequence[str],
+    kind: str = "folder",
+    subset_train: str = "train",
+    subset_valid: str = "valid",
+    subset_test: str = "test",
+    *,
+    mixture: str | None = "mixture",
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> TrackSplits:
     """Train, valid and test tracks of a dataset.
 
     Kinds (those of :mod:`demucs_rr.data.trackset`):
@@ -182,8 +205,11 @@ def split_tracks(root: str | Path, sources: Sequence[str], kind: str = "folder",
         return TrackSplits(
             train=musdb_tracks(root, "train", is_wav, names, cache_dir=cache_dir, cache=cache),
             valid=musdb_tracks(root, "valid", is_wav, names, cache_dir=cache_dir, cache=cache),
-            test=(musdb_tracks(root, "test", is_wav, names, cache_dir=cache_dir, cache=cache)
-                  if test_dir.is_dir() else []),
+            test=(
+                musdb_tracks(root, "test", is_wav, names, cache_dir=cache_dir, cache=cache)
+                if test_dir.is_dir()
+                else []
+            ),
         )
     if kind != "folder":
         raise ConfigError(f"unknown dataset kind {kind!r}, choose from {', '.join(KINDS)}")

@@ -31,8 +31,14 @@ from demucs_rr.data.tracks import Track, scan_tracks
 from demucs_rr.errors import ConfigError, DemucsRRError
 from demucs_rr.sources import MUSDB_SOURCES
 
-__all__ = ["SPLITS", "STEM_ORDER", "VALIDATION_TRACKS", "decode_stems", "musdb_tracks",
-           "validation_tracks"]
+__all__ = [
+    "SPLITS",
+    "STEM_ORDER",
+    "VALIDATION_TRACKS",
+    "decode_stems",
+    "musdb_tracks",
+    "validation_tracks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +108,22 @@ def _decode_one(source: Path, target: Path) -> None:
     try:
         command = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", "file:" + str(source)]
         for index, stem in enumerate(STEM_ORDER):
-            command += ["-map", f"0:a:{index}", "-c:a", "pcm_s16le", "-f", "wav",
-                        "file:" + str(tmp / f"{stem}.wav")]
+            command += [
+                "-map",
+                f"0:a:{index}",
+                "-c:a",
+                "pcm_s16le",
+                "-f",
+                "wav",
+                "file:" + str(tmp / f"{stem}.wav"),
+            ]
         proc = subprocess.run(command, capture_output=True, stdin=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:
             reason = " ".join(proc.stderr.decode("utf-8", "replace").split())[-300:]
-            raise DemucsRRError(f"cannot decode {source} with ffmpeg: {reason} "
-                                "(a MUSDB18 .stem.mp4 has 5 audio streams)")
+            raise DemucsRRError(
+                f"cannot decode {source} with ffmpeg: {reason} "
+                "(a MUSDB18 .stem.mp4 has 5 audio streams)"
+            )
         (tmp / _STAMP).write_text(json.dumps(_stamp(source)), encoding="utf-8")
         if target.exists():
             shutil.rmtree(target)
@@ -122,8 +137,12 @@ def _decode_one(source: Path, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def decode_stems(root: str | Path, subset: str, names: Sequence[str] | None = None,
-                 cache_dir: str | Path | None = None) -> Path:
+def decode_stems(
+    root: str | Path,
+    subset: str,
+    names: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
     """Decode ``root/<subset>/*.stem.mp4`` once into an HQ-layout folder; returns that folder.
 
     Args:
@@ -140,8 +159,11 @@ def decode_stems(root: str | Path, subset: str, names: Sequence[str] | None = No
     folder = Path(root).expanduser().resolve() / subset
     if not folder.is_dir():
         raise ConfigError(f"MUSDB18 folder {folder} does not exist")
-    files = {p.name[: -len(_SUFFIX)]: p for p in sorted(folder.iterdir())
-             if p.is_file() and p.name.endswith(_SUFFIX)}
+    files = {
+        p.name[: -len(_SUFFIX)]: p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name.endswith(_SUFFIX)
+    }
     if names is not None:
         wanted = set(names)
         files = {name: path for name, path in files.items() if name in wanted}
@@ -154,8 +176,10 @@ def decode_stems(root: str | Path, subset: str, names: Sequence[str] | None = No
         out = Path(cache_dir).expanduser() / subset
     todo = {name: path for name, path in files.items() if not _decoded(out / name, path)}
     if todo and shutil.which("ffmpeg") is None:
-        raise ConfigError("compressed MUSDB18 needs ffmpeg to decode the .stem.mp4 files: "
-                          "install ffmpeg, or use MUSDB18-HQ (is_wav=True)")
+        raise ConfigError(
+            "compressed MUSDB18 needs ffmpeg to decode the .stem.mp4 files: "
+            "install ffmpeg, or use MUSDB18-HQ (is_wav=True)"
+        )
     for count, (name, path) in enumerate(todo.items(), 1):
         logger.info("decoding MUSDB18 track %d/%d: %s", count, len(todo), name)
         _decode_one(path, out / name)
@@ -183,9 +207,16 @@ def _split_names(base: Path, split: str, is_wav: bool) -> list[str]:
     return names
 
 
-def musdb_tracks(root: str | Path, split: str, is_wav: bool,
-                 sources: Sequence[str] = MUSDB_SOURCES, *, cache_dir: str | Path | None = None,
-                 cache: bool = True, names: Collection[str] | None = None) -> list[Track]:
+def musdb_tracks(
+    root: str | Path,
+    split: str,
+    is_wav: bool,
+    sources: Sequence[str] = MUSDB_SOURCES,
+    *,
+    cache_dir: str | Path | None = None,
+    cache: bool = True,
+    names: Collection[str] | None = None,
+) -> list[Track]:
     """Tracks of one official MUSDB18 split.
 
     Args:
@@ -211,8 +242,10 @@ def musdb_tracks(root: str | Path, split: str, is_wav: bool,
     subset = "test" if split == "test" else "train"
     base = Path(root).expanduser() / subset
     if not base.is_dir():
-        raise ConfigError(f"MUSDB18 folder {base} does not exist (expected "
-                          f"{Path(root).expanduser()}/{{train,test}}/)")
+        raise ConfigError(
+            f"MUSDB18 folder {base} does not exist (expected "
+            f"{Path(root).expanduser()}/{{train,test}}/)"
+        )
     found = _split_names(base, split, is_wav)
     if names is not None:
         missing = sorted(set(names) - set(found))

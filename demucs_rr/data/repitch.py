@@ -49,8 +49,15 @@ def draw_repitch(rng: np.random.Generator, max_tempo: float = 12.0) -> tuple[int
     return semitones, tempo
 
 
-def _stretch(wav: torch.Tensor, folder: Path, semitones: int, tempo_percent: float,
-             samplerate: int, speech: bool, clamp: bool) -> torch.Tensor:
+def _stretch(
+    wav: torch.Tensor,
+    folder: Path,
+    semitones: int,
+    tempo_percent: float,
+    samplerate: int,
+    speech: bool,
+    clamp: bool,
+) -> torch.Tensor:
     """Run soundstretch on one (C, T) stem."""
     src, dst = folder / "in.wav", folder / "out.wav"
     if clamp:  # official: normalised units straight to 16-bit, clipping at +-1
@@ -59,15 +66,22 @@ def _stretch(wav: torch.Tensor, folder: Path, semitones: int, tempo_percent: flo
     else:
         scale = max(float(wav.abs().max()), 1.0)
         soundfile.write(src, (wav / scale).T.numpy(), samplerate, subtype="PCM_32")
-    command = ["soundstretch", str(src), str(dst), f"-pitch={semitones}",
-               f"-tempo={tempo_percent:.6f}"]
+    command = [
+        "soundstretch",
+        str(src),
+        str(dst),
+        f"-pitch={semitones}",
+        f"-tempo={tempo_percent:.6f}",
+    ]
     if speech:
         command.append("-speech")
     try:
         proc = subprocess.run(command, capture_output=True, stdin=subprocess.DEVNULL, check=False)
     except OSError as err:
-        raise ConfigError(f"cannot run soundstretch ({err}); install it "
-                          "(apt-get install soundstretch) or turn repitch off") from None
+        raise ConfigError(
+            f"cannot run soundstretch ({err}); install it "
+            "(apt-get install soundstretch) or turn repitch off"
+        ) from None
     if proc.returncode != 0:
         message = " ".join(proc.stderr.decode("utf-8", "replace").split())[-300:]
         raise DemucsRRError(f"soundstretch failed with status {proc.returncode}: {message}")
@@ -77,8 +91,15 @@ def _stretch(wav: torch.Tensor, folder: Path, semitones: int, tempo_percent: flo
     return torch.from_numpy(np.ascontiguousarray(data.T)) * scale
 
 
-def repitch(stems: torch.Tensor, semitones: int, tempo_percent: float, samplerate: int, *,
-            speech: Collection[int] = (), clamp: bool = False) -> torch.Tensor:
+def repitch(
+    stems: torch.Tensor,
+    semitones: int,
+    tempo_percent: float,
+    samplerate: int,
+    *,
+    speech: Collection[int] = (),
+    clamp: bool = False,
+) -> torch.Tensor:
     """Change pitch and tempo of every stem with ``soundstretch``.
 
     Args:
@@ -100,12 +121,17 @@ def repitch(stems: torch.Tensor, semitones: int, tempo_percent: float, samplerat
     if stems.dim() != 3:
         raise ValueError(f"expected stems of shape (S, C, T), got {tuple(stems.shape)}")
     if not soundstretch_available():
-        raise ConfigError("repitch needs the soundstretch command: install it "
-                          "(apt-get install soundstretch) or set the repitch probability to 0")
+        raise ConfigError(
+            "repitch needs the soundstretch command: install it "
+            "(apt-get install soundstretch) or set the repitch probability to 0"
+        )
     outs = []
     with tempfile.TemporaryDirectory(prefix="demucs_rr_repitch_") as tmp:
         for index, wav in enumerate(stems.detach().float().cpu()):
-            outs.append(_stretch(wav, Path(tmp), semitones, tempo_percent, samplerate,
-                                 index in speech, clamp))
+            outs.append(
+                _stretch(
+                    wav, Path(tmp), semitones, tempo_percent, samplerate, index in speech, clamp
+                )
+            )
     length = min(out.shape[-1] for out in outs)
     return torch.stack([out[:, :length] for out in outs])

@@ -38,8 +38,13 @@ _INT16 = 32767
 _MAJOR = (0, 2, 4, 5, 7, 9, 11)
 _MINOR = (0, 2, 3, 5, 7, 8, 10)
 #: Formant centre frequencies (Hz) of a few vowels: a, e, i, o, u.
-_VOWELS = ((800, 1200, 2500), (500, 1750, 2500), (320, 2200, 2900), (500, 900, 2400),
-           (350, 800, 2300))
+_VOWELS = (
+    (800, 1200, 2500),
+    (500, 1750, 2500),
+    (320, 2200, 2900),
+    (500, 900, 2400),
+    (350, 800, 2300),
+)
 
 
 def _hz(midi: np.ndarray | float) -> np.ndarray:
@@ -66,7 +71,7 @@ def _envelope(n: int, sr: int, attack: float, release: float) -> np.ndarray:
     r = min(n - a, max(1, int(release * sr))) if n > a else 0
     env[:a] = np.linspace(0.0, 1.0, a, endpoint=False)
     if r > 0:
-        env[n - r:] *= np.linspace(1.0, 0.0, r)
+        env[n - r :] *= np.linspace(1.0, 0.0, r)
     return env
 
 
@@ -76,7 +81,7 @@ def _drums(rng: np.random.Generator, n: int, sr: int, beat: float) -> np.ndarray
     kick = np.sin(2 * np.pi * np.cumsum(sweep) / sr) * np.exp(-t / rng.uniform(0.1, 0.2))
     ts = t[: int(0.25 * sr)]
     snare_noise = np.diff(rng.standard_normal(ts.size + 1)) * 0.5
-    snare = (snare_noise + 0.6 * np.sin(2 * np.pi * rng.uniform(170, 230) * ts))
+    snare = snare_noise + 0.6 * np.sin(2 * np.pi * rng.uniform(170, 230) * ts)
     snare *= np.exp(-ts / rng.uniform(0.05, 0.1))
     th = t[: int(0.08 * sr)]
     hat = np.diff(np.diff(rng.standard_normal(th.size + 2))) * 0.25 * np.exp(-th / 0.015)
@@ -97,8 +102,9 @@ def _drums(rng: np.random.Generator, n: int, sr: int, beat: float) -> np.ndarray
     return out
 
 
-def _bass(rng: np.random.Generator, n: int, sr: int, beat: float, root: int,
-          scale: tuple[int, ...]) -> np.ndarray:
+def _bass(
+    rng: np.random.Generator, n: int, sr: int, beat: float, root: int, scale: tuple[int, ...]
+) -> np.ndarray:
     base = 28 + root % 12  # E1..D#2: 41-78 Hz, degrees up to a sixth stay below 120 Hz
     timbre = rng.uniform(0.2, 0.45)
     harmonics = timbre ** np.arange(4) / np.arange(1, 5)
@@ -110,16 +116,18 @@ def _bass(rng: np.random.Generator, n: int, sr: int, beat: float, root: int,
             midi = base + scale[int(rng.choice([0, 0, 4, 3, 5]))] % 12
             m = int(length * sr)
             t = np.arange(m) / sr
-            tone = sum(h * np.sin(2 * np.pi * (k + 1) * _hz(midi) * t)
-                       for k, h in enumerate(harmonics))
+            tone = sum(
+                h * np.sin(2 * np.pi * (k + 1) * _hz(midi) * t) for k, h in enumerate(harmonics)
+            )
             env = _envelope(m, sr, 0.005, 0.03) * (0.6 + 0.4 * np.exp(-t / 0.15))
             _place(mono, tone * env, int(pos * sr))
         pos += length
     return _pan(mono, rng.uniform(-0.2, 0.2))
 
 
-def _other(rng: np.random.Generator, n: int, sr: int, beat: float, root: int,
-           scale: tuple[int, ...]) -> np.ndarray:
+def _other(
+    rng: np.random.Generator, n: int, sr: int, beat: float, root: int, scale: tuple[int, ...]
+) -> np.ndarray:
     out = np.zeros((2, n))
     bar = 4 * beat
     bright = rng.uniform(0.2, 0.5)
@@ -140,13 +148,14 @@ def _other(rng: np.random.Generator, n: int, sr: int, beat: float, root: int,
                 midi -= 12
             freq = float(_hz(midi)) * (1 + rng.uniform(-0.002, 0.002))
             phase = np.float32(2 * np.pi * freq) * t[:m]
-            tone = sum(np.float32(bright ** h) * np.sin((h + 1) * phase) for h in range(3))
-            out[:, start:start + m] += _pan(tone * env[:m] / count, rng.uniform(-0.7, 0.7))
+            tone = sum(np.float32(bright**h) * np.sin((h + 1) * phase) for h in range(3))
+            out[:, start : start + m] += _pan(tone * env[:m] / count, rng.uniform(-0.7, 0.7))
     return out
 
 
-def _vocals(rng: np.random.Generator, n: int, sr: int, root: int,
-            scale: tuple[int, ...]) -> np.ndarray:
+def _vocals(
+    rng: np.random.Generator, n: int, sr: int, root: int, scale: tuple[int, ...]
+) -> np.ndarray:
     f0 = np.full(n, np.nan)
     gate = np.zeros(n)
     vowel = np.zeros(n, dtype=np.int64)
@@ -158,8 +167,8 @@ def _vocals(rng: np.random.Generator, n: int, sr: int, root: int,
             length = int(rng.uniform(0.2, 0.6) * sr)
             degree = int(rng.integers(0, 10))
             midi = 55 + (root % 12) + 12 * (degree // 7) + scale[degree % 7]
-            f0[pos:pos + length] = min(float(_hz(midi)), 580.0)
-            vowel[pos:pos + length] = rng.integers(0, len(_VOWELS))
+            f0[pos : pos + length] = min(float(_hz(midi)), 580.0)
+            vowel[pos : pos + length] = rng.integers(0, len(_VOWELS))
             pos += length
         pos = min(pos, n)
         gate[start:pos] = _envelope(pos - start, sr, 0.05, 0.1)
@@ -168,7 +177,7 @@ def _vocals(rng: np.random.Generator, n: int, sr: int, root: int,
     f0 = np.interp(np.arange(n), np.flatnonzero(valid), f0[valid]) if valid.any() else f0
     glide = max(1, int(0.03 * sr))  # portamento: moving average of the pitch contour
     sums = np.concatenate([[0.0], np.cumsum(np.pad(f0, (glide, glide), mode="edge"))])
-    f0 = ((sums[glide:] - sums[:-glide]) / glide)[glide // 2 + 1: glide // 2 + 1 + n]
+    f0 = ((sums[glide:] - sums[:-glide]) / glide)[glide // 2 + 1 : glide // 2 + 1 + n]
     t = np.arange(n) / sr
     vibrato = rng.uniform(0.3, 0.6) * np.sin(2 * np.pi * rng.uniform(5.0, 6.5) * t)
     f0 = np.clip(f0 * 2 ** (vibrato / 12), 150.0, 600.0)
@@ -193,15 +202,19 @@ def synth_track(seconds: float, samplerate: int, rng: np.random.Generator) -> np
     beat = 60.0 / rng.uniform(90, 150)
     root = int(rng.integers(0, 12))
     scale = _MAJOR if rng.random() < 0.5 else _MINOR
-    stems = np.stack([
-        _drums(rng, n, samplerate, beat),
-        _bass(rng, n, samplerate, beat, root, scale),
-        _other(rng, n, samplerate, beat, root, scale),
-        _vocals(rng, n, samplerate, root, scale),
-    ])
-    rms = np.sqrt((stems ** 2).mean(axis=(1, 2), keepdims=True)) + 1e-12
-    gains = 10 ** (rng.uniform(-3, 3, size=(4, 1, 1)) / 20) * np.array([1.0, 0.8, 0.6, 0.8])[
-        :, None, None]
+    stems = np.stack(
+        [
+            _drums(rng, n, samplerate, beat),
+            _bass(rng, n, samplerate, beat, root, scale),
+            _other(rng, n, samplerate, beat, root, scale),
+            _vocals(rng, n, samplerate, root, scale),
+        ]
+    )
+    rms = np.sqrt((stems**2).mean(axis=(1, 2), keepdims=True)) + 1e-12
+    gains = (
+        10 ** (rng.uniform(-3, 3, size=(4, 1, 1)) / 20)
+        * np.array([1.0, 0.8, 0.6, 0.8])[:, None, None]
+    )
     return stems / rms * gains
 
 
@@ -222,10 +235,13 @@ def _write_int16(path: Path, data: np.ndarray, samplerate: int) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def make_synthetic_dataset(root: str | Path,
-                           tracks_per_split: Mapping[str, int] | None = None,
-                           seconds: float = 8.0, samplerate: int = 44100,
-                           seed: int = 0) -> Path:
+def make_synthetic_dataset(
+    root: str | Path,
+    tracks_per_split: Mapping[str, int] | None = None,
+    seconds: float = 8.0,
+    samplerate: int = 44100,
+    seed: int = 0,
+) -> Path:
     """Write ``root/<split>/<split>-NNN/{mixture,drums,bass,other,vocals}.wav``.
 
     Args:

@@ -90,8 +90,9 @@ def read_frames(path: Path, start: int = 0, frames: int = -1) -> torch.Tensor:
         AudioIOError: the file cannot be read.
     """
     try:
-        data = soundfile.read(str(path), start=start, frames=frames, dtype="float32",
-                              always_2d=True)[0]
+        data = soundfile.read(
+            str(path), start=start, frames=frames, dtype="float32", always_2d=True
+        )[0]
     except Exception:  # libsndfile raises several types; fall back to ffmpeg
         wav, _ = read_audio(path)
         end = wav.shape[-1] if frames < 0 else start + frames
@@ -189,8 +190,12 @@ class _MetaCache:
         if entry is not None and entry.get("stamp") == stamp:
             return int(entry["length"]), int(entry["samplerate"]), int(entry["channels"])
         length, samplerate, channels = _file_info(path)
-        self.files[key] = {"stamp": stamp, "length": length, "samplerate": samplerate,
-                           "channels": channels}
+        self.files[key] = {
+            "stamp": stamp,
+            "length": length,
+            "samplerate": samplerate,
+            "channels": channels,
+        }
         self.dirty = True
         return length, samplerate, channels
 
@@ -223,8 +228,12 @@ class _MetaCache:
             return
         fallback = _fallback_cache(self.root)
         if not _write_json(fallback, data):
-            logger.warning("cannot write the metadata cache of %s (tried %s and %s)",
-                           self.root, self.root / CACHE_NAME, fallback)
+            logger.warning(
+                "cannot write the metadata cache of %s (tried %s and %s)",
+                self.root,
+                self.root / CACHE_NAME,
+                fallback,
+            )
 
 
 # --------------------------------------------------------------------------- scanning
@@ -232,15 +241,20 @@ class _MetaCache:
 
 def _find_stem(folder: Path, stem: str, required: bool, rel: str) -> Path | None:
     """The single audio file ``<stem>.<ext>`` in ``folder``."""
-    matches = sorted(p for p in folder.iterdir()
-                     if p.is_file() and p.stem == stem and p.suffix.lower() in AUDIO_EXTENSIONS)
+    matches = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.stem == stem and p.suffix.lower() in AUDIO_EXTENSIONS
+    )
     if len(matches) > 1:
         names = ", ".join(p.name for p in matches)
         raise ConfigError(f"track {rel!r} has several files for stem {stem!r}: {names}")
     if not matches:
         if required:
-            raise ConfigError(f"track {rel!r} is missing stem {stem!r} "
-                              f"(expected {folder}/{stem}.wav or another audio extension)")
+            raise ConfigError(
+                f"track {rel!r} is missing stem {stem!r} "
+                f"(expected {folder}/{stem}.wav or another audio extension)"
+            )
         return None
     return matches[0]
 
@@ -257,14 +271,18 @@ def _check_same(rel: str, infos: dict[str, tuple[int, int, int]]) -> tuple[int, 
 
 def _stem_names(folder: Path, mixture: str | None) -> list[str]:
     """Stem names of the audio files in ``folder`` (every one but the mixture), sorted."""
-    names = {p.stem for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-             and p.suffix.lower() in AUDIO_EXTENSIONS}
+    names = {
+        p.stem
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in AUDIO_EXTENSIONS
+    }
     names.discard(mixture or "")
     return sorted(names)
 
 
-def _scan_one(folder: Path, rel: str, sources: Sequence[str], mixture: str | None,
-              cache: _MetaCache) -> Track:
+def _scan_one(
+    folder: Path, rel: str, sources: Sequence[str], mixture: str | None, cache: _MetaCache
+) -> Track:
     stems: dict[str, Path] = {}
     for name in sources:
         path = _find_stem(folder, name, True, rel)
@@ -280,8 +298,16 @@ def _scan_one(folder: Path, rel: str, sources: Sequence[str], mixture: str | Non
         raise ConfigError(f"track {rel!r}: {err}") from None
     if std <= 0:
         logger.warning("track %r has a silent mixture (std 0); it is not normalised", rel)
-    return Track(name=rel, stems=stems, mixture=mix_path, length=length, samplerate=samplerate,
-                 channels=channels, mean=mean, std=std)
+    return Track(
+        name=rel,
+        stems=stems,
+        mixture=mix_path,
+        length=length,
+        samplerate=samplerate,
+        channels=channels,
+        mean=mean,
+        std=std,
+    )
 
 
 def _track_folders(base: Path, include: Collection[str] | None) -> list[Path]:
@@ -292,8 +318,14 @@ def _track_folders(base: Path, include: Collection[str] | None) -> list[Path]:
     return folders
 
 
-def scan_tracks(root: str | Path, sources: Sequence[str] | None, mixture: str | None = "mixture",
-                cache: bool = True, *, include: Collection[str] | None = None) -> list[Track]:
+def scan_tracks(
+    root: str | Path,
+    sources: Sequence[str] | None,
+    mixture: str | None = "mixture",
+    cache: bool = True,
+    *,
+    include: Collection[str] | None = None,
+) -> list[Track]:
     """Scan a folder holding one sub-folder per track.
 
     Args:
@@ -335,8 +367,10 @@ def scan_tracks(root: str | Path, sources: Sequence[str] | None, mixture: str | 
         meta.save()
     if not tracks:
         wanted = ", ".join(sources) if sources else "stem"
-        raise ConfigError(f"no track folders in {base} (expected one sub-folder per track "
-                          f"holding {wanted} audio files)")
+        raise ConfigError(
+            f"no track folders in {base} (expected one sub-folder per track "
+            f"holding {wanted} audio files)"
+        )
     logger.debug("scanned %d tracks in %s", len(tracks), base)
     return tracks
 
@@ -358,9 +392,10 @@ def load_track(track: Track, sources: Sequence[str]) -> tuple[torch.Tensor, torc
     """
     missing = [name for name in sources if name not in track.stems]
     if missing:
-        raise ConfigError(f"track {track.name!r} has no stem {missing[0]!r} "
-                          f"(it has {', '.join(track.stems)})")
-    stems = torch.stack([read_frames(track.stems[name])[:, :track.length] for name in sources])
+        raise ConfigError(
+            f"track {track.name!r} has no stem {missing[0]!r} (it has {', '.join(track.stems)})"
+        )
+    stems = torch.stack([read_frames(track.stems[name])[:, : track.length] for name in sources])
     if track.mixture is None:
         return stems.sum(dim=0), stems
-    return read_frames(track.mixture)[:, :track.length], stems
+    return read_frames(track.mixture)[:, : track.length], stems

@@ -65,8 +65,10 @@ def _folder_subset(root: Path, subset: str | None) -> tuple[Path, str]:
     if subset is None:
         return (root / "test", "test") if (root / "test").is_dir() else (root, WHOLE_FOLDER)
     if not (root / subset).is_dir():
-        raise ConfigError(f"subset folder {root / subset} does not exist (leave the subset out "
-                          f"to score every track folder of {root})")
+        raise ConfigError(
+            f"subset folder {root / subset} does not exist (leave the subset out "
+            f"to score every track folder of {root})"
+        )
     return root / subset, subset
 
 
@@ -76,9 +78,16 @@ def _check_names(folder: Path, names: Collection[str] | None) -> None:
         raise ConfigError(f"tracks not found in {folder}: {', '.join(missing)}")
 
 
-def open_tracks(kind: str, root: str | Path, subset: str | None = None,
-                names: Collection[str] | None = None, *, sources: Sequence[str] | None = None,
-                cache: bool = True, cache_dir: str | Path | None = None) -> TrackSet:
+def open_tracks(
+    kind: str,
+    root: str | Path,
+    subset: str | None = None,
+    names: Collection[str] | None = None,
+    *,
+    sources: Sequence[str] | None = None,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> TrackSet:
     """List the tracks of one dataset subset (metadata only; audio is read by ``load_track``).
 
     Args:
@@ -110,6 +119,13 @@ def open_tracks(kind: str, root: str | Path, subset: str | None = None,
     subset = subset or "test"
     if subset not in SPLITS:
         raise ConfigError(f"unknown MUSDB18 subset {subset!r}, choose from {', '.join(SPLITS)}")
-    tracks = musdb_tracks(base, subset, kind == "musdb-hq", sources or MUSDB_SOURCES,
-                          cache_dir=cache_dir, cache=cache, names=names)
+    tracks = musdb_tracks(
+        base,
+        subset,
+        kind == "musdb-hq",
+        sources or MUSDB_SOURCES,
+        cache_dir=cache_dir,
+        cache=cache,
+        names=names,
+    )
     return TrackSet(kind, base, subset, tracks)

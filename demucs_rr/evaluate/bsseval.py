@@ -106,8 +106,9 @@ def frame_grams(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     One matrix product per source on strided views (no copy): each input is read once, at
     memory speed, which elementwise reductions do not reach.
     """
-    return torch.stack([x[s].transpose(0, 1) @ y[s].transpose(0, 1).mT
-                        for s in range(x.shape[0])]).to(torch.float64)
+    return torch.stack(
+        [x[s].transpose(0, 1) @ y[s].transpose(0, 1).mT for s in range(x.shape[0])]
+    ).to(torch.float64)
 
 
 def silent_from_grams(x: torch.Tensor, grams: torch.Tensor, rtol: float) -> torch.Tensor:
@@ -123,8 +124,9 @@ def silent_from_grams(x: torch.Tensor, grams: torch.Tensor, rtol: float) -> torc
     return out
 
 
-def silent_frames(refs: torch.Tensor, ests: torch.Tensor, window: int | None = 44100,
-                  hop: int | None = 44100) -> torch.Tensor:
+def silent_frames(
+    refs: torch.Tensor, ests: torch.Tensor, window: int | None = 44100, hop: int | None = 44100
+) -> torch.Tensor:
     """(F,) True where any reference or estimate has an all-zero channel sum in the frame."""
     n_frames, win, hop_ = frame_layout(refs.shape[-1], window, hop)
     out = torch.zeros(n_frames, dtype=torch.bool, device=refs.device)
@@ -144,8 +146,10 @@ def db(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 def _check(refs: torch.Tensor, ests: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate (S, C, T) pairs and return them as float64."""
     if refs.dim() != 3 or refs.shape != ests.shape:
-        raise ConfigError(f"references and estimates must both be (S, C, T), got "
-                          f"{tuple(refs.shape)} and {tuple(ests.shape)}")
+        raise ConfigError(
+            f"references and estimates must both be (S, C, T), got "
+            f"{tuple(refs.shape)} and {tuple(ests.shape)}"
+        )
     if refs.shape[-1] == 0 or refs.shape[0] == 0:
         raise ConfigError("references and estimates must not be empty")
     return refs.to(torch.float64), ests.to(refs.device, torch.float64)
@@ -197,8 +201,11 @@ def _block_products(x: torch.Tensor, y: torch.Tensor, block: int, nfft: int) -> 
         n_cols = nb if nb else 1
         spec = ws.get("spec", (n_all, n_cols, n_bins), cplx, x.device)
         for sig, part in [(x, spec[:n_x])] + ([(y, spec[n_x:])] if y.shape[0] else []):
-            chunk = (sig[:, b0 * block: (b0 + nb) * block].unflatten(-1, (nb, block)) if nb
-                     else sig[:, b0 * block:, None].mT)  # full blocks, or the last partial one
+            chunk = (
+                sig[:, b0 * block : (b0 + nb) * block].unflatten(-1, (nb, block))
+                if nb
+                else sig[:, b0 * block :, None].mT
+            )  # full blocks, or the last partial one
             torch.fft.rfft(chunk, n=nfft, out=part)
         st = ws.get("st", (n_bins, n_all, n_cols), cplx, x.device).copy_(spec.permute(2, 0, 1))
         acc.baddbmm_(st, st[:, :n_x].mH)  # (K, P + Q, P): sum_b Z_q conj(X_p)
@@ -246,17 +253,19 @@ def block_levinson(rlag: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     err_f, err_b = rlag[:, n - 1].clone(), rlag[:, n - 1].clone()
     x[:, 0] = _lu_solve(err_f, y[:, 0])[0]
     for k in range(1, n):
-        r_neg, r_pos = rlag[:, n - 1 - k: n - 1], rlag[:, n: n + k]  # T[k, :k] and T[0, 1:k+1]
+        r_neg, r_pos = rlag[:, n - 1 - k : n - 1], rlag[:, n : n + k]  # T[k, :k] and T[0, 1:k+1]
         delta_f = torch.einsum("bjpq,bjqr->bpr", r_neg, fwd[:, :k])
         delta_b = torch.einsum("bjpq,bjqr->bpr", r_pos, bwd[:, :k])
         eps = torch.einsum("bjpq,bjqr->bpr", r_neg, x[:, :k])
         gain_f, gain_b = _lu_solve(err_b, delta_f)[0], _lu_solve(err_f, delta_b)[0]
-        new_b = torch.cat([-(fwd[:, :1] @ gain_b[:, None]),
-                           bwd[:, :k] - fwd[:, 1:k + 1] @ gain_b[:, None]], dim=1)
-        fwd[:, 1:k + 1] -= bwd[:, :k] @ gain_f[:, None]
-        bwd[:, :k + 1] = new_b
+        new_b = torch.cat(
+            [-(fwd[:, :1] @ gain_b[:, None]), bwd[:, :k] - fwd[:, 1 : k + 1] @ gain_b[:, None]],
+            dim=1,
+        )
+        fwd[:, 1 : k + 1] -= bwd[:, :k] @ gain_f[:, None]
+        bwd[:, : k + 1] = new_b
         err_f, err_b = err_f - delta_b @ gain_f, err_b - delta_f @ gain_b
-        x[:, :k + 1] += bwd[:, :k + 1] @ _lu_solve(err_b, y[:, k] - eps)[0][:, None]
+        x[:, : k + 1] += bwd[:, : k + 1] @ _lu_solve(err_b, y[:, k] - eps)[0][:, None]
     return x
 
 
@@ -282,8 +291,9 @@ def _solve(g: torch.Tensor, d: torch.Tensor, solver: str) -> torch.Tensor:
     x, info = _lu_solve(reg, d)
     if bool(info.any()):
         driver = "gelsd" if g.device.type == "cpu" else None
-        fallback = torch.linalg.lstsq(g.cpu() if driver else g, d.cpu() if driver else d,
-                                      driver=driver).solution.to(g.device)
+        fallback = torch.linalg.lstsq(
+            g.cpu() if driver else g, d.cpu() if driver else d, driver=driver
+        ).solution.to(g.device)
         bad = (info != 0)[..., None, None]
         x = torch.where(bad, fallback, x)
     return x
@@ -314,8 +324,9 @@ def redundant_channels(r0: torch.Tensor, n_src: int, rtol: float = 1e-10) -> tor
         (S, C) True for the channels to leave out.
     """
     n_ch = r0.shape[0] // n_src
-    blocks = torch.stack([r0[j * n_ch:(j + 1) * n_ch, j * n_ch:(j + 1) * n_ch]
-                          for j in range(n_src)])  # (S, C, C)
+    blocks = torch.stack(
+        [r0[j * n_ch : (j + 1) * n_ch, j * n_ch : (j + 1) * n_ch] for j in range(n_src)]
+    )  # (S, C, C)
     energy = torch.diagonal(blocks, dim1=-2, dim2=-1)
     out = energy == 0
     for c in range(1, n_ch):
@@ -331,7 +342,7 @@ def _toeplitz_residual(rlag: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> 
     n = x.shape[1]
     nfft = fast_len(3 * n - 2)
     h = torch.fft.rfft(rlag.flip(1), n=nfft, dim=1)  # T x is the convolution of x with it
-    tx = torch.fft.irfft(h @ torch.fft.rfft(x, n=nfft, dim=1), n=nfft, dim=1)[:, n - 1: 2 * n - 1]
+    tx = torch.fft.irfft(h @ torch.fft.rfft(x, n=nfft, dim=1), n=nfft, dim=1)[:, n - 1 : 2 * n - 1]
     return (tx - y).flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp_min(1e-300)
 
 
@@ -359,8 +370,7 @@ def _solve_normal(r: torch.Tensor, d: torch.Tensor, solver: str) -> torch.Tensor
     return _solve(gram(r), d, "lu" if solver == "lu" else "cholesky")
 
 
-def _solve_kept(r: torch.Tensor, d: torch.Tensor, keep: torch.Tensor,
-                solver: str) -> torch.Tensor:
+def _solve_kept(r: torch.Tensor, d: torch.Tensor, keep: torch.Tensor, solver: str) -> torch.Tensor:
     """:func:`_solve_normal` for one system restricted to the kept signals; others get 0.
 
     Args:
@@ -370,14 +380,20 @@ def _solve_kept(r: torch.Tensor, d: torch.Tensor, keep: torch.Tensor,
     out = torch.zeros_like(d).view(n_sig, lags, -1)
     idx = keep.nonzero().squeeze(-1)
     if idx.numel():
-        sub = _solve_normal(r[idx][:, idx][None],
-                            d.view(n_sig, lags, -1)[idx].reshape(1, -1, d.shape[-1]), solver)
+        sub = _solve_normal(
+            r[idx][:, idx][None], d.view(n_sig, lags, -1)[idx].reshape(1, -1, d.shape[-1]), solver
+        )
         out[idx] = sub.view(idx.numel(), lags, -1)
     return out.view(d.shape)
 
 
-def compute_filters(refs: torch.Tensor, ests: torch.Tensor, filters_len: int = FILTERS_LEN,
-                    all_pairs: bool = False, solver: str = "levinson") -> _Filters:
+def compute_filters(
+    refs: torch.Tensor,
+    ests: torch.Tensor,
+    filters_len: int = FILTERS_LEN,
+    all_pairs: bool = False,
+    solver: str = "levinson",
+) -> _Filters:
     """Least-squares distortion filters of every estimate on the delayed references.
 
     Args:
@@ -395,14 +411,16 @@ def compute_filters(refs: torch.Tensor, ests: torch.Tensor, filters_len: int = F
     keep = ~redundant_channels(rr[..., 0], n_src)  # (S, C)
     c_all = _solve_kept(rr, d, keep.flatten(), solver)
     d4 = d.view(n_src, n_ch * filters_len, n_src, n_ch)
-    own_r = torch.stack([rr[j * n_ch:(j + 1) * n_ch, j * n_ch:(j + 1) * n_ch]
-                         for j in range(n_src)])  # (S, C, C, L)
+    own_r = torch.stack(
+        [rr[j * n_ch : (j + 1) * n_ch, j * n_ch : (j + 1) * n_ch] for j in range(n_src)]
+    )  # (S, C, C, L)
     d_own = torch.stack([d4[j].flatten(1) if all_pairs else d4[j, :, j] for j in range(n_src)])
     if bool(keep.all()):
         c_own = _solve_normal(own_r, d_own, solver)
     else:
-        c_own = torch.stack([_solve_kept(own_r[j], d_own[j], keep[j], solver)
-                             for j in range(n_src)])
+        c_own = torch.stack(
+            [_solve_kept(own_r[j], d_own[j], keep[j], solver) for j in range(n_src)]
+        )
     return _Filters(all=c_all, own=c_own)
 
 
@@ -413,8 +431,9 @@ class Workspace:
     def __init__(self) -> None:
         self._pool: dict[str, torch.Tensor] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
-            device: torch.device) -> torch.Tensor:
+    def get(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
         """A contiguous tensor of ``shape`` backed by the buffer ``name`` (grown on demand)."""
         size = math.prod(shape)
         buf = self._pool.get(name)
@@ -453,8 +472,12 @@ def filter_responses(filt: _Filters, n_src: int, n_ch: int, nfft: int) -> _Respo
     own = torch.zeros(n_bins, n_src, n_ch, n_src, width, dtype=h_all.dtype, device=h_all.device)
     for j in range(n_src):
         own[:, j, :, j] = h_own[j].permute(1, 0, 2)
-    return _Responses(all=h_all.permute(1, 0, 2).contiguous(), own=own.flatten(1, 2).flatten(2),
-                      w=_parseval_weights(nfft, h_all.device), nfft=nfft)
+    return _Responses(
+        all=h_all.permute(1, 0, 2).contiguous(),
+        own=own.flatten(1, 2).flatten(2),
+        w=_parseval_weights(nfft, h_all.device),
+        nfft=nfft,
+    )
 
 
 def _spectra(frames: torch.Tensor, nfft: int, name: str, ws: Workspace) -> torch.Tensor:
@@ -464,11 +487,13 @@ def _spectra(frames: torch.Tensor, nfft: int, name: str, ws: Workspace) -> torch
     tmp = ws.get("fft", (n_fr, n_src, n_ch, k), torch.complex128, frames.device)
     torch.fft.rfft(frames, n=nfft, out=tmp)
     return ws.get(name, (k, n_fr, n_src, n_ch), tmp.dtype, tmp.device).copy_(
-        tmp.permute(3, 0, 1, 2))
+        tmp.permute(3, 0, 1, 2)
+    )
 
 
-def _energy(a: torch.Tensor, b: torch.Tensor | None, w: torch.Tensor,
-            ws: Workspace) -> torch.Tensor:
+def _energy(
+    a: torch.Tensor, b: torch.Tensor | None, w: torch.Tensor, ws: Workspace
+) -> torch.Tensor:
     """Energies of ``a - b`` (or ``a``) from (K, F, J, E, C) spectra -> (F, J, E)."""
     shape = a.shape if b is None else torch.broadcast_shapes(a.shape, b.shape)
     z = a
@@ -480,8 +505,13 @@ def _energy(a: torch.Tensor, b: torch.Tensor | None, w: torch.Tensor,
     return (w @ sq).view(*shape[1:], 2).sum(dim=(-1, -2))
 
 
-def _frame_scores(ref_fr: torch.Tensor, est_fr: torch.Tensor, resp: _Responses,
-                  sources_version: bool, ws: Workspace) -> torch.Tensor:
+def _frame_scores(
+    ref_fr: torch.Tensor,
+    est_fr: torch.Tensor,
+    resp: _Responses,
+    sources_version: bool,
+    ws: Workspace,
+) -> torch.Tensor:
     """Scores of a chunk of frames with fixed filters.
 
     Args:
@@ -499,10 +529,12 @@ def _frame_scores(ref_fr: torch.Tensor, est_fr: torch.Tensor, resp: _Responses,
     ef = _spectra(est_fr, resp.nfft, "est", ws)
     k, dev = rf.shape[0], rf.device
     flat = rf.view(k, n_fr, n_src * n_ch)
-    p_all = torch.matmul(flat, resp.all, out=ws.get("p_all", (k, n_fr, resp.all.shape[-1]),
-                                                     rf.dtype, dev))
-    p_own = torch.matmul(flat, resp.own, out=ws.get("p_own", (k, n_fr, resp.own.shape[-1]),
-                                                     rf.dtype, dev))
+    p_all = torch.matmul(
+        flat, resp.all, out=ws.get("p_all", (k, n_fr, resp.all.shape[-1]), rf.dtype, dev)
+    )
+    p_own = torch.matmul(
+        flat, resp.own, out=ws.get("p_own", (k, n_fr, resp.own.shape[-1]), rf.dtype, dev)
+    )
     p_own = p_own.view(k, n_fr, n_src, -1, n_ch)  # (K, F, J, E', C)
     p_all = p_all.view(k, n_fr, n_src, n_ch)
     if p_own.shape[3] == 1:  # estimate j against reference j only
@@ -554,47 +586,70 @@ def _pick_permutation(scores: torch.Tensor, framewise: bool) -> tuple[torch.Tens
     return scores[:, j[:, None], t[None, :], est], popt
 
 
-def _fixed_filter_scores(refs: torch.Tensor, ests: torch.Tensor, layout: tuple[int, int, int],
-                         opts: dict) -> torch.Tensor:
+def _fixed_filter_scores(
+    refs: torch.Tensor, ests: torch.Tensor, layout: tuple[int, int, int], opts: dict
+) -> torch.Tensor:
     """v4: filters from the whole signal, applied to chunks of frames -> (4, S, F, E')."""
     n_frames, win, hop = layout
     filt = compute_filters(refs, ests, opts["filters_len"], opts["perm"], opts["solver"])
-    resp = filter_responses(filt, refs.shape[0], refs.shape[1],
-                            fast_len(win + opts["filters_len"] - 1))
+    resp = filter_responses(
+        filt, refs.shape[0], refs.shape[1], fast_len(win + opts["filters_len"] - 1)
+    )
     ref_fr, est_fr = _frames(refs, win, hop, n_frames), _frames(ests, win, hop, n_frames)
     ws = Workspace()
-    chunks = [_frame_scores(ref_fr[f: f + _FRAME_CHUNK], est_fr[f: f + _FRAME_CHUNK], resp,
-                            opts["sources_version"], ws)
-              for f in range(0, n_frames, _FRAME_CHUNK)]
+    chunks = [
+        _frame_scores(
+            ref_fr[f : f + _FRAME_CHUNK],
+            est_fr[f : f + _FRAME_CHUNK],
+            resp,
+            opts["sources_version"],
+            ws,
+        )
+        for f in range(0, n_frames, _FRAME_CHUNK)
+    ]
     return torch.cat(chunks, dim=2)
 
 
-def _framewise_filter_scores(refs: torch.Tensor, ests: torch.Tensor,
-                             layout: tuple[int, int, int], opts: dict,
-                             silent: torch.Tensor) -> torch.Tensor:
+def _framewise_filter_scores(
+    refs: torch.Tensor,
+    ests: torch.Tensor,
+    layout: tuple[int, int, int],
+    opts: dict,
+    silent: torch.Tensor,
+) -> torch.Tensor:
     """v3: filters re-estimated on each (non-silent) frame -> (4, S, F, E')."""
     n_frames, win, hop = layout
     n_src = refs.shape[0]
     pairs = n_src if opts["perm"] else 1
-    out = torch.full((4, n_src, n_frames, pairs), float("nan"), dtype=torch.float64,
-                     device=refs.device)
+    out = torch.full(
+        (4, n_src, n_frames, pairs), float("nan"), dtype=torch.float64, device=refs.device
+    )
     nfft = fast_len(win + opts["filters_len"] - 1)
     ws = Workspace()
     for t in range(n_frames):
         if bool(silent[t]):
             continue
-        ref_t, est_t = refs[..., t * hop: t * hop + win], ests[..., t * hop: t * hop + win]
+        ref_t, est_t = refs[..., t * hop : t * hop + win], ests[..., t * hop : t * hop + win]
         filt = compute_filters(ref_t, est_t, opts["filters_len"], opts["perm"], opts["solver"])
         resp = filter_responses(filt, n_src, refs.shape[1], nfft)
-        out[:, :, t: t + 1] = _frame_scores(ref_t[None], est_t[None], resp,
-                                            opts["sources_version"], ws)
+        out[:, :, t : t + 1] = _frame_scores(
+            ref_t[None], est_t[None], resp, opts["sources_version"], ws
+        )
     return out
 
 
-def bss_eval(refs: torch.Tensor, ests: torch.Tensor, window: int | None = 44100,
-             hop: int | None = 44100, *, filters_len: int = FILTERS_LEN,
-             framewise_filters: bool = False, sources_version: bool = False,
-             compute_permutation: bool = False, solver: str = "levinson") -> BSSEvalResult:
+def bss_eval(
+    refs: torch.Tensor,
+    ests: torch.Tensor,
+    window: int | None = 44100,
+    hop: int | None = 44100,
+    *,
+    filters_len: int = FILTERS_LEN,
+    framewise_filters: bool = False,
+    sources_version: bool = False,
+    compute_permutation: bool = False,
+    solver: str = "levinson",
+) -> BSSEvalResult:
     """BSSEval v4 (default) or v3 framewise metrics, numerically matching museval.
 
     The defaults are museval's MUSDB18 settings at 44.1 kHz (1 s windows and hops, 512 taps,
@@ -625,12 +680,17 @@ def bss_eval(refs: torch.Tensor, ests: torch.Tensor, window: int | None = 44100,
     n_src = refs.shape[0]
     layout = frame_layout(refs.shape[-1], window, hop)
     silent = silent_frames(refs, ests, window, hop)
-    opts = dict(filters_len=filters_len, perm=compute_permutation, solver=solver,
-                sources_version=sources_version)
+    opts = dict(
+        filters_len=filters_len,
+        perm=compute_permutation,
+        solver=solver,
+        sources_version=sources_version,
+    )
     pairs = n_src if compute_permutation else 1
     if bool(silent.all()):
-        scores = torch.full((4, n_src, layout[0], pairs), float("nan"), dtype=torch.float64,
-                            device=refs.device)
+        scores = torch.full(
+            (4, n_src, layout[0], pairs), float("nan"), dtype=torch.float64, device=refs.device
+        )
     elif framewise_filters:
         scores = _framewise_filter_scores(refs, ests, layout, opts, silent)
     else:

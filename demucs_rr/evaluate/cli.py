@@ -30,39 +30,76 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from demucs_rr.models.pretrained import DEFAULT_MODEL
 
     p = parser
-    p.add_argument("-n", "--name", default=DEFAULT_MODEL,
-                   help=f"model name or file to evaluate (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "-n",
+        "--name",
+        default=DEFAULT_MODEL,
+        help=f"model name or file to evaluate (default {DEFAULT_MODEL})",
+    )
     p.add_argument("--repo", help="folder searched first for model files")
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--musdb", metavar="ROOT", help="MUSDB18 root (train/ and test/)")
-    data.add_argument("--folder", metavar="ROOT",
-                      help="generic dataset: ROOT/<track>/<stem>.<ext> (+ optional mixture)")
+    data.add_argument(
+        "--folder",
+        metavar="ROOT",
+        help="generic dataset: ROOT/<track>/<stem>.<ext> (+ optional mixture)",
+    )
     p.add_argument("--is-wav", action="store_true", help="MUSDB18-HQ (wav folders)")
-    p.add_argument("--subset",
-                   help="MUSDB18 split test|train|valid (default test); for --folder, a "
-                        "sub-folder of ROOT (default: ROOT/test/ if present, else all of ROOT)")
+    p.add_argument(
+        "--subset",
+        help="MUSDB18 split test|train|valid (default test); for --folder, a "
+        "sub-folder of ROOT (default: ROOT/test/ if present, else all of ROOT)",
+    )
     p.add_argument("--tracks", nargs="+", metavar="NAME", help="only these tracks")
-    p.add_argument("-o", "--out",
-                   help="results folder (default evaluation/<model>/<dataset>-<subset>)")
+    p.add_argument(
+        "-o", "--out", help="results folder (default evaluation/<model>/<dataset>-<subset>)"
+    )
     p.add_argument("-d", "--device", default="auto", help="|".join(DEVICE_NAMES))
-    p.add_argument("--shifts", type=argtypes.non_negative_int, default=0,
-                   help="random shifts averaged (default 0)")
-    p.add_argument("--overlap", type=argtypes.overlap, default=0.25,
-                   help="chunk overlap (default 0.25)")
-    p.add_argument("--segment", type=argtypes.seconds,
-                   help="chunk length in seconds (default: model's)")
+    p.add_argument(
+        "--shifts",
+        type=argtypes.non_negative_int,
+        default=0,
+        help="random shifts averaged (default 0)",
+    )
+    p.add_argument(
+        "--overlap", type=argtypes.overlap, default=0.25, help="chunk overlap (default 0.25)"
+    )
+    p.add_argument(
+        "--segment", type=argtypes.seconds, help="chunk length in seconds (default: model's)"
+    )
     p.add_argument("--no-split", action="store_true", help="separate each track in one pass")
-    p.add_argument("-b", "--batch-size", type=argtypes.positive_int, default=1,
-                   help="chunks per forward pass (default 1)")
-    p.add_argument("-j", "--jobs", type=argtypes.positive_int, default=1,
-                   help="worker processes (tracks in parallel) on this rank (default 1)")
-    p.add_argument("--sdr-only", action="store_true",
-                   help="score SDR only (milliseconds per track; ISR/SIR/SAR left empty)")
-    p.add_argument("--backend", choices=("torch", "museval"), default="torch",
-                   help="metrics implementation (default torch; museval is the slow reference)")
-    p.add_argument("--solver", choices=("levinson", "cholesky", "lu"), default="levinson",
-                   help="normal-equation solver of the torch backend: levinson (default, "
-                        "block-Toeplitz, fastest), cholesky, or lu (museval's); same parity")
+    p.add_argument(
+        "-b",
+        "--batch-size",
+        type=argtypes.positive_int,
+        default=1,
+        help="chunks per forward pass (default 1)",
+    )
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=argtypes.positive_int,
+        default=1,
+        help="worker processes (tracks in parallel) on this rank (default 1)",
+    )
+    p.add_argument(
+        "--sdr-only",
+        action="store_true",
+        help="score SDR only (milliseconds per track; ISR/SIR/SAR left empty)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("torch", "museval"),
+        default="torch",
+        help="metrics implementation (default torch; museval is the slow reference)",
+    )
+    p.add_argument(
+        "--solver",
+        choices=("levinson", "cholesky", "lu"),
+        default="levinson",
+        help="normal-equation solver of the torch backend: levinson (default, "
+        "block-Toeplitz, fastest), cholesky, or lu (museval's); same parity",
+    )
     p.add_argument("--overwrite", action="store_true", help="re-score tracks already scored")
     p.add_argument("--no-plot", action="store_true", help="no SDR box plot (no matplotlib)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -84,11 +121,23 @@ def _options(args: argparse.Namespace, out: Path, device: str) -> EvalOptions:
     from demucs_rr.evaluate.run import EvalOptions
 
     return EvalOptions(
-        model=args.name, out=out, repo=Path(args.repo) if args.repo else None, device=device,
-        sdr_only=args.sdr_only, backend=args.backend, solver=args.solver, jobs=args.jobs,
+        model=args.name,
+        out=out,
+        repo=Path(args.repo) if args.repo else None,
+        device=device,
+        sdr_only=args.sdr_only,
+        backend=args.backend,
+        solver=args.solver,
+        jobs=args.jobs,
         overwrite=args.overwrite,
-        separator=dict(shifts=args.shifts, overlap=args.overlap, segment=args.segment,
-                       split=not args.no_split, batch_size=args.batch_size))
+        separator=dict(
+            shifts=args.shifts,
+            overlap=args.overlap,
+            segment=args.segment,
+            split=not args.no_split,
+            batch_size=args.batch_size,
+        ),
+    )
 
 
 def _stderr(message: str) -> None:
@@ -113,31 +162,41 @@ def run_evaluate(args: argparse.Namespace) -> int:
     trackset = _trackset(args)
     label = model_label(args.name)
     out = Path(args.out) if args.out else default_out(label, trackset)
-    result = run_evaluation(trackset, _options(args, out, device), rank=ranks.rank,
-                            world_size=ranks.world_size,
-                            progress=not args.quiet and sys.stderr.isatty(),
-                            notify=_stderr if ranks.rank == 0 else None)
+    result = run_evaluation(
+        trackset,
+        _options(args, out, device),
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        progress=not args.quiet and sys.stderr.isatty(),
+        notify=_stderr if ranks.rank == 0 else None,
+    )
     for name, error in result.failed.items():
         _stderr(f"failed: {name}: {error}")
     if ranks.rank != 0:
         return 1 if result.failed else 0
     if not result.scores:
         raise ConfigError(f"no track could be scored; results folder {out}")
-    paths = write_summary(result.scores, out, f"{label} on {trackset.label}",
-                          plot=not args.no_plot)
+    paths = write_summary(result.scores, out, f"{label} on {trackset.label}", plot=not args.no_plot)
     print(markdown(*summary_table(result.scores)), end="")
-    print(f"results: {out} ({len(result.scores)} tracks; summary: {paths['markdown'].name}, "
-          f"{paths['csv'].name}" + (f", {paths['plot'].name})" if "plot" in paths else ")"))
+    print(
+        f"results: {out} ({len(result.scores)} tracks; summary: {paths['markdown'].name}, "
+        f"{paths['csv'].name}" + (f", {paths['plot'].name})" if "plot" in paths else ")")
+    )
     return 1 if result.failed else 0
 
 
 def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``demucs-rr leaderboard``."""
     p = parser
-    p.add_argument("dirs", nargs="+", metavar="DIR",
-                   help="result folders of `evaluate`, or folders holding them (evaluation/)")
-    p.add_argument("--no-reference", action="store_true",
-                   help="leave out the published reference rows")
+    p.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="result folders of `evaluate`, or folders holding them (evaluation/)",
+    )
+    p.add_argument(
+        "--no-reference", action="store_true", help="leave out the published reference rows"
+    )
     p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
 

@@ -25,8 +25,10 @@ from demucs_rr.sources import MUSDB_SOURCES
 SUMMARY_MD, SUMMARY_CSV, SUMMARY_JSON, BOXPLOT = SUMMARY_FILES
 #: Dataset label of the published reference rows (compressed MUSDB18, test set).
 REFERENCE_DATASET = "musdb-test"
-REFERENCE_SOURCE = ("Demucs v2 repository museval JSONs, MUSDB18 test (50 tracks), median over "
-                    "frames and tracks, mean over seeds")
+REFERENCE_SOURCE = (
+    "Demucs v2 repository museval JSONs, MUSDB18 test (50 tracks), median over "
+    "frames and tracks, mean over seeds"
+)
 
 # (name, All, drums, bass, other, vocals): published MUSDB18 test SDR (museval v4 medians).
 REFERENCE_ROWS = (
@@ -101,10 +103,18 @@ def summary_table(scores: list[TrackScores]) -> tuple[list[str], list[list[str]]
     """Per-target rows (+ an "All" row): median SDR/SIR/ISR/SAR over tracks, mean nSDR."""
     agg = aggregate(scores)
     header = ["target", *(f"{m} (median)" for m in METRICS), "nSDR (mean)", "tracks"]
-    rows = [[t, *(_fmt(agg[t][m]) for m in METRICS), _fmt(agg[t]["nSDR"]), str(agg[t]["tracks"])]
-            for t in _order(list(agg))]
-    rows.append(["All", *(_fmt(_mean([agg[t][m] for t in agg])) for m in METRICS),
-                 _fmt(_mean([agg[t]["nSDR"] for t in agg])), str(len(scores))])
+    rows = [
+        [t, *(_fmt(agg[t][m]) for m in METRICS), _fmt(agg[t]["nSDR"]), str(agg[t]["tracks"])]
+        for t in _order(list(agg))
+    ]
+    rows.append(
+        [
+            "All",
+            *(_fmt(_mean([agg[t][m] for t in agg])) for m in METRICS),
+            _fmt(_mean([agg[t]["nSDR"] for t in agg])),
+            str(len(scores)),
+        ]
+    )
     return header, rows
 
 
@@ -129,8 +139,10 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ConfigError("the SDR box plot needs matplotlib: pip install 'demucs_rr[eval]' "
-                          "(or pip install matplotlib), or pass --no-plot") from None
+        raise ConfigError(
+            "the SDR box plot needs matplotlib: pip install 'demucs_rr[eval]' "
+            "(or pip install matplotlib), or pass --no-plot"
+        ) from None
 
 
 def boxplot(scores: list[TrackScores], path: Path, title: str) -> Path:
@@ -169,13 +181,15 @@ def _describe(meta: dict) -> str:
         d = meta["dataset"]
         parts.append(f"Dataset: {d.get('kind')} {d.get('subset')} (`{d.get('root')}`).")
     if "settings" in meta:
-        parts.append("Settings: " + ", ".join(f"{k} {v}" for k, v in meta["settings"].items())
-                     + ".")
+        parts.append(
+            "Settings: " + ", ".join(f"{k} {v}" for k, v in meta["settings"].items()) + "."
+        )
     return " ".join(parts) + "\n\n" if parts else ""
 
 
-def write_summary(scores: list[TrackScores], out: str | Path, title: str,
-                  plot: bool = True) -> dict[str, Path]:
+def write_summary(
+    scores: list[TrackScores], out: str | Path, title: str, plot: bool = True
+) -> dict[str, Path]:
     """Write ``summary.md``, ``summary.csv``, ``summary.json`` and the box plot into ``out``.
 
     The Markdown and JSON files also name the dataset and settings the results record.
@@ -187,9 +201,13 @@ def write_summary(scores: list[TrackScores], out: str | Path, title: str,
     paths = {"markdown": out / SUMMARY_MD, "csv": out / SUMMARY_CSV, "json": out / SUMMARY_JSON}
     paths["markdown"].write_text(f"# {title}\n\n{_describe(meta)}" + markdown(header, rows))
     paths["csv"].write_text(to_csv(header, rows))
-    paths["json"].write_text(json.dumps({"title": title, **meta, "tracks": len(scores),
-                                         "targets": aggregate(scores)}, indent=2,
-                                        allow_nan=True))
+    paths["json"].write_text(
+        json.dumps(
+            {"title": title, **meta, "tracks": len(scores), "targets": aggregate(scores)},
+            indent=2,
+            allow_nan=True,
+        )
+    )
     if plot:
         paths["plot"] = boxplot(scores, out / BOXPLOT, title)
     return paths
@@ -197,8 +215,13 @@ def write_summary(scores: list[TrackScores], out: str | Path, title: str,
 
 def _subset_dirs(path: Path) -> list[Path]:
     """Folders holding track JSON files, at or below ``path``."""
-    return sorted({p.parent for p in path.rglob("*.json")
-                   if not p.name.startswith(".") and p.name != SUMMARY_JSON})
+    return sorted(
+        {
+            p.parent
+            for p in path.rglob("*.json")
+            if not p.name.startswith(".") and p.name != SUMMARY_JSON
+        }
+    )
 
 
 def _load_group(subset_dir: Path) -> ResultGroup:
@@ -211,13 +234,17 @@ def _load_group(subset_dir: Path) -> ResultGroup:
         for path, score in zip(files[1:], scores[1:], strict=True):
             problem = record.mismatch(score.extra)
             if problem is not None:
-                raise ConfigError(f"{subset_dir} mixes results made differently ({path.name}: "
-                                  f"{problem}); evaluate them into separate folders")
+                raise ConfigError(
+                    f"{subset_dir} mixes results made differently ({path.name}: "
+                    f"{problem}); evaluate them into separate folders"
+                )
     model = first.get("model") or (first.get("settings") or {}).get("model")
-    return ResultGroup(folder=subset_dir.parent, model=str(model or subset_dir.parent.name),
-                       dataset=dataset_label(first.get("dataset"),
-                                             f"unrecorded-{subset_dir.name}"),
-                       scores=scores)
+    return ResultGroup(
+        folder=subset_dir.parent,
+        model=str(model or subset_dir.parent.name),
+        dataset=dataset_label(first.get("dataset"), f"unrecorded-{subset_dir.name}"),
+        scores=scores,
+    )
 
 
 def load_results(path: str | Path) -> list[ResultGroup]:
@@ -240,9 +267,15 @@ def entry_from(group: ResultGroup) -> Entry:
     """Leaderboard row of one group of results."""
     agg = aggregate(group.scores)
     sdr = {t: agg[t]["SDR"] for t in agg}
-    return Entry(name=group.model, sdr=sdr, all_sdr=_mean(list(sdr.values())),
-                 nsdr=_mean([agg[t]["nSDR"] for t in agg]), tracks=len(group.scores),
-                 dataset=group.dataset, folder=group.folder)
+    return Entry(
+        name=group.model,
+        sdr=sdr,
+        all_sdr=_mean(list(sdr.values())),
+        nsdr=_mean([agg[t]["nSDR"] for t in agg]),
+        tracks=len(group.scores),
+        dataset=group.dataset,
+        folder=group.folder,
+    )
 
 
 def label_entries(entries: list[Entry]) -> list[Entry]:
@@ -250,8 +283,11 @@ def label_entries(entries: list[Entry]) -> list[Entry]:
     original = [e.name for e in entries]
     for show in (lambda folder: folder.name, str):
         counts = Counter((e.name, e.dataset) for e in entries)
-        clashing = [i for i, e in enumerate(entries)
-                    if counts[(e.name, e.dataset)] > 1 and e.folder is not None]
+        clashing = [
+            i
+            for i, e in enumerate(entries)
+            if counts[(e.name, e.dataset)] > 1 and e.folder is not None
+        ]
         if not clashing:
             break
         for i in clashing:
@@ -261,10 +297,18 @@ def label_entries(entries: list[Entry]) -> list[Entry]:
 
 def reference_entries() -> list[Entry]:
     """Published numbers as labelled reference rows."""
-    return [Entry(name=f"{n} [published]", sdr=dict(zip(MUSDB_SOURCES, v[1:], strict=True)),
-                  all_sdr=v[0], nsdr=math.nan, tracks=50, dataset=REFERENCE_DATASET,
-                  reference=True)
-            for n, *v in REFERENCE_ROWS]
+    return [
+        Entry(
+            name=f"{n} [published]",
+            sdr=dict(zip(MUSDB_SOURCES, v[1:], strict=True)),
+            all_sdr=v[0],
+            nsdr=math.nan,
+            tracks=50,
+            dataset=REFERENCE_DATASET,
+            reference=True,
+        )
+        for n, *v in REFERENCE_ROWS
+    ]
 
 
 def leaderboard(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
@@ -274,13 +318,23 @@ def leaderboard(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
     header = ["rank", "model", "dataset", "All SDR", *targets, "nSDR", "tracks"]
     rows = []
     for dataset in sorted({e.dataset for e in entries}):
-        ranked = sorted((e for e in entries if e.dataset == dataset),
-                        key=lambda e: -e.all_sdr if not math.isnan(e.all_sdr) else math.inf)
+        ranked = sorted(
+            (e for e in entries if e.dataset == dataset),
+            key=lambda e: -e.all_sdr if not math.isnan(e.all_sdr) else math.inf,
+        )
         rank = 0
         for e in ranked:
             if not e.reference:
                 rank += 1
-            rows.append(["ref" if e.reference else str(rank), e.name, e.dataset,
-                         _fmt(e.all_sdr), *(_fmt(e.sdr.get(t, math.nan)) for t in targets),
-                         _fmt(e.nsdr), str(e.tracks)])
+            rows.append(
+                [
+                    "ref" if e.reference else str(rank),
+                    e.name,
+                    e.dataset,
+                    _fmt(e.all_sdr),
+                    *(_fmt(e.sdr.get(t, math.nan)) for t in targets),
+                    _fmt(e.nsdr),
+                    str(e.tracks),
+                ]
+            )
     return header, rows

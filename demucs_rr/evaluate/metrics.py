@@ -63,8 +63,9 @@ def nsdr(refs: torch.Tensor, ests: torch.Tensor, eps: float = NSDR_EPS) -> torch
 FRAME_BLOCK = 16
 
 
-def framewise_sdr(refs: torch.Tensor, ests: torch.Tensor, window: int | None = 44100,
-                  hop: int | None = 44100) -> torch.Tensor:
+def framewise_sdr(
+    refs: torch.Tensor, ests: torch.Tensor, window: int | None = 44100, hop: int | None = 44100
+) -> torch.Tensor:
     """BSSEval v4 images SDR per frame without any filter: the frame's SNR.
 
     ``10 log10(sum s^2 / sum (s_hat - s)^2)`` per source and frame, sums over channels and
@@ -89,14 +90,15 @@ def framewise_sdr(refs: torch.Tensor, ests: torch.Tensor, window: int | None = 4
         the channel sum of a reference or an estimate is all zero in the frame).
     """
     if refs.dim() != 3 or refs.shape != ests.shape or refs.numel() == 0:
-        raise ConfigError(f"references and estimates must both be non-empty (S, C, T), got "
-                          f"{tuple(refs.shape)} and {tuple(ests.shape)}")
+        raise ConfigError(
+            f"references and estimates must both be non-empty (S, C, T), got "
+            f"{tuple(refs.shape)} and {tuple(ests.shape)}"
+        )
     n_frames, win, hop_ = frame_layout(refs.shape[-1], window, hop)
     r_all = refs.unfold(-1, win, hop_)[:, :, :n_frames]  # (S, C, F, W) views, input dtype
     e_all = ests.to(refs.device).unfold(-1, win, hop_)[:, :, :n_frames]
     num = torch.empty(refs.shape[0], n_frames, dtype=torch.float64, device=refs.device)
-    den, silent = torch.empty_like(num), torch.zeros(n_frames, dtype=torch.bool,
-                                                     device=refs.device)
+    den, silent = torch.empty_like(num), torch.zeros(n_frames, dtype=torch.bool, device=refs.device)
     for start in range(0, n_frames, FRAME_BLOCK):
         part = slice(start, start + FRAME_BLOCK)
         r = r_all[:, :, part].to(torch.float64)  # (S, C, Fb, W)
@@ -118,7 +120,7 @@ def float32_sdr_bound(sdr: torch.Tensor | np.ndarray | float) -> torch.Tensor | 
     ``2 * 2^-24``; with ``|s_hat| <= |s| + |s_hat - s|`` and 10/ln(10) = 4.343 dB per unit
     of relative change this gives ``17.4 * 2^-24 * (1 + 10^(SDR/20))`` dB (first order).
     """
-    return 17.4 * 2.0 ** -24 * (1 + 10 ** (sdr / 20))
+    return 17.4 * 2.0**-24 * (1 + 10 ** (sdr / 20))
 
 
 @dataclass
@@ -161,9 +163,19 @@ def _museval_value(x: float) -> float:
     return math.nan if math.isinf(x) else round(float(x), 5)
 
 
-def score_track(name: str, targets: list[str], refs: torch.Tensor, ests: torch.Tensor,
-                samplerate: int, *, sdr_only: bool = False, backend: str = "torch",
-                solver: str = "levinson", win: float = 1.0, hop: float = 1.0) -> TrackScores:
+def score_track(
+    name: str,
+    targets: list[str],
+    refs: torch.Tensor,
+    ests: torch.Tensor,
+    samplerate: int,
+    *,
+    sdr_only: bool = False,
+    backend: str = "torch",
+    solver: str = "levinson",
+    win: float = 1.0,
+    hop: float = 1.0,
+) -> TrackScores:
     """BSSEval v4 and nSDR of one track, with museval's storage rules applied to the frames.
 
     Args:
@@ -178,8 +190,10 @@ def score_track(name: str, targets: list[str], refs: torch.Tensor, ests: torch.T
         win: window in seconds; hop: hop in seconds.
     """
     if refs.dim() != 3 or refs.shape[0] != len(targets) or ests.shape[:2] != refs.shape[:2]:
-        raise ConfigError(f"{name}: need (S, C, T) references and estimates for "
-                          f"{len(targets)} targets, got {tuple(refs.shape)}, {tuple(ests.shape)}")
+        raise ConfigError(
+            f"{name}: need (S, C, T) references and estimates for "
+            f"{len(targets)} targets, got {tuple(refs.shape)}, {tuple(ests.shape)}"
+        )
     ests = pad_or_truncate(refs, ests.to(refs.device))
     window, step = int(win * samplerate), int(hop * samplerate)
     if backend == "museval":
@@ -189,25 +203,34 @@ def score_track(name: str, targets: list[str], refs: torch.Tensor, ests: torch.T
         values = {m: np.full_like(sdr, np.nan) for m in METRICS}
         if not sdr_only:
             res = bss_eval(refs, ests, window, step, solver=solver)
-            values.update(ISR=res.isr.cpu().numpy(), SIR=res.sir.cpu().numpy(),
-                          SAR=res.sar.cpu().numpy())
+            values.update(
+                ISR=res.isr.cpu().numpy(), SIR=res.sir.cpu().numpy(), SAR=res.sar.cpu().numpy()
+            )
         values["SDR"] = sdr
     else:
         raise ConfigError(f"unknown metrics backend {backend!r}: use 'torch' or 'museval'")
     frames = {m: np.vectorize(_museval_value, otypes=[np.float64])(values[m]) for m in METRICS}
     track_nsdr = nsdr(refs, ests).cpu().tolist()
-    return TrackScores(name=name, targets=list(targets), frames=frames,
-                       nsdr=dict(zip(targets, track_nsdr, strict=True)), win=win, hop=hop)
+    return TrackScores(
+        name=name,
+        targets=list(targets),
+        frames=frames,
+        nsdr=dict(zip(targets, track_nsdr, strict=True)),
+        win=win,
+        hop=hop,
+    )
 
 
-def _museval_frames(refs: torch.Tensor, ests: torch.Tensor, window: int,
-                    hop: int) -> dict[str, np.ndarray]:
+def _museval_frames(
+    refs: torch.Tensor, ests: torch.Tensor, window: int, hop: int
+) -> dict[str, np.ndarray]:
     """Frame values from museval itself (optional dependency)."""
     try:
         import museval
     except Exception as exc:  # ImportError, or stempeg failing without ffmpeg
-        raise ConfigError("the museval backend needs museval and ffmpeg: pip install "
-                          f"'demucs_rr[eval]': {exc}") from None
+        raise ConfigError(
+            f"the museval backend needs museval and ffmpeg: pip install 'demucs_rr[eval]': {exc}"
+        ) from None
     r = refs.to(torch.float64).permute(0, 2, 1).cpu().numpy()
     e = ests.to(torch.float64).permute(0, 2, 1).cpu().numpy()
     sdr, isr, sir, sar = museval.evaluate(r, e, win=window, hop=hop)
@@ -219,9 +242,14 @@ def track_to_json(scores: TrackScores) -> dict:
     targets = []
     for i, target in enumerate(scores.targets):
         n_frames = scores.frames["SDR"].shape[-1]
-        frames = [{"time": t * scores.hop, "duration": scores.win,
-                   "metrics": {m: float(scores.frames[m][i, t]) for m in METRICS}}
-                  for t in range(n_frames)]
+        frames = [
+            {
+                "time": t * scores.hop,
+                "duration": scores.win,
+                "metrics": {m: float(scores.frames[m][i, t]) for m in METRICS},
+            }
+            for t in range(n_frames)
+        ]
         targets.append({"name": target, "nsdr": scores.nsdr[target], "frames": frames})
     return {"targets": targets, "format": JSON_FORMAT, "demucs_rr": scores.extra}
 
@@ -247,17 +275,28 @@ def read_track_json(path: str | os.PathLike) -> TrackScores:
     try:
         data = json.loads(path.read_text())
         targets = [t["name"] for t in data["targets"]]
-        frames = {m: np.array([[_num(f["metrics"].get(m)) for f in t["frames"]]
-                               for t in data["targets"]], dtype=np.float64).reshape(
-                                   len(targets), -1) for m in METRICS}
+        frames = {
+            m: np.array(
+                [[_num(f["metrics"].get(m)) for f in t["frames"]] for t in data["targets"]],
+                dtype=np.float64,
+            ).reshape(len(targets), -1)
+            for m in METRICS
+        }
         first = data["targets"][0]["frames"] if targets and data["targets"][0]["frames"] else []
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DemucsRRError(f"cannot read scores from {path}: {exc}") from None
     nsdr_values = {t["name"]: _num(t.get("nsdr")) for t in data["targets"]}
     win = float(first[0]["duration"]) if first else 1.0
     hop = float(first[1]["time"] - first[0]["time"]) if len(first) > 1 else win
-    return TrackScores(name=path.stem, targets=targets, frames=frames, nsdr=nsdr_values,
-                       win=win, hop=hop, extra=data.get("demucs_rr") or {})
+    return TrackScores(
+        name=path.stem,
+        targets=targets,
+        frames=frames,
+        nsdr=nsdr_values,
+        win=win,
+        hop=hop,
+        extra=data.get("demucs_rr") or {},
+    )
 
 
 def _num(value: object) -> float:

@@ -29,8 +29,18 @@ from demucs_rr.data.trackset import TrackSet
 from demucs_rr.errors import ConfigError
 from demucs_rr.models.base import SeparationModel
 
-__all__ = ["SUMMARY_FILES", "RunRecord", "check_reuse", "dataset_label", "default_out",
-           "model_label", "model_signature", "read_record", "result_files", "result_path"]
+__all__ = [
+    "SUMMARY_FILES",
+    "RunRecord",
+    "check_reuse",
+    "dataset_label",
+    "default_out",
+    "model_label",
+    "model_signature",
+    "read_record",
+    "result_files",
+    "result_path",
+]
 
 #: Files ``evaluate`` writes next to the subset folders.
 SUMMARY_FILES = ("summary.md", "summary.csv", "summary.json", "sdr_boxplot.png")
@@ -66,8 +76,9 @@ def result_path(out: str | Path, subset: str, name: str) -> Path:
 
 def result_files(out: str | Path) -> list[Path]:
     """Track JSON files of a result folder (``<out>/*/*.json``), sorted."""
-    return sorted(p for p in Path(out).glob("*/*.json")
-                  if p.is_file() and not p.name.startswith("."))
+    return sorted(
+        p for p in Path(out).glob("*/*.json") if p.is_file() and not p.name.startswith(".")
+    )
 
 
 def dataset_label(dataset: dict[str, Any] | None, fallback: str = "unknown") -> str:
@@ -96,8 +107,10 @@ class RunRecord:
         dataset, settings = extra.get("dataset"), extra.get("settings")
         if not isinstance(dataset, dict) or not isinstance(settings, dict):
             return "no dataset and settings recorded (another tool or an older version)"
-        for what, ours, theirs in (("dataset ", self.dataset, dataset),
-                                   ("", self.settings, settings)):
+        for what, ours, theirs in (
+            ("dataset ", self.dataset, dataset),
+            ("", self.settings, settings),
+        ):
             for key in sorted(set(ours) | set(theirs)):
                 if ours.get(key) != theirs.get(key):
                     return f"{what}{key} {theirs.get(key)!r} there, {ours.get(key)!r} now"
@@ -126,6 +139,8 @@ def check_reuse(out: str | Path, record: RunRecord) -> list[Path]:
     for path in files:
         problem = record.mismatch(read_record(path))
         if problem is not None:
-            raise ConfigError(f"{out} holds results made differently ({path.relative_to(out)}: "
-                              f"{problem}); pass another --out, or delete {out} to recompute")
+            raise ConfigError(
+                f"{out} holds results made differently ({path.relative_to(out)}: "
+                f"{problem}); pass another --out, or delete {out} to recompute"
+            )
     return files

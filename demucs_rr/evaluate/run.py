@@ -98,28 +98,37 @@ def check_not_training(tracks: Sequence[Track], options: EvalOptions) -> None:
     overlap = sorted(t.name for t in tracks if t.name in seen)
     if overlap:
         more = f" and {len(overlap) - 3} more" if len(overlap) > 3 else ""
-        raise ConfigError(f"refusing to score {len(overlap)} track(s) the model was trained on "
-                          f"({', '.join(overlap[:3])}{more}): evaluate on held-out tracks")
+        raise ConfigError(
+            f"refusing to score {len(overlap)} track(s) the model was trained on "
+            f"({', '.join(overlap[:3])}{more}): evaluate on held-out tracks"
+        )
 
 
 def make_separator(options: EvalOptions) -> Separator:
     """The engine the CLI uses (a :class:`Separator`), configured from ``options``."""
     from demucs_rr.separate.api import Separator
 
-    return Separator(options.model, device=options.device, repo=options.repo,
-                     **options.separator)
+    return Separator(options.model, device=options.device, repo=options.repo, **options.separator)
 
 
 def run_record(trackset: TrackSet, options: EvalOptions, separator: Separator) -> RunRecord:
     """Dataset and number-changing settings of this run (engine values after defaults)."""
     apply = separator.options
-    segment = apply.segment if apply.segment is not None else getattr(
-        separator.model, "segment_length", None)
+    segment = (
+        apply.segment
+        if apply.segment is not None
+        else getattr(separator.model, "segment_length", None)
+    )
     settings = {
-        "model": model_label(options.model), "model_signature": model_signature(separator.model),
-        "segment": None if segment is None else int(segment), "overlap": float(apply.overlap),
-        "split": bool(apply.split), "shifts": int(apply.shifts), "seed": int(apply.seed),
-        "transition_power": float(apply.transition_power), "sdr_only": bool(options.sdr_only),
+        "model": model_label(options.model),
+        "model_signature": model_signature(separator.model),
+        "segment": None if segment is None else int(segment),
+        "overlap": float(apply.overlap),
+        "split": bool(apply.split),
+        "shifts": int(apply.shifts),
+        "seed": int(apply.seed),
+        "transition_power": float(apply.transition_power),
+        "sdr_only": bool(options.sdr_only),
     }
     return RunRecord(trackset.describe(), settings)
 
@@ -129,8 +138,9 @@ def _metrics_device(separator: Separator) -> torch.device:
     return separator.device if separator.device.type == "cuda" else torch.device("cpu")
 
 
-def evaluate_track(track: Track, separator: Separator, options: EvalOptions,
-                   record: RunRecord) -> TrackScores:
+def evaluate_track(
+    track: Track, separator: Separator, options: EvalOptions, record: RunRecord
+) -> TrackScores:
     """Separate and score one track (estimates converted back to the references' rate).
 
     The references are every stem of the track the model also outputs; the mixture is the
@@ -139,26 +149,44 @@ def evaluate_track(track: Track, separator: Separator, options: EvalOptions,
     start = time.perf_counter()
     targets = [s for s in separator.sources if s in track.stems]
     if not targets:
-        raise ConfigError(f"{track.name}: the model's sources {separator.sources} match none of "
-                          f"the track's stems {sorted(track.stems)}")
+        raise ConfigError(
+            f"{track.name}: the model's sources {separator.sources} match none of "
+            f"the track's stems {sorted(track.stems)}"
+        )
     mixture, stems = load_track(track, list(track.stems))  # (C, T), (S, C, T)
     estimates = separator.separate_tensor(mixture, track.samplerate)
     device = _metrics_device(separator)
     names = list(track.stems)
     refs = stems[[names.index(t) for t in targets]].to(device)
-    ests = torch.stack([convert_audio(estimates[t].float().cpu(), separator.samplerate,
-                                      track.samplerate, track.channels)
-                        for t in targets]).to(device)
-    scores = score_track(track.name, targets, refs, ests, track.samplerate,
-                         sdr_only=options.sdr_only, backend=options.backend,
-                         solver=options.solver)
+    ests = torch.stack(
+        [
+            convert_audio(
+                estimates[t].float().cpu(), separator.samplerate, track.samplerate, track.channels
+            )
+            for t in targets
+        ]
+    ).to(device)
+    scores = score_track(
+        track.name,
+        targets,
+        refs,
+        ests,
+        track.samplerate,
+        sdr_only=options.sdr_only,
+        backend=options.backend,
+        solver=options.solver,
+    )
     scores.extra = {
-        "model": record.settings["model"], "dataset": record.dataset,
-        "settings": record.settings, "samplerate": track.samplerate,
+        "model": record.settings["model"],
+        "dataset": record.dataset,
+        "settings": record.settings,
+        "samplerate": track.samplerate,
         "seconds_audio": refs.shape[-1] / track.samplerate,
         "seconds_wall": round(time.perf_counter() - start, 3),
-        "metrics": "SDR" if options.sdr_only else "SDR/ISR/SIR/SAR", "backend": options.backend,
-        "solver": options.solver, "batch_size": int(separator.options.batch_size),
+        "metrics": "SDR" if options.sdr_only else "SDR/ISR/SIR/SAR",
+        "backend": options.backend,
+        "solver": options.solver,
+        "batch_size": int(separator.options.batch_size),
         "device": str(separator.device),
     }
     return scores
@@ -195,8 +223,9 @@ def _work(track: Track) -> tuple[str, str | None]:
         return track.name, str(exc)
 
 
-def _run_serial(tracks: list[Track], separator: Separator, job: _Job,
-                report: Callable[[str, str | None], None]) -> None:
+def _run_serial(
+    tracks: list[Track], separator: Separator, job: _Job, report: Callable[[str, str | None], None]
+) -> None:
     for track in tracks:
         try:
             _score_and_write(track, separator, job)
@@ -209,8 +238,9 @@ def _run_pool(tracks: list[Track], job: _Job, report: Callable[[str, str | None]
     jobs = job.options.jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no fork of a threaded torch process
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(job, threads)) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_init_worker, initargs=(job, threads)
+    ) as pool:
         futures = [pool.submit(_work, t) for t in tracks]
         for future in as_completed(futures):
             report(*future.result())
@@ -241,9 +271,15 @@ def _check_run(options: EvalOptions, rank: int, world_size: int) -> None:
         raise ConfigError(f"jobs must be >= 1, got {options.jobs}")
 
 
-def run_evaluation(trackset: TrackSet, options: EvalOptions, *, rank: int = 0,
-                   world_size: int = 1, progress: bool = False,
-                   notify: Callable[[str], None] | None = None) -> RunResult:
+def run_evaluation(
+    trackset: TrackSet,
+    options: EvalOptions,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+    notify: Callable[[str], None] | None = None,
+) -> RunResult:
     """Evaluate the tracks of ``trackset`` (this rank's share), then gather on rank 0.
 
     Earlier results in ``options.out`` are reused (``notify`` is told how many) when they
@@ -275,8 +311,9 @@ def run_evaluation(trackset: TrackSet, options: EvalOptions, *, rank: int = 0,
     return RunResult(scores=scores, failed=failed, skipped=skipped, reused=reused)
 
 
-def _run_tracks(todo: list[Track], separator: Separator, job: _Job,
-                progress: bool) -> dict[str, str]:
+def _run_tracks(
+    todo: list[Track], separator: Separator, job: _Job, progress: bool
+) -> dict[str, str]:
     """Score ``todo`` serially or in worker processes; returns name -> error of failures."""
     failed: dict[str, str] = {}
     bar = _progress_bar(len(todo), progress)
@@ -306,8 +343,12 @@ def _progress_bar(total: int, enabled: bool) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="track", dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+    return tqdm(
+        total=total,
+        unit="track",
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
+    )
 
 
 def _marker(out: Path, rank: int, world_size: int) -> Path:
@@ -325,7 +366,9 @@ def _wait_for_ranks(out: Path, world_size: int, timeout: float) -> None:
     pending = [r for r in range(1, world_size) if not _marker(out, r, world_size).is_file()]
     while pending:
         if time.monotonic() > deadline:
-            raise DemucsRRError(f"ranks {pending} did not finish within {timeout:.0f} s; rerun "
-                                "rank 0 later to merge (finished tracks are kept)")
+            raise DemucsRRError(
+                f"ranks {pending} did not finish within {timeout:.0f} s; rerun "
+                "rank 0 later to merge (finished tracks are kept)"
+            )
         time.sleep(2.0)
         pending = [r for r in pending if not _marker(out, r, world_size).is_file()]

@@ -89,8 +89,9 @@ class PackagedModel(SeparationModel, Protocol):
 
     init_kwargs: dict[str, Any]
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
-                        assign: bool = False) -> Any:
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
         """Copy ``state_dict`` into the model's parameters and buffers."""
         ...
 

@@ -54,14 +54,14 @@ class WindowedBLSTM(nn.Module):
         skip: add the input to the output.
     """
 
-    def __init__(self, dim: int, layers: int = 1, max_steps: int | None = None,
-                 skip: bool = False) -> None:
+    def __init__(
+        self, dim: int, layers: int = 1, max_steps: int | None = None, skip: bool = False
+    ) -> None:
         super().__init__()
         if max_steps is not None and max_steps % 4:
             raise ValueError(f"max_steps must be a multiple of 4, got {max_steps}")
         self.max_steps = max_steps
-        self.lstm = nn.LSTM(bidirectional=True, num_layers=layers, hidden_size=dim,
-                            input_size=dim)
+        self.lstm = nn.LSTM(bidirectional=True, num_layers=layers, hidden_size=dim, input_size=dim)
         self.linear = nn.Linear(2 * dim, dim)
         self.skip = skip
 
@@ -166,9 +166,20 @@ class DConv(nn.Module):
         kernel: odd kernel size of the first convolution.
     """
 
-    def __init__(self, channels: int, compress: float = 4, depth: int = 2, init: float = 1e-4,
-                 norm: bool = True, attn: bool = False, heads: int = 4, ndecay: int = 4,
-                 lstm: bool = False, gelu: bool = True, kernel: int = 3) -> None:
+    def __init__(
+        self,
+        channels: int,
+        compress: float = 4,
+        depth: int = 2,
+        init: float = 1e-4,
+        norm: bool = True,
+        attn: bool = False,
+        heads: int = 4,
+        ndecay: int = 4,
+        lstm: bool = False,
+        gelu: bool = True,
+        kernel: int = 3,
+    ) -> None:
         super().__init__()
         if kernel % 2 != 1:
             raise ValueError(f"DConv kernel must be odd, got {kernel}")
@@ -181,8 +192,9 @@ class DConv(nn.Module):
         for index in range(self.depth):
             dilation = 2**index if dilate else 1
             mods: list[nn.Module] = [
-                nn.Conv1d(channels, hidden, kernel, dilation=dilation,
-                          padding=dilation * (kernel // 2)),
+                nn.Conv1d(
+                    channels, hidden, kernel, dilation=dilation, padding=dilation * (kernel // 2)
+                ),
                 nn.GroupNorm(1, hidden) if norm else nn.Identity(),
                 nn.GELU() if gelu else nn.ReLU(),
             ]

@@ -98,8 +98,7 @@ class DemucsV3(nn.Module):
     ) -> None:
         super().__init__()
         self.init_kwargs: dict[str, Any] = {
-            key: value for key, value in locals().items()
-            if key not in ("self", "__class__")
+            key: value for key, value in locals().items() if key not in ("self", "__class__")
         }
         self.init_kwargs["sources"] = list(sources)
         self.init_kwargs["segment"] = segment_json(parse_segment(segment))
@@ -120,31 +119,46 @@ class DemucsV3(nn.Module):
 
         in_channels = audio_channels
         for index in range(depth):
+
             def norm(dim: int, index: int = index) -> nn.Module:
                 return nn.GroupNorm(norm_groups, dim) if index >= norm_starts else nn.Identity()
 
             def dconv(index: int = index, dim: int = channels) -> nn.Module:
-                return DConv(dim, depth=dconv_depth, init=dconv_init, compress=dconv_comp,
-                             attn=index >= dconv_attn, lstm=index >= dconv_lstm)
+                return DConv(
+                    dim,
+                    depth=dconv_depth,
+                    init=dconv_init,
+                    compress=dconv_comp,
+                    attn=index >= dconv_attn,
+                    lstm=index >= dconv_lstm,
+                )
 
             act: type[nn.Module] = nn.GELU if gelu else nn.ReLU
             rewrite_act: nn.Module = nn.GLU(dim=1) if glu else nn.ReLU()
             scale = 2 if glu else 1
             encode: list[nn.Module] = [
-                nn.Conv1d(in_channels, channels, kernel_size, stride), norm(channels), act()]
+                nn.Conv1d(in_channels, channels, kernel_size, stride),
+                norm(channels),
+                act(),
+            ]
             if dconv_mode & 1:
                 encode.append(dconv())
             if rewrite:
-                encode += [nn.Conv1d(channels, scale * channels, 1), norm(scale * channels),
-                           rewrite_act]
+                encode += [
+                    nn.Conv1d(channels, scale * channels, 1),
+                    norm(scale * channels),
+                    rewrite_act,
+                ]
             self.encoder.append(nn.Sequential(*encode))
 
             out_channels = in_channels if index > 0 else len(self.sources) * audio_channels
             decode: list[nn.Module] = []
             if rewrite:
-                decode += [nn.Conv1d(channels, scale * channels, 2 * context + 1,
-                                     padding=context),
-                           norm(scale * channels), rewrite_act]
+                decode += [
+                    nn.Conv1d(channels, scale * channels, 2 * context + 1, padding=context),
+                    norm(scale * channels),
+                    rewrite_act,
+                ]
             if dconv_mode & 2:
                 decode.append(dconv())
             decode.append(nn.ConvTranspose1d(channels, out_channels, kernel_size, stride))
@@ -204,8 +218,10 @@ class DemucsV3(nn.Module):
             (B, S, C, L) stems (the input is zero-padded, centred, to ``valid_length(L)``).
         """
         if mix.dim() != 3 or mix.shape[1] != self.audio_channels:
-            raise ValueError(f"DemucsV3 expects a (batch, {self.audio_channels}, time) tensor, "
-                             f"got shape {tuple(mix.shape)}")
+            raise ValueError(
+                f"DemucsV3 expects a (batch, {self.audio_channels}, time) tensor, "
+                f"got shape {tuple(mix.shape)}"
+            )
         length = mix.shape[-1]
         x = mix
         mean: torch.Tensor | float = 0

@@ -115,8 +115,7 @@ class HDemucs(HybridUNet):
     ) -> None:
         super().__init__()
         self.init_kwargs: dict[str, Any] = {
-            key: value for key, value in locals().items()
-            if key not in ("self", "__class__")
+            key: value for key, value in locals().items() if key not in ("self", "__class__")
         }
         self.init_kwargs["sources"] = list(sources)
         self.init_kwargs["segment"] = segment_json(parse_segment(segment))
@@ -149,19 +148,40 @@ class HDemucs(HybridUNet):
             self.pre_padding = "zeros" if hybrid_old else "reflect"
 
         plan = BranchPlan(
-            sources=len(self.sources), audio_channels=audio_channels, channels=channels,
-            channels_time=channels_time, growth=growth, nfft=nfft, cac=cac, depth=depth,
-            rewrite=rewrite, hybrid=hybrid, multi_freqs=list(multi_freqs or []),
-            multi_freqs_depth=multi_freqs_depth, freq_emb=freq_emb, emb_scale=emb_scale,
-            emb_smooth=emb_smooth, kernel_size=kernel_size, time_stride=time_stride,
-            stride=stride, context=context, context_enc=context_enc, norm_starts=norm_starts,
-            norm_groups=norm_groups, dconv_mode=dconv_mode,
+            sources=len(self.sources),
+            audio_channels=audio_channels,
+            channels=channels,
+            channels_time=channels_time,
+            growth=growth,
+            nfft=nfft,
+            cac=cac,
+            depth=depth,
+            rewrite=rewrite,
+            hybrid=hybrid,
+            multi_freqs=list(multi_freqs or []),
+            multi_freqs_depth=multi_freqs_depth,
+            freq_emb=freq_emb,
+            emb_scale=emb_scale,
+            emb_smooth=emb_smooth,
+            kernel_size=kernel_size,
+            time_stride=time_stride,
+            stride=stride,
+            context=context,
+            context_enc=context_enc,
+            norm_starts=norm_starts,
+            norm_groups=norm_groups,
+            dconv_mode=dconv_mode,
         )
 
         def dconv_kw(index: int) -> dict[str, Any]:
-            return {"lstm": index >= dconv_lstm, "attn": index >= dconv_attn,
-                    "depth": dconv_depth, "compress": dconv_comp, "init": dconv_init,
-                    "gelu": True}
+            return {
+                "lstm": index >= dconv_lstm,
+                "attn": index >= dconv_attn,
+                "depth": dconv_depth,
+                "compress": dconv_comp,
+                "init": dconv_init,
+                "gelu": True,
+            }
 
         self._build_branches(plan, dconv_kw)
         if rescale:

@@ -147,7 +147,9 @@ class HTDemucs(HybridUNet):
         super().__init__()
         args = {key: value for key, value in locals().items() if key not in ("self", "__class__")}
         self.init_kwargs: dict[str, Any] = {
-            **args, "sources": list(sources), "segment": segment_json(parse_segment(segment)),
+            **args,
+            "sources": list(sources),
+            "segment": segment_json(parse_segment(segment)),
             "t_cape_glob_loc_scale": list(t_cape_glob_loc_scale),
             "multi_freqs": None if multi_freqs is None else list(multi_freqs),
         }
@@ -175,16 +177,31 @@ class HTDemucs(HybridUNet):
         self.pre_padding = "reflect"
 
         plan = BranchPlan(
-            sources=len(self.sources), audio_channels=audio_channels, channels=channels,
-            channels_time=channels_time, growth=growth, nfft=nfft, cac=cac, depth=depth,
-            rewrite=rewrite, hybrid=True, multi_freqs=list(multi_freqs or []),
-            multi_freqs_depth=multi_freqs_depth, freq_emb=freq_emb, emb_scale=emb_scale,
-            emb_smooth=emb_smooth, kernel_size=kernel_size, time_stride=time_stride,
-            stride=stride, context=context, context_enc=context_enc, norm_starts=norm_starts,
-            norm_groups=norm_groups, dconv_mode=dconv_mode,
+            sources=len(self.sources),
+            audio_channels=audio_channels,
+            channels=channels,
+            channels_time=channels_time,
+            growth=growth,
+            nfft=nfft,
+            cac=cac,
+            depth=depth,
+            rewrite=rewrite,
+            hybrid=True,
+            multi_freqs=list(multi_freqs or []),
+            multi_freqs_depth=multi_freqs_depth,
+            freq_emb=freq_emb,
+            emb_scale=emb_scale,
+            emb_smooth=emb_smooth,
+            kernel_size=kernel_size,
+            time_stride=time_stride,
+            stride=stride,
+            context=context,
+            context_enc=context_enc,
+            norm_starts=norm_starts,
+            norm_groups=norm_groups,
+            dconv_mode=dconv_mode,
         )
-        dconv_kw = {"depth": dconv_depth, "compress": dconv_comp, "init": dconv_init,
-                    "gelu": True}
+        dconv_kw = {"depth": dconv_depth, "compress": dconv_comp, "init": dconv_init, "gelu": True}
         self._build_branches(plan, lambda index: dict(dconv_kw))
         if rescale:
             rescale_convs(self, reference=rescale)
@@ -203,13 +220,25 @@ class HTDemucs(HybridUNet):
         self.crosstransformer: CrossTransformerEncoder | None = None
         if t_layers > 0:
             self.crosstransformer = CrossTransformerEncoder(
-                dim=width, emb=t_emb, hidden_scale=t_hidden_scale, num_heads=t_heads,
-                num_layers=t_layers, cross_first=t_cross_first, dropout=t_dropout,
-                max_positions=t_max_positions, norm_in=t_norm_in,
-                norm_in_group=int(t_norm_in_group), group_norm=int(t_group_norm),
-                norm_first=t_norm_first, norm_out=t_norm_out, max_period=t_max_period,
-                layer_scale=t_layer_scale, gelu=t_gelu, sin_random_shift=t_sin_random_shift,
-                weight_pos_embed=t_weight_pos_embed, cape_mean_normalize=t_cape_mean_normalize,
+                dim=width,
+                emb=t_emb,
+                hidden_scale=t_hidden_scale,
+                num_heads=t_heads,
+                num_layers=t_layers,
+                cross_first=t_cross_first,
+                dropout=t_dropout,
+                max_positions=t_max_positions,
+                norm_in=t_norm_in,
+                norm_in_group=int(t_norm_in_group),
+                group_norm=int(t_group_norm),
+                norm_first=t_norm_first,
+                norm_out=t_norm_out,
+                max_period=t_max_period,
+                layer_scale=t_layer_scale,
+                gelu=t_gelu,
+                sin_random_shift=t_sin_random_shift,
+                weight_pos_embed=t_weight_pos_embed,
+                cape_mean_normalize=t_cape_mean_normalize,
                 cape_augment=t_cape_augment,
                 cape_glob_loc_scale=tuple(t_cape_glob_loc_scale),  # type: ignore[arg-type]
             )
@@ -230,8 +259,10 @@ class HTDemucs(HybridUNet):
             return int(length)
         training_length = self.max_segment_length
         if length > training_length:
-            raise ValueError(f"HTDemucs takes at most {training_length} samples "
-                             f"({float(self.segment):.2f} s), got {length}")
+            raise ValueError(
+                f"HTDemucs takes at most {training_length} samples "
+                f"({float(self.segment):.2f} s), got {length}"
+            )
         return training_length
 
     def _bottom(self, x: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -151,8 +151,7 @@ class HybridUNet(nn.Module):
 
     # ------------------------------------------------------------------------- construction
 
-    def _build_branches(self, plan: BranchPlan, dconv_kw: Callable[[int], dict[str, Any]]
-                        ) -> None:
+    def _build_branches(self, plan: BranchPlan, dconv_kw: Callable[[int], dict[str, Any]]) -> None:
         """Create ``encoder``, ``decoder``, ``tencoder``, ``tdecoder`` and ``freq_emb``.
 
         Each level divides the bins of the frequency branch and the samples of the time branch
@@ -179,33 +178,66 @@ class HybridUNet(nn.Module):
                 chout = chout_z = max(chout, chout_z)
             kw, kwt = self._level_kwargs(plan, index, freqs, dconv_kw(index))
             multi = bool(plan.multi_freqs) and index < plan.multi_freqs_depth
-            self.encoder.append(self._make_level(HEncLayer, multi, plan, chin_z, chout_z,
-                                                 context=plan.context_enc, **kw))
+            self.encoder.append(
+                self._make_level(
+                    HEncLayer, multi, plan, chin_z, chout_z, context=plan.context_enc, **kw
+                )
+            )
             if plan.hybrid and freq:
-                self.tencoder.append(HEncLayer(chin, chout, dconv=bool(plan.dconv_mode & 1),
-                                               context=plan.context_enc, empty=last_freq, **kwt))
+                self.tencoder.append(
+                    HEncLayer(
+                        chin,
+                        chout,
+                        dconv=bool(plan.dconv_mode & 1),
+                        context=plan.context_enc,
+                        empty=last_freq,
+                        **kwt,
+                    )
+                )
             if index == 0:
                 chin = plan.audio_channels * plan.sources
                 chin_z = chin * (2 if plan.cac else 1)
-            self.decoder.insert(0, self._make_level(HDecLayer, multi, plan, chout_z, chin_z,
-                                                    last=index == 0, context=plan.context,
-                                                    context_freq=not multi, **kw))
+            self.decoder.insert(
+                0,
+                self._make_level(
+                    HDecLayer,
+                    multi,
+                    plan,
+                    chout_z,
+                    chin_z,
+                    last=index == 0,
+                    context=plan.context,
+                    context_freq=not multi,
+                    **kw,
+                ),
+            )
             if plan.hybrid and freq:
-                self.tdecoder.insert(0, HDecLayer(chout, chin, dconv=bool(plan.dconv_mode & 2),
-                                                  empty=last_freq, last=index == 0,
-                                                  context=plan.context, **kwt))
+                self.tdecoder.insert(
+                    0,
+                    HDecLayer(
+                        chout,
+                        chin,
+                        dconv=bool(plan.dconv_mode & 2),
+                        empty=last_freq,
+                        last=index == 0,
+                        context=plan.context,
+                        **kwt,
+                    ),
+                )
             chin, chin_z = chout, chout_z
             chout, chout_z = int(plan.growth * chout), int(plan.growth * chout_z)
             if freq:
                 freqs = 1 if freqs <= plan.kernel_size else freqs // plan.stride
             if index == 0 and plan.freq_emb:
-                self.freq_emb = ScaledEmbedding(freqs, chin_z, smooth=plan.emb_smooth,
-                                                scale=plan.emb_scale)
+                self.freq_emb = ScaledEmbedding(
+                    freqs, chin_z, smooth=plan.emb_smooth, scale=plan.emb_scale
+                )
                 self.freq_emb_scale = plan.freq_emb
 
     @staticmethod
-    def _level_kwargs(plan: BranchPlan, index: int, freqs: int, dconv_kw: dict[str, Any]
-                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _level_kwargs(
+        plan: BranchPlan, index: int, freqs: int, dconv_kw: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Layer keyword arguments of level ``index``: (frequency / merged, time branch)."""
         freq = freqs > 1
         last_freq = freq and freqs <= plan.kernel_size
@@ -213,25 +245,42 @@ class HybridUNet(nn.Module):
         if last_freq:
             kernel = freqs
         kw: dict[str, Any] = {
-            "kernel_size": kernel, "stride": plan.stride if freq else plan.time_stride,
-            "freq": freq, "pad": not last_freq, "norm": index >= plan.norm_starts,
-            "rewrite": plan.rewrite, "norm_groups": plan.norm_groups, "dconv_kw": dconv_kw,
+            "kernel_size": kernel,
+            "stride": plan.stride if freq else plan.time_stride,
+            "freq": freq,
+            "pad": not last_freq,
+            "norm": index >= plan.norm_starts,
+            "rewrite": plan.rewrite,
+            "norm_groups": plan.norm_groups,
+            "dconv_kw": dconv_kw,
         }
-        kwt = {**kw, "freq": False, "kernel_size": plan.kernel_size, "stride": plan.stride,
-               "pad": True}
+        kwt = {
+            **kw,
+            "freq": False,
+            "kernel_size": plan.kernel_size,
+            "stride": plan.stride,
+            "pad": True,
+        }
         return kw, kwt
 
     @staticmethod
-    def _make_level(klass: type[HEncLayer] | type[HDecLayer], multi: bool, plan: BranchPlan,
-                    chin: int, chout: int, **kw: Any) -> nn.Module:
+    def _make_level(
+        klass: type[HEncLayer] | type[HDecLayer],
+        multi: bool,
+        plan: BranchPlan,
+        chin: int,
+        chout: int,
+        **kw: Any,
+    ) -> nn.Module:
         """One frequency (or merged) layer, or a per-band :class:`MultiWrap` of them."""
         dconv = bool(plan.dconv_mode & (1 if klass is HEncLayer else 2))
         if not multi:
             return klass(chin, chout, dconv=dconv, **kw)
         if not kw["pad"]:
             raise ValueError("multi_freqs levels must keep more than kernel_size bins")
-        return MultiWrap(partial(klass, chin, chout, dconv=dconv, **{**kw, "pad": False}),
-                         plan.multi_freqs)
+        return MultiWrap(
+            partial(klass, chin, chout, dconv=dconv, **{**kw, "pad": False}), plan.multi_freqs
+        )
 
     # ---------------------------------------------------------------------------- forward
 
@@ -243,11 +292,19 @@ class HybridUNet(nn.Module):
         std = x.std(dim=(1, 2, 3), keepdim=True)
         meant = mix.mean(dim=(1, 2), keepdim=True)
         stdt = mix.std(dim=(1, 2), keepdim=True)
-        return Normalized(z=z, x=(x - mean) / (1e-5 + std), mean=mean, std=std,
-                          xt=(mix - meant) / (1e-5 + stdt), meant=meant, stdt=stdt)
+        return Normalized(
+            z=z,
+            x=(x - mean) / (1e-5 + std),
+            mean=mean,
+            std=std,
+            xt=(mix - meant) / (1e-5 + stdt),
+            meant=meant,
+            stdt=stdt,
+        )
 
-    def _encode(self, x: torch.Tensor, xt: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, Skips]:
+    def _encode(
+        self, x: torch.Tensor, xt: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Skips]:
         """Run all encoder levels (``xt`` None: no time branch); returns the bottom tensors."""
         skips = Skips()
         tencoder: list[nn.Module] = list(self.tencoder) if xt is not None else []
@@ -270,8 +327,9 @@ class HybridUNet(nn.Module):
             skips.saved.append(x)
         return x, xt, skips
 
-    def _decode(self, x: torch.Tensor, xt: torch.Tensor | None, skips: Skips
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _decode(
+        self, x: torch.Tensor, xt: torch.Tensor | None, skips: Skips
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run all decoder levels from the bottom tensors ``x`` / ``xt``.
 
         Time decoders pair with the outer frequency decoders; the one matching the merge level
@@ -298,15 +356,17 @@ class HybridUNet(nn.Module):
         iterations = self.end_iters if self.training else self.wiener_iters
         return spec.phase_from_mixture(m, z, iterations, real=self.real_stft)
 
-    def _combine(self, x: torch.Tensor, xt: torch.Tensor | None, inputs: Normalized,
-                 length: int) -> torch.Tensor:
+    def _combine(
+        self, x: torch.Tensor, xt: torch.Tensor | None, inputs: Normalized, length: int
+    ) -> torch.Tensor:
         """De-normalise both branches, invert the spectrogram and sum: (B, S, C, length)."""
         batch, _, bins, frames = inputs.x.shape
         sources = len(self.sources)
         x = x.view(batch, sources, -1, bins, frames)
         x = x * inputs.std[:, None] + inputs.mean[:, None]
-        out = spec.hybrid_istft(self._mask(inputs.z, x), length, self.pre_padding,
-                                real=self.real_stft)
+        out = spec.hybrid_istft(
+            self._mask(inputs.z, x), length, self.pre_padding, real=self.real_stft
+        )
         if xt is None:
             return out
         xt = xt.view(batch, sources, -1, length)

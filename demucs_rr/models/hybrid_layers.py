@@ -45,8 +45,9 @@ class ScaledEmbedding(nn.Module):
         smooth: initialise as normalised cumulative sums (smooth along the rows).
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, scale: float = 10.0,
-                 smooth: bool = False) -> None:
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, scale: float = 10.0, smooth: bool = False
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(num_embeddings, embedding_dim)
         with torch.no_grad():
@@ -86,11 +87,22 @@ class HEncLayer(nn.Module):
         rewrite: add the rewrite convolution + GLU.
     """
 
-    def __init__(self, chin: int, chout: int, kernel_size: int = 8, stride: int = 4,
-                 norm_groups: int = 1, empty: bool = False, freq: bool = True,
-                 dconv: bool = True, norm: bool = True, context: int = 0,
-                 dconv_kw: dict[str, Any] | None = None, pad: bool = True,
-                 rewrite: bool = True) -> None:
+    def __init__(
+        self,
+        chin: int,
+        chout: int,
+        kernel_size: int = 8,
+        stride: int = 4,
+        norm_groups: int = 1,
+        empty: bool = False,
+        freq: bool = True,
+        dconv: bool = True,
+        norm: bool = True,
+        context: int = 0,
+        dconv_kw: dict[str, Any] | None = None,
+        pad: bool = True,
+        rewrite: bool = True,
+    ) -> None:
         super().__init__()
         padding = kernel_size // 4 if pad else 0
         self.freq = freq
@@ -100,8 +112,9 @@ class HEncLayer(nn.Module):
         self.norm = norm
         self.pad = padding
         if freq:
-            self.conv: nn.Module = nn.Conv2d(chin, chout, (kernel_size, 1), (stride, 1),
-                                             (padding, 0))
+            self.conv: nn.Module = nn.Conv2d(
+                chin, chout, (kernel_size, 1), (stride, 1), (padding, 0)
+            )
         else:
             self.conv = nn.Conv1d(chin, chout, kernel_size, stride, padding)
         self.rewrite: nn.Module | None = None
@@ -160,11 +173,24 @@ class HDecLayer(nn.Module):
         context_freq: the frequency rewrite also spans neighbouring bins (else (1, k) kernel).
     """
 
-    def __init__(self, chin: int, chout: int, last: bool = False, kernel_size: int = 8,
-                 stride: int = 4, norm_groups: int = 1, empty: bool = False, freq: bool = True,
-                 dconv: bool = True, norm: bool = True, context: int = 1,
-                 dconv_kw: dict[str, Any] | None = None, pad: bool = True,
-                 context_freq: bool = True, rewrite: bool = True) -> None:
+    def __init__(
+        self,
+        chin: int,
+        chout: int,
+        last: bool = False,
+        kernel_size: int = 8,
+        stride: int = 4,
+        norm_groups: int = 1,
+        empty: bool = False,
+        freq: bool = True,
+        dconv: bool = True,
+        norm: bool = True,
+        context: int = 1,
+        dconv_kw: dict[str, Any] | None = None,
+        pad: bool = True,
+        context_freq: bool = True,
+        rewrite: bool = True,
+    ) -> None:
         super().__init__()
         self.pad = kernel_size // 4 if pad else 0
         self.last = last
@@ -176,8 +202,7 @@ class HDecLayer(nn.Module):
         self.norm = norm
         self.context_freq = context_freq
         if freq:
-            self.conv_tr: nn.Module = nn.ConvTranspose2d(chin, chout, (kernel_size, 1),
-                                                         (stride, 1))
+            self.conv_tr: nn.Module = nn.ConvTranspose2d(chin, chout, (kernel_size, 1), (stride, 1))
         else:
             self.conv_tr = nn.ConvTranspose1d(chin, chout, kernel_size, stride)
         self.norm2 = _norm(norm, norm_groups, chout)
@@ -196,8 +221,9 @@ class HDecLayer(nn.Module):
         if dconv:
             self.dconv = DConv(chin, **(dconv_kw or {}))
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None,
-                length: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor | None, length: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode one level.
 
         Args:
@@ -254,8 +280,9 @@ class MultiWrap(nn.Module):
         if first.norm or not first.freq or first.pad:
             raise ValueError("MultiWrap needs unpadded frequency layers without norm")
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None,
-                length: int | None = None) -> Any:
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor | None = None, length: int | None = None
+    ) -> Any:
         """Encoder: (B, C, F, T) -> (B, C', F / 4, T). Decoder: -> ((B, C', 4F, T), None)."""
         if self.conv:
             return self._encode(x)

@@ -304,8 +304,9 @@ def load_official_package(path: str | Path) -> LegacyPackage:
     _check_exists(path)
     try:
         # weights_only=False is safe here: every global goes through the restricted unpickler.
-        package = torch.load(path, map_location="cpu", weights_only=False,
-                             pickle_module=_restricted_pickle)
+        package = torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle
+        )
     except _Refused as exc:
         raise PackageFormatError(
             f"refusing to load {path}: it references {exc.reference}, which is not allowed "

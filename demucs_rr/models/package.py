@@ -103,8 +103,9 @@ def save_package(
     return path
 
 
-def _metadata(model: PackagedModel, name: str | None,
-              training: TrainingInfo | Mapping[str, Any] | None) -> dict[str, Any]:
+def _metadata(
+    model: PackagedModel, name: str | None, training: TrainingInfo | Mapping[str, Any] | None
+) -> dict[str, Any]:
     """The JSON header of ``model``'s package."""
     init_kwargs = getattr(model, "init_kwargs", None)
     if not isinstance(init_kwargs, dict):
@@ -209,8 +210,7 @@ def _check_version(path: Path, version: object) -> None:
         )
 
 
-def load_state_strict(model: PackagedModel, state: Mapping[str, torch.Tensor],
-                      source: str) -> None:
+def load_state_strict(model: PackagedModel, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into ``model`` exactly: same keys, same shapes, or nothing is loaded.
 
     Floating tensors are cast to float32 first (packages may store float16). Every mismatch
@@ -233,11 +233,20 @@ def load_state_strict(model: PackagedModel, state: Mapping[str, torch.Tensor],
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
-    shapes = [f"{k}: stored {tuple(v.shape)}, model {tuple(own[k].shape)}"
-              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    problems = [f"{what} [{_shorten(items)}]" for what, items in
-                (("missing keys", missing), ("unexpected keys", extra), ("shape mismatch", shapes))
-                if items]
+    shapes = [
+        f"{k}: stored {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    problems = [
+        f"{what} [{_shorten(items)}]"
+        for what, items in (
+            ("missing keys", missing),
+            ("unexpected keys", extra),
+            ("shape mismatch", shapes),
+        )
+        if items
+    ]
     if problems:
         raise PackageFormatError(
             f"{source}: weights do not match {type(model).__name__}: " + "; ".join(problems)

@@ -130,7 +130,6 @@ def cached_path(info: PretrainedInfo) -> Path:
     return cache_dir() / info.filename
 
 
-
 # --------------------------------------------------------------------------- loading files
 
 
@@ -231,8 +230,9 @@ def _find_in_repo(name: str, repo: Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def resolve_model(name_or_path: str, repo: Path | None = None,
-                  progress: bool = True) -> PackagedModel:
+def resolve_model(
+    name_or_path: str, repo: Path | None = None, progress: bool = True
+) -> PackagedModel:
     """Turn a ``-n`` argument into a model in eval mode.
 
     Order: an existing file path; then, if ``repo`` is given, ``{repo}/{name}.safetensors``,
@@ -271,10 +271,18 @@ def resolve_model(name_or_path: str, repo: Path | None = None,
     return load_state_model(target, info)
 
 
-ModelRow = TypedDict("ModelRow", {
-    "name": str, "class": str | None, "sdr": float | None, "valid_nsdr": float | None,
-    "description": str, "cached": bool, "path": str,
-})
+ModelRow = TypedDict(
+    "ModelRow",
+    {
+        "name": str,
+        "class": str | None,
+        "sdr": float | None,
+        "valid_nsdr": float | None,
+        "description": str,
+        "cached": bool,
+        "path": str,
+    },
+)
 """One row of ``demucs-rr models list``: the ``-n`` name; the registry class (None when
 unknown); ``sdr``, the published MUSDB18 test SDR in dB (pretrained models); ``valid_nsdr``,
 the validation nSDR in dB recorded by ``demucs-rr export`` (packages trained here); a one-line
@@ -295,15 +303,30 @@ def list_models(repo: Path | None = None) -> list[ModelRow]:
                 rows.append(_repo_row(file))
     for info in PRETRAINED.values():
         target = cached_path(info)
-        rows.append({"name": info.name, "class": info.model_class, "sdr": info.sdr,
-                     "valid_nsdr": None, "description": info.description,
-                     "cached": target.is_file(), "path": str(target)})
+        rows.append(
+            {
+                "name": info.name,
+                "class": info.model_class,
+                "sdr": info.sdr,
+                "valid_nsdr": None,
+                "description": info.description,
+                "cached": target.is_file(),
+                "path": str(target),
+            }
+        )
     return rows
 
 
 def _repo_row(file: Path) -> ModelRow:
-    row: ModelRow = {"name": file.stem, "class": None, "sdr": None, "valid_nsdr": None,
-                     "description": "", "cached": True, "path": str(file)}
+    row: ModelRow = {
+        "name": file.stem,
+        "class": None,
+        "sdr": None,
+        "valid_nsdr": None,
+        "description": "",
+        "cached": True,
+        "path": str(file),
+    }
     if file.suffix == ".safetensors":
         try:
             meta = read_package_metadata(file)
@@ -315,8 +338,9 @@ def _repo_row(file: Path) -> ModelRow:
         row["description"] = meta.get("name") or "demucs_rr package"
         if training is not None:
             row["valid_nsdr"] = training.valid_nsdr
-            row["description"] += _training_summary(training.epochs, training.best_epoch,
-                                                    training.weights)
+            row["description"] += _training_summary(
+                training.epochs, training.best_epoch, training.weights
+            )
     else:
         preset = _preset_from_filename(file)
         match = _HUB_NAME.match(file.name)

@@ -70,8 +70,9 @@ def use_real_stft(device: torch.device, real: bool | None = None) -> bool:
     return device.type in _REAL_STFT_DEVICES
 
 
-def pad1d(x: torch.Tensor, paddings: tuple[int, int], mode: str = "constant",
-          value: float = 0.0) -> torch.Tensor:
+def pad1d(
+    x: torch.Tensor, paddings: tuple[int, int], mode: str = "constant", value: float = 0.0
+) -> torch.Tensor:
     """Pad the last axis of ``x`` (..., L), allowing reflect padding wider than the input.
 
     Reflect padding needs ``L > padding``; for shorter inputs, ``extra = max(left, right) - L + 1``
@@ -97,8 +98,9 @@ def pad1d(x: torch.Tensor, paddings: tuple[int, int], mode: str = "constant",
 # ------------------------------------------------------------------------------------ STFT
 
 
-def _dft_basis(n_fft: int, device: torch.device,
-               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _dft_basis(
+    n_fft: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(window (N,), basis (N, 2F)): periodic Hann and [cos | sin] of the F = N/2 + 1 bins.
 
     Angles are reduced exactly (``k * n mod N``) and evaluated in float64 before the cast.
@@ -126,7 +128,7 @@ def _stft_real(x: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
     window, basis = _dft_basis(n_fft, x.device, x.dtype)
     padded = F.pad(x[:, None], (n_fft // 2, n_fft // 2), mode="reflect")[:, 0]
     frames = padded.unfold(-1, n_fft, hop_length) * window  # (R, frames, N)
-    spec = frames @ basis * (n_fft ** -0.5)  # (R, frames, 2F)
+    spec = frames @ basis * (n_fft**-0.5)  # (R, frames, 2F)
     bins = basis.shape[1] // 2
     real, imag = spec[..., :bins], -spec[..., bins:]
     return torch.stack([real, imag], dim=-1).transpose(1, 2)  # (R, F, frames, 2)
@@ -155,7 +157,7 @@ def _istft_real(z: torch.Tensor, hop_length: int, length: int) -> torch.Tensor:
     weight[-1] = 1.0
     spec = z.transpose(1, 2) * weight[:, None]  # (R, frames, F, 2)
     coefs = torch.cat([spec[..., 0], -spec[..., 1]], dim=-1)  # (R, frames, 2F)
-    frames = coefs @ basis.T * (n_fft ** -0.5) * window  # (R, frames, N)
+    frames = coefs @ basis.T * (n_fft**-0.5) * window  # (R, frames, N)
     count = frames.shape[1]
     signal = _overlap_add(frames, hop_length)
     envelope = _overlap_add((window**2).expand(1, count, n_fft), hop_length)
@@ -168,8 +170,7 @@ def _istft_real(z: torch.Tensor, hop_length: int, length: int) -> torch.Tensor:
     return signal / envelope
 
 
-def stft(x: torch.Tensor, n_fft: int, hop_length: int, *, real: bool | None = None
-         ) -> torch.Tensor:
+def stft(x: torch.Tensor, n_fft: int, hop_length: int, *, real: bool | None = None) -> torch.Tensor:
     """Normalised, centred (reflect) one-sided STFT with a periodic Hann window of ``n_fft``.
 
     Args:
@@ -188,14 +189,24 @@ def stft(x: torch.Tensor, n_fft: int, hop_length: int, *, real: bool | None = No
         out = _stft_real(flat, n_fft, hop_length)
     else:
         window = torch.hann_window(n_fft).to(flat)
-        spec = torch.stft(flat, n_fft, hop_length, window=window, win_length=n_fft,
-                          normalized=True, center=True, return_complex=True, pad_mode="reflect")
+        spec = torch.stft(
+            flat,
+            n_fft,
+            hop_length,
+            window=window,
+            win_length=n_fft,
+            normalized=True,
+            center=True,
+            return_complex=True,
+            pad_mode="reflect",
+        )
         out = torch.view_as_real(spec)
     return out.reshape(*other, *out.shape[1:])
 
 
-def istft(z: torch.Tensor, hop_length: int, length: int, *, real: bool | None = None
-          ) -> torch.Tensor:
+def istft(
+    z: torch.Tensor, hop_length: int, length: int, *, real: bool | None = None
+) -> torch.Tensor:
     """Inverse of :func:`stft` (``torch.istft`` conventions, centred, normalised).
 
     Args:
@@ -215,16 +226,25 @@ def istft(z: torch.Tensor, hop_length: int, length: int, *, real: bool | None = 
         n_fft = 2 * bins - 2
         spec = torch.view_as_complex(flat.contiguous())
         window = torch.hann_window(n_fft).to(flat)
-        out = torch.istft(spec, n_fft, hop_length, window=window, win_length=n_fft,
-                          normalized=True, length=length, center=True)
+        out = torch.istft(
+            spec,
+            n_fft,
+            hop_length,
+            window=window,
+            win_length=n_fft,
+            normalized=True,
+            length=length,
+            center=True,
+        )
     return out.reshape(*other, length)
 
 
 # ------------------------------------------------------------------------- hybrid layout
 
 
-def hybrid_stft(x: torch.Tensor, n_fft: int, padding: PrePadding = "reflect", *,
-                real: bool | None = None) -> torch.Tensor:
+def hybrid_stft(
+    x: torch.Tensor, n_fft: int, padding: PrePadding = "reflect", *, real: bool | None = None
+) -> torch.Tensor:
     """Frame-aligned spectrogram of the hybrid models.
 
     Args:
@@ -249,8 +269,9 @@ def hybrid_stft(x: torch.Tensor, n_fft: int, padding: PrePadding = "reflect", *,
     return z
 
 
-def hybrid_istft(z: torch.Tensor, length: int, padding: PrePadding = "reflect", *,
-                 real: bool | None = None) -> torch.Tensor:
+def hybrid_istft(
+    z: torch.Tensor, length: int, padding: PrePadding = "reflect", *, real: bool | None = None
+) -> torch.Tensor:
     """Waveform of a hybrid-layout spectrum (inverse of :func:`hybrid_stft`, up to the ends).
 
     Args:
@@ -295,8 +316,9 @@ def magnitude(z: torch.Tensor, *, real: bool | None = None) -> torch.Tensor:
     return torch.view_as_complex(z.contiguous()).abs()
 
 
-def phase_from_mixture(mag: torch.Tensor, mix: torch.Tensor, iterations: int = 0, *,
-                       real: bool | None = None) -> torch.Tensor:
+def phase_from_mixture(
+    mag: torch.Tensor, mix: torch.Tensor, iterations: int = 0, *, real: bool | None = None
+) -> torch.Tensor:
     """Complex source estimates from magnitudes and the mixture phase.
 
     ``iterations == 0`` (every released magnitude model) gives ``mag * exp(i * angle(mix))``,
@@ -315,8 +337,10 @@ def phase_from_mixture(mag: torch.Tensor, mix: torch.Tensor, iterations: int = 0
         NotImplementedError: for ``iterations > 0`` (multichannel Wiener EM).
     """
     if iterations > 0:
-        raise NotImplementedError("multichannel Wiener filtering (wiener_iters > 0) is not "
-                                  "implemented; released models use wiener_iters=0")
+        raise NotImplementedError(
+            "multichannel Wiener filtering (wiener_iters > 0) is not "
+            "implemented; released models use wiener_iters=0"
+        )
     mix = mix[:, None]
     if iterations < 0:
         scale = mag / (1e-8 + magnitude(mix, real=real))

@@ -165,8 +165,9 @@ class ConvTasNet(nn.Module):
         # Official creation order (encoder, separator, decoder) and init: a seeded construction
         # draws the same weights as the official class.
         self.encoder = Encoder(L, N, audio_channels)
-        self.separator = TemporalConvNet(N, B, H, P, X, R, self.num_sources, norm_type, causal,
-                                         mask_nonlinear)
+        self.separator = TemporalConvNet(
+            N, B, H, P, X, R, self.num_sources, norm_type, causal, mask_nonlinear
+        )
         self.decoder = Decoder(N, L, audio_channels)
         for param in self.parameters():
             if param.dim() > 1:
@@ -209,8 +210,7 @@ class ConvTasNet(nn.Module):
         return F.pad(est_source, (0, length - est_source.size(-1)))  # (B, S, C, T)
 
 
-def _check_config(sources: list[str], L: int, norm_type: str,
-                  mask_nonlinear: str) -> None:
+def _check_config(sources: list[str], L: int, norm_type: str, mask_nonlinear: str) -> None:
     """Reject constructor values the official code would fail on later (or silently misuse)."""
     if not sources:
         raise ValueError("ConvTasNet needs at least one source name")

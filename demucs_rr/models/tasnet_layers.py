@@ -151,8 +151,15 @@ class DepthwiseSeparableConv(nn.Module):
             context), else pad (P - 1) * dilation // 2 on both sides.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int,
-                 norm_type: str = "gLN", causal: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        dilation: int,
+        norm_type: str = "gLN",
+        causal: bool = False,
+    ) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.dilation = dilation
@@ -160,13 +167,24 @@ class DepthwiseSeparableConv(nn.Module):
         span = (kernel_size - 1) * dilation
         self.padding = span if causal else span // 2
         layers: list[nn.Module] = [
-            nn.Conv1d(in_channels, in_channels, kernel_size, stride=1, padding=self.padding,
-                      dilation=dilation, groups=in_channels, bias=False)
+            nn.Conv1d(
+                in_channels,
+                in_channels,
+                kernel_size,
+                stride=1,
+                padding=self.padding,
+                dilation=dilation,
+                groups=in_channels,
+                bias=False,
+            )
         ]
         if causal:
             layers.append(Chomp1d(self.padding))
-        layers += [nn.PReLU(), choose_norm(norm_type, in_channels),
-                   nn.Conv1d(in_channels, out_channels, 1, bias=False)]
+        layers += [
+            nn.PReLU(),
+            choose_norm(norm_type, in_channels),
+            nn.Conv1d(in_channels, out_channels, 1, bias=False),
+        ]
         self.net = nn.Sequential(*layers)
 
     @property
@@ -207,8 +225,15 @@ class TemporalBlock(nn.Module):
     are reached by name (:attr:`conv_in`, :attr:`act_in`, :attr:`norm_in`, :attr:`dsconv`).
     """
 
-    def __init__(self, in_channels: int, hidden: int, kernel_size: int, dilation: int,
-                 norm_type: str = "gLN", causal: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        hidden: int,
+        kernel_size: int,
+        dilation: int,
+        norm_type: str = "gLN",
+        causal: bool = False,
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv1d(in_channels, hidden, 1, bias=False),
@@ -255,9 +280,19 @@ class TemporalConvNet(nn.Module):
         norm_type, causal, mask_nonlinear: see :class:`ConvTasNet`.
     """
 
-    def __init__(self, N: int, B: int, H: int, P: int, X: int, R: int,
-                 num_sources: int, norm_type: str = "gLN", causal: bool = False,
-                 mask_nonlinear: str = "relu") -> None:
+    def __init__(
+        self,
+        N: int,
+        B: int,
+        H: int,
+        P: int,
+        X: int,
+        R: int,
+        num_sources: int,
+        norm_type: str = "gLN",
+        causal: bool = False,
+        mask_nonlinear: str = "relu",
+    ) -> None:
         super().__init__()
         self.num_sources = num_sources
         self.mask_nonlinear = mask_nonlinear
@@ -286,8 +321,12 @@ class TemporalConvNet(nn.Module):
     def blocks(self) -> list[TemporalBlock]:
         """The R * X temporal blocks in order (dilations 1, 2, .., 2**(X-1), R times)."""
         repeats = _part(self.network, 2, nn.Sequential)
-        return [block for repeat in repeats for block in repeat.children()
-                if isinstance(block, TemporalBlock)]
+        return [
+            block
+            for repeat in repeats
+            for block in repeat.children()
+            if isinstance(block, TemporalBlock)
+        ]
 
     @property
     def mask_conv(self) -> nn.Conv1d:

@@ -27,9 +27,15 @@ class FractionModel(nn.Module):
 
     fractions: torch.Tensor  # (S,) buffer
 
-    def __init__(self, sources: list[str], fractions: list[float] | None = None,
-                 audio_channels: int = 2, samplerate: int = 44100,
-                 segment_length: int = 44100, crop: int = 0) -> None:
+    def __init__(
+        self,
+        sources: list[str],
+        fractions: list[float] | None = None,
+        audio_channels: int = 2,
+        samplerate: int = 44100,
+        segment_length: int = 44100,
+        crop: int = 0,
+    ) -> None:
         super().__init__()
         if fractions is None:
             fractions = [1.0 / len(sources)] * len(sources)
@@ -41,9 +47,14 @@ class FractionModel(nn.Module):
         self.segment_length = segment_length
         self.crop = crop
         self.register_buffer("fractions", torch.tensor(fractions, dtype=torch.float32))
-        self.init_kwargs = dict(sources=self.sources, fractions=list(fractions),
-                                audio_channels=audio_channels, samplerate=samplerate,
-                                segment_length=segment_length, crop=crop)
+        self.init_kwargs = dict(
+            sources=self.sources,
+            fractions=list(fractions),
+            audio_channels=audio_channels,
+            samplerate=samplerate,
+            segment_length=segment_length,
+            crop=crop,
+        )
 
     def valid_length(self, length: int) -> int:
         """Input length whose output covers ``length`` samples."""

@@ -32,8 +32,13 @@ __all__ = [
 ]
 
 
-def sin_embedding_1d(length: int, dim: int, shift: int = 0, device: torch.device | None = None,
-                     max_period: float = 10000.0) -> torch.Tensor:
+def sin_embedding_1d(
+    length: int,
+    dim: int,
+    shift: int = 0,
+    device: torch.device | None = None,
+    max_period: float = 10000.0,
+) -> torch.Tensor:
     """(length, 1, dim) sinusoidal embedding: cosines of the D/2 phases, then their sines.
 
     Phase ``i`` of position ``p`` is ``p / max_period ** (i / (D/2 - 1))``.
@@ -45,8 +50,13 @@ def sin_embedding_1d(length: int, dim: int, shift: int = 0, device: torch.device
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
 
 
-def sin_embedding_2d(dim: int, height: int, width: int, device: torch.device | None = None,
-                     max_period: float = 10000.0) -> torch.Tensor:
+def sin_embedding_2d(
+    dim: int,
+    height: int,
+    width: int,
+    device: torch.device | None = None,
+    max_period: float = 10000.0,
+) -> torch.Tensor:
     """(1, dim, height, width) embedding: channels [0, D/2) encode the column (time) index with
     interleaved sin / cos, channels [D/2, D) the row (frequency) index.
 
@@ -67,11 +77,18 @@ def sin_embedding_2d(dim: int, height: int, width: int, device: torch.device | N
     return pe[None].to(device)
 
 
-def cape_embedding(length: int, dim: int, batch: int, mean_normalize: bool,
-                   augment: bool = False, max_global_shift: float = 0.0,
-                   max_local_shift: float = 0.0, max_scale: float = 1.0,
-                   device: torch.device | None = None, max_period: float = 10000.0
-                   ) -> torch.Tensor:
+def cape_embedding(
+    length: int,
+    dim: int,
+    batch: int,
+    mean_normalize: bool,
+    augment: bool = False,
+    max_global_shift: float = 0.0,
+    max_local_shift: float = 0.0,
+    max_scale: float = 1.0,
+    device: torch.device | None = None,
+    max_period: float = 10000.0,
+) -> torch.Tensor:
     """(length, batch, dim) continuous augmented positional embedding (CAPE); the random
     shifts / scaling (training only) are drawn with torch's generator."""
     pos = torch.arange(length, dtype=torch.float64).view(-1, 1, 1).repeat(1, batch, 1)
@@ -99,8 +116,9 @@ class TokenGroupNorm(nn.GroupNorm):
 
 
 def _norm(group_norm: int, dim: int, eps: float) -> nn.Module:
-    return TokenGroupNorm(int(group_norm), dim, eps=eps) if group_norm else nn.LayerNorm(
-        dim, eps=eps)
+    return (
+        TokenGroupNorm(int(group_norm), dim, eps=eps) if group_norm else nn.LayerNorm(dim, eps=eps)
+    )
 
 
 class SelfTransformerEncoderLayer(nn.Module):
@@ -121,13 +139,22 @@ class SelfTransformerEncoderLayer(nn.Module):
         init_values: initial LayerScale value.
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
-                 dropout: float = 0.1, activation: Any = F.relu, group_norm: int = 0,
-                 norm_first: bool = False, norm_out: bool = False, layer_norm_eps: float = 1e-5,
-                 layer_scale: bool = False, init_values: float = 1e-4) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: Any = F.relu,
+        group_norm: int = 0,
+        norm_first: bool = False,
+        norm_out: bool = False,
+        layer_norm_eps: float = 1e-5,
+        layer_scale: bool = False,
+        init_values: float = 1e-4,
+    ) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout,
-                                               batch_first=True)
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -142,8 +169,7 @@ class SelfTransformerEncoderLayer(nn.Module):
         self.gamma_2 = LayerScale(d_model, init_values, True) if layer_scale else nn.Identity()
 
     def _sa_block(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.self_attn(x, x, x, attn_mask=None, key_padding_mask=None,
-                             need_weights=False)[0]
+        out = self.self_attn(x, x, x, attn_mask=None, key_padding_mask=None, need_weights=False)[0]
         return cast(torch.Tensor, self.dropout1(out))
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,13 +196,22 @@ class CrossTransformerEncoderLayer(nn.Module):
     ``norm3``.
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
-                 dropout: float = 0.1, activation: Any = F.relu, group_norm: int = 0,
-                 norm_first: bool = False, norm_out: bool = False, layer_norm_eps: float = 1e-5,
-                 layer_scale: bool = False, init_values: float = 1e-4) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: Any = F.relu,
+        group_norm: int = 0,
+        norm_first: bool = False,
+        norm_out: bool = False,
+        layer_norm_eps: float = 1e-5,
+        layer_scale: bool = False,
+        init_values: float = 1e-4,
+    ) -> None:
         super().__init__()
-        self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout,
-                                                batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -239,14 +274,30 @@ class CrossTransformerEncoder(nn.Module):
         cape_mean_normalize, cape_augment, cape_glob_loc_scale: CAPE options.
     """
 
-    def __init__(self, dim: int, emb: str = "sin", hidden_scale: float = 4.0, num_heads: int = 8,
-                 num_layers: int = 6, cross_first: bool = False, dropout: float = 0.0,
-                 max_positions: int = 1000, norm_in: bool = True, norm_in_group: int = 0,
-                 group_norm: int = 0, norm_first: bool = False, norm_out: bool = False,
-                 max_period: float = 10000.0, layer_scale: bool = False, gelu: bool = True,
-                 sin_random_shift: int = 0, weight_pos_embed: float = 1.0,
-                 cape_mean_normalize: bool = True, cape_augment: bool = True,
-                 cape_glob_loc_scale: tuple[float, float, float] = (5000.0, 1.0, 1.4)) -> None:
+    def __init__(
+        self,
+        dim: int,
+        emb: str = "sin",
+        hidden_scale: float = 4.0,
+        num_heads: int = 8,
+        num_layers: int = 6,
+        cross_first: bool = False,
+        dropout: float = 0.0,
+        max_positions: int = 1000,
+        norm_in: bool = True,
+        norm_in_group: int = 0,
+        group_norm: int = 0,
+        norm_first: bool = False,
+        norm_out: bool = False,
+        max_period: float = 10000.0,
+        layer_scale: bool = False,
+        gelu: bool = True,
+        sin_random_shift: int = 0,
+        weight_pos_embed: float = 1.0,
+        cape_mean_normalize: bool = True,
+        cape_augment: bool = True,
+        cape_glob_loc_scale: tuple[float, float, float] = (5000.0, 1.0, 1.4),
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"transformer dimension {dim} is not a multiple of {num_heads}")
@@ -271,32 +322,52 @@ class CrossTransformerEncoder(nn.Module):
             self.norm_in = TokenGroupNorm(int(norm_in_group), dim)
             self.norm_in_t = TokenGroupNorm(int(norm_in_group), dim)
         common: dict[str, Any] = {
-            "d_model": dim, "nhead": num_heads, "dim_feedforward": int(dim * hidden_scale),
-            "dropout": dropout, "activation": F.gelu if gelu else F.relu,
-            "group_norm": group_norm, "norm_first": norm_first, "norm_out": norm_out,
+            "d_model": dim,
+            "nhead": num_heads,
+            "dim_feedforward": int(dim * hidden_scale),
+            "dropout": dropout,
+            "activation": F.gelu if gelu else F.relu,
+            "group_norm": group_norm,
+            "norm_first": norm_first,
+            "norm_out": norm_out,
             "layer_scale": layer_scale,
         }
         self.layers = nn.ModuleList()
         self.layers_t = nn.ModuleList()
         for index in range(num_layers):
-            klass = (SelfTransformerEncoderLayer if index % 2 == self.classic_parity
-                     else CrossTransformerEncoderLayer)
+            klass = (
+                SelfTransformerEncoderLayer
+                if index % 2 == self.classic_parity
+                else CrossTransformerEncoderLayer
+            )
             self.layers.append(klass(**common))
             self.layers_t.append(klass(**common))
 
-    def _time_embedding(self, length: int, batch: int, dim: int,
-                        device: torch.device) -> torch.Tensor:
+    def _time_embedding(
+        self, length: int, batch: int, dim: int, device: torch.device
+    ) -> torch.Tensor:
         """(B, T2, D) positional embedding of the waveform tokens."""
         if self.emb == "sin":
             # Drawn even when the range is empty: each forward consumes Python's random state.
             shift = random.randrange(self.sin_random_shift + 1)
-            emb = sin_embedding_1d(length, dim, shift=shift, device=device,
-                                   max_period=self.max_period)
+            emb = sin_embedding_1d(
+                length, dim, shift=shift, device=device, max_period=self.max_period
+            )
         elif self.emb == "cape":
             glob, loc, scale = self.cape_glob_loc_scale
             augment = self.training and self.cape_augment
-            emb = cape_embedding(length, dim, batch, self.cape_mean_normalize, augment,
-                                 glob, loc, scale, device=device, max_period=self.max_period)
+            emb = cape_embedding(
+                length,
+                dim,
+                batch,
+                self.cape_mean_normalize,
+                augment,
+                glob,
+                loc,
+                scale,
+                device=device,
+                max_period=self.max_period,
+            )
         else:
             emb = self.position_embeddings(torch.arange(length, device=device))[:, None]
         return emb.permute(1, 0, 2)

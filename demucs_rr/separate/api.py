@@ -24,6 +24,7 @@ from demucs_rr.separate.engine import ApplyOptions, separate_normalized
 
 logger = logging.getLogger(__name__)
 
+
 def _check_options(overlap: float, shifts: int, batch_size: int, segment: float | None) -> None:
     """Raise :class:`ConfigError` for out-of-range engine options."""
     if not 0 <= overlap < 1:
@@ -53,10 +54,20 @@ class Separator:
         progress: show a tqdm bar counted in seconds of audio.
     """
 
-    def __init__(self, model: str | Path | SeparationModel = "demucs", *, device: str = "auto",
-                 segment: float | None = None, overlap: float = 0.25, shifts: int = 0,
-                 split: bool = True, batch_size: int = 1, seed: int = 0,
-                 repo: str | Path | None = None, progress: bool = False) -> None:
+    def __init__(
+        self,
+        model: str | Path | SeparationModel = "demucs",
+        *,
+        device: str = "auto",
+        segment: float | None = None,
+        overlap: float = 0.25,
+        shifts: int = 0,
+        split: bool = True,
+        batch_size: int = 1,
+        seed: int = 0,
+        repo: str | Path | None = None,
+        progress: bool = False,
+    ) -> None:
         _check_options(overlap, shifts, batch_size, segment)
         self.device = resolve_device(device)
         self.model: SeparationModel
@@ -69,8 +80,14 @@ class Separator:
             self.model, self.model_name = model, type(model).__name__
         self.model.eval().to(self.device)
         seg = None if segment is None else max(1, int(segment * self.samplerate))
-        self.options = ApplyOptions(segment=seg, overlap=overlap, split=split, shifts=shifts,
-                                    seed=seed, batch_size=batch_size)
+        self.options = ApplyOptions(
+            segment=seg,
+            overlap=overlap,
+            split=split,
+            shifts=shifts,
+            seed=seed,
+            batch_size=batch_size,
+        )
         self.progress = progress
 
     @property
@@ -88,8 +105,12 @@ class Separator:
         """Channel count of the model and of the returned stems."""
         return int(self.model.audio_channels)
 
-    def separate_tensor(self, wav: torch.Tensor, samplerate: int | None = None,
-                        callback: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+    def separate_tensor(
+        self,
+        wav: torch.Tensor,
+        samplerate: int | None = None,
+        callback: Callable[[int], None] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Separate an in-memory mixture. The caller's tensor is not modified.
 
         Args:
@@ -103,12 +124,14 @@ class Separator:
         if wav.dim() == 1:
             wav = wav[None]
         if wav.dim() != 2 or wav.shape[-1] == 0:
-            raise AudioIOError(f"expected a non-empty (channels, time) tensor, got "
-                               f"{tuple(wav.shape)}")
+            raise AudioIOError(
+                f"expected a non-empty (channels, time) tensor, got {tuple(wav.shape)}"
+            )
         if not torch.isfinite(wav).all():
             raise AudioIOError("the mixture contains NaN or infinite samples")
-        mix = convert_audio(wav.float(), samplerate or self.samplerate, self.samplerate,
-                            self.audio_channels)
+        mix = convert_audio(
+            wav.float(), samplerate or self.samplerate, self.samplerate, self.audio_channels
+        )
         return self._separate(mix, callback)
 
     def separate_file(self, path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -120,8 +143,9 @@ class Separator:
         mix, _ = load_for_model(path, self.samplerate, self.audio_channels)
         return mix, self._separate(mix, None)
 
-    def _separate(self, mix: torch.Tensor, callback: Callable[[int], None] | None
-                  ) -> dict[str, torch.Tensor]:
+    def _separate(
+        self, mix: torch.Tensor, callback: Callable[[int], None] | None
+    ) -> dict[str, torch.Tensor]:
         """Run the engine on a converted (C, T) mixture, with an optional progress bar."""
         passes = max(1, self.options.shifts)
         bar = None

@@ -152,8 +152,10 @@ class OverlapAdd:
         """
         n = until - self.origin
         if n < 0 or n > self._sum.shape[0]:
-            raise ValueError(f"cannot pop up to {until}: accumulated [{self.origin}, "
-                             f"{self.origin + self._sum.shape[0]})")
+            raise ValueError(
+                f"cannot pop up to {until}: accumulated [{self.origin}, "
+                f"{self.origin + self._sum.shape[0]})"
+            )
         ready = self._out[..., :n] / self._sum[:n]
         self._out, self._sum = self._out[..., n:].clone(), self._sum[n:].clone()
         self.origin = until

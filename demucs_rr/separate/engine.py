@@ -76,8 +76,9 @@ def _batches(chunks: Sequence[Chunk], batch_size: int) -> Iterator[list[Chunk]]:
         yield group
 
 
-def _run_batch(model: SeparationModel, mix: torch.Tensor, group: list[Chunk],
-               device: torch.device) -> torch.Tensor:
+def _run_batch(
+    model: SeparationModel, mix: torch.Tensor, group: list[Chunk], device: torch.device
+) -> torch.Tensor:
     """Run the model on the centred windows of ``group``.
 
     Returns:
@@ -90,9 +91,14 @@ def _run_batch(model: SeparationModel, mix: torch.Tensor, group: list[Chunk],
     return center_trim(out, length).float().cpu()
 
 
-def _apply_pass(model: SeparationModel, mix: torch.Tensor, left_pad: int,
-                options: ApplyOptions, device: torch.device,
-                progress: ProgressCallback | None) -> torch.Tensor:
+def _apply_pass(
+    model: SeparationModel,
+    mix: torch.Tensor,
+    left_pad: int,
+    options: ApplyOptions,
+    device: torch.device,
+    progress: ProgressCallback | None,
+) -> torch.Tensor:
     """One pass over the track whose chunk grid starts ``left_pad`` samples before it.
 
     Returns:
@@ -120,10 +126,13 @@ def _apply_pass(model: SeparationModel, mix: torch.Tensor, left_pad: int,
     return acc.pop(length)[..., left_pad:]
 
 
-def apply_model(model: SeparationModel, mix: torch.Tensor,
-                options: ApplyOptions = ApplyOptions(),
-                device: torch.device | str | None = None,
-                progress: ProgressCallback | None = None) -> torch.Tensor:
+def apply_model(
+    model: SeparationModel,
+    mix: torch.Tensor,
+    options: ApplyOptions = ApplyOptions(),
+    device: torch.device | str | None = None,
+    progress: ProgressCallback | None = None,
+) -> torch.Tensor:
     """Separate a (normalised) mixture with chunked overlap-add and the shift trick.
 
     With ``shifts == 0`` and ``split`` this reproduces the official v2 ``apply_model`` exactly.
@@ -178,10 +187,13 @@ def normalize(mix: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, float
     return (mix - mean) / std, mean, std
 
 
-def separate_normalized(model: SeparationModel, mix: torch.Tensor,
-                        options: ApplyOptions = ApplyOptions(),
-                        device: torch.device | str | None = None,
-                        progress: ProgressCallback | None = None) -> torch.Tensor:
+def separate_normalized(
+    model: SeparationModel,
+    mix: torch.Tensor,
+    options: ApplyOptions = ApplyOptions(),
+    device: torch.device | str | None = None,
+    progress: ProgressCallback | None = None,
+) -> torch.Tensor:
     """Normalise ``mix`` (C, T) over the whole track, separate, and undo the normalisation.
 
     The official tool adds the whole mean back to every stem, so its stems sum to the mixture

@@ -38,8 +38,11 @@ class InputFile:
 def _walk(directory: Path, recursive: bool) -> list[Path]:
     """Audio files in ``directory`` (sorted), by extension; hidden files are skipped."""
     found = directory.rglob("*") if recursive else directory.glob("*")
-    return sorted(p for p in found if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-                  and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in found
+        if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 def collect_tracks(inputs: list[str], recursive: bool) -> tuple[list[InputFile], list[str]]:
@@ -75,16 +78,19 @@ def check_template(template: str) -> None:
         raise ConfigError(f"bad --filename template {template!r}: {exc}") from None
     unknown = fields - TEMPLATE_FIELDS
     if unknown:
-        raise ConfigError(f"bad --filename template {template!r}: unknown field(s) "
-                          f"{', '.join(sorted(unknown))}; use {', '.join(sorted(TEMPLATE_FIELDS))}")
+        raise ConfigError(
+            f"bad --filename template {template!r}: unknown field(s) "
+            f"{', '.join(sorted(unknown))}; use {', '.join(sorted(TEMPLATE_FIELDS))}"
+        )
     if "stem" not in fields:
         raise ConfigError(f"bad --filename template {template!r}: it must contain {{stem}}")
     if Path(template).is_absolute() or template.startswith("~"):
         raise ConfigError(f"bad --filename template {template!r}: it must be a relative path")
 
 
-def output_path(out_dir: Path, template: str, track: InputFile, stem: str, ext: str,
-                model: str) -> Path:
+def output_path(
+    out_dir: Path, template: str, track: InputFile, stem: str, ext: str, model: str
+) -> Path:
     """Render the template for one stem; the result always lies inside ``out_dir``."""
     rel = template.format(track=track.name, trackext=track.ext, stem=stem, ext=ext, model=model)
     root = out_dir.resolve()
@@ -94,8 +100,9 @@ def output_path(out_dir: Path, template: str, track: InputFile, stem: str, ext: 
     return path
 
 
-def select_stems(sources: list[str], stems: list[str] | None, two_stems: str | None,
-                 other_method: str) -> list[str]:
+def select_stems(
+    sources: list[str], stems: list[str] | None, two_stems: str | None, other_method: str
+) -> list[str]:
     """Names of the stems to write; validates ``--stems`` and ``--two-stems``."""
     for name in (stems or []) + ([two_stems] if two_stems else []):
         if name not in sources:
@@ -105,8 +112,9 @@ def select_stems(sources: list[str], stems: list[str] | None, two_stems: str | N
     return list(stems) if stems else list(sources)
 
 
-def compose_stems(stems: dict[str, torch.Tensor], mix: torch.Tensor, names: list[str],
-                  other_method: str) -> dict[str, torch.Tensor]:
+def compose_stems(
+    stems: dict[str, torch.Tensor], mix: torch.Tensor, names: list[str], other_method: str
+) -> dict[str, torch.Tensor]:
     """Build the requested outputs; ``no_X`` is the sum of the other stems (``add``) or the
     mixture minus ``X`` (``minus``). Tensors are (C, T)."""
     out: dict[str, torch.Tensor] = {}
@@ -121,8 +129,7 @@ def compose_stems(stems: dict[str, torch.Tensor], mix: torch.Tensor, names: list
     return out
 
 
-def write_track(outputs: dict[Path, torch.Tensor], samplerate: int,
-                options: WriteOptions) -> None:
+def write_track(outputs: dict[Path, torch.Tensor], samplerate: int, options: WriteOptions) -> None:
     """Write every (C, T) stem of a track, all or nothing.
 
     Each stem is first written (atomically) under a hidden temporary name beside its target;

@@ -31,8 +31,13 @@ def _write_options(args: argparse.Namespace) -> WriteOptions:
     encoding = "int24" if args.int24 else "float32" if args.float32 else "int16"
     if fmt == "flac" and encoding == "float32":
         raise DemucsRRError("flac cannot store float32 samples: use --int24 or wav --float32")
-    return WriteOptions(format=fmt, encoding=encoding, clip_mode=args.clip_mode,
-                        mp3_bitrate=args.mp3_bitrate, mp3_preset=args.mp3_preset)
+    return WriteOptions(
+        format=fmt,
+        encoding=encoding,
+        clip_mode=args.clip_mode,
+        mp3_bitrate=args.mp3_bitrate,
+        mp3_preset=args.mp3_preset,
+    )
 
 
 def _check_out_dir(out: Path) -> None:
@@ -46,8 +51,14 @@ def _check_out_dir(out: Path) -> None:
         raise DemucsRRError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
 
 
-def _separate_track(sep: Separator, track: InputFile, args: argparse.Namespace, names: list[str],
-                    wopts: WriteOptions, out: Path) -> list[Path]:
+def _separate_track(
+    sep: Separator,
+    track: InputFile,
+    args: argparse.Namespace,
+    names: list[str],
+    wopts: WriteOptions,
+    out: Path,
+) -> list[Path]:
     """Separate one track and write its stems; returns the written paths."""
     mix, input_sr = load_for_model(track.path, sep.samplerate, sep.audio_channels)
     if args.stream:
@@ -59,8 +70,10 @@ def _separate_track(sep: Separator, track: InputFile, args: argparse.Namespace, 
     if args.keep_sample_rate and input_sr != rate:
         outputs = {k: resample(v, rate, input_sr) for k, v in outputs.items()}
         rate = input_sr
-    paths = {output_path(out, args.filename, track, name, wopts.format, sep.model_name): wav
-             for name, wav in outputs.items()}
+    paths = {
+        output_path(out, args.filename, track, name, wopts.format, sep.model_name): wav
+        for name, wav in outputs.items()
+    }
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
     write_track(paths, rate, wopts)
@@ -73,9 +86,12 @@ def _stream(sep: Separator, mix: torch.Tensor, block_size: int) -> dict[str, tor
 
     out, report = stream_separate(sep.model, mix, block_size)
     block_ms = 1000 * block_size / sep.samplerate
-    print(f"streaming: algorithmic latency {report.latency_samples} samples "
-          f"({report.latency_ms:.2f} ms) + {block_size}-sample blocks ({block_ms:.1f} ms); "
-          f"real-time factor {report.rtf:.2f}", file=sys.stderr)
+    print(
+        f"streaming: algorithmic latency {report.latency_samples} samples "
+        f"({report.latency_ms:.2f} ms) + {block_size}-sample blocks ({block_ms:.1f} ms); "
+        f"real-time factor {report.rtf:.2f}",
+        file=sys.stderr,
+    )
     return {name: out[i] for i, name in enumerate(sep.sources)}
 
 
@@ -90,9 +106,18 @@ def run_separate(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     _check_out_dir(out)
-    sep = Separator(args.name, device=args.device, segment=args.segment, overlap=args.overlap,
-                    shifts=args.shifts, split=not args.no_split, batch_size=args.batch_size,
-                    seed=args.seed, repo=args.repo, progress=not args.quiet)
+    sep = Separator(
+        args.name,
+        device=args.device,
+        segment=args.segment,
+        overlap=args.overlap,
+        shifts=args.shifts,
+        split=not args.no_split,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        repo=args.repo,
+        progress=not args.quiet,
+    )
     names = select_stems(sep.sources, args.stems, args.two_stems, args.other_method)
     written: set[Path] = set()
     failed = len(errors)
@@ -105,12 +130,17 @@ def run_separate(args: argparse.Namespace) -> int:
             print(f"error: {track.path}: {exc}", file=sys.stderr)
             continue
         if written.intersection(paths):
-            print(f"warning: {track.path} overwrote the stems of an earlier input with the same "
-                  "name; add {trackext} to --filename to keep both", file=sys.stderr)
+            print(
+                f"warning: {track.path} overwrote the stems of an earlier input with the same "
+                "name; add {trackext} to --filename to keep both",
+                file=sys.stderr,
+            )
         written.update(paths)
         if not args.quiet:
-            print(f"{track.path} -> {paths[0].parent} ({time.perf_counter() - start:.1f} s)",
-                  file=sys.stderr)
+            print(
+                f"{track.path} -> {paths[0].parent} ({time.perf_counter() - start:.1f} s)",
+                file=sys.stderr,
+            )
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     if failed:
@@ -130,14 +160,17 @@ def run_models_list(args: argparse.Namespace) -> int:
     from demucs_rr.models.pretrained import list_models
 
     rows = list_models(repo=Path(args.repo) if getattr(args, "repo", None) else None)
-    print(f"{'name':<18} {'class':<11} {'test SDR':>8} {'valid nSDR':>10}  {'cached':<6} "
-          "description")
+    print(
+        f"{'name':<18} {'class':<11} {'test SDR':>8} {'valid nSDR':>10}  {'cached':<6} description"
+    )
     for row in rows:
         sdr = _score(row["sdr"])
         nsdr = _score(row["valid_nsdr"])
         cached = "yes" if row["cached"] else "no"
-        print(f"{row['name']:<18} {row['class'] or '?':<11} {sdr:>8} {nsdr:>10}  {cached:<6} "
-              f"{row['description']}")
+        print(
+            f"{row['name']:<18} {row['class'] or '?':<11} {sdr:>8} {nsdr:>10}  {cached:<6} "
+            f"{row['description']}"
+        )
     return 0
 
 

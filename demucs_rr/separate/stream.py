@@ -102,8 +102,9 @@ class StreamingSeparator:
         self.hop = self.model.L // 2
         param = next(self.model.parameters())
         self._device, self._dtype = param.device, param.dtype
-        self._blocks = [BlockStream(block, self._device, self._dtype)
-                        for block in self.model.separator.blocks]
+        self._blocks = [
+            BlockStream(block, self._device, self._dtype) for block in self.model.separator.blocks
+        ]
         self.reset()
 
     # ------------------------------------------------------------------ public metadata
@@ -167,7 +168,7 @@ class StreamingSeparator:
         if not self.fixed_latency:
             return out
         self._fifo = torch.cat([self._fifo, out], dim=-1)
-        ready, self._fifo = self._fifo[..., : block.size(-1)], self._fifo[..., block.size(-1):]
+        ready, self._fifo = self._fifo[..., : block.size(-1)], self._fifo[..., block.size(-1) :]
         return ready
 
     def flush(self) -> torch.Tensor:
@@ -223,12 +224,12 @@ class StreamingSeparator:
         if frames == 0:
             self._pending = buf
             return torch.zeros(self.model.num_sources, self.model.audio_channels, 0)
-        self._pending = buf[:, frames * hop:].clone()
+        self._pending = buf[:, frames * hop :].clone()
         decoded = self._decode_frames(buf[:, : (frames - 1) * hop + L])  # (S, C, k, L)
         ola = overlap_and_add(decoded.contiguous(), hop)  # (S, C, (k - 1) * hop + L)
         if self._tail is not None:
             ola[..., : L - hop] += self._tail
-        self._tail = ola[..., frames * hop:].clone()
+        self._tail = ola[..., frames * hop :].clone()
         self._emitted += frames * hop
         return ola[..., : frames * hop].float().cpu()
 
@@ -272,10 +273,14 @@ class StreamReport:
     block_ms: list[float]
 
 
-def stream_separate(model: SeparationModel, mix: torch.Tensor, block_size: int = 1024, *,
-                    normalize: bool = True,
-                    on_block: Callable[[torch.Tensor], None] | None = None,
-                    ) -> tuple[torch.Tensor, StreamReport]:
+def stream_separate(
+    model: SeparationModel,
+    mix: torch.Tensor,
+    block_size: int = 1024,
+    *,
+    normalize: bool = True,
+    on_block: Callable[[torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, StreamReport]:
     """Separate a whole (C, T) mixture by streaming it in blocks of ``block_size`` samples.
 
     Args:

@@ -76,8 +76,7 @@ class BlockHistory:
     only reads the frames its taps need and writes its own frames, whatever the dilation.
     """
 
-    def __init__(self, span: int, channels: int, device: torch.device,
-                 dtype: torch.dtype) -> None:
+    def __init__(self, span: int, channels: int, device: torch.device, dtype: torch.dtype) -> None:
         self.span = span
         self.ring = torch.zeros(span, channels, device=device, dtype=dtype)  # (span, H)
         self.head = 0  # ring index of the oldest frame

@@ -54,18 +54,21 @@ def step_generator(*seeds: int) -> torch.Generator:
 
 def _rows(wav: torch.Tensor, rows: BatchRows | None) -> BatchRows:
     if wav.dim() != 4:
-        raise ValueError(f"augmentations expect (batch, sources, channels, time), got "
-                         f"{tuple(wav.shape)}")
+        raise ValueError(
+            f"augmentations expect (batch, sources, channels, time), got {tuple(wav.shape)}"
+        )
     rows = rows or BatchRows(0, wav.shape[0])
     if rows.start < 0 or rows.start + wav.shape[0] > rows.total:
-        raise ValueError(f"local batch of {wav.shape[0]} at row {rows.start} does not fit in a "
-                         f"global batch of {rows.total}")
+        raise ValueError(
+            f"local batch of {wav.shape[0]} at row {rows.start} does not fit in a "
+            f"global batch of {rows.total}"
+        )
     return rows
 
 
 def _local(params: torch.Tensor, rows: BatchRows, wav: torch.Tensor) -> torch.Tensor:
     """Rows of ``params`` (G, ...) for the local batch, on ``wav``'s device."""
-    return params[rows.start:rows.start + wav.shape[0]].to(wav.device)
+    return params[rows.start : rows.start + wav.shape[0]].to(wav.device)
 
 
 class Shift(nn.Module):
@@ -81,8 +84,9 @@ class Shift(nn.Module):
         super().__init__()
         self.shift = int(shift)
 
-    def forward(self, wav: torch.Tensor, generator: torch.Generator,
-                rows: BatchRows | None = None) -> torch.Tensor:
+    def forward(
+        self, wav: torch.Tensor, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> torch.Tensor:
         """(B, S, C, T) -> (B, S, C, T - shift)."""
         rows = _rows(wav, rows)
         if self.shift <= 0:
@@ -94,18 +98,21 @@ class Shift(nn.Module):
             return wav[..., :length]
         batch, sources = wav.shape[:2]
         drawn = torch.randint(self.shift, (rows.total, sources), generator=generator)
-        offsets: list[list[int]] = drawn[rows.start:rows.start + batch].tolist()
-        return torch.stack([
-            torch.stack([wav[b, s, :, o:o + length] for s, o in enumerate(row)])
-            for b, row in enumerate(offsets)
-        ])  # (B, S, C, T - shift)
+        offsets: list[list[int]] = drawn[rows.start : rows.start + batch].tolist()
+        return torch.stack(
+            [
+                torch.stack([wav[b, s, :, o : o + length] for s, o in enumerate(row)])
+                for b, row in enumerate(offsets)
+            ]
+        )  # (B, S, C, T - shift)
 
 
 class FlipSign(nn.Module):
     """Multiply each (item, source) by -1 with probability 1/2."""
 
-    def forward(self, wav: torch.Tensor, generator: torch.Generator,
-                rows: BatchRows | None = None) -> torch.Tensor:
+    def forward(
+        self, wav: torch.Tensor, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> torch.Tensor:
         """(B, S, C, T) -> (B, S, C, T)."""
         rows = _rows(wav, rows)
         if not self.training:
@@ -117,8 +124,9 @@ class FlipSign(nn.Module):
 class FlipChannels(nn.Module):
     """Swap left and right of each (item, source) with probability 1/2 (stereo only)."""
 
-    def forward(self, wav: torch.Tensor, generator: torch.Generator,
-                rows: BatchRows | None = None) -> torch.Tensor:
+    def forward(
+        self, wav: torch.Tensor, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> torch.Tensor:
         """(B, S, C, T) -> (B, S, C, T); identity unless C == 2."""
         rows = _rows(wav, rows)
         if not self.training or wav.shape[2] != 2:
@@ -141,8 +149,9 @@ class Scale(nn.Module):
         self.low = float(low)
         self.high = float(high)
 
-    def forward(self, wav: torch.Tensor, generator: torch.Generator,
-                rows: BatchRows | None = None) -> torch.Tensor:
+    def forward(
+        self, wav: torch.Tensor, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> torch.Tensor:
         """(B, S, C, T) -> (B, S, C, T)."""
         rows = _rows(wav, rows)
         if not self.training:
@@ -170,8 +179,9 @@ class Remix(nn.Module):
             raise ValueError(f"Remix group_size must be >= 1, got {group_size}")
         self.group_size = int(group_size)
 
-    def forward(self, wav: torch.Tensor, generator: torch.Generator,
-                rows: BatchRows | None = None) -> torch.Tensor:
+    def forward(
+        self, wav: torch.Tensor, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> torch.Tensor:
         """(B, S, C, T) -> (B, S, C, T)."""
         rows = _rows(wav, rows)
         if not self.training:
@@ -179,10 +189,12 @@ class Remix(nn.Module):
         batch, sources = wav.shape[:2]
         size = self.group_size
         if rows.total % size or batch % size or rows.start % size:
-            raise ValueError(f"Remix(group_size={size}) needs global batch ({rows.total}), local "
-                             f"batch ({batch}) and its start ({rows.start}) divisible by {size}")
+            raise ValueError(
+                f"Remix(group_size={size}) needs global batch ({rows.total}), local "
+                f"batch ({batch}) and its start ({rows.start}) divisible by {size}"
+            )
         noise = torch.rand((rows.total // size, size, sources), generator=generator)
-        perm = noise.argsort(dim=1)[rows.start // size:(rows.start + batch) // size]
+        perm = noise.argsort(dim=1)[rows.start // size : (rows.start + batch) // size]
         perm = perm.to(wav.device)  # (B/g, g, S)
         groups = wav.reshape(batch // size, size, *wav.shape[1:])  # (B/g, g, S, C, T)
         group_idx = torch.arange(batch // size, device=wav.device)[:, None, None]
@@ -201,16 +213,22 @@ class AugmentPipeline(nn.Module):
         super().__init__()
         self.steps = nn.ModuleList(modules)
 
-    def forward(self, wav: torch.Tensor, generator: torch.Generator,
-                rows: BatchRows | None = None) -> torch.Tensor:
+    def forward(
+        self, wav: torch.Tensor, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> torch.Tensor:
         """(B, S, C, T) -> (B, S, C, T'), T' = T - shift."""
         for step in self.steps:
             wav = step(wav, generator, rows)
         return wav
 
 
-def build_augment(shift: int, flip_sign: bool, flip_channels: bool,
-                  scale: tuple[float, float] | None, remix_group_size: int) -> AugmentPipeline:
+def build_augment(
+    shift: int,
+    flip_sign: bool,
+    flip_channels: bool,
+    scale: tuple[float, float] | None,
+    remix_group_size: int,
+) -> AugmentPipeline:
     """The v2 pipeline: Shift, FlipSign, FlipChannels, Scale, Remix (disabled ones left out).
 
     Args:

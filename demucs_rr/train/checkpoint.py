@@ -42,8 +42,13 @@ def capture_rng() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np_state
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -55,8 +60,15 @@ def restore_rng(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng` (CUDA states are restored when CUDA is available)."""
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
-    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32),
-                         np_state["pos"], np_state["has_gauss"], np_state["cached"]))
+    np.random.set_state(
+        (
+            np_state["name"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached"],
+        )
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
@@ -110,6 +122,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise PackageFormatError(f"{path} is not a demucs_rr training checkpoint")
     version = data.get("version")
     if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
-        raise PackageFormatError(f"{path}: checkpoint version {version!r} is not supported "
-                                 f"(this demucs_rr reads up to {CHECKPOINT_VERSION})")
+        raise PackageFormatError(
+            f"{path}: checkpoint version {version!r} is not supported "
+            f"(this demucs_rr reads up to {CHECKPOINT_VERSION})"
+        )
     return data

@@ -27,22 +27,42 @@ __all__ = ["add_export_arguments", "add_train_arguments", "run_export", "run_tra
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``demucs-rr train``."""
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides: model=NAME and dset=NAME pick presets "
-                             "(conf/model, conf/dset), a.b=value sets a key of conf/config.yaml")
-    parser.add_argument("--run-dir", type=Path, default=None,
-                        help="run folder (config, checkpoint, metrics); default: "
-                             "runs/<the overrides>")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides: model=NAME and dset=NAME pick presets "
+        "(conf/model, conf/dset), a.b=value sets a key of conf/config.yaml",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="run folder (config, checkpoint, metrics); default: runs/<the overrides>",
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true",
-                      help="continue the run in --run-dir (required) from its checkpoint, with "
-                           "its saved config (overrides still apply, e.g. epochs=300)")
-    mode.add_argument("--restart", action="store_true",
-                      help="start from scratch even if --run-dir holds a checkpoint")
-    parser.add_argument("--conf-dir", type=Path, default=None,
-                        help="config folder (default: $DEMUCS_RR_CONF or the checkout's conf/)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config (YAML) and exit without training")
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir (required) from its checkpoint, with "
+        "its saved config (overrides still apply, e.g. epochs=300)",
+    )
+    mode.add_argument(
+        "--restart",
+        action="store_true",
+        help="start from scratch even if --run-dir holds a checkpoint",
+    )
+    parser.add_argument(
+        "--conf-dir",
+        type=Path,
+        default=None,
+        help="config folder (default: $DEMUCS_RR_CONF or the checkout's conf/)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (YAML) and exit without training",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -67,8 +87,9 @@ def run_train(args: argparse.Namespace) -> int:
     from demucs_rr.train.loop import CONFIG_NAME, fit
 
     if args.resume and args.run_dir is None:
-        raise ConfigError("--resume needs --run-dir RUN_DIR, the folder of the run to continue"
-                          + _runs_hint())
+        raise ConfigError(
+            "--resume needs --run-dir RUN_DIR, the folder of the run to continue" + _runs_hint()
+        )
     run_dir = args.run_dir or default_run_dir(args.overrides)
     if args.resume:
         saved = run_dir / CONFIG_NAME
@@ -83,42 +104,65 @@ def run_train(args: argparse.Namespace) -> int:
         print(config_to_yaml(config), end="")
         return 0
     if torchrun_ranks().rank == 0:
-        print(f"run folder: {run_dir} (continue it with `demucs-rr train --run-dir {run_dir} "
-              "--resume`)", flush=True)
-    history = fit(config, run_dir, resume=args.resume, restart=args.restart,
-                  echo=lambda line: print(line, flush=True))
+        print(
+            f"run folder: {run_dir} (continue it with `demucs-rr train --run-dir {run_dir} "
+            "--resume`)",
+            flush=True,
+        )
+    history = fit(
+        config,
+        run_dir,
+        resume=args.resume,
+        restart=args.restart,
+        echo=lambda line: print(line, flush=True),
+    )
     best = history[-1].get("best_epoch", 0) if history else 0
     if best:
         record = next(r for r in history if r["epoch"] == best)
-        print(f"best epoch {best}: valid nSDR {record['valid/nsdr']:.2f} dB; package it with "
-              f"`demucs-rr export {run_dir}`")
+        print(
+            f"best epoch {best}: valid nSDR {record['valid/nsdr']:.2f} dB; package it with "
+            f"`demucs-rr export {run_dir}`"
+        )
     return 0
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``demucs-rr export``."""
     parser.add_argument("run_dir", type=Path, help="run folder written by `demucs-rr train`")
-    parser.add_argument("-o", "--out", type=Path, default=None,
-                        help="package file (default: RUN_DIR/<name>.safetensors)")
+    parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=None,
+        help="package file (default: RUN_DIR/<name>.safetensors)",
+    )
     parser.add_argument("--name", default=None, help="model name (default: the run folder name)")
-    parser.add_argument("--last", action="store_true",
-                        help="export the last weights instead of the best validated ones")
+    parser.add_argument(
+        "--last",
+        action="store_true",
+        help="export the last weights instead of the best validated ones",
+    )
     parser.add_argument("--half", action="store_true", help="store float16 weights")
 
 
-def _training_info(saved: dict[str, Any], best: dict[str, Any] | None,
-                   sources: Sequence[str]) -> TrainingInfo:
+def _training_info(
+    saved: dict[str, Any], best: dict[str, Any] | None, sources: Sequence[str]
+) -> TrainingInfo:
     """The package's training block; validation metrics only when ``best`` weights are kept."""
-    info = TrainingInfo(epochs=int(saved["epoch"]), config=dict(saved["config"]),
-                        train_tracks=list(saved["train_tracks"]),
-                        valid_tracks=list(saved["valid_tracks"]))
+    info = TrainingInfo(
+        epochs=int(saved["epoch"]),
+        config=dict(saved["config"]),
+        train_tracks=list(saved["train_tracks"]),
+        valid_tracks=list(saved["valid_tracks"]),
+    )
     if best is None:
         return info
     found = best["metrics"]
     metrics = {VALID_LOSS: float(found["loss"]), VALID_NSDR: float(found["nsdr"])}
     metrics.update({f"{VALID_NSDR}_{s}": float(found[f"nsdr/{s}"]) for s in sources})
-    return dataclasses.replace(info, best_epoch=int(best["epoch"]), weights=str(best["weights"]),
-                               metrics=metrics)
+    return dataclasses.replace(
+        info, best_epoch=int(best["epoch"]), weights=str(best["weights"]), metrics=metrics
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -243,8 +243,10 @@ def _schema() -> DictConfig:
 def _compose(conf_dir: Path, groups: dict[str, str]) -> DictConfig:
     base_path = conf_dir / "config.yaml"
     if not base_path.is_file():
-        raise ConfigError(f"no training config at {base_path}: pass --conf-dir or set "
-                          "$DEMUCS_RR_CONF to the conf/ folder of demucs_rr")
+        raise ConfigError(
+            f"no training config at {base_path}: pass --conf-dir or set "
+            "$DEMUCS_RR_CONF to the conf/ folder of demucs_rr"
+        )
     base = _read_yaml(base_path)
     defaults = base.pop("defaults", None) or {}
     if not isinstance(defaults, dict):
@@ -263,8 +265,11 @@ def _compose(conf_dir: Path, groups: dict[str, str]) -> DictConfig:
     return cfg
 
 
-def load_config(overrides: Sequence[str] = (), conf_dir: str | os.PathLike | None = None,
-                base: str | os.PathLike | dict | None = None) -> TrainConfig:
+def load_config(
+    overrides: Sequence[str] = (),
+    conf_dir: str | os.PathLike | None = None,
+    base: str | os.PathLike | dict | None = None,
+) -> TrainConfig:
     """Compose and validate a training configuration.
 
     Args:
@@ -284,8 +289,11 @@ def load_config(overrides: Sequence[str] = (), conf_dir: str | os.PathLike | Non
     if base is not None:
         if groups:
             raise ConfigError(f"cannot change presets ({', '.join(groups)}) of a saved run config")
-        data, where = (base, "the saved config") if isinstance(base, dict) else (
-            _read_yaml(Path(base)), str(base))
+        data, where = (
+            (base, "the saved config")
+            if isinstance(base, dict)
+            else (_read_yaml(Path(base)), str(base))
+        )
         cfg = _merge(_schema(), data, where)
     else:
         cfg = _compose(Path(conf_dir) if conf_dir else default_conf_dir(), groups)
@@ -352,8 +360,10 @@ def _check_model(config: TrainConfig) -> None:
     from demucs_rr.models.registry import MODEL_CLASSES, get_model_class
 
     arch = config.model.arch
-    _require(arch in MODEL_CLASSES,
-             f"model.arch={arch!r} is not a registered model ({', '.join(sorted(MODEL_CLASSES))})")
+    _require(
+        arch in MODEL_CLASSES,
+        f"model.arch={arch!r} is not a registered model ({', '.join(sorted(MODEL_CLASSES))})",
+    )
     try:
         inspect.signature(get_model_class(arch)).bind(**model_kwargs(config))
     except TypeError as exc:
@@ -369,16 +379,22 @@ def check_config(config: TrainConfig) -> None:
     _check_choices(config)
     _check_numbers(config)
     sources = config.dset.sources
-    _require(len(sources) > 0 and len(set(sources)) == len(sources),
-             f"dset.sources must be non-empty and unique, got {sources}")
+    _require(
+        len(sources) > 0 and len(set(sources)) == len(sources),
+        f"dset.sources must be non-empty and unique, got {sources}",
+    )
     weights = config.loss.weights
     if weights is not None:
-        _require(len(weights) == len(sources) and min(weights) >= 0 and sum(weights) > 0,
-                 f"loss.weights needs {len(sources)} non-negative values (one per source "
-                 f"{sources}) with a positive sum, got {weights}")
+        _require(
+            len(weights) == len(sources) and min(weights) >= 0 and sum(weights) > 0,
+            f"loss.weights needs {len(sources)} non-negative values (one per source "
+            f"{sources}) with a positive sum, got {weights}",
+        )
     if config.dset.kind != "synthetic":
-        _require(bool(config.dset.root),
-                 f"dset.root is not set: pass dset.root=/path/to/the/{config.dset.kind} folder")
+        _require(
+            bool(config.dset.root),
+            f"dset.root is not set: pass dset.root=/path/to/the/{config.dset.kind} folder",
+        )
     _check_model(config)
 
 
@@ -395,8 +411,11 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
     """
     kwargs = dict(config.model.kwargs)
     kwargs.setdefault("segment_length", 4 * segment_samples(config))
-    kwargs.update(sources=list(config.dset.sources), audio_channels=config.dset.channels,
-                  samplerate=config.dset.samplerate)
+    kwargs.update(
+        sources=list(config.dset.sources),
+        audio_channels=config.dset.channels,
+        samplerate=config.dset.samplerate,
+    )
     return kwargs
 
 

@@ -37,8 +37,7 @@ class DistContext:
     device: torch.device = torch.device("cpu")
 
     @classmethod
-    def from_env(cls, device: str = "auto",
-                 env: Mapping[str, str] | None = None) -> DistContext:
+    def from_env(cls, device: str = "auto", env: Mapping[str, str] | None = None) -> DistContext:
         """Read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (as set by torchrun); defaults: 1 process.
 
         ``auto`` and ``cuda`` give ``cuda:LOCAL_RANK`` when CUDA is available (``auto`` falls
@@ -72,8 +71,9 @@ class DistContext:
             return
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        torch_dist.init_process_group(backend=self.backend, rank=self.rank,
-                                      world_size=self.world_size)
+        torch_dist.init_process_group(
+            backend=self.backend, rank=self.rank, world_size=self.world_size
+        )
 
     def close(self) -> None:
         """Leave the process group if this context joined one."""

@@ -30,7 +30,8 @@ class EMA:
         self.decay = float(decay)
         self.count = 0.0
         self.state: dict[str, torch.Tensor] = {
-            key: value.detach().clone().float() if value.is_floating_point()
+            key: value.detach().clone().float()
+            if value.is_floating_point()
             else value.detach().clone()
             for key, value in model.state_dict().items()
         }
@@ -59,8 +60,11 @@ class EMA:
 
     def state_dict(self) -> dict:
         """Plain state (tensors on the CPU, floats) for a ``weights_only`` checkpoint."""
-        return {"decay": self.decay, "count": self.count,
-                "state": {key: value.cpu() for key, value in self.state.items()}}
+        return {
+            "decay": self.decay,
+            "count": self.count,
+            "state": {key: value.cpu() for key, value in self.state.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict` (tensors are copied onto the current devices)."""

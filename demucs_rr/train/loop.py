@@ -83,8 +83,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         seed: base seed.
     """
 
-    def __init__(self, size: int, global_batch: int, rank: int, world_size: int,
-                 seed: int) -> None:
+    def __init__(self, size: int, global_batch: int, rank: int, world_size: int, seed: int) -> None:
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} not divisible by {world_size}")
         self.size, self.global_batch = size, global_batch
@@ -102,15 +101,15 @@ class GlobalBatchSampler(Sampler[list[int]]):
         perm = torch.randperm(self.size, generator=step_generator(self.seed, 0, self.epoch))
         start = self.rank * self.local_batch
         for k in range(len(self)):
-            batch = perm[k * self.global_batch:(k + 1) * self.global_batch]
-            yield batch[start:start + self.local_batch].tolist()
+            batch = perm[k * self.global_batch : (k + 1) * self.global_batch]
+            yield batch[start : start + self.local_batch].tolist()
 
 
-def make_loader(dataset: Dataset, sampler: GlobalBatchSampler, workers: int,
-                pin_memory: bool) -> DataLoader:
+def make_loader(
+    dataset: Dataset, sampler: GlobalBatchSampler, workers: int, pin_memory: bool
+) -> DataLoader:
     """DataLoader yielding (b, S, C, T) batches in ``sampler``'s order."""
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory)
 
 
 def _backward_and_step(state: TrainState, loss: torch.Tensor) -> float:
@@ -144,15 +143,19 @@ def train_step(state: TrainState, batch: torch.Tensor) -> dict[str, float]:
         ``{"loss", "<kind>/<source>", "grad_norm", "lr"}`` of this process.
     """
     if batch.dim() != 4:
-        raise ValueError(f"expected a (batch, sources, channels, time) batch, got "
-                         f"{tuple(batch.shape)}")
+        raise ValueError(
+            f"expected a (batch, sources, channels, time) batch, got {tuple(batch.shape)}"
+        )
     dist = state.dist
     stems = batch.to(dist.device, non_blocking=True)
     rows = BatchRows(dist.rank * stems.shape[0], stems.shape[0] * dist.world_size)
     stems = state.augment(stems, step_generator(state.seed, 1, state.step), rows)  # (b,S,C,T)
     mix = stems.sum(dim=1)  # (b, C, T)
-    with torch.autocast(dist.device.type, dtype=state.amp_dtype or torch.float32,
-                        enabled=state.amp_dtype is not None):
+    with torch.autocast(
+        dist.device.type,
+        dtype=state.amp_dtype or torch.float32,
+        enabled=state.amp_dtype is not None,
+    ):
         estimate = state.net(mix)  # (b, S, C, T')
     losses = state.criterion(estimate.float(), center_trim(stems, estimate))
     lr = float(state.optimizer.param_groups[0]["lr"])
@@ -165,8 +168,9 @@ def train_step(state: TrainState, batch: torch.Tensor) -> dict[str, float]:
     return metrics
 
 
-def run_epoch(state: TrainState, loader: DataLoader, progress: bool = False,
-              desc: str = "train") -> dict[str, float]:
+def run_epoch(
+    state: TrainState, loader: DataLoader, progress: bool = False, desc: str = "train"
+) -> dict[str, float]:
     """Train on every batch of ``loader``; returns the metrics averaged over steps and ranks."""
     from tqdm import tqdm
 
@@ -175,8 +179,13 @@ def run_epoch(state: TrainState, loader: DataLoader, progress: bool = False,
     totals: dict[str, float] = {}
     count = 0
     # disable=None: tqdm shows the bar only on a terminal (no bar noise in log files).
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
-               disable=None if progress and state.dist.is_main else True)
+    bar = tqdm(
+        loader,
+        desc=desc,
+        leave=False,
+        dynamic_ncols=True,
+        disable=None if progress and state.dist.is_main else True,
+    )
     for batch in bar:
         metrics = train_step(state, batch)
         for key, value in metrics.items():
@@ -218,13 +227,17 @@ def _make_synthetic(config: TrainConfig, dist: DistContext) -> None:
         syn = config.dset.synthetic
         splits = {"train": syn.train_tracks, "valid": syn.valid_tracks, "test": syn.valid_tracks}
         logger.info("generating the synthetic dataset in %s", root)
-        make_synthetic_dataset(root, tracks_per_split=splits, seconds=syn.seconds,
-                               samplerate=config.dset.samplerate, seed=syn.seed)
+        make_synthetic_dataset(
+            root,
+            tracks_per_split=splits,
+            seconds=syn.seconds,
+            samplerate=config.dset.samplerate,
+            seed=syn.seed,
+        )
     dist.barrier()
 
 
-def prepare_data(config: TrainConfig, model: SeparationModel,
-                 dist: DistContext) -> TrainData:
+def prepare_data(config: TrainConfig, model: SeparationModel, dist: DistContext) -> TrainData:
     """Scan the dataset and cut training items of ``valid_length(segment) + shift`` samples.
 
     Raises:
@@ -234,18 +247,27 @@ def prepare_data(config: TrainConfig, model: SeparationModel,
     dset = config.dset
     if dset.kind == "synthetic":
         _make_synthetic(config, dist)
-    splits = split_tracks(str(dset.root), dset.sources, _kind(config), dset.train_split,
-                          dset.valid_split)
+    splits = split_tracks(
+        str(dset.root), dset.sources, _kind(config), dset.train_split, dset.valid_split
+    )
     repitch = config.data.repitch
     if repitch > 0 and not soundstretch_available():
         logger.warning("soundstretch is not installed: repitch augmentation is off")
         repitch = 0.0
     rate = dset.samplerate
     length = model.valid_length(segment_samples(config)) + round(config.augment.shift * rate)
-    train = StemSegments(splits.train, list(dset.sources), length,
-                         max(1, round(config.data.stride * rate)), rate, dset.channels,
-                         normalize=True, repitch_proba=repitch,
-                         max_tempo=config.data.max_tempo, seed=config.seed)
+    train = StemSegments(
+        splits.train,
+        list(dset.sources),
+        length,
+        max(1, round(config.data.stride * rate)),
+        rate,
+        dset.channels,
+        normalize=True,
+        repitch_proba=repitch,
+        max_tempo=config.data.max_tempo,
+        seed=config.seed,
+    )
     data = TrainData(train, splits.train, splits.valid)
     check_batches(config, dist, data)
     return data
@@ -262,23 +284,29 @@ def check_batches(config: TrainConfig, dist: DistContext, data: TrainData) -> No
         raise ConfigError(f"batch_size={batch} is not divisible by the {world} processes")
     group = config.augment.remix_group_size
     if group and (batch // world) % group:
-        raise ConfigError(f"augment.remix_group_size={group} does not divide the per-process "
-                          f"batch {batch // world}; change batch_size or remix_group_size")
+        raise ConfigError(
+            f"augment.remix_group_size={group} does not divide the per-process "
+            f"batch {batch // world}; change batch_size or remix_group_size"
+        )
     items, tracks = len(data.train), len(data.train_tracks)
     if items < batch:
-        raise ConfigError(f"the training set has {items} items from {tracks} tracks, fewer "
-                          f"than batch_size={batch}: lower batch_size, segment or data.stride, "
-                          "or add tracks")
+        raise ConfigError(
+            f"the training set has {items} items from {tracks} tracks, fewer "
+            f"than batch_size={batch}: lower batch_size, segment or data.stride, "
+            "or add tracks"
+        )
     if tracks < batch:
-        logger.warning("only %d training tracks for a batch of %d: batches repeat tracks",
-                       tracks, batch)
+        logger.warning(
+            "only %d training tracks for a batch of %d: batches repeat tracks", tracks, batch
+        )
 
 
 class RunLog:
     """Per-epoch outputs of rank 0: ``metrics.jsonl``, optional TensorBoard, summary line."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, echo: Callable[[str], None],
-                 history: list[dict]) -> None:
+    def __init__(
+        self, run_dir: Path, tensorboard: bool, echo: Callable[[str], None], history: list[dict]
+    ) -> None:
         self.path = run_dir / METRICS_NAME
         self.echo = echo
         self.writer = None
@@ -286,8 +314,9 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ConfigError("log.tensorboard=true needs the tensorboard package "
-                                  "(pip install tensorboard)") from None
+                raise ConfigError(
+                    "log.tensorboard=true needs the tensorboard package (pip install tensorboard)"
+                ) from None
         run_dir.mkdir(parents=True, exist_ok=True)
         # The checkpoint's history is the truth: a resumed run rewrites the epochs it keeps.
         self.path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
@@ -314,8 +343,10 @@ def summary_line(record: dict, epochs: int) -> str:
     """One line: epoch, train loss, validation loss and nSDR, best epoch, time."""
     parts = [f"epoch {record['epoch']}/{epochs}", f"train loss {record['train/loss']:.4f}"]
     if "valid/loss" in record:
-        parts.append(f"valid loss {record['valid/loss']:.4f} nSDR {record['valid/nsdr']:.2f} dB "
-                     f"(do-nothing {record['valid/baseline_nsdr']:.2f})")
+        parts.append(
+            f"valid loss {record['valid/loss']:.4f} nSDR {record['valid/nsdr']:.2f} dB "
+            f"(do-nothing {record['valid/baseline_nsdr']:.2f})"
+        )
     if "valid_ema/nsdr" in record:
         parts.append(f"ema nSDR {record['valid_ema/nsdr']:.2f} dB")
     if record.get("best_epoch"):
@@ -326,15 +357,20 @@ def summary_line(record: dict, epochs: int) -> str:
 
 def _valid_options(config: TrainConfig) -> ValidOptions:
     rate, val = config.dset.samplerate, config.valid
-    apply = ApplyOptions(segment=round(val.segment * rate) if val.segment else None,
-                         overlap=val.overlap, split=val.split, shifts=0,
-                         batch_size=val.batch_size)
+    apply = ApplyOptions(
+        segment=round(val.segment * rate) if val.segment else None,
+        overlap=val.overlap,
+        split=val.split,
+        shifts=0,
+        batch_size=val.batch_size,
+    )
     max_samples = round(val.max_seconds * rate) if val.max_seconds else None
     return ValidOptions(list(config.dset.sources), apply, config.loss.kind, max_samples)
 
 
-def _end_epoch(state: TrainState, config: TrainConfig, data: TrainData,
-               train: dict[str, float], started: float) -> dict:
+def _end_epoch(
+    state: TrainState, config: TrainConfig, data: TrainData, train: dict[str, float], started: float
+) -> dict:
     """Validate when due, track the best state; returns the epoch's flat record."""
     groups: dict[str, dict[str, float]] = {"train": train}
     if state.epoch % config.valid.every == 0 or state.epoch == config.epochs:
@@ -350,9 +386,13 @@ def _end_epoch(state: TrainState, config: TrainConfig, data: TrainData,
 
 
 def _checkpoint_payload(state: TrainState, config: TrainConfig, data: TrainData) -> dict:
-    return {**state.state_dict(), "config": config_to_dict(config), "rng": capture_rng(),
-            "train_tracks": [t.name for t in data.train_tracks],
-            "valid_tracks": [t.name for t in data.valid_tracks]}
+    return {
+        **state.state_dict(),
+        "config": config_to_dict(config),
+        "rng": capture_rng(),
+        "train_tracks": [t.name for t in data.train_tracks],
+        "valid_tracks": [t.name for t in data.valid_tracks],
+    }
 
 
 def _start(state: TrainState, run_dir: Path, resume: bool, restart: bool) -> None:
@@ -368,12 +408,21 @@ def _start(state: TrainState, run_dir: Path, resume: bool, restart: bool) -> Non
     elif resume:
         raise ConfigError(f"nothing to resume: {path} does not exist")
     elif path.is_file() and not restart:
-        raise ConfigError(f"{run_dir} already holds a training checkpoint: pass --resume to "
-                          "continue it, or --restart to start again from scratch")
+        raise ConfigError(
+            f"{run_dir} already holds a training checkpoint: pass --resume to "
+            "continue it, or --restart to start again from scratch"
+        )
 
 
-def _train_epochs(state: TrainState, config: TrainConfig, data: TrainData, loader: DataLoader,
-                  run_dir: Path, log: RunLog | None, last: int) -> None:
+def _train_epochs(
+    state: TrainState,
+    config: TrainConfig,
+    data: TrainData,
+    loader: DataLoader,
+    run_dir: Path,
+    log: RunLog | None,
+    last: int,
+) -> None:
     """Epochs ``state.epoch + 1 .. last``, each ending with validation and a checkpoint."""
     sampler = loader.batch_sampler
     assert isinstance(sampler, GlobalBatchSampler)
@@ -381,8 +430,9 @@ def _train_epochs(state: TrainState, config: TrainConfig, data: TrainData, loade
         started = time.perf_counter()
         data.train.set_epoch(state.epoch)
         sampler.set_epoch(state.epoch)
-        train = run_epoch(state, loader, config.log.progress,
-                          f"epoch {state.epoch + 1}/{config.epochs}")
+        train = run_epoch(
+            state, loader, config.log.progress, f"epoch {state.epoch + 1}/{config.epochs}"
+        )
         state.epoch += 1
         record = _end_epoch(state, config, data, train, started)
         state.history.append(record)
@@ -392,9 +442,15 @@ def _train_epochs(state: TrainState, config: TrainConfig, data: TrainData, loade
         state.dist.barrier()
 
 
-def fit(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
-        restart: bool = False, stop_after: int | None = None,
-        echo: Callable[[str], None] | None = None) -> list[dict]:
+def fit(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    restart: bool = False,
+    stop_after: int | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> list[dict]:
     """Train ``config`` in ``run_dir`` (one process, or one of the processes of ``torchrun``).
 
     Writes ``config.yaml``, ``metrics.jsonl`` and, after every epoch, ``checkpoint.th``
@@ -420,17 +476,16 @@ def fit(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     try:
         model = make_model(config)
         data = prepare_data(config, model, dist)
-        sampler = GlobalBatchSampler(len(data.train), config.batch_size, dist.rank,
-                                     dist.world_size, config.seed)
-        loader = make_loader(data.train, sampler, config.data.workers,
-                             dist.device.type == "cuda")
+        sampler = GlobalBatchSampler(
+            len(data.train), config.batch_size, dist.rank, dist.world_size, config.seed
+        )
+        loader = make_loader(data.train, sampler, config.data.workers, dist.device.type == "cuda")
         state = build_state(config, model, dist, len(sampler))
         _start(state, run_dir, resume, restart)
         if dist.is_main:
             log = RunLog(run_dir, config.log.tensorboard, echo or logger.info, state.history)
             (run_dir / CONFIG_NAME).write_text(config_to_yaml(config), encoding="utf-8")
-        last = config.epochs if stop_after is None else min(config.epochs,
-                                                            state.epoch + stop_after)
+        last = config.epochs if stop_after is None else min(config.epochs, state.epoch + stop_after)
         _train_epochs(state, config, data, loader, run_dir, log, last)
         return list(state.history)
     finally:

@@ -24,8 +24,9 @@ def per_source_error(estimate: torch.Tensor, target: torch.Tensor, kind: str) ->
         (S,) error of each source, averaged over every other dimension.
     """
     if estimate.shape != target.shape:
-        raise ValueError(f"estimate {tuple(estimate.shape)} and target {tuple(target.shape)} "
-                         "differ in shape")
+        raise ValueError(
+            f"estimate {tuple(estimate.shape)} and target {tuple(target.shape)} differ in shape"
+        )
     diff = estimate - target
     err = diff.abs() if kind == "l1" else diff.square() if kind == "mse" else None
     if err is None:
@@ -46,14 +47,17 @@ class SourceLoss:
         weights: one non-negative weight per source, or None for equal weights.
     """
 
-    def __init__(self, sources: Sequence[str], kind: str = "l1",
-                 weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, sources: Sequence[str], kind: str = "l1", weights: Sequence[float] | None = None
+    ) -> None:
         if kind not in ("l1", "mse"):
             raise ValueError(f"unknown loss kind {kind!r} (l1 or mse)")
         weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
         if len(weights) != len(sources) or min(weights) < 0 or sum(weights) <= 0:
-            raise ValueError(f"need one non-negative weight per source {list(sources)} with a "
-                             f"positive sum, got {weights}")
+            raise ValueError(
+                f"need one non-negative weight per source {list(sources)} with a "
+                f"positive sum, got {weights}"
+            )
         self.sources = list(sources)
         self.kind = kind
         self.weights = torch.tensor(weights, dtype=torch.float32)
@@ -74,4 +78,3 @@ class SourceLoss:
         for name, value in zip(self.sources, per_source, strict=True):
             out[f"{self.kind}/{name}"] = value.detach()
         return out
-

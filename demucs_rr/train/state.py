@@ -83,8 +83,11 @@ class TrainState:
         """Restore what :meth:`state_dict` produced (onto the current devices)."""
         self.model.load_state_dict(data["model"])
         self.optimizer.load_state_dict(data["optimizer"])
-        for part, saved in ((self.scheduler, data["scheduler"]), (self.scaler, data["scaler"]),
-                            (self.ema, data["ema"])):
+        for part, saved in (
+            (self.scheduler, data["scheduler"]),
+            (self.scaler, data["scaler"]),
+            (self.ema, data["ema"]),
+        ):
             if part is not None and saved is not None:
                 part.load_state_dict(saved)
         self.epoch, self.step = int(data["epoch"]), int(data["step"])
@@ -124,8 +127,9 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int,
-                   total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Per-step LR factor: linear warmup, then constant (``none``) or cosine to 0 (``cosine``).
 
     Returns None when there is neither warmup nor schedule (the v2 recipe).
@@ -144,27 +148,39 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_state(config: TrainConfig, model: PackagedModel, dist: DistContext,
-                steps_per_epoch: int) -> TrainState:
+def build_state(
+    config: TrainConfig, model: PackagedModel, dist: DistContext, steps_per_epoch: int
+) -> TrainState:
     """Optimiser, schedule, AMP, EMA, augmentation and loss around ``model`` (moved to the
     device and wrapped in DDP when distributed)."""
     model = model.to(dist.device)
     opt = config.optim
-    optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2),
-                                 weight_decay=opt.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), weight_decay=opt.weight_decay
+    )
     dtype = amp_dtype(config.amp, dist.device)
     rate = config.dset.samplerate
     aug = config.augment
     augment = build_augment(
-        shift=round(aug.shift * rate), flip_sign=aug.flip_sign, flip_channels=aug.flip_channels,
+        shift=round(aug.shift * rate),
+        flip_sign=aug.flip_sign,
+        flip_channels=aug.flip_channels,
         scale=(aug.scale_min, aug.scale_max) if aug.scale else None,
-        remix_group_size=aug.remix_group_size).to(dist.device)
+        remix_group_size=aug.remix_group_size,
+    ).to(dist.device)
     return TrainState(
-        model=model, net=dist.wrap(as_module(model)), optimizer=optimizer, augment=augment,
+        model=model,
+        net=dist.wrap(as_module(model)),
+        optimizer=optimizer,
+        augment=augment,
         criterion=SourceLoss(config.dset.sources, config.loss.kind, config.loss.weights),
-        dist=dist, seed=config.seed,
-        scheduler=make_scheduler(optimizer, opt.schedule, opt.warmup_steps,
-                                 config.epochs * steps_per_epoch),
+        dist=dist,
+        seed=config.seed,
+        scheduler=make_scheduler(
+            optimizer, opt.schedule, opt.warmup_steps, config.epochs * steps_per_epoch
+        ),
         scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
         ema=EMA(model, opt.ema_decay) if opt.ema_decay > 0 else None,
-        amp_dtype=dtype, clip_grad=opt.clip_grad)
+        amp_dtype=dtype,
+        clip_grad=opt.clip_grad,
+    )

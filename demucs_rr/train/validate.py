@@ -37,12 +37,13 @@ class ValidOptions:
     max_samples: int | None = None
 
 
-def _score_track(model: SeparationModel, track: Track, options: ValidOptions,
-                 device: torch.device) -> torch.Tensor:
+def _score_track(
+    model: SeparationModel, track: Track, options: ValidOptions, device: torch.device
+) -> torch.Tensor:
     """(3, S) float64 rows: loss, nSDR and do-nothing nSDR of each source on one track."""
     mix, stems = load_track(track, options.sources)  # (C, T), (S, C, T), not normalised
     if options.max_samples is not None:
-        mix, stems = mix[:, :options.max_samples], stems[..., :options.max_samples]
+        mix, stems = mix[:, : options.max_samples], stems[..., : options.max_samples]
     estimate = separate_normalized(model, mix, options.apply, device)  # (S, C, T)
     std = track.std if track.std > 0 else 1.0
     loss = per_source_error(estimate / std, stems / std, options.loss_kind)
@@ -50,8 +51,9 @@ def _score_track(model: SeparationModel, track: Track, options: ValidOptions,
     return torch.stack([loss.double(), nsdr(stems, estimate), baseline])
 
 
-def validate(model: SeparationModel, tracks: list[Track], options: ValidOptions,
-             dist: DistContext) -> dict[str, float]:
+def validate(
+    model: SeparationModel, tracks: list[Track], options: ValidOptions, dist: DistContext
+) -> dict[str, float]:
     """Separate whole validation tracks with the engine the CLI uses and score them.
 
     Tracks are shared among processes (track ``i`` on rank ``i % world_size``) and the sums
@@ -71,8 +73,11 @@ def validate(model: SeparationModel, tracks: list[Track], options: ValidOptions,
         total += _score_track(model, tracks[index], valid, dist.device)
     model.train(was_training)
     total = dist.all_reduce_sum(total) / max(len(tracks), 1)  # (3, S) means over tracks
-    out = {"loss": float(total[0].mean()), "nsdr": float(total[1].mean()),
-           "baseline_nsdr": float(total[2].mean())}
+    out = {
+        "loss": float(total[0].mean()),
+        "nsdr": float(total[1].mean()),
+        "baseline_nsdr": float(total[2].mean()),
+    }
     for s, name in enumerate(options.sources):
         out[f"loss/{name}"] = float(total[0, s])
         out[f"nsdr/{name}"] = float(total[1, s])
@@ -84,8 +89,7 @@ def _score(metrics: dict[str, float], best_on: str) -> float:
     return metrics["loss"] if best_on == "loss" else -metrics["nsdr"]
 
 
-def update_best(state: TrainState, candidates: dict[str, dict[str, float]],
-                best_on: str) -> bool:
+def update_best(state: TrainState, candidates: dict[str, dict[str, float]], best_on: str) -> bool:
     """Keep the best of this epoch's validated weights if it beats ``state.best``.
 
     Args:
@@ -105,13 +109,19 @@ def update_best(state: TrainState, candidates: dict[str, dict[str, float]],
         weights = {k: v.detach().cpu().clone() for k, v in state.ema.state.items()}
     else:
         weights = {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}
-    state.best = {"score": score, "epoch": state.epoch, "weights": which,
-                  "metrics": dict(candidates[which]), "state": weights}
+    state.best = {
+        "score": score,
+        "epoch": state.epoch,
+        "weights": which,
+        "metrics": dict(candidates[which]),
+        "state": weights,
+    }
     return True
 
 
-def validate_epoch(state: TrainState, tracks: list[Track],
-                   options: ValidOptions) -> dict[str, dict[str, float]]:
+def validate_epoch(
+    state: TrainState, tracks: list[Track], options: ValidOptions
+) -> dict[str, dict[str, float]]:
     """Validate the model (and its EMA weights when enabled): ``{"valid": .., "valid_ema": ..}``."""
     out = {"valid": validate(state.model, tracks, options, state.dist)}
     if state.ema is not None:
@@ -122,5 +132,6 @@ def validate_epoch(state: TrainState, tracks: list[Track],
 
 def flatten(groups: dict[str, dict[str, float]]) -> dict[str, float]:
     """``{"train": {"loss": 1}}`` -> ``{"train/loss": 1}``."""
-    return {f"{group}/{key}": value for group, values in groups.items()
-            for key, value in values.items()}
+    return {
+        f"{group}/{key}": value for group, values in groups.items() for key, value in values.items()
+    }
