@@ -44,6 +44,12 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_leaderboard",
         "merge evaluation folders into one ranked table",
     ),
+    "serve": (
+        "demucs_rr.serve.cli",
+        "add_serve_arguments",
+        "run_serve",
+        "web page and HTTP API for separation jobs (needs the [serve] extra)",
+    ),
 }
 
 
@@ -205,9 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     lst = models_sub.add_parser("list", help="list known model names")
     for p in (models, lst):
         p.add_argument("--repo", help="also list model files in this folder")
+    conv = models_sub.add_parser(
+        "convert",
+        help="write any model (official .th / hub .safetensors, bag .yaml, pretrained name) "
+        "as a demucs_rr .safetensors package",
+    )
+    conv.add_argument("src", help="model file, bag .yaml (members beside it) or pretrained name")
+    conv.add_argument("dst", help="destination .safetensors package")
+    conv.add_argument("--repo", help="folder searched first for SRC and for bag members")
+    conv.add_argument("--name", help="model name stored in the package (default: SRC's name)")
     for name, (module, add, _, help_text) in EXTRA_COMMANDS.items():
         getattr(importlib.import_module(module), add)(sub.add_parser(name, help=help_text))
-    for sub_parser in (*sub.choices.values(), lst):
+    for sub_parser in (*sub.choices.values(), lst, conv):
         add_threads_argument(sub_parser)
     return parser
 
@@ -226,8 +241,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in EXTRA_COMMANDS:
         module, _, run, _ = EXTRA_COMMANDS[args.command]
         return int(getattr(importlib.import_module(module), run)(args))
-    from demucs_rr.separate.run import run_models_list
+    from demucs_rr.separate.run import run_models_convert, run_models_list
 
+    if getattr(args, "models_command", None) == "convert":
+        return run_models_convert(args)
     return run_models_list(args)
 
 

@@ -324,7 +324,9 @@ def test_framewise_sdr_float32_within_rounding_bound(target_db: float):
     refs = torch.randn(4, 2, 5 * 8000, generator=gen, dtype=torch.float64)
     noise = torch.randn(refs.shape, generator=gen, dtype=torch.float64)
     ests = refs + 10 ** (-target_db / 20) * noise
+    saved = refs.clone(), ests.clone()
     exact = framewise_sdr(refs, ests, 8000, 8000)
+    assert torch.equal(refs, saved[0]) and torch.equal(ests, saved[1])  # inputs untouched
     r32, e32 = refs.float(), ests.float()
     got = framewise_sdr(r32, e32, 8000, 8000)
     torch.testing.assert_close(

@@ -10,6 +10,7 @@ import pickletools
 import sys
 import types
 import zipfile
+from fractions import Fraction
 from pathlib import Path, PosixPath
 from typing import Any
 
@@ -27,6 +28,7 @@ from demucs_rr.models.legacy import (
 )
 from demucs_rr.models.package import load_state_strict
 from demucs_rr.sources import MUSDB_SOURCES
+from tests.conftest import assert_matches
 
 
 def _globals_in(path: Path) -> set[str]:
@@ -86,11 +88,33 @@ def test_package_is_not_a_state_file(official_fixtures: Path) -> None:
     assert "\n" not in str(info.value) and "package.th" in str(info.value)
 
 
-def test_v3_package_is_readable_but_not_built_here(official_fixtures: Path) -> None:
-    package = load_official_package(official_fixtures / "v3_demucs" / "package.th")
-    assert package.klass_name == "demucs.demucs.Demucs"
-    with pytest.raises(PackageFormatError, match="demucs.demucs.Demucs"):
-        model_from_official_package(official_fixtures / "v3_demucs" / "package.th")
+@pytest.mark.parametrize(
+    ("case", "klass", "class_name"),
+    [
+        ("v2_demucs", "demucs.model.Demucs", "Demucs"),
+        ("v3_demucs", "demucs.demucs.Demucs", "DemucsV3"),
+        ("v4_hdemucs", "demucs.hdemucs.HDemucs", "HDemucs"),
+        ("v4_htdemucs", "demucs.htdemucs.HTDemucs", "HTDemucs"),
+    ],
+)
+def test_one_loader_builds_every_official_package(
+    official_fixtures: Path, one_thread: None, case: str, klass: str, class_name: str
+) -> None:
+    """v2 and v3/v4 packages go through the same restricted loader and entry point."""
+    path = official_fixtures / case / "package.th"
+    package = load_official_package(path)
+    assert package.klass_name == klass
+    model = model_from_official_package(path)
+    assert type(model).__name__ == class_name and not model.training
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())
+    if case == "v4_htdemucs":  # the exact Fraction segment survives
+        assert package.kwargs["segment"] == Fraction(39, 100)
+        assert model.segment_length == 17199
+    with np.load(official_fixtures / case / "forward.npz") as data:
+        x, ref = data["x"], data["y"]
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    assert_matches(y, ref, f"{case}/forward.npz")
 
 
 # ------------------------------------------------------------------------------ malicious files
@@ -130,6 +154,84 @@ def test_malicious_pickle_is_refused_without_running(tmp_path: Path, where: str,
         load_official_package(path)
     with pytest.raises(PackageFormatError):
         model_from_official_package(path)
+    assert not marker.exists()
+
+
+class _Reduce:
+    """An object whose unpickling calls ``func(*args)``."""
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (self.func, self.args)
+
+
+@pytest.fixture
+def fake_v4(monkeypatch: pytest.MonkeyPatch) -> type:
+    """An importable stand-in for demucs.htdemucs.HTDemucs (torch.save pickles its path)."""
+    module = types.ModuleType("demucs.htdemucs")
+    klass = type("HTDemucs", (), {"__module__": "demucs.htdemucs"})
+    module.HTDemucs = klass  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "demucs", types.ModuleType("demucs"))
+    monkeypatch.setitem(sys.modules, "demucs.htdemucs", module)
+    return klass
+
+
+@pytest.mark.parametrize(
+    ("kind", "protocol", "reference"),
+    [
+        ("os.system", 2, f"{os.system.__module__}.system"),
+        ("builtins.open", 2, f"{open.__module__}.open"),
+        ("Path.touch", 2, "builtins.getattr"),  # protocol 2 reaches methods via getattr
+        ("Path.touch", 4, "pathlib.Path.touch"),
+    ],
+)
+@pytest.mark.parametrize("where", ["kwargs", "state", "metrics"])
+def test_malicious_v4_package_is_refused_without_running(
+    tmp_path: Path, fake_v4: type, kind: str, protocol: int, reference: str, where: str
+) -> None:
+    """A v4-style package (HTDemucs class, Fraction segment, float16 state, metrics) carrying a
+    payload that would create a file is refused on one line, and the file never appears."""
+    from demucs_rr.models.official_repo import load_member
+    from demucs_rr.models.pretrained import resolve_model
+
+    marker = tmp_path / "pwned"
+    payloads = {
+        "os.system": _Reduce(os.system, f"touch {marker}"),
+        "builtins.open": _Reduce(builtins.open, str(marker), "w"),
+        "Path.touch": _Reduce(Path.touch, marker),
+    }
+    package: dict[str, Any] = {
+        "klass": fake_v4,
+        "args": (),
+        "kwargs": {"sources": list(MUSDB_SOURCES), "segment": Fraction(39, 5)},
+        "state": {"encoder.0.conv.weight": torch.zeros(2, dtype=torch.float16)},
+        "training_args": {"model": "htdemucs"},
+        "metrics": ({"loss": 0.1}, {"nsdr": 9.0}),
+    }
+    if where == "kwargs":
+        package["kwargs"]["segment"] = payloads[kind]
+    elif where == "state":
+        package["state"]["evil"] = payloads[kind]
+    else:
+        package["metrics"] = payloads[kind]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    path = repo / "955717e8.th"
+    torch.save(package, path, pickle_protocol=protocol)
+    for load in (
+        load_official_package,
+        model_from_official_package,
+        load_member,
+        lambda p: resolve_model(str(p)),
+        lambda p: resolve_model("955717e8", repo=p.parent),
+    ):
+        with pytest.raises(PackageFormatError) as info:
+            load(path)
+        message = str(info.value)
+        assert f"refusing to load {path}: it references {reference}," in message
+        assert "\n" not in message
     assert not marker.exists()
 
 

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
 from demucs_rr.models import package as package_mod
+from demucs_rr.models.bag_package import save_bag_package
+from demucs_rr.models.official_repo import LoadedBag
 from demucs_rr.models.package import (
     FORMAT_VERSION,
+    MODEL_FORMAT_VERSION,
     TrainingInfo,
+    load_model_package,
     load_package,
     read_package_metadata,
     read_training_info,
@@ -99,7 +105,7 @@ def test_round_trip_is_bit_identical(tiny: TinySep, tmp_path) -> None:
         assert torch.equal(loaded(_mix()), tiny(_mix()))
 
     meta = read_package_metadata(path)
-    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["format_version"] == MODEL_FORMAT_VERSION == 1  # readable by older demucs_rr
     assert meta["model_class"] == "TinySep"
     assert meta["kwargs"] == tiny.init_kwargs
     assert meta["sources"] == SOURCES
@@ -163,6 +169,58 @@ def test_non_safetensors_file_refused(tmp_path, tiny: TinySep) -> None:
         load_package(plain)
     with pytest.raises(ModelNotFoundError):
         load_package(tmp_path / "missing.safetensors")
+
+
+# --------------------------------------------------------------------------- bag packages
+
+
+def _tiny_bag(tiny: TinySep) -> LoadedBag:
+    torch.manual_seed(1)
+    other = TinySep(SOURCES).eval()
+    weights = [[1.0, 0.0, 1.0, 0.5], [0.0, 1.0, 1.0, 0.5], [1.0, 1.0, 0.0, 1.0]]
+    return LoadedBag("trio", [tiny, other, tiny], ["aaaa0001", "bbbb0002", "aaaa0001"], weights)
+
+
+def test_bag_package_round_trip(tiny: TinySep, tmp_path) -> None:
+    from demucs_rr.models.bag import BagOfModels
+
+    bag = _tiny_bag(tiny)
+    path = save_bag_package(bag, tmp_path / "trio.safetensors")
+    meta = read_package_metadata(path)
+    assert (meta["format_version"], meta["kind"], meta["models"]) == (2, "bag", [0, 1, 0])
+    assert meta["signatures"] == bag.signatures and meta["weights"] == bag.weights
+    assert len(meta["members"]) == 2  # a repeated member is stored once
+    assert all(k.startswith(("members.0.", "members.1.")) for k in load_file(str(path)))
+    loaded = load_package(path)
+    assert isinstance(loaded, BagOfModels) and not loaded.training
+    assert loaded.weights == bag.weights and loaded.sources == SOURCES
+    reference = BagOfModels(bag.members, weights=bag.weights).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(_mix()), reference(_mix()))
+    with pytest.raises(PackageFormatError, match="bag of models, not a single model"):
+        load_model_package(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"kind": "ensemble"}, "'ensemble' package, which this demucs_rr does not know; upgrade"),
+        ({"format_version": 1}, "a bag package needs format version 2"),
+        ({"members": []}, "lacks a non-empty 'members' list"),
+        ({"models": [0, 5, 0]}, "'models' must list member indices"),
+        ({"weights": [[1, 1, 1, 1]]}, "'weights' must hold one list of numbers per model"),
+        ({"members": [{"kwargs": {}}, {"kwargs": {}}]}, "lacks a valid 'model_class'"),
+    ],
+)
+def test_bad_bag_metadata_refused(tiny: TinySep, tmp_path, change: dict, words: str) -> None:
+    path = save_bag_package(_tiny_bag(tiny), tmp_path / "trio.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["demucs_rr"])
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(path)), str(bad), metadata={"demucs_rr": json.dumps(meta | change)})
+    with pytest.raises(PackageFormatError, match=re.escape(words)) as info:
+        load_package(bad)
+    assert "\n" not in str(info.value)
 
 
 def test_atomic_save_leaves_no_temp_file(tiny: TinySep, tmp_path, monkeypatch) -> None:

@@ -6,17 +6,24 @@ import hashlib
 import http.server
 import inspect
 import io
+import re
 import socket
 import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from demucs_rr.errors import DownloadError, ModelNotFoundError, PackageFormatError
-from demucs_rr.models import fetch, pretrained
+from demucs_rr.models import fetch, official_bags, pretrained
+from demucs_rr.models.bag import BagOfModels
+from demucs_rr.models.hdemucs import HDemucs
+from demucs_rr.models.htdemucs import HTDemucs
+from demucs_rr.models.legacy import model_from_official_package
+from demucs_rr.models.official_bags import OFFICIAL_BAGS, OFFICIAL_FILES, OfficialFile
 from demucs_rr.models.package import save_package
 from demucs_rr.models.pretrained import (
     DEFAULT_MODEL,
@@ -170,7 +177,7 @@ def _files(folder: Path) -> list[str]:
 
 
 def test_catalogue() -> None:
-    assert DEFAULT_MODEL == "demucs"
+    assert DEFAULT_MODEL == "htdemucs"
     expected = {
         "demucs": "e07c671f",
         "demucs_extra": "3646af93",
@@ -188,6 +195,45 @@ def test_catalogue() -> None:
     assert PRETRAINED["demucs"].sdr == 6.28 and PRETRAINED["tasnet_extra"].sdr == 5.97
     assert PRETRAINED["demucs48_hq"].kwargs["channels"] == 48
     assert PRETRAINED["tasnet"].kwargs == {"sources": SOURCES, "X": 10}
+
+
+OFFICIAL_MEMBERS = {
+    "htdemucs": "955717e8-8726e21a",
+    "htdemucs_ft": "f7e0c4bc-ba3fe64a d12395a8-e57c48e6 92cfc3b6-ef3bcb9c 04573f0d-f3cf25b2",
+    "htdemucs_6s": "5c90dfd2-34c22ccb",
+    "hdemucs_mmi": "75fc33f5-1941ce65",
+    "mdx": "0d19c1c6-0f06f20e 7ecf8ec1-70f50cc9 c511e2ab-fe698775 7d865c68-3d5dd56b",
+    "mdx_extra": "e51eebcc-c1b80bdd a1d90b5c-ae9d2452 5d2d6c55-db83574e cfa93e08-61801ae1",
+}
+"""Released name -> its member files ({sig}-{sha256 prefix}), as published."""
+
+
+def test_official_catalogue() -> None:
+    assert set(OFFICIAL_MEMBERS) < set(OFFICIAL_BAGS) and DEFAULT_MODEL in OFFICIAL_BAGS
+    for name, listed in OFFICIAL_MEMBERS.items():
+        members = listed.split()
+        info = OFFICIAL_BAGS[name]
+        assert info.refused is None
+        assert [f.filename for f in info.files] == [f"{m}.th" for m in members]
+        folder = "mdx_final" if name.startswith("mdx") else "hybrid_transformer"
+        for file, member in zip(info.files, members, strict=True):
+            assert file.url == f"https://dl.fbaipublicfiles.com/demucs/{folder}/{member}.th"
+    sdrs = {name: info.sdr for name, info in OFFICIAL_BAGS.items()}
+    assert sdrs["htdemucs"] == 8.80 and sdrs["htdemucs_ft"] == 9.00
+    assert sdrs["hdemucs_mmi"] == 8.34 and sdrs["mdx"] == 7.68
+    ft = OFFICIAL_BAGS["htdemucs_ft"].spec
+    assert ft.weights == [[float(i == j) for j in range(4)] for i in range(4)]
+    mdx = OFFICIAL_BAGS["mdx"].spec
+    assert mdx.segment == 44 and mdx.weights == [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 1, 1]] + [
+        [1, 0, 1, 1]
+    ]
+    assert OFFICIAL_BAGS["hdemucs_mmi"].spec.segment == 44
+    for name in ("mdx_q", "mdx_extra_q"):
+        with pytest.raises(ModelNotFoundError, match="DiffQ") as err:
+            resolve_model(name)
+        assert f"`{name[:-2]}`" in str(err.value) and "\n" not in str(err.value)
+    names = {row["name"]: row for row in list_models()}
+    assert names["mdx_q"]["description"].endswith("(not supported: DiffQ format)")
 
 
 def test_demucs_presets_fit_constructor() -> None:
@@ -391,3 +437,173 @@ def test_list_models(tiny, monkeypatch, env) -> None:
         "description": PRETRAINED["demucs"].description,
         "path": rows["demucs"]["path"],
     }
+
+
+# --------------------------------------------------------------------------- Demucs 3/4 releases
+
+
+@pytest.fixture
+def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any download attempt fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to download")
+
+    monkeypatch.setattr(official_bags, "download", refuse)
+
+
+def _place_members(monkeypatch, cache: Path, name: str, source: Path) -> list[Path]:
+    """Put ``source`` in the cache as every member of release ``name``, the expected sha256
+    prefixes patched to the file's own."""
+    data = source.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()[:8]
+    cache.mkdir(exist_ok=True)
+    placed = []
+    for file in OFFICIAL_BAGS[name].files:
+        patched = OfficialFile(file.sig, sha, file.folder)
+        monkeypatch.setitem(OFFICIAL_FILES, file.sig, patched)
+        (cache / patched.filename).write_bytes(data)
+        placed.append(cache / patched.filename)
+    return placed
+
+
+def _forward(model, official: Path, case: str) -> torch.Tensor:
+    with np.load(official / case / "forward.npz") as data:
+        x = torch.from_numpy(data["x"])
+    with torch.no_grad():
+        return model(x)
+
+
+def test_default_release_resolves_from_the_cache(
+    official_fixtures, env, monkeypatch, no_download, one_thread
+) -> None:
+    package = official_fixtures / "v4_htdemucs" / "package.th"
+    placed = _place_members(monkeypatch, env, "htdemucs", package)
+    model = resolve_model(DEFAULT_MODEL, progress=False)
+    assert isinstance(model, HTDemucs) and not model.training  # a one-model bag: the model
+    reference = model_from_official_package(package)
+    out = _forward(model, official_fixtures, "v4_htdemucs")
+    assert torch.equal(out, _forward(reference, official_fixtures, "v4_htdemucs"))
+    assert (env / (placed[0].name + ".verified")).is_file()
+    assert {row["name"]: row for row in list_models()}["htdemucs"]["cached"]
+
+    def no_rehash(path):
+        raise AssertionError("verified cached member was hashed again")
+
+    monkeypatch.setattr(fetch, "_sha256_file", no_rehash)
+    assert isinstance(resolve_model(DEFAULT_MODEL, progress=False), HTDemucs)
+
+
+def test_release_bag_resolves_every_member(
+    official_fixtures, env, monkeypatch, no_download, one_thread
+) -> None:
+    package = official_fixtures / "v4_htdemucs" / "package.th"
+    assert len(_place_members(monkeypatch, env, "htdemucs_ft", package)) == 4
+    bag = resolve_model("htdemucs_ft", progress=False)
+    assert isinstance(bag, BagOfModels) and len(bag.models) == 4
+    assert bag.weights == [[float(i == j) for j in range(4)] for i in range(4)]
+    single = model_from_official_package(package)
+    out = _forward(bag, official_fixtures, "v4_htdemucs")
+    assert torch.equal(out, _forward(single, official_fixtures, "v4_htdemucs"))
+
+
+def test_release_offline_message_names_every_member_file(env, monkeypatch) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("DEMUCS_RR_REMOTE", f"http://127.0.0.1:{port}")
+    with pytest.raises(DownloadError) as err:
+        resolve_model("htdemucs_ft", progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "could not download f7e0c4bc-ba3fe64a.th" in message
+    for member in OFFICIAL_MEMBERS["htdemucs_ft"].split():
+        assert f"{member}.th from http://127.0.0.1:{port}/{member}.th" in message
+    assert f"put them in {env}" in message and "--repo" in message
+    assert _files(env) == []
+
+
+def test_release_member_with_a_wrong_checksum_is_refused(
+    official_fixtures, env, no_download
+) -> None:
+    env.mkdir()
+    placed = env / OFFICIAL_BAGS["htdemucs"].files[0].filename  # right name, other bytes
+    placed.write_bytes((official_fixtures / "v4_htdemucs" / "package.th").read_bytes())
+    with pytest.raises(DownloadError, match="checksum mismatch for cached file") as err:
+        resolve_model("htdemucs", progress=False)
+    assert "\n" not in str(err.value)
+
+
+def test_release_members_from_repo_first(official_fixtures, tmp_path, env, no_download) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "75fc33f5.th").write_bytes(
+        (official_fixtures / "v4_hdemucs" / "package.th").read_bytes()
+    )
+    bag = resolve_model("hdemucs_mmi", repo=repo, progress=False)  # bag segment 44 s
+    assert isinstance(bag, BagOfModels) and bag.segment == 44
+    assert isinstance(bag.models[0], HDemucs) and bag.models[0].segment_length == 44 * 44100
+    assert _files(env) == []
+
+
+def test_repo_bag_yaml_and_member_hashes(official_fixtures, tmp_path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for file in (official_fixtures / "bag").glob("*.yaml"):
+        (repo / file.name).write_bytes(file.read_bytes())
+    (repo / "e2b7f16b.th").write_bytes((official_fixtures / "bag" / "e2b7f16b.th").read_bytes())
+    data = (official_fixtures / "bag" / "ec76c682.th").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()[:8]
+    (repo / f"ec76c682-{sha}.th").write_bytes(data)
+    bag = resolve_model("tinybag_a", repo=repo)
+    assert isinstance(bag, BagOfModels) and bag.segment == 0.3
+    assert [type(m).__name__ for m in bag.models] == ["DemucsV3", "HDemucs"]
+    assert {row["name"]: row for row in list_models(repo)}["tinybag_a"]["class"] == "bag"
+
+    (repo / f"ec76c682-{sha}.th").rename(repo / "ec76c682-00000000.th")
+    with pytest.raises(PackageFormatError, match="not with the 00000000 its name promises"):
+        resolve_model("tinybag_a", repo=repo)
+    (repo / "ec76c682.th").write_bytes(data)
+    with pytest.raises(PackageFormatError, match="several files for model ec76c682"):
+        resolve_model("tinybag_a", repo=repo)
+    (repo / "ec76c682.th").unlink()
+    (repo / "ec76c682-00000000.th").unlink()
+    with pytest.raises(ModelNotFoundError, match="bag tinybag_a: no file for model ec76c682"):
+        resolve_model(str(repo / "tinybag_a.yaml"))
+
+
+def test_separate_without_a_name_uses_htdemucs(
+    official_fixtures, env, tmp_path, monkeypatch, no_download, one_thread
+) -> None:
+    """`separate song.wav` runs the default release and writes separated/htdemucs/song/."""
+    import soundfile
+
+    from demucs_rr.cli import main
+
+    _place_members(monkeypatch, env, "htdemucs", official_fixtures / "v4_htdemucs" / "package.th")
+    song = tmp_path / "song.wav"
+    noise = np.random.default_rng(0).standard_normal((44100, 2))
+    soundfile.write(song, 0.1 * noise, 44100)
+    monkeypatch.chdir(tmp_path)
+    assert main(["separate", "-q", str(song)]) == 0
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.wav"))
+    assert written == sorted([f"separated/htdemucs/song/{s}.wav" for s in SOURCES] + ["song.wav"])
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("models: ['../../etc/e2b7f16b']", "is not a plain file name"),
+        ("models: []", "'models' must be a non-empty list"),
+        ("models: ['a1']\nweights: [[1, 1, 1, 1], [1, 1, 1, 1]]", "one list of numbers per model"),
+        ("models: ['a1']\nsegment: -3", "'segment' must be a positive number"),
+        ("models: ['a1'\n", "not a readable bag YAML"),
+        ("- just a list", "must be a mapping"),
+    ],
+)
+def test_bad_bag_yaml_is_one_line_error(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(PackageFormatError, match=re.escape(words)) as err:
+        resolve_model("bad", repo=tmp_path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)

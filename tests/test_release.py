@@ -73,6 +73,15 @@ def test_every_subpackage_is_packaged() -> None:
     assert set(conf.rglob("*.yaml")) == shipped, "YAML presets missing from package-data"
 
 
+def test_released_bag_files_are_packaged() -> None:
+    """The bag YAMLs of the released Demucs 3/4 models ship in the wheel."""
+    models = REPO / "demucs_rr" / "models"
+    patterns = _pyproject()["tool"]["setuptools"]["package-data"]["demucs_rr.models"]
+    shipped = {p for pattern in patterns for p in models.glob(pattern)}
+    assert set((models / "remote").glob("*.yaml")) == shipped
+    assert {p.stem for p in shipped} >= {"htdemucs", "htdemucs_ft", "mdx", "mdx_extra"}
+
+
 def test_one_version_source() -> None:
     assert _pyproject()["project"]["dynamic"] == ["version"]
     assert metadata.version("demucs_rr") == demucs_rr.__version__

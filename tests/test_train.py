@@ -79,7 +79,7 @@ def weights_of(run_dir: Path, key: str = "model") -> dict[str, torch.Tensor]:
 
 
 def test_presets_resolve_and_build() -> None:
-    for model in ("demucs", "demucs48", "tasnet", "tiny"):
+    for model in ("demucs", "demucs48", "tasnet", "tiny", "hdemucs", "htdemucs", "tiny_htdemucs"):
         config = load_config([f"model={model}", "dset=synthetic"])
         kwargs = model_kwargs(config)
         assert kwargs["sources"] == SOURCES and kwargs["samplerate"] == 44100
@@ -338,6 +338,59 @@ def test_resume_continues_exactly(small_synth: Path, tmp_path: Path) -> None:
     assert [r["train/loss"] for r in straight] == [r["train/loss"] for r in resumed]
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_hybrid_presets_are_the_released_architectures() -> None:
+    """conf/model/hdemucs.yaml and htdemucs.yaml build the released models (parameter counts
+    of hdemucs_mmi and htdemucs); HTDemucs's segment is the exact training length."""
+    expected = {
+        "hdemucs": ("HDemucs", 83_637_832, 44 * 44100),
+        "htdemucs": ("HTDemucs", 41_984_456, 343_980),
+    }
+    for preset, (arch, params, chunk) in expected.items():
+        config = load_config([f"model={preset}", "dset=synthetic"])
+        with torch.device("meta"):
+            model = make_model(config)
+        assert type(model).__name__ == arch and model.segment_length == chunk
+        assert sum(p.numel() for p in model.parameters()) == params
+    config = load_config(["model=htdemucs", "dset=synthetic"])
+    assert model_kwargs(config)["segment"] == "343980/44100"  # 39/5 s, as released
+    assert (config.batch_size, config.epochs, config.optim.ema_decay) == (32, 360, 0.9999)
+
+
+def test_htdemucs_resume_continues_exactly_and_exports(small_synth: Path, tmp_path: Path) -> None:
+    """The tiny HTDemucs trains in the same loop; training mode rewrites its segment from the
+    batch length, which is the configured one, so resume is bit-exact and the export keeps it."""
+    from demucs_rr.models.htdemucs import HTDemucs
+    from demucs_rr.models.package import load_package
+    from demucs_rr.separate.engine import apply_model
+
+    overrides = tiny_overrides(
+        small_synth, "epochs=2", "optim.ema_decay=0.9", "valid.max_seconds=2"
+    )
+    config = load_config([*overrides, "model=tiny_htdemucs"])
+    assert model_kwargs(config)["segment"] == f"{RATE}/{RATE}"
+    straight = fit(config, tmp_path / "straight")
+    fit(config, tmp_path / "resumed", stop_after=1)
+    resumed = fit(config, tmp_path / "resumed", resume=True)
+    a, b = weights_of(tmp_path / "straight"), weights_of(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = weights_of(tmp_path / "straight", "ema"), weights_of(tmp_path / "resumed", "ema")
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert [r["train/loss"] for r in straight] == [r["train/loss"] for r in resumed]
+    assert [r["valid/nsdr"] for r in straight] == [r["valid/nsdr"] for r in resumed]
+
+    from demucs_rr.train.cli import add_export_arguments, run_export
+
+    out = tmp_path / "tiny_ht.safetensors"
+    args = _parse(add_export_arguments, [str(tmp_path / "resumed"), "-o", str(out)])
+    assert run_export(args) == 0
+    model = load_package(out)
+    assert isinstance(model, HTDemucs) and model.segment_length == RATE
+    assert model.init_kwargs["segment"] == "1/1" and model.max_segment_length == RATE
+    mix = 0.1 * torch.randn(2, 3 * RATE, generator=torch.Generator().manual_seed(0))
+    stems = apply_model(model, mix)
+    assert stems.shape == (4, 2, 3 * RATE) and torch.isfinite(stems).all()
 
 
 CONVERGENCE_MARGIN_DB = 3.5

@@ -6,6 +6,17 @@ stereo song; the model is the full-size v2 Demucs with random weights (speed doe
 the weights). Results go to a Markdown table and a JSON file.
 
     python tools/bench_separate.py --seconds 60 --out tools/results/bench_separate.md
+
+``--hybrid PYTHON`` instead compares the full-size HTDemucs (release structure, seeded random
+weights) through demucs_rr's ``Separator`` with the official ``demucs==4.1.0`` ``apply_model`` on
+a real song, run by ``PYTHON``: the interpreter of a benchmark-only virtual environment outside
+the repository that has the official package (e.g. ``python3 -m venv --system-site-packages
+/tmp/bench-official && /tmp/bench-official/bin/pip install --no-deps demucs==4.1.0 einops
+openunmix``). The weights go there as an official package; the code is in
+``tools/bench_hybrid.py``.
+
+    python tools/bench_separate.py --hybrid /tmp/bench-official/bin/python \
+        --out tools/results/bench_separate_hybrid.md
 """
 
 from __future__ import annotations
@@ -61,7 +72,19 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="subset of configuration names")
     parser.add_argument("--out", default="tools/results/bench_separate.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--hybrid",
+        metavar="PYTHON",
+        help="compare full-size HTDemucs with the official apply_model run by PYTHON",
+    )
+    parser.add_argument("--song", help="--hybrid: audio file (default: a 61 s eval-data song)")
+    parser.add_argument("--repeat", type=int, default=1, help="--hybrid: runs of each side")
     args = parser.parse_args()
+    if args.hybrid:
+        from bench_hybrid import run_comparison
+
+        run_comparison(args)
+        return
     if args.worker:
         res = worker(
             args.seconds, args.channels, json.loads(args.worker), args.device, args.threads

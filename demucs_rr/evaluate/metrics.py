@@ -58,9 +58,24 @@ def nsdr(refs: torch.Tensor, ests: torch.Tensor, eps: float = NSDR_EPS) -> torch
     return 10 * torch.log10(num / den)
 
 
-#: Frames upcast to float64 at a time by :func:`framewise_sdr` (bounds its memory to
-#: ~``FRAME_BLOCK * S * C * window * 8`` bytes per temporary).
-FRAME_BLOCK = 16
+#: Frames upcast to float64 at a time by :func:`framewise_sdr`: its temporaries take
+#: ``FRAME_BLOCK * S * C * window * 8`` bytes (0.7 MB each for 4 stereo stems of 1 s), which
+#: stay in the CPU caches (blocks of 16 frames were 4x slower).
+FRAME_BLOCK = 1
+
+
+def _silent_frames(frames: torch.Tensor) -> torch.Tensor:
+    """(F,) museval silence of (S, C, F, W) frames: some source's channel sum is all zero.
+
+    Only frames whose channel sum is zero at their first sample can be silent; those few are
+    checked sample by sample (in float64, as museval).
+    """
+    first = frames[..., 0].to(torch.float64).sum(dim=1) == 0  # (S, F) candidates
+    out = torch.zeros(frames.shape[2], dtype=torch.bool, device=frames.device)
+    for s, f in first.nonzero().tolist():
+        if not out[f]:
+            out[f] = bool((frames[s, :, f].to(torch.float64).sum(dim=0) == 0).all())
+    return out
 
 
 def framewise_sdr(
@@ -99,14 +114,14 @@ def framewise_sdr(
     e_all = ests.to(refs.device).unfold(-1, win, hop_)[:, :, :n_frames]
     num = torch.empty(refs.shape[0], n_frames, dtype=torch.float64, device=refs.device)
     den, silent = torch.empty_like(num), torch.zeros(n_frames, dtype=torch.bool, device=refs.device)
-    for start in range(0, n_frames, FRAME_BLOCK):
+    for start in range(0, n_frames, FRAME_BLOCK):  # small blocks stay in the CPU caches
         part = slice(start, start + FRAME_BLOCK)
         r = r_all[:, :, part].to(torch.float64)  # (S, C, Fb, W)
-        e = e_all[:, :, part].to(torch.float64)
+        d = e_all[:, :, part].to(torch.float64) - r  # new tensor: float64 inputs stay intact
         num[:, part] = r.square().sum(dim=(1, 3))
-        den[:, part] = (e - r).square().sum(dim=(1, 3))
-        for x in (r, e):  # museval: a frame is silent when a channel sum is all zero
-            silent[part] |= (x.sum(dim=1) == 0).all(dim=-1).any(dim=0)
+        den[:, part] = d.square_().sum(dim=(1, 3))
+    for x in (r_all, e_all):
+        silent |= _silent_frames(x)
     sdr = db(num, den)
     sdr[:, silent] = float("nan")
     return sdr

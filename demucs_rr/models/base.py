@@ -6,6 +6,18 @@ The separation engine relies on nothing else: a model maps a mixture (B, C, T) t
 ``length`` samples once centre-trimmed (:func:`center_trim`); the engine pads centred with real
 neighbouring audio.
 
+What differs between models is said through the contract, never by the engine testing classes:
+
+- ``max_segment_length``: the longest chunk the model accepts (a transformer trained on a fixed
+  length), ``None`` when unlimited; the engine refuses longer segments and unsplit passes.
+- ``chunk_input_length(length, segment)``: how much audio carries a chunk of ``length`` samples
+  cut on a grid of ``segment``-sample chunks. Usually ``valid_length(length)`` (Demucs: its
+  receptive field; HDemucs: the chunk itself); HTDemucs takes the whole segment of real context
+  and pads the rest to its training length itself.
+- ``weighted_members()``: the sub-models of an ensemble (a bag of models,
+  :mod:`demucs_rr.models.bag`) with their per-source weights; the engine applies each one with
+  its own chunking and shifts and averages per source. Empty for a model that separates alone.
+
 Two structural types (``typing.Protocol``) describe it:
 
 - :class:`SeparationModel`: what separation needs (engine, streaming, validation);
@@ -13,18 +25,26 @@ Two structural types (``typing.Protocol``) describe it:
   which is what every registered model class (:mod:`demucs_rr.models.registry`) provides.
 
 Any ``torch.nn.Module`` subclass that sets the metadata attributes in its constructor and
-defines ``valid_length`` (and ``init_kwargs``) fulfils them; no base class is needed.
+defines the methods (and ``init_kwargs``) fulfils them; no base class is needed.
+:class:`SingleModelDefaults` provides the usual answers of a model that separates by itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["PackagedModel", "SeparationModel", "as_module", "center_trim"]
+__all__ = [
+    "PackagedModel",
+    "SeparationModel",
+    "SingleModelDefaults",
+    "WeightedMember",
+    "as_module",
+    "center_trim",
+]
 
 _Model = TypeVar("_Model", bound="SeparationModel")
 
@@ -47,8 +67,25 @@ class SeparationModel(Protocol):
     segment_length: int
     training: bool
 
+    @property
+    def max_segment_length(self) -> int | None:
+        """Longest chunk (and unsplit track) the model accepts, in samples; None: no limit."""
+        ...
+
     def valid_length(self, length: int) -> int:
         """Smallest input length >= ``length`` whose output covers ``length`` samples."""
+        ...
+
+    def chunk_input_length(self, length: int, segment: int) -> int:
+        """Input length for a chunk of ``length`` samples cut on a ``segment``-sample grid.
+
+        The chunk sits centred in that input with real neighbouring audio around it (zeros
+        beyond the track); the output is centre-trimmed back to ``length``.
+        """
+        ...
+
+    def weighted_members(self) -> Sequence[WeightedMember]:
+        """Sub-models applied one by one and averaged per source; empty for a single model."""
         ...
 
     def __call__(self, mix: torch.Tensor) -> torch.Tensor:
@@ -74,6 +111,32 @@ class SeparationModel(Protocol):
     def state_dict(self) -> dict[str, Any]:
         """Name -> tensor of every parameter and persistent buffer."""
         ...
+
+
+WeightedMember = tuple[SeparationModel, Sequence[float]]
+"""A member of an ensemble and its weight for each source (S values)."""
+
+
+class SingleModelDefaults:
+    """Mixin: the contract answers of a model that separates by itself.
+
+    No segment limit, chunks carried by ``valid_length(length)`` samples, no members. Classes
+    override what differs (HTDemucs: its training length as the maximum and the segment as
+    context).
+    """
+
+    @property
+    def max_segment_length(self) -> int | None:
+        """No limit on the chunk length."""
+        return None
+
+    def chunk_input_length(self: SeparationModel, length: int, segment: int) -> int:
+        """``valid_length(length)``: the receptive field, whatever the chunk grid."""
+        return self.valid_length(length)
+
+    def weighted_members(self) -> Sequence[WeightedMember]:
+        """A single model has no members."""
+        return ()
 
 
 @runtime_checkable

@@ -21,7 +21,7 @@ import julius
 import torch
 from torch import nn
 
-from demucs_rr.models.base import center_trim
+from demucs_rr.models.base import SingleModelDefaults, center_trim
 from demucs_rr.sources import MUSDB_SOURCES
 
 __all__ = [
@@ -80,7 +80,7 @@ def rescale_module(module: nn.Module, reference: float) -> None:
             _rescale_conv(sub, reference)
 
 
-class Demucs(nn.Module):
+class Demucs(SingleModelDefaults, nn.Module):
     """Demucs v2 waveform source separation model.
 
     Args:

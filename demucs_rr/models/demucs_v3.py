@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any, TypeVar
 
 import torch
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from julius.resample import resample_frac
 from torch import nn
 
-from demucs_rr.models.base import center_trim
+from demucs_rr.models.base import SingleModelDefaults, center_trim
 from demucs_rr.models.dconv import DConv, WindowedBLSTM, rescale_convs
 from demucs_rr.models.hybrid_base import SegmentLike, parse_segment, segment_json
 
@@ -33,7 +34,7 @@ __all__ = ["DemucsV3"]
 _Tensor = TypeVar("_Tensor")
 
 
-class DemucsV3(nn.Module):
+class DemucsV3(SingleModelDefaults, nn.Module):
     """Demucs 3/4 waveform source separation model.
 
     Args:
@@ -179,7 +180,7 @@ class DemucsV3(nn.Module):
 
     @segment_length.setter
     def segment_length(self, samples: int) -> None:
-        self.segment = int(samples) / self.samplerate
+        self.segment = Fraction(int(samples), self.samplerate)
 
     def valid_length(self, length: int) -> int:
         """Input length whose output covers ``length`` samples once centre-trimmed.

@@ -16,6 +16,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,8 +35,17 @@ def _manual_hint(dest: Path, url: str, reason: str) -> str:
     )
 
 
+ManualHint = Callable[[Path, str, str], str]
+"""``(dest, url, reason) -> message`` of an error when a download cannot complete."""
+
+
 def download(
-    url: str, dest: Path, sha256_prefix: str, progress: bool = True, timeout: float = 30
+    url: str,
+    dest: Path,
+    sha256_prefix: str,
+    progress: bool = True,
+    timeout: float = 30,
+    manual_hint: ManualHint | None = None,
 ) -> Path:
     """Download ``url`` to ``dest``, checking the sha256 prefix, atomically.
 
@@ -49,6 +59,8 @@ def download(
         sha256_prefix: expected leading hex digits of the file's sha256 (non-empty).
         progress: show a tqdm bar (bytes) on stderr.
         timeout: socket timeout in seconds (connect and each read).
+        manual_hint: builds the one-line message of a failed transfer (default: put the file
+            at ``dest`` or pass ``-n /path/to/file``).
 
     Returns:
         ``dest``.
@@ -58,6 +70,7 @@ def download(
             mismatch; the message is one line and says how to fetch the file by hand.
     """
     dest = Path(dest)
+    hint = manual_hint or _manual_hint
     prefix = sha256_prefix.lower()
     if not re.fullmatch(r"[0-9a-f]+", prefix):
         raise ValueError(f"sha256_prefix must be hex digits, got {sha256_prefix!r}")
@@ -90,9 +103,7 @@ def download(
                     bar.update(len(chunk))
             if total is not None and received < total:
                 raise DownloadError(
-                    _manual_hint(
-                        dest, url, f"transfer interrupted after {received} of {total} bytes"
-                    )
+                    hint(dest, url, f"transfer interrupted after {received} of {total} bytes")
                 )
         digest = hasher.hexdigest()
         if not digest.startswith(prefix):
@@ -104,11 +115,11 @@ def download(
         os.replace(part, dest)
         done = True
     except urllib.error.HTTPError as exc:
-        raise DownloadError(_manual_hint(dest, url, f"HTTP {exc.code} {exc.reason}")) from exc
+        raise DownloadError(hint(dest, url, f"HTTP {exc.code} {exc.reason}")) from exc
     except urllib.error.URLError as exc:
-        raise DownloadError(_manual_hint(dest, url, str(exc.reason))) from exc
+        raise DownloadError(hint(dest, url, str(exc.reason))) from exc
     except (http.client.HTTPException, OSError) as exc:  # reset, timeout, disk full...
-        raise DownloadError(_manual_hint(dest, url, f"{type(exc).__name__}: {exc}")) from exc
+        raise DownloadError(hint(dest, url, f"{type(exc).__name__}: {exc}")) from exc
     finally:
         if not done:
             part.unlink(missing_ok=True)
@@ -138,6 +149,11 @@ def _sha256_file(path: Path) -> str:
         while chunk := fh.read(CHUNK_BYTES):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of the file at ``path`` (read in 1 MiB chunks)."""
+    return _sha256_file(path)
 
 
 def verify_cached(path: Path, sha256_prefix: str, url: str) -> None:

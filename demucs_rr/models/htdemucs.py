@@ -72,6 +72,7 @@ class HTDemucs(HybridUNet):
     Attributes:
         init_kwargs: every constructor argument as JSON-able values (Fractions as "num/den").
         segment_length: ``int(segment * samplerate)`` samples.
+        training_length: ``int(segment * samplerate)`` samples, what eval inputs are padded to.
         max_segment_length: longest accepted input in eval mode (the training length).
 
     Raises:
@@ -244,9 +245,26 @@ class HTDemucs(HybridUNet):
             )
 
     @property
-    def max_segment_length(self) -> int:
-        """Training length in samples: the longest input accepted in eval mode."""
+    def training_length(self) -> int:
+        """``int(segment * samplerate)``: the length the model was trained on, in samples."""
         return int(self.segment * self.samplerate)
+
+    @property
+    def max_segment_length(self) -> int | None:
+        """The training length: the longest input accepted in eval mode (no limit without
+        ``use_train_segment``)."""
+        return self.training_length if self.use_train_segment else None
+
+    def chunk_input_length(self, length: int, segment: int) -> int:
+        """Input carrying a chunk: the whole ``segment`` of real audio (at least the chunk).
+
+        With the default segment (the training length) every chunk sees real context up to
+        the training length; with a shorter chunk grid the model zero-pads the input on the
+        right to its training length itself. Without ``use_train_segment``: the chunk alone.
+        """
+        if not self.use_train_segment:
+            return int(length)
+        return max(int(length), int(segment))
 
     def valid_length(self, length: int) -> int:
         """Length the model runs at: the training length (``length`` without
@@ -257,7 +275,7 @@ class HTDemucs(HybridUNet):
         """
         if not self.use_train_segment:
             return int(length)
-        training_length = self.max_segment_length
+        training_length = self.training_length
         if length > training_length:
             raise ValueError(
                 f"HTDemucs takes at most {training_length} samples "

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from demucs_rr.models import spec
+from demucs_rr.models.base import SingleModelDefaults
 from demucs_rr.models.hybrid_layers import HDecLayer, HEncLayer, MultiWrap, ScaledEmbedding
 
 __all__ = [
@@ -115,7 +116,7 @@ class Normalized:
     stdt: torch.Tensor
 
 
-class HybridUNet(nn.Module):
+class HybridUNet(SingleModelDefaults, nn.Module):
     """Base class: branch construction and the encoder / decoder passes.
 
     Subclasses set the metadata attributes and call :meth:`_build_branches` in their constructor.

@@ -1,47 +1,47 @@
-"""Safe loading of official Demucs v2 files: hub state dicts and pickled model packages.
+"""Safe loading of official Demucs files: v2 hub state dicts and official model packages.
 
-Two formats exist:
+Formats:
 
-- hub files (``demucs-e07c671f.th``...): a plain ``dict[str, Tensor]`` written with ``torch.save``;
-  read by :func:`load_state_file` with ``weights_only=True``.
-- local packages (``models/NAME.th``): a pickled ``{'klass', 'args', 'kwargs', 'state',
-  'training_args'}`` dict that references the class ``demucs.model.Demucs`` (or
-  ``demucs.tasnet.ConvTasNet``), an ``argparse.Namespace`` and ``pathlib.PosixPath`` values. It
-  cannot be read with ``weights_only=True``; :func:`load_official_package` reads it with
-  ``torch.load(..., weights_only=False, pickle_module=<restricted>)`` whose unpickler resolves
-  only an explicit allow-list of globals (torch's tensor/storage rebuild machinery, dtypes,
-  ``collections.OrderedDict``, ...). Official class references become inert
-  :class:`OfficialClassRef` markers (never called during unpickling), a Namespace becomes a
-  dict and paths become strings. Any other global (``os.system``, ``builtins.eval``,
-  ``subprocess.Popen``...) aborts the load with :class:`~demucs_rr.errors.PackageFormatError`
-  before anything is executed. Plain ``pickle.load`` is never used.
+- v2 hub files (``demucs-e07c671f.th``...): a plain ``dict[str, Tensor]`` written with
+  ``torch.save``; read by :func:`load_state_file` with ``weights_only=True``.
+- official packages, v2 (``models/NAME.th``) and v3/v4 (``{sig}.th``, ``{sig}-{hash}.th``):
+  a pickled ``{'klass', 'args', 'kwargs', 'state', 'training_args'[, 'metrics']}`` dict whose
+  ``klass`` is ``demucs.model.Demucs``, ``demucs.tasnet.ConvTasNet``, ``demucs.demucs.Demucs``,
+  ``demucs.hdemucs.HDemucs`` or ``demucs.htdemucs.HTDemucs``. v2 packages hold an
+  ``argparse.Namespace`` with paths and float32 weights; v3/v4 packages a plain dict, float16
+  weights and, for HTDemucs, a ``fractions.Fraction`` segment. :func:`load_official_package`
+  reads both through the restricted unpickler of :mod:`demucs_rr.models.unpickle` (nothing
+  outside its allow-list is resolved, nothing from the file is executed) and
+  :func:`model_from_official_package` is the one entry point that builds the matching demucs_rr
+  model (``Demucs``, ``ConvTasNet``, ``DemucsV3``, ``HDemucs``, ``HTDemucs``) and strictly
+  loads the weights as float32.
+
+DiffQ-quantized states (``demucs_quantized``, the ``mdx_q`` / ``mdx_extra_q`` members) are
+refused with the name of the unquantized model to use instead.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
-import collections
 import inspect
 import logging
-import pathlib
 import pickle
 import re
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
 from demucs_rr.models.base import PackagedModel
 from demucs_rr.models.package import load_state_strict
+from demucs_rr.models.unpickle import RESTRICTED_PICKLE, OfficialClassRef, Refused
 
 __all__ = [
     "LegacyPackage",
     "OfficialClassRef",
+    "build_official_model",
     "load_official_package",
     "load_state_file",
     "model_from_official_package",
@@ -50,9 +50,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_V2_CLASSES = ("demucs.model.Demucs", "demucs.tasnet.ConvTasNet")
+
 _QUANTIZED_HINT = (
     "quantized (DiffQ) v2 weights such as demucs_quantized are not supported; "
     "use the `demucs` or `demucs_extra` model instead"
+)
+
+_QUANTIZED_HINT_V4 = (
+    "quantized (DiffQ) weights such as the mdx_q / mdx_extra_q members are not supported; "
+    "use the unquantized `mdx` or `mdx_extra` model instead"
 )
 
 
@@ -73,10 +80,16 @@ def _check_exists(path: Path) -> None:
         raise ModelNotFoundError(f"model file {path} does not exist")
 
 
-def _validate_state(state: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
-    """Check that ``state`` is a name -> Tensor dict (refusing DiffQ-compressed states)."""
+def validate_state(
+    state: Any, path: str | Path, what: str, quantized_hint: str = _QUANTIZED_HINT
+) -> dict[str, torch.Tensor]:
+    """Check that ``state`` is a name -> Tensor dict (refusing DiffQ-compressed states).
+
+    Raises:
+        PackageFormatError: naming ``path`` and ``what`` (e.g. "the package state").
+    """
     if isinstance(state, dict) and ("compressed" in state or "__quantized" in state):
-        raise PackageFormatError(f"cannot load {path}: {_QUANTIZED_HINT}")
+        raise PackageFormatError(f"cannot load {path}: {quantized_hint}")
     if not isinstance(state, dict) or not state:
         raise PackageFormatError(
             f"cannot load {path}: {what} is a {type(state).__name__}, "
@@ -118,169 +131,22 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise PackageFormatError(
             f"cannot load {path} as a plain state dict ({_one_line(exc)})"
         ) from None
-    return _validate_state(state, path, "the file")
+    return validate_state(state, path, "the file")
 
 
 # --------------------------------------------------------------------------------------------
-# Restricted unpickler for pickled packages
+# Official packages (v2, v3, v4)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OfficialClassRef:
-    """Inert stand-in for an official class referenced by a package (``demucs.model.Demucs``).
-
-    It is not callable, so a pickle cannot instantiate anything through it.
-    """
-
-    path: str
-
-
-class _NamespaceDict(dict[str, Any]):
-    """Stand-in for ``argparse.Namespace``: unpickles (NEWOBJ + BUILD) into a dict."""
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots) form
-            state = {**(state[0] or {}), **(state[1] or {})}
-        if not isinstance(state, dict):
-            raise pickle.UnpicklingError("argparse.Namespace state is not a dict")
-        self.update(state)
-
-
-def _posix_path_str(*parts: str) -> str:
-    return str(pathlib.PurePosixPath(*parts))
-
-
-def _windows_path_str(*parts: str) -> str:
-    return str(pathlib.PureWindowsPath(*parts))
-
-
-#: Official class paths a package may reference; resolved by :func:`resolve_official_class`.
-_OFFICIAL_CLASSES = (
-    "demucs.model.Demucs",
-    "demucs.tasnet.ConvTasNet",
-    # v3/v4 classes: read here, built by demucs_rr.models.official_v4.
-    "demucs.demucs.Demucs",
-    "demucs.hdemucs.HDemucs",
-    "demucs.htdemucs.HTDemucs",
-)
-
-
-def _build_allowed_globals() -> dict[str, Any]:
-    """Allow-list ``"module.name" -> object``, in the spirit of torch's weights-only unpickler."""
-    allowed: dict[str, Any] = {
-        "collections.OrderedDict": collections.OrderedDict,
-        "torch.Size": torch.Size,
-        "torch.device": torch.device,
-        "torch.nn.parameter.Parameter": torch.nn.Parameter,
-        "torch._tensor._rebuild_from_type_v2": torch._tensor._rebuild_from_type_v2,
-        "_codecs.encode": __import__("_codecs").encode,  # bytes under pickle protocol 2
-        "builtins.set": set,
-        "builtins.frozenset": frozenset,
-        "builtins.bytearray": bytearray,
-        "builtins.complex": complex,
-        "builtins.slice": slice,
-        "fractions.Fraction": Fraction,  # v3/v4 HTDemucs segment
-        "argparse.Namespace": _NamespaceDict,
-    }
-    layout = getattr(torch.serialization, "_get_layout", None)
-    if layout is not None:
-        allowed["torch.serialization._get_layout"] = layout
-    for name in (
-        "_rebuild_tensor",
-        "_rebuild_tensor_v2",
-        "_rebuild_tensor_v3",
-        "_rebuild_parameter",
-        "_rebuild_parameter_with_state",
-        "_rebuild_sparse_tensor",
-        "_rebuild_meta_tensor_no_storage",
-        "_rebuild_nested_tensor",
-        "_rebuild_qtensor",
-    ):
-        func = getattr(torch._utils, name, None)
-        if func is not None:
-            allowed[f"torch._utils.{name}"] = func
-    # dtypes (torch.float32, ...), quantization schemes, layouts, memory formats.
-    for name in dir(torch):
-        value = getattr(torch, name, None)
-        if isinstance(value, (torch.dtype, torch.layout, torch.memory_format, torch.qscheme)):
-            allowed[f"torch.{name}"] = value
-    # Storage classes (torch.load's own wrapper handles most "...Storage" names first).
-    for storage in getattr(torch, "_storage_classes", ()):
-        allowed[f"{storage.__module__}.{storage.__name__}"] = storage
-        allowed[f"torch.{storage.__name__}"] = storage
-    for module in ("pathlib", "pathlib._local"):
-        for name in ("PosixPath", "PurePosixPath", "Path", "PurePath"):
-            allowed[f"{module}.{name}"] = _posix_path_str
-        for name in ("WindowsPath", "PureWindowsPath"):
-            allowed[f"{module}.{name}"] = _windows_path_str
-    for path in _OFFICIAL_CLASSES:
-        allowed[path] = OfficialClassRef(path)
-    return allowed
-
-
-_ALLOWED_GLOBALS: dict[str, Any] | None = None
-
-
-def _allowed_globals() -> dict[str, Any]:
-    global _ALLOWED_GLOBALS
-    if _ALLOWED_GLOBALS is None:
-        _ALLOWED_GLOBALS = _build_allowed_globals()
-    return _ALLOWED_GLOBALS
-
-
-class _Refused(pickle.UnpicklingError):
-    """Raised by the restricted unpickler for a global outside the allow-list."""
-
-    def __init__(self, reference: str) -> None:
-        super().__init__(reference)
-        self.reference = reference
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose ``find_class`` resolves only allow-listed globals."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Python-2 names written by protocol <= 2 (``__builtin__``, ``copy_reg``...), as the
-        # default find_class does with fix_imports.
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-        key = f"{module}.{name}"
-        try:
-            return _allowed_globals()[key]
-        except KeyError:
-            raise _Refused(key) from None
-
-
-def _restricted_load(file: IO[bytes], **kwargs: Any) -> Any:
-    return _RestrictedUnpickler(file, **kwargs).load()
-
-
-def _restricted_loads(data: bytes, **kwargs: Any) -> Any:
-    import io
-
-    return _restricted_load(io.BytesIO(data), **kwargs)
-
-
-#: The ``pickle_module`` handed to ``torch.load``: only the restricted unpickler is exposed
-#: (``torch.load`` uses ``Unpickler`` and, for the legacy format, ``load``).
-_restricted_pickle = types.ModuleType("demucs_rr_restricted_pickle")
-_restricted_pickle.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
-_restricted_pickle.load = _restricted_load  # type: ignore[attr-defined]
-_restricted_pickle.loads = _restricted_loads  # type: ignore[attr-defined]
-_restricted_pickle.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
 
 
 @dataclass
 class LegacyPackage:
-    """Content of an official pickled model package.
+    """Content of an official model package (pickled ``.th`` or 4.1.0 hub ``.safetensors``).
 
     Attributes:
-        klass_name: official class path, e.g. ``"demucs.model.Demucs"``.
+        klass_name: official class path, e.g. ``"demucs.htdemucs.HTDemucs"``.
         args: positional constructor arguments.
-        kwargs: keyword constructor arguments (paths as str).
+        kwargs: keyword constructor arguments (paths as str, HTDemucs segment a Fraction).
         state: state dict (float32 for v2, float16 for v3/v4 exports).
         training_args: the training ``argparse.Namespace`` / config as a plain dict, or None.
     """
@@ -292,8 +158,24 @@ class LegacyPackage:
     training_args: dict[str, Any] | None
 
 
+def _unpickle(path: Path) -> Any:
+    """``torch.load`` through the restricted unpickler, errors as one-line PackageFormatError."""
+    try:
+        # weights_only=False is safe here: every global goes through the restricted unpickler.
+        return torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=RESTRICTED_PICKLE
+        )
+    except Refused as exc:
+        raise PackageFormatError(
+            f"refusing to load {path}: it references {exc.reference}, which is not allowed "
+            "in a model package"
+        ) from None
+    except Exception as exc:
+        raise PackageFormatError(f"cannot read model package {path} ({_one_line(exc)})") from None
+
+
 def load_official_package(path: str | Path) -> LegacyPackage:
-    """Read an official pickled package through the restricted unpickler.
+    """Read an official pickled package (v2 or v3/v4) through the restricted unpickler.
 
     Raises:
         ModelNotFoundError: if the file does not exist.
@@ -302,19 +184,7 @@ def load_official_package(path: str | Path) -> LegacyPackage:
     """
     path = Path(path)
     _check_exists(path)
-    try:
-        # weights_only=False is safe here: every global goes through the restricted unpickler.
-        package = torch.load(
-            path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle
-        )
-    except _Refused as exc:
-        raise PackageFormatError(
-            f"refusing to load {path}: it references {exc.reference}, which is not allowed "
-            "in a model package"
-        ) from None
-    except Exception as exc:
-        raise PackageFormatError(f"cannot read model package {path} ({_one_line(exc)})") from None
-
+    package = _unpickle(path)
     if not isinstance(package, dict) or not {"klass", "kwargs", "state"} <= set(package):
         keys = sorted(map(str, package)) if isinstance(package, dict) else None
         raise PackageFormatError(
@@ -328,23 +198,46 @@ def load_official_package(path: str | Path) -> LegacyPackage:
         raise PackageFormatError(
             f"cannot load {path}: 'klass' is a {type(klass).__name__}, not a known model class"
         )
-    args = package.get("args", ())
-    kwargs = package["kwargs"]
+    return package_content(
+        klass.path,
+        package.get("args", ()),
+        package["kwargs"],
+        package["state"],
+        package.get("training_args"),
+        str(path),
+    )
+
+
+def package_content(
+    klass_name: str, args: Any, kwargs: Any, state: Any, training_args: Any, source: str
+) -> LegacyPackage:
+    """Validate the parts of an official package read from ``source``.
+
+    Raises:
+        PackageFormatError: malformed args / kwargs, or a state that is not a name -> tensor
+            dict (DiffQ states are refused with the unquantized model to use).
+    """
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
-        raise PackageFormatError(f"cannot load {path}: malformed args/kwargs in the package")
-    state = _validate_state(package["state"], path, "the package state")
-    training_args = package.get("training_args")
-    if isinstance(training_args, dict):
-        training_args = dict(training_args)
-    elif training_args is not None:
-        training_args = None
+        raise PackageFormatError(f"cannot load {source}: malformed args/kwargs in the package")
+    hint = _QUANTIZED_HINT if klass_name in _V2_CLASSES else _QUANTIZED_HINT_V4
+    checked = validate_state(state, source, "the package state", hint)
     return LegacyPackage(
-        klass_name=klass.path,
+        klass_name=klass_name,
         args=list(args),
         kwargs=dict(kwargs),
-        state=state,
-        training_args=training_args,
+        state=checked,
+        training_args=dict(training_args) if isinstance(training_args, dict) else None,
     )
+
+
+_CLASSES: dict[str, tuple[str, str]] = {
+    "demucs.model.Demucs": ("demucs_rr.models.demucs", "Demucs"),
+    "demucs.tasnet.ConvTasNet": ("demucs_rr.models.tasnet", "ConvTasNet"),
+    "demucs.demucs.Demucs": ("demucs_rr.models.demucs_v3", "DemucsV3"),
+    "demucs.hdemucs.HDemucs": ("demucs_rr.models.hdemucs", "HDemucs"),
+    "demucs.htdemucs.HTDemucs": ("demucs_rr.models.htdemucs", "HTDemucs"),
+}
+"""Official class path -> (module, class) of the demucs_rr implementation (imported lazily)."""
 
 
 def resolve_official_class(klass_name: str) -> Callable[..., PackagedModel]:
@@ -353,18 +246,15 @@ def resolve_official_class(klass_name: str) -> Callable[..., PackagedModel]:
     Raises:
         PackageFormatError: if the class is not implemented by demucs_rr.
     """
-    if klass_name == "demucs.model.Demucs":
-        from demucs_rr.models.demucs import Demucs
-
-        return Demucs
-    if klass_name == "demucs.tasnet.ConvTasNet":
-        from demucs_rr.models.tasnet import ConvTasNet
-
-        return ConvTasNet
-    raise PackageFormatError(
-        f"model class {klass_name} is not supported by the v2 package loader (Demucs 3/4 "
-        "packages load with demucs_rr.models.official_v4.model_from_official_v4_package)"
-    )
+    if klass_name not in _CLASSES:
+        raise PackageFormatError(
+            f"model class {klass_name} is not supported (known official classes: "
+            f"{', '.join(_CLASSES)})"
+        )
+    module_name, attr = _CLASSES[klass_name]
+    module = __import__(module_name, fromlist=[attr])
+    klass: Callable[..., PackagedModel] = getattr(module, attr)
+    return klass
 
 
 def _filter_kwargs(klass: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -381,22 +271,49 @@ def _filter_kwargs(klass: Callable[..., Any], kwargs: dict[str, Any]) -> dict[st
     return kept
 
 
-def model_from_official_package(path: str | Path) -> PackagedModel:
-    """Build the model of an official v2 package and strictly load its (float32) weights.
+def build_official_model(package: LegacyPackage, source: str) -> PackagedModel:
+    """Build the demucs_rr model of an official package and strictly load its weights.
+
+    Args:
+        package: what :func:`load_official_package` (or the hub reader) returned.
+        source: where it comes from (a path), for error messages.
 
     Returns:
-        the model in eval mode.
+        the model in eval mode, float32 weights.
+
+    Raises:
+        PackageFormatError: unsupported class, bad constructor arguments or weights that do
+            not match.
+    """
+    klass = resolve_official_class(package.klass_name)
+    kwargs = _filter_kwargs(klass, package.kwargs)
+    try:
+        model = klass(*package.args, **kwargs)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise PackageFormatError(
+            f"cannot build {package.klass_name} from {source}: {exc}"
+        ) from None
+    state = package.state
+    upgrade = getattr(model, "upgrade_state", None)
+    if callable(upgrade):  # DemucsV3: old key names of early v3 packages
+        state = upgrade(state)
+    load_state_strict(model, state, source)
+    return model.eval()
+
+
+def model_from_official_package(path: str | Path) -> PackagedModel:
+    """Build the model of any official pickled package (v2, v3 or v4) with float32 weights.
+
+    This is the one entry point for official ``.th`` packages: v2 ``models/NAME.th``, v3/v4
+    ``{sig}.th`` / ``{sig}-{hash}.th`` bag members included.
+
+    Returns:
+        the model (``Demucs``, ``ConvTasNet``, ``DemucsV3``, ``HDemucs`` or ``HTDemucs``) in
+        eval mode.
 
     Raises:
         ModelNotFoundError, PackageFormatError: see :func:`load_official_package`; also for an
             unsupported class, bad constructor arguments or weights that do not match.
     """
     package = load_official_package(path)
-    klass = resolve_official_class(package.klass_name)
-    kwargs = _filter_kwargs(klass, package.kwargs)
-    try:
-        model = klass(*package.args, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise PackageFormatError(f"cannot build {package.klass_name} from {path}: {exc}") from None
-    load_state_strict(model, package.state, str(path))
-    return model.eval()
+    return build_official_model(package, str(path))

@@ -13,6 +13,11 @@ Layout:
 ``model_class`` is a name of :mod:`demucs_rr.models.registry`; ``kwargs`` are the constructor
 arguments the model recorded in its ``init_kwargs`` attribute. Loading rebuilds the model from
 those and strict-loads the state (:func:`load_state_strict`), so it needs no unpickling at all.
+
+Format versions: 1 is a single model (still what :func:`save_package` writes, so older
+demucs_rr read it); 2 adds ``"kind"``: ``"model"`` (as version 1) or ``"bag"``, a bag of models
+in one file (:mod:`demucs_rr.models.bag_package`). A version above :data:`FORMAT_VERSION` or an
+unknown kind is refused with a message to upgrade.
 """
 
 from __future__ import annotations
@@ -30,14 +35,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
-from demucs_rr.models.base import PackagedModel
+from demucs_rr.models.base import PackagedModel, SeparationModel
 from demucs_rr.models.registry import build_model, class_name_of
 from demucs_rr.models.training_info import TrainingInfo
 
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_KEY",
+    "MODEL_FORMAT_VERSION",
     "TrainingInfo",
+    "load_model_package",
     "load_package",
     "load_state_strict",
     "read_package_metadata",
@@ -47,8 +54,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-"""Newest package format this version of demucs_rr writes and reads."""
+FORMAT_VERSION = 2
+"""Newest package format this version of demucs_rr reads (and writes, for bags)."""
+
+MODEL_FORMAT_VERSION = 1
+"""Format version of a single-model package (readable by every demucs_rr)."""
+
+KINDS = ("model", "bag")
+"""What a version-2 package holds."""
 
 METADATA_KEY = "demucs_rr"
 
@@ -89,7 +102,15 @@ def save_package(
     except (TypeError, ValueError) as exc:
         raise PackageFormatError(f"package metadata must be JSON-able: {exc}") from exc
 
-    tensors = _state_for_saving(model, torch.float16 if half else torch.float32)
+    tensors = state_for_saving(model, torch.float16 if half else torch.float32)
+    write_package_file(path, tensors, header)
+    logger.info("saved package %s (%s, %d tensors)", path, meta["model_class"], len(tensors))
+    return path
+
+
+def write_package_file(path: Path, tensors: dict[str, torch.Tensor], header: str) -> None:
+    """Write ``tensors`` with the JSON ``header`` as a safetensors file at ``path``, atomically
+    (a temporary file in the same folder renamed over ``path`` once complete)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -99,29 +120,13 @@ def save_package(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    logger.info("saved package %s (%s, %d tensors)", path, meta["model_class"], len(tensors))
-    return path
 
 
 def _metadata(
     model: PackagedModel, name: str | None, training: TrainingInfo | Mapping[str, Any] | None
 ) -> dict[str, Any]:
     """The JSON header of ``model``'s package."""
-    init_kwargs = getattr(model, "init_kwargs", None)
-    if not isinstance(init_kwargs, dict):
-        raise PackageFormatError(
-            f"cannot package a {type(model).__name__}: it has no `init_kwargs` dict recording its "
-            "constructor arguments, so the model could not be rebuilt at load time"
-        )
-    meta: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "model_class": class_name_of(model),
-        "kwargs": init_kwargs,
-        "sources": list(model.sources),
-        "samplerate": int(model.samplerate),
-        "audio_channels": int(model.audio_channels),
-        "segment_length": int(model.segment_length),
-    }
+    meta: dict[str, Any] = {"format_version": MODEL_FORMAT_VERSION, **model_entry(model)}
     if name is not None:
         meta["name"] = str(name)
     if training is not None:
@@ -131,8 +136,31 @@ def _metadata(
     return meta
 
 
-def _state_for_saving(model: PackagedModel, float_dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """CPU, contiguous copy-on-need of the state dict; tensors sharing memory get their own."""
+def model_entry(model: PackagedModel) -> dict[str, Any]:
+    """What rebuilds ``model``: registry class, kwargs, sources, rate, channels, segment.
+
+    Raises:
+        PackageFormatError: the model has no ``init_kwargs`` or its class is not registered.
+    """
+    init_kwargs = getattr(model, "init_kwargs", None)
+    if not isinstance(init_kwargs, dict):
+        raise PackageFormatError(
+            f"cannot package a {type(model).__name__}: it has no `init_kwargs` dict recording its "
+            "constructor arguments, so the model could not be rebuilt at load time"
+        )
+    return {
+        "model_class": class_name_of(model),
+        "kwargs": init_kwargs,
+        "sources": list(model.sources),
+        "samplerate": int(model.samplerate),
+        "audio_channels": int(model.audio_channels),
+        "segment_length": int(model.segment_length),
+    }
+
+
+def state_for_saving(model: PackagedModel, float_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """CPU, contiguous copy-on-need of the state dict, floating tensors cast to ``float_dtype``;
+    tensors sharing memory get their own."""
     tensors: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
     for key, value in model.state_dict().items():
@@ -152,12 +180,12 @@ def read_package_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate the ``demucs_rr`` metadata of a package without loading tensors.
 
     The ``training`` entry, when present, is checked against :class:`TrainingInfo` (read it
-    typed with :func:`read_training_info`).
+    typed with :func:`read_training_info`). A bag's members are checked as well.
 
     Raises:
         ModelNotFoundError: ``path`` does not exist.
         PackageFormatError: not a safetensors file, not a demucs_rr package, malformed metadata,
-            or a format version this demucs_rr does not know.
+            or a format version / kind this demucs_rr does not know.
     """
     path = Path(path)
     if not path.is_file():
@@ -168,9 +196,10 @@ def read_package_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise PackageFormatError(f"{path} is not a safetensors model package ({exc})") from exc
     if METADATA_KEY not in header:
+        hub = " (it is an official Demucs hub file: load it with -n or convert it)"
         raise PackageFormatError(
             f"{path} is a safetensors file but not a demucs_rr package (no {METADATA_KEY!r} "
-            "metadata); the architecture cannot be known"
+            f"metadata){hub if 'klass' in header else '; the architecture cannot be known'}"
         )
     try:
         meta = json.loads(header[METADATA_KEY])
@@ -178,13 +207,32 @@ def read_package_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise PackageFormatError(f"{path}: package metadata is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise PackageFormatError(f"{path}: package metadata must be a JSON object")
-    _check_version(path, meta.get("format_version"))
-    for key, kind in (("model_class", str), ("kwargs", dict)):
-        if not isinstance(meta.get(key), kind):
-            raise PackageFormatError(f"{path}: package metadata lacks a valid {key!r} entry")
+    _check_version(path, meta.get("format_version"), meta.get("kind"))
+    if package_kind(meta) == "bag":
+        from demucs_rr.models.bag_package import check_bag_metadata
+
+        check_bag_metadata(meta, str(path))
+    else:
+        check_model_metadata(meta, str(path))
     if meta.get("training") is not None:
         TrainingInfo.from_json(meta["training"], str(path))
     return meta
+
+
+def check_model_metadata(meta: Mapping[str, Any], origin: str) -> None:
+    """A single model's ``model_class`` (str) and ``kwargs`` (object) are present.
+
+    Raises:
+        PackageFormatError: naming ``origin`` and the missing entry.
+    """
+    for key, kind in (("model_class", str), ("kwargs", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise PackageFormatError(f"{origin}: package metadata lacks a valid {key!r} entry")
+
+
+def package_kind(meta: Mapping[str, Any]) -> str:
+    """``"model"`` or ``"bag"``: what validated package metadata describes."""
+    return str(meta.get("kind") or "model")
 
 
 def read_training_info(meta: Mapping[str, Any], origin: str = "package") -> TrainingInfo | None:
@@ -197,7 +245,7 @@ def read_training_info(meta: Mapping[str, Any], origin: str = "package") -> Trai
     return None if training is None else TrainingInfo.from_json(training, origin)
 
 
-def _check_version(path: Path, version: object) -> None:
+def _check_version(path: Path, version: object, kind: object = None) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise PackageFormatError(
             f"{path}: unknown package format version {version!r}; the file is damaged or was "
@@ -208,6 +256,13 @@ def _check_version(path: Path, version: object) -> None:
             f"{path} was written by a newer demucs_rr (format {version}); upgrade demucs_rr "
             f"(this version reads formats up to {FORMAT_VERSION})"
         )
+    if kind is not None and kind not in KINDS:
+        raise PackageFormatError(
+            f"{path} holds a {kind!r} package, which this demucs_rr does not know; upgrade "
+            f"demucs_rr (it reads {', '.join(KINDS)} packages)"
+        )
+    if kind == "bag" and version < 2:
+        raise PackageFormatError(f"{path}: a bag package needs format version 2, got {version}")
 
 
 def load_state_strict(model: PackagedModel, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -259,16 +314,39 @@ def _shorten(items: list[str], shown: int = 5) -> str:
     return text + (f" (+{len(items) - shown} more)" if len(items) > shown else "")
 
 
-def load_package(path: str | os.PathLike[str]) -> PackagedModel:
+def load_package(path: str | os.PathLike[str]) -> SeparationModel:
     """Rebuild the model stored in a package, in eval mode, with float32 weights.
+
+    A single-model package gives that model; a bag package gives a
+    :class:`~demucs_rr.models.bag.BagOfModels` of its members.
 
     Raises:
         ModelNotFoundError: ``path`` does not exist.
         PackageFormatError: see :func:`read_package_metadata`; also an unknown model class or
             a state that does not match the rebuilt model exactly (strict load).
     """
-    path = Path(path)
     meta = read_package_metadata(path)
+    if package_kind(meta) == "bag":
+        from demucs_rr.models.bag_package import load_bag_package
+
+        return load_bag_package(path, meta).build()
+    return _load_model(Path(path), meta)
+
+
+def load_model_package(path: str | os.PathLike[str]) -> PackagedModel:
+    """Rebuild the single model stored in a package (eval mode, float32 weights).
+
+    Raises:
+        ModelNotFoundError: ``path`` does not exist.
+        PackageFormatError: as :func:`load_package`; also for a bag package.
+    """
+    meta = read_package_metadata(path)
+    if package_kind(meta) == "bag":
+        raise PackageFormatError(f"{path} holds a bag of models, not a single model")
+    return _load_model(Path(path), meta)
+
+
+def _load_model(path: Path, meta: dict[str, Any]) -> PackagedModel:
     model = build_model(meta["model_class"], meta["kwargs"])
     try:
         state = load_file(str(path), device="cpu")

@@ -98,7 +98,7 @@ def get_model_class(class_name: str) -> ModelFactory:
     """Return the class registered as ``class_name``.
 
     Raises:
-        PackageFormatError: the name is unknown, or its module cannot be imported.
+        PackageFormatError: the name is unknown.
     """
     if class_name not in MODEL_CLASSES:
         known = ", ".join(sorted(MODEL_CLASSES)) or "none"
@@ -106,12 +106,7 @@ def get_model_class(class_name: str) -> ModelFactory:
             f"unknown model class {class_name!r}; known classes: {known}. "
             "The package may come from a newer or patched demucs_rr."
         )
-    try:
-        return MODEL_CLASSES[class_name]
-    except ImportError as exc:
-        raise PackageFormatError(
-            f"model class {class_name!r} is not available in this demucs_rr install ({exc})"
-        ) from exc
+    return MODEL_CLASSES[class_name]
 
 
 def class_name_of(model: PackagedModel) -> str:
@@ -124,12 +119,8 @@ def class_name_of(model: PackagedModel) -> str:
         PackageFormatError: the model's class is not registered.
     """
     cls = type(model)
-    if cls.__name__ in MODEL_CLASSES:
-        try:
-            if MODEL_CLASSES[cls.__name__] is cls:
-                return cls.__name__
-        except ImportError:
-            pass
+    if cls.__name__ in MODEL_CLASSES and MODEL_CLASSES[cls.__name__] is cls:
+        return cls.__name__
     for name, registered in MODEL_CLASSES.loaded().items():
         if registered is cls:
             return name

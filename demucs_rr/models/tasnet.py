@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from demucs_rr.models.base import SingleModelDefaults
 from demucs_rr.models.tasnet_layers import (
     EPS,
     NORM_TYPES,
@@ -101,7 +102,7 @@ class Decoder(nn.Module):
         return overlap_and_add(self.frames(mixture_w, est_mask).contiguous(), self.L // 2)
 
 
-class ConvTasNet(nn.Module):
+class ConvTasNet(SingleModelDefaults, nn.Module):
     """Conv-TasNet music source separation (official v2 Demucs flavour).
 
     Args:

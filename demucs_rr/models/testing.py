@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from demucs_rr.models.base import SingleModelDefaults
 
-class FractionModel(nn.Module):
+
+class FractionModel(SingleModelDefaults, nn.Module):
     """Stems that are fixed fractions of the input, optionally with a shorter output.
 
     Output source ``s`` is ``fractions[s] * mix``, centre-trimmed by ``crop`` samples on each side,

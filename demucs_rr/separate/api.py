@@ -2,7 +2,7 @@
 
 Example:
     >>> from demucs_rr import Separator
-    >>> sep = Separator("demucs", device="auto", shifts=1)
+    >>> sep = Separator("htdemucs", device="auto", shifts=1)
     >>> mix, stems = sep.separate_file("song.mp3")
     >>> stems["vocals"].shape  # (C, T) at sep.samplerate
 """
@@ -19,8 +19,14 @@ from tqdm import tqdm
 from demucs_rr.audio import convert_audio, load_for_model
 from demucs_rr.errors import AudioIOError, ConfigError
 from demucs_rr.models.base import SeparationModel
+from demucs_rr.models.catalogue import DEFAULT_MODEL
 from demucs_rr.runtime import resolve_device
-from demucs_rr.separate.engine import ApplyOptions, separate_normalized
+from demucs_rr.separate.engine import (
+    ApplyOptions,
+    check_segment,
+    count_passes,
+    separate_normalized,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +58,17 @@ class Separator:
         seed: seed of the shift offsets.
         repo: folder searched first for model files.
         progress: show a tqdm bar counted in seconds of audio.
+
+    Raises:
+        ConfigError: an option is out of range, or ``segment`` is longer than the model's
+            maximum segment (``max_segment_length``; HTDemucs: its training length). The
+            ``separate_*`` methods raise it too with ``split=False`` for a track longer than
+            that maximum.
     """
 
     def __init__(
         self,
-        model: str | Path | SeparationModel = "demucs",
+        model: str | Path | SeparationModel = DEFAULT_MODEL,
         *,
         device: str = "auto",
         segment: float | None = None,
@@ -88,6 +100,7 @@ class Separator:
             seed=seed,
             batch_size=batch_size,
         )
+        check_segment(self.model, self.options)
         self.progress = progress
 
     @property
@@ -147,7 +160,7 @@ class Separator:
         self, mix: torch.Tensor, callback: Callable[[int], None] | None
     ) -> dict[str, torch.Tensor]:
         """Run the engine on a converted (C, T) mixture, with an optional progress bar."""
-        passes = max(1, self.options.shifts)
+        passes = count_passes(self.model, self.options)
         bar = None
         if self.progress:
             total = passes * mix.shape[-1] / self.samplerate

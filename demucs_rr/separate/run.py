@@ -161,16 +161,29 @@ def run_models_list(args: argparse.Namespace) -> int:
 
     rows = list_models(repo=Path(args.repo) if getattr(args, "repo", None) else None)
     print(
-        f"{'name':<18} {'class':<11} {'test SDR':>8} {'valid nSDR':>10}  {'cached':<6} description"
+        f"{'name':<18} {'class':<16} {'test SDR':>8} {'valid nSDR':>10}  {'cached':<6} description"
     )
     for row in rows:
         sdr = _score(row["sdr"])
         nsdr = _score(row["valid_nsdr"])
         cached = "yes" if row["cached"] else "no"
         print(
-            f"{row['name']:<18} {row['class'] or '?':<11} {sdr:>8} {nsdr:>10}  {cached:<6} "
+            f"{row['name']:<18} {row['class'] or '?':<16} {sdr:>8} {nsdr:>10}  {cached:<6} "
             f"{row['description']}"
         )
+    return 0
+
+
+def run_models_convert(args: argparse.Namespace) -> int:
+    """Convert ``args.src`` into the package ``args.dst`` and say what was written."""
+    from demucs_rr.models.convert import convert_model
+
+    done = convert_model(
+        args.src, args.dst, repo=Path(args.repo) if args.repo else None, name=args.name
+    )
+    kind = "model" if done.members == 1 else f"bag of {done.members} models"
+    precision = "float16 (exact)" if done.half else "float32"
+    print(f"wrote {done.path} ({kind}, {precision} weights); use it with -n {done.path}")
     return 0
 
 

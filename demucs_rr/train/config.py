@@ -406,17 +406,40 @@ def segment_samples(config: TrainConfig) -> int:
 def model_kwargs(config: TrainConfig) -> dict[str, Any]:
     """Constructor kwargs: ``model.kwargs`` + sources, channels, samplerate from ``dset``.
 
-    ``segment_length`` (the model's default inference chunk) is 4 x the training segment, as v2
-    stored it, unless ``model.kwargs`` sets it.
+    Unless ``model.kwargs`` sets it, the model's default inference chunk comes from the training
+    segment: ``segment_length`` (samples, v2 classes) or ``segment`` (seconds, Demucs 3/4) is
+    4 x the training segment, as the official trainers stored it; a model that is limited to
+    its training length (a ``use_train_segment`` argument: HTDemucs) gets the training segment
+    itself, as the exact fraction ``"samples/samplerate"``.
     """
     kwargs = dict(config.model.kwargs)
-    kwargs.setdefault("segment_length", 4 * segment_samples(config))
+    params = _constructor_params(config.model.arch)
+    samples = segment_samples(config)
+    if "segment" in params and "segment_length" not in params:
+        if "use_train_segment" in params:
+            kwargs.setdefault("segment", f"{samples}/{config.dset.samplerate}")
+        else:
+            kwargs.setdefault("segment", 4 * samples / config.dset.samplerate)
+    else:
+        kwargs.setdefault("segment_length", 4 * samples)
     kwargs.update(
         sources=list(config.dset.sources),
         audio_channels=config.dset.channels,
         samplerate=config.dset.samplerate,
     )
     return kwargs
+
+
+def _constructor_params(arch: str) -> set[str]:
+    """Names of the constructor arguments of registered class ``arch`` (empty if unknown)."""
+    from demucs_rr.models.registry import MODEL_CLASSES, get_model_class
+
+    if arch not in MODEL_CLASSES:
+        return set()
+    try:
+        return set(inspect.signature(get_model_class(arch)).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,173 @@
+"""Bag packages: a bag of models (members, per-source weights, segment) in one ``.safetensors``.
+
+Layout (package format version 2, ``"kind": "bag"``):
+
+* tensors: the state dict of each distinct member ``j`` under the prefix ``members.{j}.``;
+  floating tensors float32, or float16 when saved with ``half=True``;
+* header metadata key ``"demucs_rr"``: a JSON string ::
+
+    {"format_version": 2, "kind": "bag", "name": "htdemucs_ft",
+     "sources": [...], "samplerate": 44100, "audio_channels": 2,
+     "members": [{"model_class": "HTDemucs", "kwargs": {...}, "sources": [...],
+                  "samplerate": 44100, "audio_channels": 2, "segment_length": N}, ...],
+     "models": [0, 1, 2, 3],          # member index of each bag entry (entries may repeat)
+     "signatures": ["f7e0c4bc", ...],  # official signature of each entry (or a name)
+     "weights": [[1, 0, 0, 0], ...] | null, "segment": 44.0 | null}
+
+Loading rebuilds every member from its class and kwargs, strict-loads its prefixed tensors
+and gives a :class:`~demucs_rr.models.official_repo.LoadedBag` (``.build()`` -> the model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from demucs_rr.errors import PackageFormatError
+from demucs_rr.models.base import PackagedModel
+from demucs_rr.models.official_repo import LoadedBag, parse_bag
+from demucs_rr.models.package import (
+    check_model_metadata,
+    load_state_strict,
+    model_entry,
+    state_for_saving,
+    write_package_file,
+)
+from demucs_rr.models.registry import build_model
+
+__all__ = ["BAG_FORMAT_VERSION", "check_bag_metadata", "load_bag_package", "save_bag_package"]
+
+logger = logging.getLogger(__name__)
+
+BAG_FORMAT_VERSION = 2
+"""Package format version that introduced bags."""
+
+PREFIX = "members"
+
+
+def _distinct(members: list[PackagedModel]) -> tuple[list[PackagedModel], list[int]]:
+    """Distinct member objects (in first-use order) and the index of each entry among them."""
+    distinct: list[PackagedModel] = []
+    index: list[int] = []
+    for model in members:
+        found = next((j for j, m in enumerate(distinct) if m is model), None)
+        if found is None:
+            distinct.append(model)
+            found = len(distinct) - 1
+        index.append(found)
+    return distinct, index
+
+
+def save_bag_package(
+    bag: LoadedBag, path: str | os.PathLike[str], *, name: str | None = None, half: bool = False
+) -> Path:
+    """Write ``bag`` as one bag package at ``path`` (atomically).
+
+    Args:
+        bag: the members (each a registered model class with ``init_kwargs``), weights and
+            segment.
+        path: destination, conventionally ``NAME.safetensors``.
+        name: model name stored in the metadata (default: the bag's name).
+        half: store floating tensors as float16 (exact for official float16 weights).
+
+    Returns:
+        The destination path.
+
+    Raises:
+        PackageFormatError: members disagree or cannot be packaged.
+    """
+    path = Path(path)
+    bag.check()
+    distinct, index = _distinct(bag.members)
+    first = distinct[0]
+    meta: dict[str, Any] = {
+        "format_version": BAG_FORMAT_VERSION,
+        "kind": "bag",
+        "name": name or bag.name,
+        "sources": list(first.sources),
+        "samplerate": int(first.samplerate),
+        "audio_channels": int(first.audio_channels),
+        "members": [model_entry(model) for model in distinct],
+        "models": index,
+        "signatures": list(bag.signatures),
+        "weights": bag.weights,
+        "segment": bag.segment,
+    }
+    dtype = torch.float16 if half else torch.float32
+    tensors: dict[str, torch.Tensor] = {}
+    for j, model in enumerate(distinct):
+        for key, value in state_for_saving(model, dtype).items():
+            tensors[f"{PREFIX}.{j}.{key}"] = value
+    write_package_file(path, tensors, json.dumps(meta))
+    logger.info("saved bag package %s (%d members)", path, len(distinct))
+    return path
+
+
+def check_bag_metadata(meta: Mapping[str, Any], origin: str) -> None:
+    """Validate the bag entries of package metadata (members, models, weights, segment).
+
+    Raises:
+        PackageFormatError: naming ``origin`` and the first problem.
+    """
+    members = meta.get("members")
+    if not isinstance(members, list) or not members:
+        raise PackageFormatError(f"{origin}: bag metadata lacks a non-empty 'members' list")
+    for j, entry in enumerate(members):
+        if not isinstance(entry, dict):
+            raise PackageFormatError(f"{origin}: bag member {j} is not a JSON object")
+        check_model_metadata(entry, f"{origin} (member {j})")
+    index = meta.get("models")
+    ok = isinstance(index, list) and bool(index)
+    ok = ok and all(isinstance(i, int) and 0 <= i < len(members) for i in index or [])
+    if not ok:
+        raise PackageFormatError(f"{origin}: bag 'models' must list member indices")
+    signatures = meta.get("signatures")
+    if not isinstance(signatures, list) or len(signatures) != len(index or []):
+        raise PackageFormatError(f"{origin}: bag 'signatures' must name every entry of 'models'")
+    parse_bag(
+        {"models": [str(s) for s in signatures], "weights": meta.get("weights")}
+        | ({"segment": meta["segment"]} if meta.get("segment") is not None else {}),
+        str(meta.get("name") or Path(origin).stem),
+        origin,
+    )
+
+
+def load_bag_package(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> LoadedBag:
+    """Rebuild the members of the bag package at ``path`` (validated ``meta``), eval mode.
+
+    Raises:
+        PackageFormatError: unreadable tensors, unknown classes or weights that do not match.
+    """
+    path = Path(path)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise PackageFormatError(f"{path}: cannot read package tensors ({exc})") from exc
+    members: list[PackagedModel] = []
+    for j, entry in enumerate(meta["members"]):
+        model = build_model(entry["model_class"], entry["kwargs"])
+        prefix = f"{PREFIX}.{j}."
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        load_state_strict(model, state, f"{path} (member {j})")
+        members.append(model.eval())
+    extra = [k for k in tensors if not k.startswith(f"{PREFIX}.")]
+    if extra:
+        raise PackageFormatError(f"{path}: tensors outside any member ({', '.join(extra[:5])})")
+    spec = parse_bag(
+        {"models": [str(s) for s in meta["signatures"]], "weights": meta.get("weights")}
+        | ({"segment": meta["segment"]} if meta.get("segment") is not None else {}),
+        str(meta.get("name") or path.stem),
+        str(path),
+    )
+    bag = LoadedBag(
+        spec.name, [members[i] for i in meta["models"]], spec.models, spec.weights, spec.segment
+    )
+    bag.check()
+    return bag

@@ -1,0 +1,178 @@
+"""The ``demucs-rr serve`` command: options, safety checks, then uvicorn.
+
+This module imports nothing of the ``[serve]`` extra at import time, so ``demucs-rr --help``
+works without it; running the command without it fails with a one-line install hint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import IO
+
+from demucs_rr import argtypes
+from demucs_rr.errors import ConfigError
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+TOKEN_ENV = "DEMUCS_RR_TOKEN"
+EXTRA_MODULES = ("fastapi", "uvicorn", "python_multipart")
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MB, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = argtypes.non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be within 0..65535, got {value}")
+    return value
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``demucs-rr serve``."""
+    from demucs_rr.models import DEFAULT_MODEL
+    from demucs_rr.runtime import cache_dir
+
+    p = parser
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    p.add_argument(
+        "-n",
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"default model: pretrained name or model file (default {DEFAULT_MODEL})",
+    )
+    p.add_argument("--repo", help="folder searched first for model files")
+    p.add_argument(
+        "--jobs-dir",
+        type=Path,
+        default=cache_dir() / "serve",
+        help="job database, uploads and stems (default: the cache folder's serve/)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=_megabytes,
+        default=500.0,
+        help="largest accepted upload in MB (default 500)",
+    )
+    p.add_argument(
+        "--workers",
+        type=argtypes.positive_int,
+        default=1,
+        help="separation worker processes, each with its own model copy (default 1)",
+    )
+    p.add_argument("-d", "--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+    p.add_argument(
+        "--token",
+        help=f"access token required by the API (default ${TOKEN_ENV}); "
+        "mandatory when --host is not a loopback address",
+    )
+
+
+def _check_extra() -> None:
+    missing = [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"demucs-rr serve needs the serve extra (missing {', '.join(missing)}): "
+            "pip install 'demucs_rr[serve]'"
+        )
+
+
+def _check_model(model: str, repo: str | None) -> None:
+    """Refuse a model that is neither a file nor a name of ``demucs-rr models list``."""
+    from demucs_rr.models import list_models
+
+    known = {row["name"] for row in list_models(Path(repo) if repo else None)}
+    if model in known or Path(model).expanduser().is_file():
+        return
+    raise ConfigError(
+        f"unknown model {model!r}: not a pretrained name (see `demucs-rr models list`) "
+        "and no such file"
+    )
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with one line when the address cannot be bound (in use, not local, ...)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _lock(jobs_dir: Path) -> IO[str] | None:
+    """Hold ``<jobs-dir>/.lock`` for the process's life: one server per jobs folder."""
+    try:
+        import fcntl
+    except ImportError:  # not on Windows
+        return None
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    handle = (jobs_dir / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(f"{jobs_dir} is used by another demucs-rr serve") from None
+    return handle
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Check the options, then serve until interrupted."""
+    _check_extra()
+    import uvicorn
+
+    from demucs_rr.serve.app import ServeConfig, create_app
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    local = args.host in LOCAL_HOSTS
+    if not local and token is None:
+        raise ConfigError(
+            f"--host {args.host} exposes the server to the network: "
+            f"give an access token with --token or ${TOKEN_ENV}"
+        )
+    _check_model(args.model, args.repo)
+    _check_port(args.host, args.port)
+    lock = _lock(args.jobs_dir)
+    threads = getattr(args, "threads", None) or max(1, (os.cpu_count() or 1) // args.workers)
+    config = ServeConfig(
+        jobs_dir=args.jobs_dir.resolve(),
+        model=args.model,
+        device=args.device,
+        repo=args.repo,
+        workers=args.workers,
+        threads=threads,
+        max_upload_mb=args.max_upload_mb,
+        token=token,
+        allowed_hosts=LOCAL_HOSTS + ("[::1]",) if local and token is None else None,
+    )
+    app = create_app(config)
+    info = app.state.serve.info
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{shown}:{args.port}/" + (f"?token={token}" if token else "")
+    print(
+        f"demucs-rr serve: {url} (model {info['model']}, device {info['device']}, "
+        f"{args.workers} worker(s) x {threads} thread(s), jobs in {config.jobs_dir})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        uvicorn.run(
+            app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3
+        )
+    finally:
+        if lock is not None:
+            lock.close()
+    return 0

@@ -1,0 +1,198 @@
+"""The job queue of ``demucs-rr serve``: one SQLite database (WAL mode) under the jobs folder.
+
+The web app and the worker processes share it: the app inserts and lists jobs, a worker claims
+the oldest queued job atomically, reports progress and finishes or fails it. Every call opens
+its own short-lived connection, so the store is safe to use from threads and processes.
+
+States: ``queued`` -> ``running`` -> ``done`` | ``failed``. On start-up the app puts jobs left
+``running`` by a previous server back in the queue (:meth:`JobStore.requeue_running`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATES = ("queued", "running", "done", "failed")
+TERMINAL = ("done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    input TEXT NOT NULL,
+    options TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    progress REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    stems TEXT NOT NULL DEFAULT '[]',
+    device TEXT,
+    worker INTEGER,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, created);
+"""
+_COLUMNS = (
+    "id, name, input, options, state, progress, error, stems, device, worker, created, "
+    "started, finished"
+)
+
+
+@dataclass
+class Job:
+    """One separation job as stored.
+
+    Attributes:
+        id: random hex id (the only handle on the job's files).
+        name: display name of the upload (sanitised; never used as a path).
+        input: file name of the stored upload inside the job folder (``input.wav``).
+        options: the job's options (see :class:`demucs_rr.serve.jobs.JobOptions`).
+        state: ``queued``, ``running``, ``done`` or ``failed``.
+        progress: 0 to 1.
+        error: one-line reason of a failed job.
+        stems: written stems, ``[{"name": ..., "file": ...}]``, in output order.
+        device: device the job ran on.
+        worker: process id of the worker running it.
+        created, started, finished: Unix times.
+    """
+
+    id: str
+    name: str
+    input: str
+    options: dict[str, Any]
+    state: str = "queued"
+    progress: float = 0.0
+    error: str | None = None
+    stems: list[dict[str, str]] = field(default_factory=list)
+    device: str | None = None
+    worker: int | None = None
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Job:
+        """Build a job from a ``SELECT {_COLUMNS}`` row."""
+        values = dict(zip(_COLUMNS.split(", "), row, strict=True))
+        values["options"] = json.loads(values["options"])
+        values["stems"] = json.loads(values["stems"])
+        return cls(**values)
+
+
+class JobStore:
+    """Jobs in ``<folder>/jobs.sqlite3`` (created on first use, WAL journal).
+
+    Args:
+        folder: the jobs folder (created if missing).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "jobs.sqlite3"
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection in autocommit mode, closed on exit."""
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=30000")
+            yield db
+        finally:
+            db.close()
+
+    def add(self, job: Job) -> Job:
+        """Insert a new queued job (``created`` is set now); returns it."""
+        job.created = job.created or time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO jobs (id, name, input, options, created) VALUES (?, ?, ?, ?, ?)",
+                (job.id, job.name, job.input, json.dumps(job.options), job.created),
+            )
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with this id, or None."""
+        with self._connect() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else Job.from_row(row)
+
+    def jobs(self) -> list[Job]:
+        """Every job, oldest first."""
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY created, id").fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def claim(self, worker: int) -> Job | None:
+        """Atomically move the oldest queued job to ``running`` for ``worker``; None if none."""
+        with self._connect() as db:
+            row = db.execute(
+                "UPDATE jobs SET state = 'running', worker = ?, started = ?, progress = 0 "
+                "WHERE id = (SELECT id FROM jobs WHERE state = 'queued' "
+                f"ORDER BY created, id LIMIT 1) RETURNING {_COLUMNS}",
+                (worker, time.time()),
+            ).fetchone()
+        return None if row is None else Job.from_row(row)
+
+    def _update_running(self, job_id: str, sql: str, params: tuple[Any, ...]) -> bool:
+        """Run ``UPDATE jobs SET {sql}`` on a running job; False if it is no longer running."""
+        with self._connect() as db:
+            cursor = db.execute(
+                f"UPDATE jobs SET {sql} WHERE id = ? AND state = 'running'", (*params, job_id)
+            )
+            return cursor.rowcount == 1
+
+    def set_progress(self, job_id: str, progress: float, device: str | None = None) -> bool:
+        """Record progress (0-1) of a running job; False if it was deleted or is not running."""
+        return self._update_running(
+            job_id, "progress = ?, device = COALESCE(?, device)", (progress, device)
+        )
+
+    def finish(self, job_id: str, stems: list[dict[str, str]]) -> bool:
+        """Mark a running job done with its stems; False if it is no longer running."""
+        sql = "state = 'done', progress = 1, stems = ?, finished = ?"
+        return self._update_running(job_id, sql, (json.dumps(stems), time.time()))
+
+    def fail(self, job_id: str, error: str) -> bool:
+        """Mark a running job failed with a one-line error; False if it is no longer running."""
+        sql = "state = 'failed', error = ?, finished = ?"
+        return self._update_running(job_id, sql, (error, time.time()))
+
+    def requeue(self, job_id: str) -> bool:
+        """Put a running job back in the queue (its worker was stopped)."""
+        sql = "state = 'queued', progress = 0, worker = NULL, started = NULL"
+        return self._update_running(job_id, sql, ())
+
+    def requeue_running(self) -> int:
+        """Put every running job back in the queue (start-up after a crash); returns how many."""
+        with self._connect() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = 'queued', progress = 0, worker = NULL, started = NULL "
+                "WHERE state = 'running'"
+            )
+            return cursor.rowcount
+
+    def fail_worker(self, worker: int, error: str) -> int:
+        """Fail the running jobs of a worker process that died; returns how many."""
+        with self._connect() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, finished = ? "
+                "WHERE state = 'running' AND worker = ?",
+                (error, time.time(), worker),
+            )
+            return cursor.rowcount
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a job's row; False if there was none."""
+        with self._connect() as db:
+            return db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 1

@@ -1,0 +1,213 @@
+"""Worker processes of ``demucs-rr serve``: claim queued jobs and separate them.
+
+A worker loads its model once (a :class:`~demucs_rr.separate.api.Separator`, kept across jobs)
+and runs each job exactly as ``separate`` does: :func:`~demucs_rr.audio.load_for_model`,
+:meth:`Separator.separate_tensor`, :func:`~demucs_rr.separate.outputs.compose_stems` and the
+all-or-nothing :func:`~demucs_rr.separate.outputs.write_track`, so the stems are byte for
+byte those of the command line for the same file and options.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from demucs_rr.audio import WriteOptions, load_for_model
+from demucs_rr.errors import DemucsRRError
+from demucs_rr.separate.api import Separator
+from demucs_rr.separate.engine import count_passes
+from demucs_rr.separate.outputs import (
+    InputFile,
+    compose_stems,
+    output_path,
+    select_stems,
+    write_track,
+)
+from demucs_rr.serve.jobs import JobOptions, job_dir, model_label
+from demucs_rr.serve.store import Job, JobStore
+from demucs_rr.serve.waveform import write_waveform
+
+logger = logging.getLogger(__name__)
+
+MODEL_FACTS = "model.json"
+"""File in the jobs folder where a worker records the server model's stems and device."""
+MODELS_KEPT = 2
+"""Separators a worker keeps loaded (the server's model and the last other one asked for)."""
+
+
+class StopFlag(Protocol):
+    """What a worker needs of its stop event (``multiprocessing.Event`` or ``threading.Event``)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Settings shared by every worker of a server.
+
+    Attributes:
+        jobs_dir: the jobs folder (database and job folders).
+        model: the server's model (loaded when the worker starts).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        repo: folder searched first for model files.
+        threads: torch CPU threads per worker (None: torch's default).
+        poll_interval: seconds between looks at an empty queue.
+    """
+
+    jobs_dir: Path
+    model: str
+    device: str = "auto"
+    repo: str | None = None
+    threads: int | None = None
+    poll_interval: float = 0.2
+
+
+class _Stopped(Exception):
+    """The server is stopping: the job goes back to the queue."""
+
+
+class _Deleted(Exception):
+    """The job was deleted while it ran."""
+
+
+class ModelCache:
+    """Separators by model name, loaded on first use, the least recently used dropped."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self._items: OrderedDict[str, Separator] = OrderedDict()
+
+    def get(self, name: str) -> Separator:
+        """The separator of ``name``, a pretrained name or the server model's label."""
+        if name == model_label(self.config.model):
+            name = self.config.model
+        if name in self._items:
+            self._items.move_to_end(name)
+            return self._items[name]
+        sep = Separator(name, device=self.config.device, repo=self.config.repo)
+        self._items[name] = sep
+        while len(self._items) > MODELS_KEPT:
+            self._items.popitem(last=False)
+        return sep
+
+
+class _Progress:
+    """Engine progress callback: stores the job's progress (at most 5 times a second)."""
+
+    def __init__(self, store: JobStore, job_id: str, total: int, stop: StopFlag) -> None:
+        self.store, self.job_id, self.total, self.stop = store, job_id, max(1, total), stop
+        self.done = 0
+        self.last = 0.0
+
+    def set(self, fraction: float, device: str | None = None) -> None:
+        """Store ``fraction`` (0-1); raises when the job was deleted or the server stops."""
+        if self.stop.is_set():
+            raise _Stopped
+        if not self.store.set_progress(self.job_id, round(fraction, 4), device):
+            raise _Deleted
+        self.last = time.monotonic()
+
+    def __call__(self, samples: int) -> None:
+        self.done += samples
+        if time.monotonic() - self.last >= 0.2 or self.stop.is_set():
+            self.set(0.05 + 0.85 * min(1.0, self.done / self.total))
+
+
+def separate_job(
+    job: Job, folder: Path, sep: Separator, progress: _Progress
+) -> list[dict[str, str]]:
+    """Separate a job's upload and write its stems and waveforms; returns the stem list."""
+    opts = JobOptions.from_json(job.options)
+    sep.options = replace(sep.options, shifts=opts.shifts)
+    names = select_stems(sep.sources, opts.stems, opts.two_stems, "add")
+    progress.set(0.02, str(sep.device))
+    path = folder / job.input
+    mix, _ = load_for_model(path, sep.samplerate, sep.audio_channels)
+    progress.total = count_passes(sep.model, sep.options) * mix.shape[-1]
+    stems = sep.separate_tensor(mix, sep.samplerate, progress)
+    outputs = compose_stems(stems, mix, names, "add")
+    progress.set(0.92)
+    wopts = WriteOptions(format=opts.format)
+    track = InputFile(path, "input", path.suffix.lstrip("."))
+    out = folder / "stems"
+    out.mkdir(exist_ok=True)
+    paths = {
+        name: output_path(out, "{stem}.{ext}", track, name, wopts.format, sep.model_name)
+        for name in outputs
+    }
+    write_track({paths[name]: wav for name, wav in outputs.items()}, sep.samplerate, wopts)
+    for name, wav in outputs.items():
+        write_waveform(wav, folder / "waveforms" / f"{name}.png")
+    return [{"name": name, "file": paths[name].name} for name in outputs]
+
+
+def _one_line(message: str, job: Job, folder: Path) -> str:
+    """An error for the client: one line, the upload named by its display name, no paths."""
+    message = message.replace(str(folder / job.input), job.name).replace(f"{folder}{os.sep}", "")
+    return " ".join(message.split())[:500]
+
+
+def run_job(job: Job, store: JobStore, models: ModelCache, stop: StopFlag) -> None:
+    """Run one claimed job to done or failed (or back to the queue when stopping)."""
+    folder = job_dir(store.path.parent, job.id)
+    progress = _Progress(store, job.id, 1, stop)
+    try:
+        sep = models.get(JobOptions.from_json(job.options).model)
+        stems = separate_job(job, folder, sep, progress)
+    except _Stopped:
+        store.requeue(job.id)
+        return
+    except _Deleted:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    except DemucsRRError as exc:
+        error = _one_line(str(exc), job, folder)
+    except Exception as exc:  # a bug or an engine failure: logged here, one line to the client
+        logger.exception("job %s failed", job.id)
+        error = _one_line(f"internal error: {type(exc).__name__}: {exc}", job, folder)
+    else:
+        if not store.finish(job.id, stems):
+            shutil.rmtree(folder, ignore_errors=True)  # deleted meanwhile
+        return
+    if not store.fail(job.id, error):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def report_model(sep: Separator, config: WorkerConfig) -> None:
+    """Write what the loaded server model really is (``model.json``) for ``GET /api/info``."""
+    facts = {"for": config.model, "sources": sep.sources, "device": str(sep.device)}
+    path = config.jobs_dir / MODEL_FACTS
+    tmp = path.with_name(f".{MODEL_FACTS}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(facts))
+    os.replace(tmp, path)
+
+
+def worker_main(config: WorkerConfig, stop: StopFlag) -> None:
+    """Process entry point: load the model, then run queued jobs until ``stop`` is set."""
+    from demucs_rr.cli import set_threads
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops workers through ``stop``
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    set_threads(config.threads)
+    store = JobStore(config.jobs_dir)
+    models = ModelCache(config)
+    try:
+        report_model(models.get(config.model), config)
+    except DemucsRRError as exc:  # reported again by every job that needs this model
+        logger.warning("worker %d: cannot load model %s: %s", os.getpid(), config.model, exc)
+    while not stop.is_set():
+        job = store.claim(os.getpid())
+        if job is None:
+            stop.wait(config.poll_interval)
+            continue
+        run_job(job, store, models, stop)
