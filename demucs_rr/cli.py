@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("dst", help="destination .safetensors package")
     conv.add_argument("--repo", help="folder searched first for SRC and for bag members")
     conv.add_argument("--name", help="model name stored in the package (default: SRC's name)")
+    sub.add_parser("doctor", help="versions, devices, tools and cached models, for bug reports")
     for name, (module, add, _, help_text) in EXTRA_COMMANDS.items():
         getattr(importlib.import_module(module), add)(sub.add_parser(name, help=help_text))
     for sub_parser in (*sub.choices.values(), lst, conv):
@@ -238,6 +240,10 @@ def _run(args: argparse.Namespace) -> int:
         from demucs_rr.separate.run import run_separate
 
         return run_separate(args)
+    if args.command == "doctor":
+        from demucs_rr.doctor import run_doctor
+
+        return run_doctor(args)
     if args.command in EXTRA_COMMANDS:
         module, _, run, _ = EXTRA_COMMANDS[args.command]
         return int(getattr(importlib.import_module(module), run)(args))
@@ -261,6 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `demucs-rr models list | head`: the reader went away
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as a shell reports it
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's exit-time flush cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (tests, IDEs)
+        pass
 
 
 def separate_main(argv: Sequence[str] | None = None) -> int:

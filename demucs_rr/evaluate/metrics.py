@@ -25,6 +25,7 @@ import torch
 
 from demucs_rr.errors import ConfigError, DemucsRRError
 from demucs_rr.evaluate.bsseval import bss_eval, db, frame_layout
+from demucs_rr.fsmode import set_normal_mode
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
 NSDR_EPS = 1e-7
@@ -275,6 +276,7 @@ def write_track_json(scores: TrackScores, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        set_normal_mode(fd)  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "w") as handle:
             json.dump(track_to_json(scores), handle, indent=2, allow_nan=True)
         os.replace(tmp, path)

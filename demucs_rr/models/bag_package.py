@@ -34,13 +34,14 @@ from demucs_rr.errors import PackageFormatError
 from demucs_rr.models.base import PackagedModel
 from demucs_rr.models.official_repo import LoadedBag, parse_bag
 from demucs_rr.models.package import (
+    build_package_model,
     check_model_metadata,
     load_state_strict,
     model_entry,
     state_for_saving,
     write_package_file,
 )
-from demucs_rr.models.registry import build_model
+from demucs_rr.models.safety import read_declared_shapes
 
 __all__ = ["BAG_FORMAT_VERSION", "check_bag_metadata", "load_bag_package", "save_bag_package"]
 
@@ -146,17 +147,21 @@ def load_bag_package(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> L
         PackageFormatError: unreadable tensors, unknown classes or weights that do not match.
     """
     path = Path(path)
+    shapes = read_declared_shapes(path)
+    members: list[PackagedModel] = []
+    for j, entry in enumerate(meta["members"]):
+        prefix = f"{PREFIX}.{j}."
+        member = {k[len(prefix) :]: v for k, v in shapes.items() if k.startswith(prefix)}
+        members.append(build_package_model(entry, member, f"{path} (member {j})"))
     try:
         tensors = load_file(str(path), device="cpu")
     except Exception as exc:
         raise PackageFormatError(f"{path}: cannot read package tensors ({exc})") from exc
-    members: list[PackagedModel] = []
-    for j, entry in enumerate(meta["members"]):
-        model = build_model(entry["model_class"], entry["kwargs"])
+    for j, model in enumerate(members):
         prefix = f"{PREFIX}.{j}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         load_state_strict(model, state, f"{path} (member {j})")
-        members.append(model.eval())
+        model.eval()
     extra = [k for k in tensors if not k.startswith(f"{PREFIX}.")]
     if extra:
         raise PackageFormatError(f"{path}: tensors outside any member ({', '.join(extra[:5])})")

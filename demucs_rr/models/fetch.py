@@ -181,3 +181,17 @@ def verify_cached(path: Path, sha256_prefix: str, url: str) -> None:
             f"{digest[:8]}...; delete it to download again, or replace it with the file from {url}"
         )
     _write_verified(path, digest)
+
+
+def checksum_state(path: Path, sha256_prefix: str) -> str:
+    """``"missing"``, ``"ok"`` or ``"bad checksum"``: the state of a cached file (hashed only
+    when its size or mtime changed since it was last verified)."""
+    if not path.is_file():
+        return "missing"
+    try:
+        verify_cached(path, sha256_prefix, "")
+    except DownloadError:
+        return "bad checksum"
+    except OSError:
+        return "unreadable"
+    return "ok"

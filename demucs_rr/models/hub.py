@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
 from demucs_rr.models.base import PackagedModel
 from demucs_rr.models.legacy import LegacyPackage, build_official_model, package_content
+from demucs_rr.models.safety import read_declared_shapes
 from demucs_rr.models.unpickle import OFFICIAL_CLASSES, OfficialClassRef
 
 __all__ = ["is_hub_file", "load_hub_package", "model_from_hub_file", "read_safetensors_header"]
@@ -49,6 +50,7 @@ def read_safetensors_header(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"no model file at {path}")
+    read_declared_shapes(path)  # offsets and sizes against the file, clear messages
     try:
         with safe_open(str(path), framework="pt") as handle:
             header: dict[str, str] = handle.metadata() or {}

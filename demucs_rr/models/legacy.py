@@ -26,7 +26,7 @@ import inspect
 import logging
 import pickle
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import torch
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
 from demucs_rr.models.base import PackagedModel
 from demucs_rr.models.package import load_state_strict
+from demucs_rr.models.safety import build_checked
 from demucs_rr.models.unpickle import RESTRICTED_PICKLE, OfficialClassRef, Refused
 
 __all__ = [
@@ -100,6 +101,11 @@ def validate_state(
             raise PackageFormatError(
                 f"cannot load {path}: {what} entry {key!r} is a {type(value).__name__}, "
                 "expected a tensor"
+            )
+        if value.device.type != "cpu" or value.layout != torch.strided or value.is_quantized:
+            raise PackageFormatError(
+                f"cannot load {path}: {what} entry {key!r} is a {value.layout} tensor on "
+                f"{value.device.type}, expected plain weights"
             )
     return dict(state)
 
@@ -271,6 +277,12 @@ def _filter_kwargs(klass: Callable[..., Any], kwargs: dict[str, Any]) -> dict[st
     return kept
 
 
+def _renamed(model: PackagedModel, shapes: Mapping[str, tuple[int, ...]]) -> Any:
+    """``shapes`` under the key names of ``model`` (DemucsV3 renames early v3 keys)."""
+    upgrade = getattr(model, "upgrade_state", None)
+    return upgrade(shapes) if callable(upgrade) else shapes
+
+
 def build_official_model(package: LegacyPackage, source: str) -> PackagedModel:
     """Build the demucs_rr model of an official package and strictly load its weights.
 
@@ -287,12 +299,10 @@ def build_official_model(package: LegacyPackage, source: str) -> PackagedModel:
     """
     klass = resolve_official_class(package.klass_name)
     kwargs = _filter_kwargs(klass, package.kwargs)
-    try:
-        model = klass(*package.args, **kwargs)
-    except (TypeError, ValueError, NotImplementedError) as exc:
-        raise PackageFormatError(
-            f"cannot build {package.klass_name} from {source}: {exc}"
-        ) from None
+    shapes = {k: tuple(v.shape) for k, v in package.state.items()}
+    model = build_checked(
+        klass, package.args, kwargs, shapes, source, what=package.klass_name, rename=_renamed
+    )
     state = package.state
     upgrade = getattr(model, "upgrade_state", None)
     if callable(upgrade):  # DemucsV3: old key names of early v3 packages

@@ -25,7 +25,8 @@ ModelRow = TypedDict(
 """One row of ``demucs-rr models list``: the ``-n`` name; the registry class (None when
 unknown); ``sdr``, the published MUSDB18 test SDR in dB (pretrained models); ``valid_nsdr``,
 the validation nSDR in dB recorded by ``demucs-rr export`` (packages trained here); a one-line
-description; whether the file(s) are present locally, and where they are or would be cached."""
+description; whether the file(s) are present locally (and, for downloads, pass their sha256
+check), and where they are or would be cached."""
 
 
 def repo_row(file: Path) -> ModelRow:

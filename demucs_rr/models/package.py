@@ -35,8 +35,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
+from demucs_rr.fsmode import normal_file_mode
 from demucs_rr.models.base import PackagedModel, SeparationModel
-from demucs_rr.models.registry import build_model, class_name_of
+from demucs_rr.models.registry import build_model, class_name_of, get_model_class
+from demucs_rr.models.safety import build_checked, check_shapes, read_declared_shapes
 from demucs_rr.models.training_info import TrainingInfo
 
 __all__ = [
@@ -117,6 +119,7 @@ def write_package_file(path: Path, tensors: dict[str, torch.Tensor], header: str
     tmp = Path(tmp_name)
     try:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: header, "format": "pt"})
+        os.chmod(tmp, normal_file_mode())  # mkstemp (and save_file) leave 0600
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -190,6 +193,7 @@ def read_package_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"no model package at {path}")
+    read_declared_shapes(path)  # offsets and sizes against the file, clear messages
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
@@ -285,33 +289,33 @@ def load_state_strict(model: PackagedModel, state: Mapping[str, torch.Tensor], s
         PackageFormatError: on missing / unexpected keys or shape mismatches.
     """
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: stored {tuple(v.shape)}, model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    problems = [
-        f"{what} [{_shorten(items)}]"
-        for what, items in (
-            ("missing keys", missing),
-            ("unexpected keys", extra),
-            ("shape mismatch", shapes),
-        )
-        if items
-    ]
-    if problems:
+    check_shapes(model, {k: tuple(v.shape) for k, v in state.items()}, source)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a dtype that cannot be copied
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
         raise PackageFormatError(
-            f"{source}: weights do not match {type(model).__name__}: " + "; ".join(problems)
-        )
-    model.load_state_dict(state, strict=True)
+            f"{source}: cannot load the weights into {type(model).__name__}: {lines[-1][:300]}"
+        ) from None
 
 
-def _shorten(items: list[str], shown: int = 5) -> str:
-    text = ", ".join(items[:shown])
-    return text + (f" (+{len(items) - shown} more)" if len(items) > shown else "")
+def build_package_model(
+    entry: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], source: str
+) -> PackagedModel:
+    """Build the model of a package entry (``model_class`` and ``kwargs``) whose state must
+    have the ``shapes`` declared in the file; checked on the ``meta`` device first, so absurd
+    kwargs cost no memory (see :func:`~demucs_rr.models.safety.build_checked`).
+
+    Raises:
+        PackageFormatError: unknown class, kwargs that do not build, or shapes that differ.
+    """
+    name, kwargs = entry["model_class"], entry["kwargs"]
+    get_model_class(name)  # unknown class: its own message
+
+    def factory(**kw: Any) -> PackagedModel:
+        return build_model(name, kw)
+
+    return build_checked(factory, (), kwargs, shapes, source, what=str(name))
 
 
 def load_package(path: str | os.PathLike[str]) -> SeparationModel:
@@ -347,7 +351,7 @@ def load_model_package(path: str | os.PathLike[str]) -> PackagedModel:
 
 
 def _load_model(path: Path, meta: dict[str, Any]) -> PackagedModel:
-    model = build_model(meta["model_class"], meta["kwargs"])
+    model = build_package_model(meta, read_declared_shapes(path), str(path))
     try:
         state = load_file(str(path), device="cpu")
     except Exception as exc:

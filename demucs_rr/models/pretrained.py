@@ -34,7 +34,7 @@ from demucs_rr.models.catalogue import (
     cached_path,
     model_url,
 )
-from demucs_rr.models.fetch import download, verify_cached
+from demucs_rr.models.fetch import checksum_state, download, verify_cached
 from demucs_rr.models.files import (
     MODEL_SUFFIXES,
     is_official_package,
@@ -154,10 +154,22 @@ def resolve_model(
     return resolve_bag(name_or_path, repo, progress).build()
 
 
+def _bad_files(names: list[str]) -> str:
+    """`` [bad checksum: NAME; delete it to download again]`` or an empty string."""
+    if not names:
+        return ""
+    return f" [bad checksum: {', '.join(names)}; delete to download again]"
+
+
 def _official_rows() -> list[ModelRow]:
     rows: list[ModelRow] = []
     for info in OFFICIAL_BAGS.values():
         files = info.files
+        bad = [
+            f.cached_path.name
+            for f in files
+            if checksum_state(f.cached_path, f.sha256_prefix) not in ("ok", "missing")
+        ]
         description = info.description
         if info.refused is not None:
             description += " (not supported: DiffQ format)"
@@ -167,8 +179,8 @@ def _official_rows() -> list[ModelRow]:
                 "class": info.architecture,
                 "sdr": info.sdr,
                 "valid_nsdr": None,
-                "description": description,
-                "cached": all(f.cached_path.is_file() for f in files),
+                "description": description + _bad_files(bad),
+                "cached": not bad and all(f.cached_path.is_file() for f in files),
                 "path": ", ".join(str(f.cached_path) for f in files),
             }
         )
@@ -190,14 +202,16 @@ def list_models(repo: Path | None = None) -> list[ModelRow]:
     rows += _official_rows()
     for info in PRETRAINED.values():
         target = cached_path(info)
+        state = checksum_state(target, info.sha256_prefix)
+        bad = [] if state in ("ok", "missing") else [target.name]
         rows.append(
             {
                 "name": info.name,
                 "class": info.model_class,
                 "sdr": info.sdr,
                 "valid_nsdr": None,
-                "description": info.description,
-                "cached": target.is_file(),
+                "description": info.description + _bad_files(bad),
+                "cached": state == "ok",
                 "path": str(target),
             }
         )

@@ -9,6 +9,8 @@ classes), so loading it runs no code. Keys (see :func:`demucs_rr.train.loop.Trai
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
 import random
 import tempfile
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from demucs_rr.errors import PackageFormatError
+from demucs_rr.fsmode import set_normal_mode
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -26,9 +29,12 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "capture_rng",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "restore_rng",
     "save_checkpoint",
 ]
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.th"
 CHECKPOINT_FORMAT = "demucs_rr.train.checkpoint"
@@ -76,12 +82,6 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda_states)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``path`` atomically (temporary file in the same folder + rename).
 
@@ -93,7 +93,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        set_normal_mode(fd)  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as handle:
             torch.save(data, handle)
             handle.flush()
@@ -102,6 +102,28 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     finally:
         Path(tmp_name).unlink(missing_ok=True)
     return path
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the ``.checkpoint.th.*.tmp`` files a killed run left in ``run_dir``.
+
+    :func:`save_checkpoint` removes its temporary file on any error, but not when the process
+    is killed (SIGKILL, power loss) while writing; the next run of the folder calls this when
+    it starts or resumes. Returns the removed paths.
+    """
+    removed = []
+    for tmp in Path(run_dir).glob(f".{glob.escape(CHECKPOINT_NAME)}.*.tmp"):
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            logger.warning("cannot remove stale temporary file %s: %s", tmp, exc)
+            continue
+        removed.append(tmp)
+    if removed:
+        logger.info("removed %d stale temporary checkpoint file(s) from %s", len(removed), run_dir)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

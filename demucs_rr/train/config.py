@@ -365,9 +365,17 @@ def _check_model(config: TrainConfig) -> None:
         f"model.arch={arch!r} is not a registered model ({', '.join(sorted(MODEL_CLASSES))})",
     )
     try:
-        inspect.signature(get_model_class(arch)).bind(**model_kwargs(config))
+        bound = inspect.signature(get_model_class(arch)).bind(**model_kwargs(config))
     except TypeError as exc:
         raise ConfigError(f"model.kwargs do not fit {arch}: {exc}") from None
+    bound.apply_defaults()
+    kwargs = bound.arguments
+    _require(
+        not (kwargs.get("causal") is True and kwargs.get("norm_type") == "gLN"),
+        f"model.kwargs: a causal {arch} needs a frame-local norm (norm_type=cLN, BN or id); "
+        "gLN looks at the whole segment, so the model would not be causal and could not be "
+        "used with --stream",
+    )
 
 
 def check_config(config: TrainConfig) -> None:

@@ -40,6 +40,7 @@ from demucs_rr.train.checkpoint import (
     CHECKPOINT_NAME,
     capture_rng,
     load_checkpoint,
+    remove_stale_temporaries,
     restore_rng,
     save_checkpoint,
 )
@@ -483,6 +484,7 @@ def fit(
         state = build_state(config, model, dist, len(sampler))
         _start(state, run_dir, resume, restart)
         if dist.is_main:
+            remove_stale_temporaries(run_dir)  # left by a run killed while checkpointing
             log = RunLog(run_dir, config.log.tensorboard, echo or logger.info, state.history)
             (run_dir / CONFIG_NAME).write_text(config_to_yaml(config), encoding="utf-8")
         last = config.epochs if stop_after is None else min(config.epochs, state.epoch + stop_after)
