@@ -274,21 +274,24 @@ def test_recursive_directory(package, tmp_path, capsys):
 
 
 def test_failed_write_leaves_no_partial_track(package, song, tmp_path, capsys, monkeypatch):
-    import demucs_rr.separate.outputs as outputs
+    import errno
 
-    real = outputs.write_audio
-    calls = []
+    from demucs_rr.audio.blocks import BlockWriter
 
-    def flaky(wav, path, samplerate, options):
-        calls.append(path)
-        if len(calls) == 3:
-            raise outputs.AudioIOError(f"cannot write {path}: disk full")
-        return real(wav, path, samplerate, options)
+    real = BlockWriter.write
+    paths: list[object] = []
 
-    monkeypatch.setattr(outputs, "write_audio", flaky)
+    def flaky(self, wav):
+        if self.path not in paths:
+            paths.append(self.path)
+        if len(paths) == 3:
+            raise OSError(errno.ENOSPC, "disk full")
+        return real(self, wav)
+
+    monkeypatch.setattr(BlockWriter, "write", flaky)
     out = tmp_path / "o"
     code, err = run([str(song), "-n", str(package), "-o", str(out)], capsys)
-    assert code == 2 and "disk full" in err
+    assert code == 2 and ".wav: disk full" in err
     assert [p for p in out.rglob("*") if p.is_file()] == []
 
 

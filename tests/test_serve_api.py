@@ -301,3 +301,22 @@ def test_the_page_ships_in_the_wheel():
     shipped = {p for pattern in patterns for p in static.parent.glob(pattern)}
     assert set(static.iterdir()) == shipped and (static / "index.html") in shipped
     assert "serve" in project["project"]["optional-dependencies"]
+
+
+def test_waveform_of_a_stem_file_is_read_in_blocks(tmp_path: Path) -> None:
+    """The envelope does not depend on the block size and follows the signal's shape."""
+    from demucs_rr.serve.waveform import draw, file_envelope
+
+    t = np.arange(44100 * 2) / 44100
+    wav = np.stack([np.sin(2 * np.pi * 3 * t) * t, 0.5 * np.sin(2 * np.pi * 5 * t)], 1)
+    sf.write(tmp_path / "stem.wav", wav.astype(np.float32), 44100, subtype="FLOAT")
+    lows, highs = file_envelope(tmp_path / "stem.wav", 50)
+    lows2, highs2 = file_envelope(tmp_path / "stem.wav", 50, block=777)
+    np.testing.assert_array_equal(lows, lows2)
+    np.testing.assert_array_equal(highs, highs2)
+    centred = wav - wav.mean(axis=0)
+    assert highs.max() == pytest.approx(centred.max(), abs=1e-6)
+    assert lows.min() == pytest.approx(centred.min(), abs=1e-6)
+    assert highs[-10:].max() > 3 * highs[:10].max()  # the first channel grows louder
+    image = draw(lows, highs)
+    assert image.shape == (64, 50, 4) and image[..., 3].any()

@@ -5,18 +5,20 @@ Example:
     >>> sep = Separator("htdemucs", device="auto", shifts=1)
     >>> mix, stems = sep.separate_file("song.mp3")
     >>> stems["vocals"].shape  # (C, T) at sep.samplerate
+    >>> sep.separate_file_to("long_mix.flac", {"vocals": Path("vocals.wav")})  # streaming
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from demucs_rr.audio import convert_audio, load_for_model
+from demucs_rr.audio import WriteOptions, convert_audio, load_for_model
 from demucs_rr.errors import AudioIOError, ConfigError
 from demucs_rr.models.base import SeparationModel
 from demucs_rr.models.catalogue import DEFAULT_MODEL
@@ -29,6 +31,8 @@ from demucs_rr.separate.engine import (
 )
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_WRITE = WriteOptions()
 
 
 def _check_options(overlap: float, shifts: int, batch_size: int, segment: float | None) -> None:
@@ -156,14 +160,54 @@ class Separator:
         mix, _ = load_for_model(path, self.samplerate, self.audio_channels)
         return mix, self._separate(mix, None)
 
-    def _separate(
-        self, mix: torch.Tensor, callback: Callable[[int], None] | None
-    ) -> dict[str, torch.Tensor]:
-        """Run the engine on a converted (C, T) mixture, with an optional progress bar."""
+    def separate_file_to(
+        self,
+        path: str | Path,
+        targets: dict[str, Path],
+        write: WriteOptions = DEFAULT_WRITE,
+        other_method: str = "add",
+        keep_sample_rate: bool = False,
+        callback: Callable[[int], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> list[Path]:
+        """Separate a file straight into stem files, streaming: memory does not grow with the
+        track length (except with ``split=False``).
+
+        Args:
+            path: input audio file.
+            targets: output name -> file; a name is a source or ``no_SOURCE`` (the sum of the
+                other sources with ``other_method='add'``, the mixture minus it with
+                ``'minus'``). Missing parent folders are created.
+            write: format, encoding and clip mode of the files.
+            other_method: ``'add'`` or ``'minus'``.
+            keep_sample_rate: write at the file's own rate instead of :attr:`samplerate`.
+            callback: progress, called with the number of samples just processed.
+            on_start: called once, before separating, with the total that ``callback`` will
+                count (every pass over the track: shifts and bag members included).
+
+        Returns:
+            The written paths; either all of them are written or none is.
+        """
+        from demucs_rr.separate.files import FileJob, mixture_stats, stream_file
+
+        path = Path(path)
+        stats = mixture_stats(path, self.samplerate, self.audio_channels)
+        job = FileJob(dict(targets), write, other_method, keep_sample_rate)
+        if on_start is not None:
+            on_start(count_passes(self.model, self.options) * stats.length)
+        with self._progress_bar(stats.length, callback) as report:
+            stream_file(self.model, self.options, self.device, path, job, report, stats)
+        return list(targets.values())
+
+    @contextlib.contextmanager
+    def _progress_bar(
+        self, length: int, callback: Callable[[int], None] | None = None
+    ) -> Iterator[Callable[[int], None]]:
+        """A progress callback over every pass of a ``length``-sample track (tqdm if enabled)."""
         passes = count_passes(self.model, self.options)
         bar = None
         if self.progress:
-            total = passes * mix.shape[-1] / self.samplerate
+            total = passes * length / self.samplerate
             bar = tqdm(total=round(total, 2), unit="seconds", dynamic_ncols=True, leave=False)
 
         def report(samples: int) -> None:
@@ -173,8 +217,15 @@ class Separator:
                 callback(samples)
 
         try:
-            out = separate_normalized(self.model, mix, self.options, self.device, report)
+            yield report
         finally:
             if bar is not None:
                 bar.close()
+
+    def _separate(
+        self, mix: torch.Tensor, callback: Callable[[int], None] | None
+    ) -> dict[str, torch.Tensor]:
+        """Run the engine on a converted (C, T) mixture, with an optional progress bar."""
+        with self._progress_bar(mix.shape[-1], callback) as report:
+            out = separate_normalized(self.model, mix, self.options, self.device, report)
         return {name: out[i] for i, name in enumerate(self.sources)}

@@ -129,6 +129,20 @@ class OverlapAdd:
         self.origin = start
         self._out = torch.zeros(sources, channels, 0)
         self._sum = torch.zeros(0)
+        self._filled = 0
+
+    def _reserve(self, needed: int) -> None:
+        """Make room for ``needed`` samples after ``origin``, at least doubling the capacity so
+        that growing costs amortised constant time per sample."""
+        capacity = self._sum.shape[0]
+        if needed <= capacity:
+            return
+        capacity = max(needed, 2 * capacity)
+        out = self._out.new_zeros(*self._out.shape[:-1], capacity)
+        total = self._sum.new_zeros(capacity)
+        out[..., : self._filled] = self._out[..., : self._filled]
+        total[: self._filled] = self._sum[: self._filled]
+        self._out, self._sum = out, total
 
     def add(self, chunk: Chunk, out: torch.Tensor) -> None:
         """Accumulate ``out`` (S, C, chunk.length) for ``chunk``."""
@@ -136,27 +150,28 @@ class OverlapAdd:
             raise ValueError("chunks must be added in increasing order and after the last pop")
         if out.shape[-1] != chunk.length:
             raise ValueError(f"chunk output has {out.shape[-1]} samples, expected {chunk.length}")
-        grow = chunk.end - self.origin - self._sum.shape[0]
-        if grow > 0:
-            self._out = torch.nn.functional.pad(self._out, (0, grow))
-            self._sum = torch.nn.functional.pad(self._sum, (0, grow))
-        w = self.weight[: chunk.length].to(out.dtype)
         lo = chunk.offset - self.origin
+        self._reserve(lo + chunk.length)
+        self._filled = max(self._filled, lo + chunk.length)
+        w = self.weight[: chunk.length].to(out.dtype)
         self._out[..., lo : lo + chunk.length] += w * out
         self._sum[lo : lo + chunk.length] += w
 
     def pop(self, until: int) -> torch.Tensor:
         """Return the finished samples ``[origin, until)`` as (S, C, until - origin) and drop them.
 
-        The caller guarantees that no chunk added later starts before ``until``.
+        The caller guarantees that no chunk added later starts before ``until``. The cost is
+        proportional to the samples returned plus those still pending.
         """
         n = until - self.origin
-        if n < 0 or n > self._sum.shape[0]:
+        if n < 0 or n > self._filled:
             raise ValueError(
                 f"cannot pop up to {until}: accumulated [{self.origin}, "
-                f"{self.origin + self._sum.shape[0]})"
+                f"{self.origin + self._filled})"
             )
         ready = self._out[..., :n] / self._sum[:n]
-        self._out, self._sum = self._out[..., n:].clone(), self._sum[n:].clone()
+        self._out = self._out[..., n : self._filled].clone()
+        self._sum = self._sum[n : self._filled].clone()
+        self._filled -= n
         self.origin = until
         return ready

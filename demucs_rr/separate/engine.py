@@ -5,10 +5,14 @@ The CLI, the Python API, validation during training and evaluation all call :fun
 normalisation of the official tool). It relies only on the model contract of
 :mod:`demucs_rr.models.base`, and never on a model's class:
 
-- an ensemble (``weighted_members()`` not empty) is applied member by member, each with its own
-  chunk grid and shifts, and the outputs are averaged per source with the members' weights;
+- an ensemble (``weighted_members()`` not empty) is expanded into its members, each with its
+  own chunk grid and shifts, and the outputs are averaged per source with the members' weights;
 - a single model is applied with the shift trick outermost, then chunking: each chunk of the
   grid is centred in ``chunk_input_length(chunk, segment)`` samples of real audio;
+- every (member, shift) pass runs side by side over a sliding buffer
+  (:class:`~demucs_rr.separate.sliding.SlidingApplier`), which the in-memory path feeds in large
+  blocks and :mod:`demucs_rr.separate.files` feeds from a file being decoded, so the work per
+  chunk is constant and a file never needs to fit in memory;
 - segments longer than ``max_segment_length`` (and unsplit tracks that do not fit in it) are
   refused with a :class:`~demucs_rr.errors.ConfigError` before anything runs.
 
@@ -21,47 +25,31 @@ Dimension letters: B batch, S sources, C audio channels, T time in samples.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.base import SeparationModel, center_trim
-from demucs_rr.separate.chunking import (
-    Chunk,
-    OverlapAdd,
-    centred_window,
-    plan_chunks,
-    triangle_weight,
+from demucs_rr.models.base import SeparationModel
+from demucs_rr.separate.sliding import (
+    ApplyOptions,
+    ProgressCallback,
+    SlidingApplier,
+    draw_offsets,
 )
 
-ProgressCallback = Callable[[int], None]
-"""Called with the number of new track samples covered; each shift pass covers the track once."""
+DEFAULT_OPTIONS = ApplyOptions()
+"""The engine's default options (chunked, 25 % overlap, no shifts, batch 1)."""
 
-
-@dataclass(frozen=True)
-class ApplyOptions:
-    """How the engine applies a model.
-
-    Attributes:
-        segment: chunk length in samples; ``None`` uses the model's ``segment_length`` (each
-            member's own for an ensemble).
-        overlap: fraction of overlap between neighbouring chunks, in [0, 1).
-        split: cut the track into chunks; ``False`` runs the whole track in one call.
-        shifts: number of random time shifts averaged (shift trick); 0 disables it.
-        seed: seed of the shift offsets, so that shifted runs are reproducible.
-        batch_size: number of chunks per forward pass.
-        transition_power: sharpness of the triangular cross-fade (>= 1).
-    """
-
-    segment: int | None = None
-    overlap: float = 0.25
-    split: bool = True
-    shifts: int = 0
-    seed: int = 0
-    batch_size: int = 1
-    transition_power: float = 1.0
+__all__ = [
+    "ApplyOptions",
+    "ProgressCallback",
+    "apply_model",
+    "check_segment",
+    "count_passes",
+    "normalize",
+    "separate_normalized",
+    "shift_offsets",
+]
 
 
 def shift_offsets(shifts: int, max_shift: int, seed: int) -> list[int]:
@@ -70,14 +58,7 @@ def shift_offsets(shifts: int, max_shift: int, seed: int) -> list[int]:
     Each draw is ``max_shift - randint(0, max_shift)``, the official offset convention, from a
     private ``random.Random(seed)``.
     """
-    return _draw_offsets(shifts, max_shift, random.Random(seed))
-
-
-def _draw_offsets(shifts: int, max_shift: int, rng: random.Random) -> list[int]:
-    """``shifts`` left paddings drawn from ``rng`` (``[0]`` when ``shifts <= 0``)."""
-    if shifts <= 0:
-        return [0]
-    return [max_shift - rng.randint(0, max_shift) for _ in range(shifts)]
+    return draw_offsets(shifts, max_shift, random.Random(seed))
 
 
 def _seconds(samples: int, samplerate: int) -> str:
@@ -120,118 +101,10 @@ def count_passes(model: SeparationModel, options: ApplyOptions) -> int:
     return sum(count_passes(member, options) for member, _ in members)
 
 
-def _batches(chunks: Sequence[Chunk], batch_size: int) -> Iterator[list[Chunk]]:
-    """Group consecutive chunks of equal length, at most ``batch_size`` per group."""
-    group: list[Chunk] = []
-    for chunk in chunks:
-        if group and (len(group) == batch_size or chunk.length != group[0].length):
-            yield group
-            group = []
-        group.append(chunk)
-    if group:
-        yield group
-
-
-def _run_batch(
-    model: SeparationModel,
-    mix: torch.Tensor,
-    group: list[Chunk],
-    segment: int,
-    device: torch.device,
-) -> torch.Tensor:
-    """Run the model on the centred windows of ``group`` (chunks of a ``segment`` grid).
-
-    Returns:
-        (B, S, C, L) outputs on the CPU, centre-trimmed to the chunk length L.
-    """
-    length = group[0].length
-    padded = model.chunk_input_length(length, segment)
-    windows = torch.stack([centred_window(mix, chunk, padded) for chunk in group])  # (B, C, L')
-    out = model(windows.to(device))  # (B, S, C, L'')
-    return center_trim(out, length).float().cpu()
-
-
-def _apply_pass(
-    model: SeparationModel,
-    mix: torch.Tensor,
-    left_pad: int,
-    options: ApplyOptions,
-    device: torch.device,
-    progress: ProgressCallback | None,
-) -> torch.Tensor:
-    """One pass over the track whose chunk grid starts ``left_pad`` samples before it.
-
-    Returns:
-        (S, C, T) estimate for the samples of the track.
-    """
-    length = mix.shape[-1]
-    start = -left_pad
-    segment = options.segment or model.segment_length
-    if options.split:
-        chunks = plan_chunks(start, length, segment, options.overlap)
-        weight = triangle_weight(segment, options.transition_power)
-    else:
-        chunks = [Chunk(start, length - start)]
-        weight = torch.ones(length - start)
-    acc = OverlapAdd(len(model.sources), mix.shape[0], start, weight)
-    done = 0
-    for group in _batches(chunks, max(1, options.batch_size)):
-        out = _run_batch(model, mix, group, segment, device)
-        for chunk, chunk_out in zip(group, out, strict=True):
-            acc.add(chunk, chunk_out)
-        reached = min(max(group[-1].end, 0), length)
-        if progress is not None and reached > done:
-            progress(reached - done)
-        done = max(done, reached)
-    return acc.pop(length)[..., left_pad:]
-
-
-def _apply_single(
-    model: SeparationModel,
-    mix: torch.Tensor,
-    options: ApplyOptions,
-    device: torch.device,
-    progress: ProgressCallback | None,
-    rng: random.Random,
-) -> torch.Tensor:
-    """Shift trick (outermost) around chunked passes of one model: (S, C, T)."""
-    offsets = _draw_offsets(options.shifts, int(0.5 * model.samplerate), rng)
-    total: torch.Tensor | None = None
-    for left_pad in offsets:
-        out = _apply_pass(model, mix, left_pad, options, device, progress)
-        total = out if total is None else total + out
-    assert total is not None
-    return total / len(offsets)
-
-
-def _apply_any(
-    model: SeparationModel,
-    mix: torch.Tensor,
-    options: ApplyOptions,
-    device: torch.device,
-    progress: ProgressCallback | None,
-    rng: random.Random,
-) -> torch.Tensor:
-    """Apply a model, or each member of an ensemble with its own chunking and shifts, then
-    ``sum_m w[m][s] * out_m[s] / sum_m w[m][s]`` per source s: (S, C, T)."""
-    members = model.weighted_members()
-    if not members:
-        return _apply_single(model, mix, options, device, progress, rng)
-    total: torch.Tensor | None = None
-    weight_sums = [0.0] * len(model.sources)
-    for member, weights in members:
-        out = _apply_any(member, mix, options, device, progress, rng)
-        out = out * torch.tensor(list(weights), dtype=out.dtype)[:, None, None]
-        total = out if total is None else total + out
-        weight_sums = [acc + float(w) for acc, w in zip(weight_sums, weights, strict=True)]
-    assert total is not None
-    return total / torch.tensor(weight_sums, dtype=total.dtype)[:, None, None]
-
-
 def apply_model(
     model: SeparationModel,
     mix: torch.Tensor,
-    options: ApplyOptions = ApplyOptions(),
+    options: ApplyOptions = DEFAULT_OPTIONS,
     device: torch.device | str | None = None,
     progress: ProgressCallback | None = None,
 ) -> torch.Tensor:
@@ -267,7 +140,11 @@ def apply_model(
     device = torch.device(device)
     mix = mix.detach().float().cpu()
     with torch.inference_mode():
-        return _apply_any(model, mix, options, device, progress, random.Random(options.seed))
+        applier = SlidingApplier(model, options, device, progress)
+        block = max(2**16, 4 * applier.max_segment) if options.split else mix.shape[-1]
+        pieces = [applier.push(mix[:, i : i + block]) for i in range(0, mix.shape[-1], block)]
+        pieces.append(applier.finish())
+    return torch.cat(pieces, -1)
 
 
 def normalize(mix: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, float, float]:
@@ -292,7 +169,7 @@ def normalize(mix: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, float
 def separate_normalized(
     model: SeparationModel,
     mix: torch.Tensor,
-    options: ApplyOptions = ApplyOptions(),
+    options: ApplyOptions = DEFAULT_OPTIONS,
     device: torch.device | str | None = None,
     progress: ProgressCallback | None = None,
 ) -> torch.Tensor:

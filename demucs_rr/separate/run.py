@@ -59,25 +59,29 @@ def _separate_track(
     wopts: WriteOptions,
     out: Path,
 ) -> list[Path]:
-    """Separate one track and write its stems; returns the written paths."""
+    """Separate one track and write its stems; returns the written paths.
+
+    The default path streams the file block by block into the stem files
+    (:meth:`Separator.separate_file_to`); ``--stream`` runs a causal model with low latency.
+    """
+    paths = {
+        name: output_path(out, args.filename, track, name, wopts.format, sep.model_name)
+        for name in names
+    }
+    if not args.stream:
+        return sep.separate_file_to(
+            track.path, paths, wopts, args.other_method, args.keep_sample_rate
+        )
     mix, input_sr = load_for_model(track.path, sep.samplerate, sep.audio_channels)
-    if args.stream:
-        stems = _stream(sep, mix, args.block_size)
-    else:
-        stems = sep.separate_tensor(mix, sep.samplerate)
-    outputs = compose_stems(stems, mix, names, args.other_method)
+    outputs = compose_stems(_stream(sep, mix, args.block_size), mix, names, args.other_method)
     rate = sep.samplerate
     if args.keep_sample_rate and input_sr != rate:
         outputs = {k: resample(v, rate, input_sr) for k, v in outputs.items()}
         rate = input_sr
-    paths = {
-        output_path(out, args.filename, track, name, wopts.format, sep.model_name): wav
-        for name, wav in outputs.items()
-    }
-    for path in paths:
+    for path in paths.values():
         path.parent.mkdir(parents=True, exist_ok=True)
-    write_track(paths, rate, wopts)
-    return list(paths)
+    write_track({paths[name]: wav for name, wav in outputs.items()}, rate, wopts)
+    return list(paths.values())
 
 
 def _stream(sep: Separator, mix: torch.Tensor, block_size: int) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Waveform pictures of stems: a min/max envelope drawn into a PNG with numpy and zlib only."""
+"""Waveform pictures of stem files: a min/max envelope drawn into a PNG with numpy and zlib only."""
 
 from __future__ import annotations
 
@@ -8,37 +8,42 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
+import soundfile as sf
 
 
-def envelope(wav: torch.Tensor, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column minimum and maximum of a (C, T) waveform over all channels, around its mean."""
-    samples = wav.detach().float().cpu().numpy().reshape(-1, wav.shape[-1])
-    samples = samples - samples.mean(axis=1, keepdims=True)
-    length = samples.shape[-1]
-    edges = np.linspace(0, length, width + 1).astype(np.int64)
-    lows = np.zeros(width, dtype=np.float32)
-    highs = np.zeros(width, dtype=np.float32)
-    for i in range(width):
-        a, b = edges[i], max(edges[i + 1], edges[i] + 1)
-        block = samples[:, a:b] if a < length else samples[:, :0]
-        if block.size:
-            lows[i], highs[i] = block.min(), block.max()
+def file_envelope(path: Path, width: int, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """(width,) per-column minimum and maximum over all channels of an audio file, around each
+    channel's mean, read in blocks (memory does not grow with the length)."""
+    info = sf.info(str(path))
+    length = max(1, info.frames)
+    total = np.zeros(info.channels)
+    for chunk in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
+        total += chunk.sum(axis=0, dtype=np.float64)
+    mean = (total / length).astype(np.float32)
+    lows = np.full(width, np.inf, dtype=np.float32)
+    highs = np.full(width, -np.inf, dtype=np.float32)
+    start = 0
+    for chunk in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
+        values = chunk - mean  # (n, C)
+        cols = np.minimum(np.arange(start, start + len(values)) * width // length, width - 1)
+        firsts = np.flatnonzero(np.diff(cols, prepend=-1))  # sorted: one run per column
+        used = cols[firsts]
+        lows[used] = np.minimum(lows[used], np.minimum.reduceat(values.min(axis=1), firsts))
+        highs[used] = np.maximum(highs[used], np.maximum.reduceat(values.max(axis=1), firsts))
+        start += len(values)
+    empty = ~np.isfinite(lows)
+    lows[empty], highs[empty] = 0.0, 0.0
     return lows, highs
 
 
-def render(
-    wav: torch.Tensor,
-    width: int = 600,
+def draw(
+    lows: np.ndarray,
+    highs: np.ndarray,
     height: int = 64,
     color: tuple[int, int, int] = (56, 132, 255),
 ) -> np.ndarray:
-    """An RGBA image (height, width, 4) of the waveform's envelope on a transparent ground.
-
-    The vertical scale is the stem's own peak (after removing its mean), so quiet stems stay
-    visible.
-    """
-    lows, highs = envelope(wav, width)
+    """An RGBA image (height, width, 4) of a (width,) min/max envelope, scaled to its peak."""
+    width = len(lows)
     peak = max(float(np.abs(lows).max()), float(np.abs(highs).max()), 1e-4)
     mid = (height - 1) / 2
     top = np.floor(mid - highs / peak * mid).astype(np.int64)
@@ -71,9 +76,9 @@ def encode_png(image: np.ndarray) -> bytes:
     )
 
 
-def write_waveform(wav: torch.Tensor, path: Path) -> None:
-    """Render a (C, T) stem and write the PNG atomically to ``path``."""
+def write_waveform_file(stem: Path, path: Path, width: int = 600) -> None:
+    """Render the stem file ``stem`` (read in blocks) and write the PNG atomically to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(encode_png(render(wav)))
+    tmp.write_bytes(encode_png(draw(*file_envelope(stem, width))))
     os.replace(tmp, path)

@@ -1,10 +1,9 @@
 """Worker processes of ``demucs-rr serve``: claim queued jobs and separate them.
 
 A worker loads its model once (a :class:`~demucs_rr.separate.api.Separator`, kept across jobs)
-and runs each job exactly as ``separate`` does: :func:`~demucs_rr.audio.load_for_model`,
-:meth:`Separator.separate_tensor`, :func:`~demucs_rr.separate.outputs.compose_stems` and the
-all-or-nothing :func:`~demucs_rr.separate.outputs.write_track`, so the stems are byte for
-byte those of the command line for the same file and options.
+and runs each job exactly as ``separate`` does, through the streaming
+:meth:`Separator.separate_file_to` (blocks in, stem blocks out, all-or-nothing rename), so the
+stems are byte for byte those of the command line for the same file and options.
 """
 
 from __future__ import annotations
@@ -20,20 +19,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from demucs_rr.audio import WriteOptions, load_for_model
+from demucs_rr.audio import WriteOptions
 from demucs_rr.errors import DemucsRRError
 from demucs_rr.separate.api import Separator
-from demucs_rr.separate.engine import count_passes
 from demucs_rr.separate.outputs import (
     InputFile,
-    compose_stems,
     output_path,
     select_stems,
-    write_track,
 )
 from demucs_rr.serve.jobs import JobOptions, job_dir, model_label
 from demucs_rr.serve.store import Job, JobStore
-from demucs_rr.serve.waveform import write_waveform
+from demucs_rr.serve.waveform import write_waveform_file
 
 logger = logging.getLogger(__name__)
 
@@ -126,29 +122,33 @@ class _Progress:
 def separate_job(
     job: Job, folder: Path, sep: Separator, progress: _Progress
 ) -> list[dict[str, str]]:
-    """Separate a job's upload and write its stems and waveforms; returns the stem list."""
+    """Separate a job's upload into its stems and their waveforms; returns the stem list.
+
+    The upload streams through :meth:`Separator.separate_file_to`, the path of ``separate``,
+    so memory does not grow with the length of the upload.
+    """
     opts = JobOptions.from_json(job.options)
     sep.options = replace(sep.options, shifts=opts.shifts)
     names = select_stems(sep.sources, opts.stems, opts.two_stems, "add")
     progress.set(0.02, str(sep.device))
     path = folder / job.input
-    mix, _ = load_for_model(path, sep.samplerate, sep.audio_channels)
-    progress.total = count_passes(sep.model, sep.options) * mix.shape[-1]
-    stems = sep.separate_tensor(mix, sep.samplerate, progress)
-    outputs = compose_stems(stems, mix, names, "add")
-    progress.set(0.92)
     wopts = WriteOptions(format=opts.format)
     track = InputFile(path, "input", path.suffix.lstrip("."))
     out = folder / "stems"
     out.mkdir(exist_ok=True)
     paths = {
         name: output_path(out, "{stem}.{ext}", track, name, wopts.format, sep.model_name)
-        for name in outputs
+        for name in names
     }
-    write_track({paths[name]: wav for name, wav in outputs.items()}, sep.samplerate, wopts)
-    for name, wav in outputs.items():
-        write_waveform(wav, folder / "waveforms" / f"{name}.png")
-    return [{"name": name, "file": paths[name].name} for name in outputs]
+
+    def start(total: int) -> None:
+        progress.total = max(1, total)
+
+    sep.separate_file_to(path, paths, wopts, "add", callback=progress, on_start=start)
+    progress.set(0.92)
+    for name, stem in paths.items():
+        write_waveform_file(stem, folder / "waveforms" / f"{name}.png")
+    return [{"name": name, "file": paths[name].name} for name in names]
 
 
 def _one_line(message: str, job: Job, folder: Path) -> str:

@@ -1,0 +1,250 @@
+"""Streaming separation of a file into stem files, in memory independent of the track length.
+
+Two passes decode the input block by block (:func:`~demucs_rr.audio.blocks.read_blocks`): the
+first computes the mean and std of the mono mix for the whole-track normalisation, the second
+feeds the normalised blocks to the engine's :class:`~demucs_rr.separate.sliding.SlidingApplier`
+(the same chunk planning, weights and model calls as the in-memory engine) and writes every
+finished block of every stem to staged files, renamed into place all together at the end.
+The ``rescale`` clip mode needs each stem's peak, so those stems are staged as float32 wav and
+encoded in a second, block-wise pass once the peak is known.
+
+Dimension letters: S sources, C audio channels, T time in samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile
+import torch
+
+from demucs_rr.audio import WriteOptions, prepare_for_write
+from demucs_rr.audio.blocks import BLOCK, BlockResampler, BlockWriter, read_blocks
+from demucs_rr.errors import AudioIOError
+from demucs_rr.models.base import SeparationModel
+from demucs_rr.separate.engine import check_segment
+from demucs_rr.separate.outputs import compose_stems
+from demucs_rr.separate.sliding import ApplyOptions, ProgressCallback, SlidingApplier
+
+_FLOAT = WriteOptions(format="wav", encoding="float32", clip_mode="none")
+
+
+@dataclass(frozen=True)
+class MixStats:
+    """Whole-track statistics of a mixture at the model's rate and channels.
+
+    Attributes:
+        length: T, samples at the model's rate.
+        mean: mean of the mono (channel-averaged) mix.
+        std: unbiased std of the mono mix plus 1e-8, as the engine's ``normalize``.
+        samplerate: the file's own sample rate.
+    """
+
+    length: int
+    mean: float
+    std: float
+    samplerate: int
+
+
+def mixture_stats(path: Path, samplerate: int, channels: int, block: int = BLOCK) -> MixStats:
+    """First streaming pass: length, mean and std of the mono mix (float64, merged per block)."""
+    rate, blocks = read_blocks(path, channels, samplerate, block)
+    n, mean, m2 = 0, 0.0, 0.0
+    for wav in blocks:
+        mono = wav.double().mean(0)
+        k, block_mean = mono.numel(), float(mono.mean())
+        block_m2 = float(((mono - block_mean) ** 2).sum())
+        delta = block_mean - mean
+        total = n + k
+        mean += delta * k / total
+        m2 += block_m2 + delta * delta * n * k / total
+        n = total
+    std = math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
+    return MixStats(n, mean, std + 1e-8, rate)
+
+
+class StagedStems:
+    """Hidden staged files beside every target, renamed into place only when all succeeded.
+
+    Args:
+        targets: output name -> final path (missing parent folders are created).
+        samplerate: rate of the written blocks.
+        channels: channel count C.
+        options: format, encoding and clip mode of the final files.
+    """
+
+    def __init__(
+        self, targets: dict[str, Path], samplerate: int, channels: int, options: WriteOptions
+    ) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.options, self.rescale = options, options.clip_mode == "rescale"
+        self.samplerate, self.channels = samplerate, channels
+        self.targets = targets
+        self.tmp = {n: p.with_name(f".{p.stem}.{tag}.tmp{p.suffix}") for n, p in targets.items()}
+        self.stage = {n: p.with_name(f".{p.stem}.{tag}.tmp.f32.wav") for n, p in targets.items()}
+        self.peak = dict.fromkeys(targets, 0.0)
+        self.writers: dict[str, BlockWriter] = {}
+        try:
+            for name in targets:
+                targets[name].parent.mkdir(parents=True, exist_ok=True)
+                if self.rescale:
+                    self.writers[name] = BlockWriter(self.stage[name], samplerate, channels, _FLOAT)
+                else:
+                    self.writers[name] = BlockWriter(self.tmp[name], samplerate, channels, options)
+        except Exception as err:
+            self.abort()
+            raise _write_error(targets[name], err) from None
+
+    def write(self, name: str, wav: torch.Tensor) -> None:
+        """Append (C, n) samples of stem ``name``."""
+        if wav.shape[-1] == 0:
+            return
+        mode = "none" if self.rescale else self.options.clip_mode
+        data = prepare_for_write(wav, mode)
+        if self.rescale and data.numel():
+            self.peak[name] = max(self.peak[name], float(data.abs().max()))
+        try:
+            self.writers[name].write(data)
+        except (OSError, RuntimeError) as err:
+            raise _write_error(self.targets[name], err) from None
+
+    def commit(self) -> None:
+        """Close every file, encode rescaled stems, and rename the set into place."""
+        for writer in self.writers.values():
+            writer.close()
+        self.writers = {}
+        if self.rescale:
+            for name in self.targets:
+                self._rescale(name)
+        for name, path in self.targets.items():
+            os.replace(self.tmp[name], path)
+
+    def _rescale(self, name: str) -> None:
+        """Encode the float32 stage of ``name`` divided by ``max(1.01 * peak, 1)``."""
+        scale = max(1.01 * self.peak[name], 1.0)
+        writer = BlockWriter(self.tmp[name], self.samplerate, self.channels, self.options)
+        try:
+            for data in soundfile.blocks(str(self.stage[name]), BLOCK, dtype="float32"):
+                block = torch.from_numpy(data.reshape(len(data), -1).T.copy())
+                writer.write(block / scale)
+        finally:
+            writer.close()
+        self.stage[name].unlink()
+
+    def abort(self) -> None:
+        """Close and remove every staged file."""
+        for writer in self.writers.values():
+            with contextlib.suppress(Exception):  # cleaning up after the real error
+                writer.close()
+        for path in (*self.tmp.values(), *self.stage.values()):
+            path.unlink(missing_ok=True)
+
+
+def _write_error(path: Path, err: BaseException) -> AudioIOError:
+    """One-line error for a failed write of ``path``."""
+    if isinstance(err, AudioIOError):
+        return err
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return AudioIOError(f"cannot write {path}: {' '.join(reason.split()) or type(err).__name__}")
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """What to write for one input file.
+
+    Attributes:
+        targets: output name (a source, or ``no_X``) -> final path.
+        write: format, encoding and clip mode.
+        other_method: how ``no_X`` is built, see :func:`~demucs_rr.separate.outputs.compose_stems`.
+        keep_sample_rate: write at the file's own rate instead of the model's.
+    """
+
+    targets: dict[str, Path]
+    write: WriteOptions = WriteOptions()
+    other_method: str = "add"
+    keep_sample_rate: bool = False
+
+
+class _Emitter:
+    """Turns finished (S, C, m) engine output into written blocks of every requested stem."""
+
+    def __init__(
+        self, model: SeparationModel, stats: MixStats, job: FileJob, staged: StagedStems
+    ) -> None:
+        self.sources, self.stats, self.job, self.staged = list(model.sources), stats, job, staged
+        self.pending = torch.zeros(model.audio_channels, 0)  # raw mix not yet emitted
+        rate = stats.samplerate if job.keep_sample_rate else model.samplerate
+        self.resamplers = {n: BlockResampler(model.samplerate, rate) for n in job.targets}
+
+    def mix(self, block: torch.Tensor) -> None:
+        """Remember (C, n) raw mixture samples for ``no_X`` with ``minus``."""
+        self.pending = torch.cat([self.pending, block], -1)
+
+    def emit(self, out: torch.Tensor) -> None:
+        """Write (S, C, m) normalised estimates, de-normalised as ``separate_normalized``."""
+        m = out.shape[-1]
+        if m == 0:
+            return
+        mix, self.pending = self.pending[:, :m], self.pending[:, m:]
+        out = out * self.stats.std + self.stats.mean / out.shape[0]
+        stems = {name: out[i] for i, name in enumerate(self.sources)}
+        names = list(self.job.targets)
+        for name, wav in compose_stems(stems, mix, names, self.job.other_method).items():
+            self.staged.write(name, self.resamplers[name].push(wav))
+
+    def finish(self) -> None:
+        """Flush the resamplers."""
+        for name, resampler in self.resamplers.items():
+            self.staged.write(name, resampler.finish())
+
+
+def stream_file(
+    model: SeparationModel,
+    options: ApplyOptions,
+    device: torch.device,
+    path: Path,
+    job: FileJob,
+    progress: ProgressCallback | None = None,
+    stats: MixStats | None = None,
+    block: int = BLOCK,
+) -> None:
+    """Separate ``path`` into ``job.targets`` block by block, all files or none.
+
+    Args:
+        model: a separation model already on ``device``.
+        options: engine options (chunking, shifts, batching).
+        device: where the model runs.
+        path: input audio file.
+        job: outputs, format and stem composition.
+        progress: optional callback, see :data:`ProgressCallback`.
+        stats: the first pass's result when the caller already ran it.
+        block: samples per decoded block.
+
+    Raises:
+        AudioIOError: the input cannot be decoded or an output cannot be written (one line).
+        ConfigError: ``split=False`` and the track exceeds the model's maximum segment.
+    """
+    stats = stats or mixture_stats(path, model.samplerate, model.audio_channels, block)
+    check_segment(model, options, stats.length)
+    rate = stats.samplerate if job.keep_sample_rate else model.samplerate
+    staged = StagedStems(job.targets, rate, model.audio_channels, job.write)
+    try:
+        emitter = _Emitter(model, stats, job, staged)
+        with torch.inference_mode():
+            applier = SlidingApplier(model, options, device, progress)
+            for mix in read_blocks(path, model.audio_channels, model.samplerate, block)[1]:
+                emitter.mix(mix)
+                emitter.emit(applier.push((mix - stats.mean) / stats.std))
+            emitter.emit(applier.finish())
+        emitter.finish()
+        staged.commit()
+    except BaseException as err:
+        staged.abort()
+        if isinstance(err, OSError):
+            raise _write_error(next(iter(job.targets.values())), err) from None
+        raise
