@@ -43,5 +43,9 @@ separate song.wav -n tiny.safetensors -o out --threads 1 -q
 for stem in drums bass other vocals; do
   test -s "out/tiny/song/$stem.wav" || { echo "smoke: missing out/tiny/song/$stem.wav"; ls -R out; exit 1; }
 done
-demucs-rr train model=tiny dset=synthetic dset.root=data_synth --print-config | grep -q "segment"
+demucs-rr train model=tiny dset=synthetic dset.root=data_synth --print-config | grep "segment" >/dev/null
+# package data: the released bag files (models list) and the web page (serve extra not needed)
+demucs-rr models list | grep "htdemucs_ft" >/dev/null
+"$py" -c "import demucs_rr.serve, pathlib; assert (pathlib.Path(demucs_rr.serve.__file__).parent / 'static' / 'index.html').is_file()"
+demucs-rr doctor >/dev/null
 echo "smoke: installed wheel OK ($(basename "$wheel"))"
