@@ -261,6 +261,27 @@ def test_batch_reports_and_continues(package, song, tmp_path, capsys):
     assert not (out / "frac" / "bad").exists()
 
 
+def test_same_output_names_refused_before_separating(package, song, tmp_path, capsys):
+    """a/song.wav and b/song.wav would share stems: refused with nothing written."""
+    other = tmp_path / "b" / song.name
+    other.parent.mkdir()
+    other.write_bytes(song.read_bytes())
+    out = tmp_path / "o"
+    code, err = run([str(song), str(other), "-n", str(package), "-o", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "would both write" in err and str(other) in err
+    assert not any(p.is_file() for p in out.rglob("*"))
+    # the same file named twice (or through a symlink-free second route) is separated once
+    twice = [str(song), str(song.parent / ".." / "in" / song.name)]
+    assert run([*twice, "-n", str(package), "-o", str(out)], capsys)[0] == 0
+    assert (out / "frac" / "my song" / "vocals.wav").is_file()
+
+
+def test_nul_byte_in_template_is_one_line(package, song, tmp_path, capsys):
+    code, err = run([str(song), "-n", str(package), "--filename", "a\0{stem}.{ext}"], capsys)
+    assert code == 2 and "NUL" in err and len(err.strip().splitlines()) == 1
+
+
 def test_recursive_directory(package, tmp_path, capsys):
     for sub in ("a", "b/c"):
         (tmp_path / "music" / sub).mkdir(parents=True)
@@ -340,3 +361,20 @@ def test_truncated_mp3_separates_what_is_there(package, tmp_path, capsys):
     assert code == 0
     got, _ = read(out / "frac" / "cut" / "vocals.wav")
     assert 0.4 * rate < got.shape[1] < 1.2 * rate
+
+
+def test_progress_counts_samples_without_warnings(package, tmp_path, capsys):
+    """Progress is counted in samples and shown in seconds: no clamping warning, no 0.57000001."""
+    import warnings
+
+    from demucs_rr import Separator
+
+    path = tmp_path / "odd.wav"
+    sf.write(path, 0.1 * np.random.default_rng(0).standard_normal((25137, 2)), 44100)
+    sep = Separator(str(package), progress=True, shifts=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sep.separate_file(path)
+        sep.separate_file_to(path, {"vocals": tmp_path / "v.wav"})
+    err = capsys.readouterr().err
+    assert "/1.1 s" in err and "0000" not in err

@@ -206,13 +206,19 @@ class Separator:
         """A progress callback over every pass of a ``length``-sample track (tqdm if enabled)."""
         passes = count_passes(self.model, self.options)
         bar = None
-        if self.progress:
-            total = passes * length / self.samplerate
-            bar = tqdm(total=round(total, 2), unit="seconds", dynamic_ncols=True, leave=False)
+        if self.progress:  # counted in samples (exact), shown in seconds of audio
+            bar = tqdm(
+                total=passes * length,
+                unit="s",
+                unit_scale=1 / self.samplerate,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]",
+                dynamic_ncols=True,
+                leave=False,
+            )
 
         def report(samples: int) -> None:
             if bar is not None:
-                bar.update(round(samples / self.samplerate, 2))
+                bar.update(samples)
             if callback is not None:
                 callback(samples)
 

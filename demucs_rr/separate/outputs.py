@@ -67,11 +67,25 @@ def collect_tracks(inputs: list[str], recursive: bool) -> tuple[list[InputFile],
             tracks.append(InputFile(path, path.stem, path.suffix.lstrip(".")))
         else:
             errors.append(f"{item}: no such file or directory")
-    return tracks, errors
+    return _unique(tracks), errors
+
+
+def _unique(tracks: list[InputFile]) -> list[InputFile]:
+    """Tracks in order, each file once (a file named twice, or by two routes, is done once)."""
+    seen: set[Path] = set()
+    out: list[InputFile] = []
+    for track in tracks:
+        key = track.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(track)
+    return out
 
 
 def check_template(template: str) -> None:
     """Reject a ``--filename`` template with unknown fields, bad syntax or no ``{stem}``."""
+    if "\0" in template:
+        raise ConfigError("bad --filename template: it contains a NUL byte")
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from demucs_rr.audio import WriteOptions, load_for_model, resample
-from demucs_rr.errors import DemucsRRError
+from demucs_rr.errors import ConfigError, DemucsRRError
 from demucs_rr.separate.api import Separator
 from demucs_rr.separate.outputs import (
     InputFile,
@@ -99,6 +99,29 @@ def _stream(sep: Separator, mix: torch.Tensor, block_size: int) -> dict[str, tor
     return {name: out[i] for i, name in enumerate(sep.sources)}
 
 
+def _check_distinct_outputs(
+    tracks: list[InputFile],
+    template: str,
+    names: list[str],
+    wopts: WriteOptions,
+    out: Path,
+    model: str,
+) -> None:
+    """Refuse, before anything is separated, a batch in which two inputs (e.g. ``a/song.ogg``
+    and ``b/song.ogg``) would write the same stem file, or a template that leaves ``--out``."""
+    owner: dict[Path, InputFile] = {}
+    for track in tracks:
+        for name in names:
+            path = output_path(out, template, track, name, wopts.format, model)
+            first = owner.setdefault(path, track)
+            if first is not track:
+                raise ConfigError(
+                    f"{first.path} and {track.path} would both write {path}; separate them in "
+                    "two runs with different --out, or use -r on a common parent folder so "
+                    "{track} keeps their sub-folders"
+                )
+
+
 def run_separate(args: argparse.Namespace) -> int:
     """Separate every input; per-track errors are reported and the batch goes on."""
     check_template(args.filename)
@@ -123,7 +146,7 @@ def run_separate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     names = select_stems(sep.sources, args.stems, args.two_stems, args.other_method)
-    written: set[Path] = set()
+    _check_distinct_outputs(tracks, args.filename, names, wopts, out, sep.model_name)
     failed = len(errors)
     for track in tracks:
         start = time.perf_counter()
@@ -133,13 +156,6 @@ def run_separate(args: argparse.Namespace) -> int:
             failed += 1
             print(f"error: {track.path}: {exc}", file=sys.stderr)
             continue
-        if written.intersection(paths):
-            print(
-                f"warning: {track.path} overwrote the stems of an earlier input with the same "
-                "name; add {trackext} to --filename to keep both",
-                file=sys.stderr,
-            )
-        written.update(paths)
         if not args.quiet:
             print(
                 f"{track.path} -> {paths[0].parent} ({time.perf_counter() - start:.1f} s)",
