@@ -10,7 +10,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -254,22 +256,40 @@ def _run(args: argparse.Namespace) -> int:
     return run_models_list(args)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that staged files are removed on the way out."""
+
+
+def _on_sigterm(signum: int, frame: object) -> NoReturn:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``demucs-rr``; returns the exit code."""
+    """Entry point of ``demucs-rr``; returns the exit code.
+
+    Ctrl-C (exit 130) and SIGTERM (exit 143) unwind like an error: half-written stems and other
+    staged files are removed, and the message is one line.
+    """
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         set_threads(args.threads)
         return _run(args)
     except DemucsRRError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        print(f"error: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # `demucs-rr models list | head`: the reader went away
         _silence_stdout()
         return 141  # 128 + SIGPIPE, as a shell reports it
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _silence_stdout() -> None:
