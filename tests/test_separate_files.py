@@ -163,3 +163,20 @@ def test_sliding_memory_does_not_hold_the_track(
     assert len(seen) == 11
     assert max(buffered for buffered, _ in seen) < FILE_BLOCK + 8 * 400
     assert min(emitted for _, emitted in seen[1:-1]) >= FILE_BLOCK - 4 * 400
+
+
+def test_streamed_and_in_memory_statistics_are_the_same(tmp_path: Path) -> None:
+    """One statistics rule (float64, merged per block) for files and tensors."""
+    from demucs_rr.separate.engine import normalize
+    from demucs_rr.separate.files import mixture_stats
+
+    rng = np.random.default_rng(3)
+    wav = (0.2 * rng.standard_normal((300_001, 2)) + 0.01).astype(np.float32)
+    path = tmp_path / "m.wav"
+    soundfile.write(path, wav, 44100, subtype="FLOAT")
+    stats = mixture_stats(path, 44100, 2)
+    _, mean, std = normalize(torch.from_numpy(wav.T.copy()))
+    assert (stats.length, stats.mean, stats.std) == (300_001, mean, std)
+    mono = wav.astype(np.float64).mean(1)
+    assert mean == pytest.approx(mono.mean(), rel=1e-12)
+    assert std == pytest.approx(mono.std(ddof=1) + 1e-8, rel=1e-12)

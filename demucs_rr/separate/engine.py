@@ -24,7 +24,9 @@ Dimension letters: B batch, S sources, C audio channels, T time in samples.
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Iterable
 
 import torch
 
@@ -147,11 +149,35 @@ def apply_model(
     return torch.cat(pieces, -1)
 
 
-def normalize(mix: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, float, float]:
-    """Whole-track normalisation of the official tool.
+STATS_BLOCK = 2**17
+"""Samples per block of :func:`mono_stats` when it runs over a whole tensor."""
 
-    Statistics are the mean and unbiased std of the channel average (mono reference), with
-    ``eps`` added to the std (as the v4 tool does) so that silence gives zeros, not NaN.
+
+def mono_stats(blocks: Iterable[torch.Tensor], eps: float = 1e-8) -> tuple[int, float, float]:
+    """Length, mean and std of the mono (channel-averaged) mix of consecutive (C, n) blocks.
+
+    float64, merged block by block (Chan et al.), so a streamed file and the same audio in
+    memory give the same statistics whatever their length. The std is the unbiased one plus
+    ``eps`` (as the v4 tool does), so silence normalises to zeros, not NaN.
+    """
+    n, mean, m2 = 0, 0.0, 0.0
+    for wav in blocks:
+        mono = wav.double().mean(0)
+        k = mono.numel()
+        if k == 0:
+            continue
+        block_mean = float(mono.mean())
+        block_m2 = float(((mono - block_mean) ** 2).sum())
+        delta, total = block_mean - mean, n + k
+        mean += delta * k / total
+        m2 += block_m2 + delta * delta * n * k / total
+        n = total
+    std = math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
+    return n, mean, std + eps
+
+
+def normalize(mix: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, float, float]:
+    """Whole-track normalisation of the official tool, with :func:`mono_stats`'s statistics.
 
     Args:
         mix: (C, T) mixture.
@@ -159,10 +185,7 @@ def normalize(mix: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, float
     Returns:
         ((C, T) normalised copy, mean, std).
     """
-    ref = mix.mean(0)
-    mean = float(ref.mean())
-    std = float(ref.std()) if ref.numel() > 1 else 0.0
-    std += eps
+    _, mean, std = mono_stats(torch.split(mix, STATS_BLOCK, dim=-1), eps)
     return (mix - mean) / std, mean, std
 
 

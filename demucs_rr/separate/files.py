@@ -14,7 +14,6 @@ Dimension letters: S sources, C audio channels, T time in samples.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from demucs_rr.audio import WriteOptions, prepare_for_write
 from demucs_rr.audio.blocks import BLOCK, BlockResampler, BlockWriter, read_blocks
 from demucs_rr.errors import AudioIOError
 from demucs_rr.models.base import SeparationModel
-from demucs_rr.separate.engine import check_segment
+from demucs_rr.separate.engine import check_segment, mono_stats
 from demucs_rr.separate.outputs import compose_stems
 from demucs_rr.separate.sliding import ApplyOptions, ProgressCallback, SlidingApplier
 
@@ -52,20 +51,10 @@ class MixStats:
 
 
 def mixture_stats(path: Path, samplerate: int, channels: int, block: int = BLOCK) -> MixStats:
-    """First streaming pass: length, mean and std of the mono mix (float64, merged per block)."""
+    """First streaming pass: length, mean and std of the mono mix (:func:`mono_stats`)."""
     rate, blocks = read_blocks(path, channels, samplerate, block)
-    n, mean, m2 = 0, 0.0, 0.0
-    for wav in blocks:
-        mono = wav.double().mean(0)
-        k, block_mean = mono.numel(), float(mono.mean())
-        block_m2 = float(((mono - block_mean) ** 2).sum())
-        delta = block_mean - mean
-        total = n + k
-        mean += delta * k / total
-        m2 += block_m2 + delta * delta * n * k / total
-        n = total
-    std = math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
-    return MixStats(n, mean, std + 1e-8, rate)
+    n, mean, std = mono_stats(blocks)
+    return MixStats(n, mean, std, rate)
 
 
 class StagedStems:
