@@ -22,7 +22,7 @@ from demucs_rr.models.demucs import Demucs
 from demucs_rr.models.demucs_v3 import DemucsV3
 from demucs_rr.models.hdemucs import HDemucs
 from demucs_rr.models.htdemucs import HTDemucs
-from demucs_rr.models.official_v4 import model_from_official_v4_package
+from demucs_rr.models.legacy import model_from_official_package
 from demucs_rr.models.package import save_package
 from demucs_rr.models.tasnet import ConvTasNet
 from demucs_rr.models.testing import FractionModel
@@ -58,7 +58,7 @@ def _tiny_htdemucs(sources: list[str] = SOURCES, **overrides: Any) -> HTDemucs:
 def _bag(official: Path) -> tuple[BagOfModels, dict[str, Any]]:
     folder = official / "bag"
     spec_ = yaml.safe_load((folder / "tinybag_a.yaml").read_text())
-    members = [model_from_official_v4_package(folder / f"{sig}.th") for sig in spec_["models"]]
+    members = [model_from_official_package(folder / f"{sig}.th") for sig in spec_["models"]]
     bag = BagOfModels(members, weights=spec_["weights"], segment=spec_["segment"]).eval()
     return bag, spec_
 
@@ -73,7 +73,7 @@ def test_engine_matches_official_apply(official_fixtures: Path, one_thread: None
     if case == "bag":
         model: SeparationModel = _bag(official_fixtures)[0]
     else:
-        model = model_from_official_v4_package(official_fixtures / case / "package.th")
+        model = model_from_official_package(official_fixtures / case / "package.th")
     data = _load_npz(official_fixtures / case / "apply.npz")
     sep = Separator(model, device="cpu", overlap=0.25)
     out = apply_model(sep.model, data["mix"], sep.options, sep.device)
@@ -92,7 +92,7 @@ def test_bag_follows_the_yaml(official_fixtures: Path):
 
 def test_seeded_shifts_on_a_v4_model(official_fixtures: Path, one_thread: None):
     """Each shift pass is the split apply of the track delayed by its offset, then averaged."""
-    model = model_from_official_v4_package(official_fixtures / "v4_htdemucs" / "package.th")
+    model = model_from_official_package(official_fixtures / "v4_htdemucs" / "package.th")
     mix = _load_npz(official_fixtures / "v4_htdemucs" / "apply.npz")["mix"][:, :30000]
     shifted = apply_model(model, mix, ApplyOptions(shifts=2, seed=3))
     assert shifted.shape == (4, 2, 30000) and torch.isfinite(shifted).all()

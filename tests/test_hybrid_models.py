@@ -11,15 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from demucs_rr.errors import PackageFormatError
 from demucs_rr.models import spec
 from demucs_rr.models.base import PackagedModel, SeparationModel
 from demucs_rr.models.dconv import WindowedBLSTM
 from demucs_rr.models.demucs_v3 import DemucsV3
 from demucs_rr.models.hdemucs import HDemucs
 from demucs_rr.models.htdemucs import HTDemucs
-from demucs_rr.models.legacy import load_official_package
-from demucs_rr.models.official_v4 import model_from_official_v4_package
+from demucs_rr.models.legacy import load_official_package, model_from_official_package
 from demucs_rr.models.package import load_package, save_package
 from demucs_rr.models.registry import get_model_class
 from demucs_rr.sources import MUSDB_SOURCES
@@ -30,7 +28,7 @@ CASES = {"v3_demucs": DemucsV3, "v4_hdemucs": HDemucs, "v4_htdemucs": HTDemucs}
 
 
 def _forward_case(official: Path, case: str) -> tuple[Any, dict[str, np.ndarray]]:
-    model = model_from_official_v4_package(official / case / "package.th")
+    model = model_from_official_package(official / case / "package.th")
     with np.load(official / case / "forward.npz") as data:
         arrays = {key: data[key] for key in data.files}
     return model, arrays
@@ -121,11 +119,6 @@ def test_mdx_hybrid_sizes(kwargs: dict[str, Any], params: int) -> None:
     if "multi_freqs" in kwargs:
         assert "encoder.0.layers.2.conv.weight" in model.state_dict()
         assert "decoder.5.layers.0.rewrite.weight" in model.state_dict()
-
-
-def test_v4_loader_refuses_other_classes(official_fixtures: Path) -> None:
-    with pytest.raises(PackageFormatError, match=r"demucs\.model\.Demucs"):
-        model_from_official_v4_package(official_fixtures / "v2_demucs" / "package.th")
 
 
 # ------------------------------------------------------------------------------ spectral front
