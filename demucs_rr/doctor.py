@@ -21,6 +21,7 @@ import torch
 
 from demucs_rr import __version__
 from demucs_rr.runtime import cache_dir
+from demucs_rr.separate.precision import cpu_flags
 
 __all__ = ["cache_lines", "device_lines", "doctor_report", "run_doctor", "tool_lines"]
 
@@ -52,20 +53,9 @@ def version_lines() -> list[str]:
     return lines
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
 def device_lines() -> list[str]:
     """CPU capability, threads, bf16 / AMX support, CUDA and MPS devices."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
     amx = "amx_tile" in flags
     lines = [

@@ -27,3 +27,12 @@ class DownloadError(DemucsRRError):
 
 class ConfigError(DemucsRRError):
     """A user-supplied option or configuration value is invalid."""
+
+
+class OutputError(DemucsRRError):
+    """A file other than audio (a training checkpoint) cannot be written: disk full, no rights."""
+
+
+class DeviceMemoryError(DemucsRRError):
+    """The device (GPU or CPU) ran out of memory while separating; a smaller segment or batch
+    size may fit."""

@@ -14,10 +14,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from demucs_rr.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DEVICE_NAMES", "Ranks", "cache_dir", "check_device", "resolve_device", "torchrun_ranks"]
 
@@ -113,6 +115,8 @@ def resolve_device(name: str, local_rank: int = 0, *, allow_mps: bool = True) ->
     Raises:
         ConfigError: unknown name, or a device that is not available.
     """
+    import torch
+
     check_device(name, allow_mps=allow_mps)
     if name == "cpu":
         return torch.device("cpu")

@@ -434,6 +434,7 @@ def test_list_models(tiny, monkeypatch, env) -> None:
         "sdr": 6.28,
         "valid_nsdr": None,
         "cached": False,
+        "cache_state": "no",
         "description": PRETRAINED["demucs"].description,
         "path": rows["demucs"]["path"],
     }

@@ -77,9 +77,21 @@ def main() -> None:
         metavar="PYTHON",
         help="compare full-size HTDemucs with the official apply_model run by PYTHON",
     )
-    parser.add_argument("--song", help="--hybrid: audio file (default: a 61 s eval-data song)")
-    parser.add_argument("--repeat", type=int, default=1, help="--hybrid: runs of each side")
+    parser.add_argument(
+        "--official",
+        metavar="PYTHON",
+        help="whole-process `separate` (fp32, bf16) vs the official CLI run by PYTHON",
+    )
+    parser.add_argument("--snr-songs", nargs="*", help="--official: songs for the bf16 SNR")
+    parser.add_argument("--song", help="--hybrid/--official: audio file (default: eval-data)")
+    parser.add_argument("--repeat", type=int, default=1, help="--hybrid/--official: runs")
     args = parser.parse_args()
+    if args.official:
+        import bench_cli
+
+        result = bench_cli.run_comparison(args)
+        _write(Path(args.out), bench_cli.report(result, args), result)
+        return
     if args.hybrid:
         from bench_hybrid import run_comparison
 
@@ -138,10 +150,14 @@ def main() -> None:
             line += f" {r['gpu_mib']:.0f} |"
         lines.append(line)
     lines += ["", "Real-time factor = processing time / audio duration (lower is faster)."]
-    out = Path(args.out)
+    _write(Path(args.out), lines, rows)
+
+
+def _write(out: Path, lines: list[str], data: object) -> None:
+    """Markdown report to ``out``, the raw numbers beside it as JSON."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     print("\n".join(lines))
 
 

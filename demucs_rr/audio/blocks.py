@@ -11,6 +11,7 @@ Dimension letters: C audio channels, T time in samples.
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ import numpy as np
 import soundfile
 import torch
 
+from demucs_rr.audio.decode import BLOCK, DecodeReport, open_soundfile
 from demucs_rr.audio.dsp import convert_channels
 from demucs_rr.audio.io import (
     _BackendError,
@@ -30,13 +32,13 @@ from demucs_rr.audio.io import (
     _no_ffmpeg_error,
     _one_line,
     _probe,
+    check_resampling,
     ffmpeg_available,
 )
 from demucs_rr.audio.write import _SUBTYPES, WriteOptions, to_pcm
 from demucs_rr.errors import AudioIOError
 
-#: Samples per decoded block.
-BLOCK = 2**17
+logger = logging.getLogger(__name__)
 
 
 class BlockResampler:
@@ -95,32 +97,14 @@ class BlockResampler:
         return out
 
 
-def _soundfile_blocks(path: Path, block: int) -> tuple[int, int, Iterator[np.ndarray]] | str:
-    """(rate, channels, (n, C) float32 blocks) from soundfile, or why it rejects the file."""
-    try:
-        handle = soundfile.SoundFile(str(path))
-    except Exception as err:
-        reason = _one_line(str(err) or type(err).__name__)
-        return "unrecognised or corrupt data" if "not a regular file" in reason else reason
-
-    def blocks() -> Iterator[np.ndarray]:
-        with handle:
-            while True:
-                try:
-                    data = handle.read(block, dtype="float32", always_2d=True)
-                except Exception as err:
-                    raise AudioIOError(f"cannot decode {path}: {_one_line(str(err))}") from None
-                if data.shape[0] == 0:
-                    return
-                yield data
-
-    return int(handle.samplerate), int(handle.channels), blocks()
-
-
 def _ffmpeg_blocks(
     path: Path, block: int, soundfile_reason: str
-) -> tuple[int, int, Iterator[np.ndarray]]:
-    """(rate, channels, (n, C) float32 blocks) decoded by an ffmpeg pipe (raw f32le)."""
+) -> tuple[int, Iterator[np.ndarray], DecodeReport]:
+    """(rate, (n, C) float32 blocks, report) decoded by an ffmpeg pipe (raw f32le).
+
+    The report gets ffmpeg's ``-v error`` text of a run that succeeded once the blocks are
+    exhausted.
+    """
     if not ffmpeg_available():
         raise _no_ffmpeg_error(path, soundfile_reason)
     target = "file:" + str(path.resolve())
@@ -132,6 +116,7 @@ def _ffmpeg_blocks(
         ) from None
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", target, "-map", "0:a:0"]
     cmd += ["-ac", str(channels), "-ar", str(rate), "-f", "f32le", "-"]
+    report = DecodeReport()
 
     def blocks() -> Iterator[np.ndarray]:
         with tempfile.TemporaryFile() as errors:
@@ -142,36 +127,53 @@ def _ffmpeg_blocks(
             try:
                 while data := proc.stdout.read(4 * channels * block):
                     frames = len(data) // (4 * channels)
-                    yield np.frombuffer(data[: frames * 4 * channels], "<f4").reshape(
-                        frames, channels
-                    )
+                    raw = bytearray(data[: frames * 4 * channels])  # writable for torch
+                    yield np.frombuffer(raw, "<f4").reshape(frames, channels)
+            except BaseException:  # closed early (an error downstream, Ctrl-C): stop quietly
+                proc.kill()
+                raise
             finally:
                 proc.stdout.close()
-                if proc.wait() != 0 and proc.returncode > 0:
-                    errors.seek(0)
-                    reason = _one_line(errors.read().decode("utf-8", "replace"))
-                    raise AudioIOError(f"cannot decode {path}: ffmpeg: {reason or 'failed'}")
+                proc.wait()
+            errors.seek(0)
+            text = errors.read().decode("utf-8", "replace")
+            if proc.returncode > 0:
+                reason = _one_line(text) or "failed"
+                raise AudioIOError(f"cannot decode {path}: ffmpeg: {reason}")
+            report.note(text)
 
-    return rate, channels, blocks()
+    return rate, blocks(), report
 
 
 def read_blocks(
-    path: str | Path, channels: int, samplerate: int, block: int = BLOCK
+    path: str | Path, channels: int, samplerate: int, block: int = BLOCK, warn: bool = True
 ) -> tuple[int, Iterator[torch.Tensor]]:
     """Decode ``path`` in blocks converted to ``channels`` and ``samplerate``.
 
     The concatenated blocks equal :func:`~demucs_rr.audio.io.load_for_model` of the file (up to
-    float rounding of the resampler). Errors are one-line :class:`AudioIOError` naming the file.
+    float rounding of the resampler), with the same checks: errors are one-line
+    :class:`AudioIOError` naming the file; a truncated file or one whose decoder reported damaged
+    data logs one warning line once the last block was decoded (see
+    :mod:`demucs_rr.audio.decode`).
+
+    Args:
+        path: audio file.
+        channels: channel count C of the blocks.
+        samplerate: sample rate of the blocks.
+        block: frames per decoded block.
+        warn: log the warning line (a second pass over the same file passes False).
 
     Returns:
         (the file's own sample rate, iterator of (channels, n) float32 blocks).
     """
     path = Path(path)
     _check_input_file(path)
-    opened = _soundfile_blocks(path, block)
-    if isinstance(opened, str):
-        opened = _ffmpeg_blocks(path, block, opened)
-    rate, _, raw = opened
+    source = open_soundfile(path)
+    if isinstance(source, str):
+        rate, raw, report = _ffmpeg_blocks(path, block, source)
+    else:
+        rate, raw, report = source.rate, source.blocks(block), source.report
+    check_resampling(path, rate, samplerate)
 
     def converted() -> Iterator[torch.Tensor]:
         resampler = BlockResampler(rate, samplerate)
@@ -191,6 +193,9 @@ def read_blocks(
                 yield out
         if seen == 0:
             raise AudioIOError(f"cannot read {path}: no audio samples decoded")
+        warning = report.warning(path, rate, seen) if warn else None
+        if warning:
+            logger.warning("%s", warning)
         out = resampler.finish()
         if out.shape[-1]:
             yield out

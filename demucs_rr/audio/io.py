@@ -1,8 +1,10 @@
 """Reading audio files into float32 (C, T) tensors, with soundfile first and ffmpeg as fallback.
 
-wav, flac, ogg/vorbis/opus, mp3 and aiff are decoded in-process by soundfile (libsndfile). Any file
-soundfile rejects is handed to an ``ffmpeg`` subprocess when ``ffmpeg`` and ``ffprobe`` are on
-PATH. Every failure is raised as a one-line :class:`~demucs_rr.errors.AudioIOError` naming the file.
+wav, flac, ogg/vorbis/opus, mp3 and aiff are decoded in-process by soundfile (libsndfile), with
+the checks of :mod:`demucs_rr.audio.decode` (wav headers, truncation, decoder noise on fd 2). Any
+file soundfile cannot open is handed to an ``ffmpeg`` subprocess when ``ffmpeg`` and ``ffprobe``
+are on PATH. Every failure is raised as a one-line :class:`~demucs_rr.errors.AudioIOError` naming
+the file; a file decoded only in part gets one warning line instead.
 Writing lives in :mod:`demucs_rr.audio.write` and is re-exported here.
 """
 
@@ -10,15 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
+import math
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
 
+from demucs_rr.audio.decode import BLOCK, DecodeReport, open_soundfile
+from demucs_rr.audio.decode import one_line as _one_line
 from demucs_rr.audio.dsp import convert_audio
 from demucs_rr.audio.write import WriteOptions, prepare_for_write, write_audio
 from demucs_rr.errors import AudioIOError
@@ -42,34 +45,33 @@ _FFMPEG_EXTENSIONS = frozenset({".m4a", ".aac", ".mp4", ".mkv", ".webm", ".wma",
 AUDIO_EXTENSIONS: frozenset[str] = _SF_EXTENSIONS | _FFMPEG_EXTENSIONS
 
 
-# Parts of backend messages that repeat the file name or point into ffmpeg's memory:
-# "Error opening 'x.wav': ", "[mp3 @ 0x55c1...] ", "file:/abs/x.mp3: ".
-_NOISE = re.compile(r"Error opening '[^']*': |\[\w+ @ 0x[0-9a-f]+\] |file:\S*: ")
+#: Sample rates (Hz) a file may have to be converted to a model's rate.
+_MIN_RATE, _MAX_RATE = 1000, 768_000
+#: Largest term of the reduced resampling ratio: julius builds that many filter phases of about
+#: that many taps, so an odd rate (22051 -> 44100 Hz stays 22051/44100) would take gigabytes
+#: and hours. Common rates reduce to small terms (48000 -> 44100 is 160/147).
+_MAX_RATIO_TERM = 2048
 
 
 class _BackendError(Exception):
     """A decoding backend rejected a file; the message is the backend's one-line reason."""
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    """Collapse a backend message to one line, without the file name (the caller adds it)."""
-    text = _NOISE.sub("", text)
-    text = " ".join(text.split()).strip(" .;:")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _read_soundfile(path: Path) -> tuple[np.ndarray, int, DecodeReport]:
+    """Decode with soundfile; returns a (T, C) float32 array, the sample rate and the report.
 
-
-def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    """Decode with soundfile; returns a (T, C) float32 array and the sample rate."""
-    try:
-        data, samplerate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:
-        reason = _one_line(str(err) or type(err).__name__)
-        if "not a regular file" in reason:  # libsndfile's wording for data it cannot parse
-            reason = "unrecognised or corrupt data"
-        raise _BackendError(reason) from err
-    if data.shape[0] == 0:
-        raise _BackendError("no audio samples decoded")
-    return data, int(samplerate)
+    Raises:
+        _BackendError: soundfile cannot open the file (another decoder may).
+        AudioIOError: a refused wav header, or a decoder that fails midway.
+    """
+    source = open_soundfile(path)
+    if isinstance(source, str):
+        raise _BackendError(source)
+    blocks = list(source.blocks(BLOCK))  # the reads of read_blocks: the same failures
+    if not blocks:
+        raise AudioIOError(f"cannot read {path}: no audio samples decoded")
+    data = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    return data, source.rate, source.report
 
 
 def ffmpeg_available() -> bool:
@@ -109,8 +111,11 @@ def _probe(target: str) -> tuple[int, int]:
     return channels, samplerate
 
 
-def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int, DecodeReport]:
     """Decode the first audio stream with ffmpeg at its native rate and channel count.
+
+    ffmpeg's ``-v error`` text of a run that succeeded goes into the report (decoding errors it
+    skipped over).
 
     ``-ac``/``-ar`` repeat the probed values so the raw f32le output has a known layout even if
     the stream changes parameters midway (ffmpeg then converts instead of switching layout).
@@ -123,7 +128,9 @@ def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     if frames == 0:
         raise _BackendError("no audio samples decoded")
     data = np.frombuffer(proc.stdout, dtype="<f4", count=frames * channels)
-    return data.reshape(frames, channels).astype(np.float32), samplerate
+    report = DecodeReport()
+    report.note(proc.stderr.decode("utf-8", "replace"))
+    return data.reshape(frames, channels).astype(np.float32), samplerate, report
 
 
 def _no_ffmpeg_error(path: Path, soundfile_reason: str) -> AudioIOError:
@@ -145,6 +152,8 @@ def _check_input_file(path: Path) -> None:
         raise AudioIOError(f"cannot read {path}: no such file")
     if path.is_dir():
         raise AudioIOError(f"cannot read {path}: is a directory, expected an audio file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise AudioIOError(f"cannot read {path}: not a regular file")
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -153,24 +162,24 @@ def _check_input_file(path: Path) -> None:
         raise AudioIOError(f"cannot read {path}: the file is empty")
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """Try soundfile, then ffmpeg; returns a (T, C) float32 array and the sample rate."""
+def _decode(path: Path) -> tuple[np.ndarray, int, DecodeReport]:
+    """Try soundfile, then ffmpeg; returns a (T, C) float32 array, the rate and the report."""
     try:
-        data, samplerate = _read_soundfile(path)
+        decoded = _read_soundfile(path)
         logger.debug("decoded %s with soundfile", path)
-        return data, samplerate
+        return decoded
     except _BackendError as err:
         soundfile_reason = str(err)
     if not ffmpeg_available():
         raise _no_ffmpeg_error(path, soundfile_reason)
     try:
-        data, samplerate = _read_ffmpeg(path)
+        decoded = _read_ffmpeg(path)
     except _BackendError as err:
         raise AudioIOError(
             f"cannot decode {path}: soundfile: {soundfile_reason}; ffmpeg: {err}"
         ) from None
     logger.debug("decoded %s with ffmpeg (soundfile: %s)", path, soundfile_reason)
-    return data, samplerate
+    return decoded
 
 
 def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
@@ -178,7 +187,10 @@ def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
 
     soundfile (wav, flac, ogg, mp3, aiff, ...) is tried first; whatever it rejects goes to an
     ffmpeg subprocess (first audio stream, ``-f f32le``) when ffmpeg and ffprobe are on PATH.
-    A partly corrupt file may decode to the part the decoder could read.
+    A wav whose fmt chunk libsndfile would misread (bits per sample other than 8/16/24/32, or
+    32/64 for float) is refused. A file that decodes to clearly less than its header declares
+    (truncated), or whose decoder reported damaged data (libmpg123, ffmpeg), is returned as far
+    as it decodes with one warning line logged (see :mod:`demucs_rr.audio.decode`).
 
     Args:
         path: audio file.
@@ -188,16 +200,43 @@ def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
 
     Raises:
         AudioIOError: one line naming the file: missing, a directory, empty, undecodable by
-            every available backend (names ffmpeg when it is missing), no samples decoded, or
-            NaN/infinite samples.
+            every available backend (names ffmpeg when it is missing), a refused wav header, a
+            decoder failing midway, no samples decoded, or NaN/infinite samples (refused, not
+            zeroed: they mean the file or its producer is broken).
     """
     path = Path(path)
     _check_input_file(path)
-    data, samplerate = _decode(path)
+    data, samplerate, report = _decode(path)
     if not np.isfinite(data).all():
         raise AudioIOError(f"cannot read {path}: the audio contains NaN or infinite samples")
+    warning = report.warning(path, samplerate, data.shape[0])
+    if warning:
+        logger.warning("%s", warning)
     wav = torch.from_numpy(np.ascontiguousarray(data.T))
     return wav, samplerate
+
+
+def check_resampling(path: Path, source_sr: int, target_sr: int) -> None:
+    """Refuse a sample rate that cannot be converted to ``target_sr`` in reasonable time/memory.
+
+    Raises:
+        AudioIOError: one line naming the file: a rate outside 1 kHz..768 kHz, or a ratio
+            to ``target_sr`` with no small terms.
+    """
+    if source_sr == target_sr:
+        return
+    if not _MIN_RATE <= source_sr <= _MAX_RATE:
+        raise AudioIOError(
+            f"cannot use {path}: its sample rate {source_sr} Hz is outside the supported "
+            f"{_MIN_RATE}-{_MAX_RATE} Hz (damaged header?)"
+        )
+    gcd = math.gcd(source_sr, target_sr)
+    if max(source_sr, target_sr) // gcd > _MAX_RATIO_TERM:
+        raise AudioIOError(
+            f"cannot use {path}: its sample rate {source_sr} Hz has no simple ratio to "
+            f"{target_sr} Hz ({source_sr // gcd}/{target_sr // gcd}); convert it first, e.g. "
+            f"ffmpeg -i INPUT -ar {target_sr} OUTPUT.wav"
+        )
 
 
 def load_for_model(path: str | Path, samplerate: int, channels: int) -> tuple[torch.Tensor, int]:
@@ -215,10 +254,12 @@ def load_for_model(path: str | Path, samplerate: int, channels: int) -> tuple[to
         ``(wav, original_samplerate)`` with ``wav`` float32 of shape (channels, T').
 
     Raises:
-        AudioIOError: the file cannot be read, or its channels cannot be converted.
+        AudioIOError: the file cannot be read, or its channels or sample rate cannot be
+            converted (see :func:`check_resampling`).
     """
     path = Path(path)
     wav, source_sr = read_audio(path)
+    check_resampling(path, source_sr, samplerate)
     try:
         wav = convert_audio(wav, source_sr, samplerate, channels)
     except AudioIOError as err:

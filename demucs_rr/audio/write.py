@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
 import lameenc
@@ -21,51 +20,15 @@ import numpy as np
 import soundfile
 import torch
 
+from demucs_rr.audio.options import CLIP_MODES, WriteOptions
 from demucs_rr.errors import AudioIOError, ConfigError
+from demucs_rr.staging import is_disk_full, staged_name
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("wav", "flac", "mp3")
-ENCODINGS = ("int16", "int24", "float32")
-CLIP_MODES = ("rescale", "clamp", "none")
 _SUBTYPES = {"int16": "PCM_16", "int24": "PCM_24", "float32": "FLOAT"}
 _INT16_SCALE = 2**15 - 1
 _INT24_SCALE = 2**23 - 1
-
-
-@dataclass(frozen=True)
-class WriteOptions:
-    """How :func:`write_audio` encodes a waveform.
-
-    Attributes:
-        format: container, ``'wav'``, ``'flac'`` or ``'mp3'``.
-        encoding: sample format of wav (``'int16'``, ``'int24'``, ``'float32'``) and flac
-            (``'int16'``, ``'int24'``); ignored for mp3, which is always encoded from int16.
-        clip_mode: ``'rescale'``, ``'clamp'`` or ``'none'``, see :func:`prepare_for_write`.
-        mp3_bitrate: mp3 constant bit rate in kbps (8..320).
-        mp3_preset: lame quality, 2 (best) .. 7 (fastest).
-    """
-
-    format: str = "wav"
-    encoding: str = "int16"
-    clip_mode: str = "rescale"
-    mp3_bitrate: int = 320
-    mp3_preset: int = 2
-
-    def __post_init__(self) -> None:
-        """Reject unknown or incompatible values with a ConfigError."""
-        if self.format not in FORMATS:
-            raise ConfigError(f"unknown audio format {self.format!r}, choose from {FORMATS}")
-        if self.encoding not in ENCODINGS:
-            raise ConfigError(f"unknown encoding {self.encoding!r}, choose from {ENCODINGS}")
-        if self.clip_mode not in CLIP_MODES:
-            raise ConfigError(f"unknown clip mode {self.clip_mode!r}, choose from {CLIP_MODES}")
-        if self.format == "flac" and self.encoding == "float32":
-            raise ConfigError("flac cannot store float32 samples: use int16 or int24")
-        if not 8 <= self.mp3_bitrate <= 320:
-            raise ConfigError(f"mp3 bitrate must be within 8..320 kbps, got {self.mp3_bitrate}")
-        if not 2 <= self.mp3_preset <= 7:
-            raise ConfigError(f"mp3 preset must be within 2..7, got {self.mp3_preset}")
 
 
 def prepare_for_write(wav: torch.Tensor, clip_mode: str) -> torch.Tensor:
@@ -151,15 +114,32 @@ def _encode_to(tmp: Path, wav: torch.Tensor, samplerate: int, options: WriteOpti
 
 
 def _create_temp(path: Path) -> Path:
-    """Create an empty ``.NAME.XXXXXXXX.part`` file next to ``path`` (mode 0o666 minus umask)."""
+    """Create an empty hidden staged file beside ``path`` (mode 0o666 minus umask).
+
+    Its name, ``.NAME.HOST-PID-TAG.part`` (:func:`~demucs_rr.staging.staged_name`), lets a later
+    run remove it if this process is killed before renaming it.
+    """
     for _ in range(16):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        tmp = staged_name(path, secrets.token_hex(4))
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
             continue
         return tmp
     raise FileExistsError(f"no free temporary name next to {path}")
+
+
+def encode_file(wav: torch.Tensor, path: Path, samplerate: int, options: WriteOptions) -> None:
+    """Apply the clip mode and encode (C, T) ``wav`` straight into ``path``, not atomically:
+    for callers that stage files themselves (:class:`~demucs_rr.staging.OutputGroup`).
+
+    Raises:
+        AudioIOError: non-finite samples, an mp3 with more than 2 channels.
+        OSError, RuntimeError: the file cannot be written (soundfile raises RuntimeError).
+    """
+    if wav.dim() != 2:
+        raise AudioIOError(f"cannot write {path}: expected shape (C, T), got {tuple(wav.shape)}")
+    _encode_to(path, prepare_for_write(wav, options.clip_mode), int(samplerate), options)
 
 
 def _reason(err: BaseException) -> str:
@@ -176,9 +156,10 @@ def write_audio(
 ) -> Path:
     """Write a waveform atomically: the file at ``path`` is either complete or untouched.
 
-    The audio is encoded into ``.NAME.XXXXXXXX.part`` in the target directory, then renamed onto
-    ``path`` with ``os.replace`` (no fsync). On any failure the temporary file is removed and a
-    pre-existing file at ``path`` is left as it was. Parent directories are created.
+    The audio is encoded into a hidden ``.NAME.HOST-PID-TAG.part`` in the target directory, then
+    renamed onto ``path`` with ``os.replace`` (no fsync). On any failure the temporary file is
+    removed and a pre-existing file at ``path`` is left as it was. Parent directories are
+    created.
 
     Args:
         wav: waveform, shape (C, T), float, nominal range [-1, 1].
@@ -191,7 +172,8 @@ def write_audio(
 
     Raises:
         AudioIOError: ``cannot write PATH: reason`` for non-finite samples, an mp3 with more than
-            2 channels, an unwritable location or an encoder failure.
+            2 channels, an unwritable location or an encoder failure; ``no space left on device
+            while writing PATH`` when the disk is full.
     """
     path = Path(path)
     if wav.dim() != 2:
@@ -205,6 +187,8 @@ def write_audio(
         os.replace(tmp, path)
         tmp = None
     except Exception as err:
+        if not isinstance(err, AudioIOError) and is_disk_full(err, path.parent):
+            raise AudioIOError(f"no space left on device while writing {path}") from None
         raise AudioIOError(f"cannot write {path}: {_reason(err)}") from err
     finally:
         if tmp is not None:

@@ -20,6 +20,7 @@ from demucs_rr.runtime import DEVICE_NAMES, resolve_device, torchrun_ranks
 
 if TYPE_CHECKING:
     from demucs_rr.data.trackset import TrackSet
+    from demucs_rr.evaluate.metrics import TrackScores
     from demucs_rr.evaluate.run import EvalOptions
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``demucs-rr evaluate``."""
-    from demucs_rr.models.pretrained import DEFAULT_MODEL
+    from demucs_rr.models.catalogue import DEFAULT_MODEL
+    from demucs_rr.separate.precision import PRECISIONS
 
     p = parser
     p.add_argument(
@@ -61,9 +63,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="random shifts averaged (default 0)",
     )
-    p.add_argument(
-        "--overlap", type=argtypes.overlap, default=0.25, help="chunk overlap (default 0.25)"
-    )
+    # default=None: refused with an option that makes it meaningless (_check_options)
+    p.add_argument("--overlap", type=argtypes.overlap, help="chunk overlap (default 0.25)")
     p.add_argument(
         "--segment", type=argtypes.seconds, help="chunk length in seconds (default: model's)"
     )
@@ -74,6 +75,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         type=argtypes.positive_int,
         default=1,
         help="chunks per forward pass (default 1)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="precision of the model's forward passes (default fp32; see `separate --help`)",
     )
     p.add_argument(
         "-j",
@@ -96,13 +103,30 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--solver",
         choices=("levinson", "cholesky", "lu"),
-        default="levinson",
         help="normal-equation solver of the torch backend: levinson (default, "
         "block-Toeplitz, fastest), cholesky, or lu (museval's); same parity",
     )
     p.add_argument("--overwrite", action="store_true", help="re-score tracks already scored")
     p.add_argument("--no-plot", action="store_true", help="no SDR box plot (no matplotlib)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse contradictory options in one line, then fill in the ``None`` sentinel defaults."""
+    museval = args.backend == "museval"
+    why = "the museval backend computes every metric its own way"
+    argtypes.refuse_conflicts(
+        [
+            (
+                museval and args.solver is not None,
+                argtypes.not_with("--solver", "--backend museval", why),
+            ),
+            (museval and args.sdr_only, argtypes.not_with("--sdr-only", "--backend museval", why)),
+            (bool(args.folder) and args.is_wav, argtypes.only_with("--is-wav", "--musdb")),
+            *argtypes.chunking_conflicts(args),
+        ]
+    )
+    argtypes.fill_defaults(args, {"overlap": 0.25, "solver": "levinson"})
 
 
 def _trackset(args: argparse.Namespace) -> TrackSet:
@@ -136,6 +160,7 @@ def _options(args: argparse.Namespace, out: Path, device: str) -> EvalOptions:
             segment=args.segment,
             split=not args.no_split,
             batch_size=args.batch_size,
+            precision=args.precision,
         ),
     )
 
@@ -145,44 +170,52 @@ def _stderr(message: str) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Run ``demucs-rr evaluate``; returns 0, or 1 when some tracks failed."""
-    from demucs_rr.evaluate.leaderboard import (
-        markdown,
-        require_matplotlib,
-        summary_table,
-        write_summary,
-    )
+    """Run ``demucs-rr evaluate``; returns 0, or 1 when some tracks failed.
+
+    Under ``torchrun`` every rank scores its share of the tracks; rank 0 reports for all and
+    every rank returns the same code.
+    """
+    from demucs_rr.distributed import process_group
+    from demucs_rr.evaluate.leaderboard import require_matplotlib
     from demucs_rr.evaluate.results import default_out, model_label
     from demucs_rr.evaluate.run import run_evaluation
 
+    _check_options(args)
     if not args.no_plot:
         require_matplotlib()
     ranks = torchrun_ranks()
-    device = str(resolve_device(args.device, ranks.local_rank))
+    device = resolve_device(args.device, ranks.local_rank)
     trackset = _trackset(args)
     label = model_label(args.name)
     out = Path(args.out) if args.out else default_out(label, trackset)
-    result = run_evaluation(
-        trackset,
-        _options(args, out, device),
-        rank=ranks.rank,
-        world_size=ranks.world_size,
-        progress=not args.quiet and sys.stderr.isatty(),
-        notify=_stderr if ranks.rank == 0 else None,
-    )
-    for name, error in result.failed.items():
-        _stderr(f"failed: {name}: {error}")
-    if ranks.rank != 0:
-        return 1 if result.failed else 0
-    if not result.scores:
-        raise ConfigError(f"no track could be scored; results folder {out}")
-    paths = write_summary(result.scores, out, f"{label} on {trackset.label}", plot=not args.no_plot)
-    print(markdown(*summary_table(result.scores)), end="")
+    with process_group(device, ranks) as group:
+        result = run_evaluation(
+            trackset,
+            _options(args, out, str(device)),
+            group=group,
+            progress=not args.quiet and sys.stderr.isatty() and group.is_main,
+            notify=_stderr if group.is_main else None,
+        )
+        for name, error in result.failed.items() if group.is_main else ():
+            _stderr(f"failed: {name}: {error}")
+        if not result.count:  # known on every rank
+            raise ConfigError(f"no track could be scored; results folder {out}")
+        if group.is_main:
+            _report(result.scores, out, f"{label} on {trackset.label}", not args.no_plot)
+        group.barrier()  # no rank exits (torchrun stops the others) before rank 0 has reported
+    return 1 if result.failed else 0
+
+
+def _report(scores: list[TrackScores], out: Path, title: str, plot: bool) -> None:
+    """Write the summary files and print the table and where the results are."""
+    from demucs_rr.evaluate.leaderboard import markdown, summary_table, write_summary
+
+    paths = write_summary(scores, out, title, plot=plot)
+    print(markdown(*summary_table(scores)), end="")
     print(
-        f"results: {out} ({len(result.scores)} tracks; summary: {paths['markdown'].name}, "
+        f"results: {out} ({len(scores)} tracks; summary: {paths['markdown'].name}, "
         f"{paths['csv'].name}" + (f", {paths['plot'].name})" if "plot" in paths else ")")
     )
-    return 1 if result.failed else 0
 
 
 def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:

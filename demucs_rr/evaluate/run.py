@@ -6,8 +6,9 @@ checked for reuse by :mod:`demucs_rr.evaluate.results` (a folder never mixes dat
 settings).
 
 Parallelism: ``jobs`` worker processes per rank (each with its own :class:`Separator`), and
-``world_size`` ranks (``torchrun`` or several machines sharing ``out``) that each take every
-``world_size``-th track; rank 0 waits for the others' done markers and merges.
+``torchrun`` ranks (one machine or several sharing ``out``; :mod:`demucs_rr.distributed`) that
+each take every ``world_size``-th track; after every rank has finished (a collective, no marker
+files), rank 0 merges the track JSONs of the folder.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from demucs_rr.evaluate.results import (
 from demucs_rr.models.base import SeparationModel
 
 if TYPE_CHECKING:
+    from demucs_rr.distributed import Group
     from demucs_rr.separate.api import Separator
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,6 @@ class EvalOptions:
         solver: normal-equation solver of the torch backend (levinson, cholesky, lu).
         jobs: worker processes on this rank.
         overwrite: re-score tracks whose JSON already exists.
-        wait_timeout: seconds rank 0 waits for the other ranks.
     """
 
     model: str | Path | SeparationModel
@@ -73,7 +74,6 @@ class EvalOptions:
     solver: str = "levinson"
     jobs: int = 1
     overwrite: bool = False
-    wait_timeout: float = 24 * 3600.0
 
 
 def training_tracks(model: str | Path | SeparationModel, repo: Path | None = None) -> set[str]:
@@ -128,6 +128,7 @@ def run_record(trackset: TrackSet, options: EvalOptions, separator: Separator) -
         "shifts": int(apply.shifts),
         "seed": int(apply.seed),
         "transition_power": float(apply.transition_power),
+        "precision": apply.precision,
         "sdr_only": bool(options.sdr_only),
     }
     return RunRecord(trackset.describe(), settings)
@@ -150,7 +151,7 @@ def evaluate_track(
     targets = [s for s in separator.sources if s in track.stems]
     if not targets:
         raise ConfigError(
-            f"{track.name}: the model's sources {separator.sources} match none of "
+            f"the model's sources {separator.sources} match none of "
             f"the track's stems {sorted(track.stems)}"
         )
     mixture, stems = load_track(track, list(track.stems))  # (C, T), (S, C, T)
@@ -253,20 +254,20 @@ class RunResult:
     Attributes:
         scores: every track result of the folder (rank 0; empty on other ranks), earlier
             results of the same dataset and settings included.
-        failed: track name -> error message, for this rank's tracks.
+        failed: track name -> error message, for the tracks of every rank.
         skipped: this rank's tracks whose JSON already existed (not scored again).
         reused: names of the earlier results in ``scores`` (computed by earlier runs).
+        count: number of track results in the folder after the run (on every rank).
     """
 
     scores: list[TrackScores]
     failed: dict[str, str]
     skipped: list[str]
     reused: list[str] = field(default_factory=list)
+    count: int = 0
 
 
-def _check_run(options: EvalOptions, rank: int, world_size: int) -> None:
-    if not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} is outside world size {world_size}")
+def _check_run(options: EvalOptions) -> None:
     if options.jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {options.jobs}")
 
@@ -275,8 +276,7 @@ def run_evaluation(
     trackset: TrackSet,
     options: EvalOptions,
     *,
-    rank: int = 0,
-    world_size: int = 1,
+    group: Group | None = None,
     progress: bool = False,
     notify: Callable[[str], None] | None = None,
 ) -> RunResult:
@@ -284,12 +284,15 @@ def run_evaluation(
 
     Earlier results in ``options.out`` are reused (``notify`` is told how many) when they
     record the same dataset and settings; ``options.overwrite`` scores the tracks again.
+    With a ``group`` of several ranks (:func:`demucs_rr.distributed.process_group`), each
+    scores every ``world_size``-th track and every rank waits for all before rank 0 reads
+    the results; without one, this process scores every track.
 
     Raises:
         ConfigError: a track is in the model's training split, bad options, or earlier
             results in ``options.out`` made from another dataset or with other settings.
     """
-    _check_run(options, rank, world_size)
+    _check_run(options)
     check_not_training(trackset.tracks, options)
     options = replace(options, out=Path(options.out))
     separator = make_separator(options)
@@ -299,16 +302,17 @@ def run_evaluation(
     reused = sorted(earlier - {t.name for t in trackset.tracks if t.name not in kept})
     if reused and notify is not None:
         notify(f"reusing {len(reused)} earlier results from {options.out}")
-    mine = list(trackset.tracks)[rank::world_size]
+    mine = list(trackset.tracks) if group is None else group.shard(trackset.tracks)
     skipped = [t.name for t in mine if t.name in kept]
     todo = [t for t in mine if t.name not in kept]
     failed = _run_tracks(todo, separator, job, progress)
-    _mark_done(options.out, rank, world_size)
-    if rank != 0:
-        return RunResult(scores=[], failed=failed, skipped=skipped, reused=reused)
-    _wait_for_ranks(options.out, world_size, options.wait_timeout)
-    scores = [read_track_json(p) for p in result_files(options.out)]
-    return RunResult(scores=scores, failed=failed, skipped=skipped, reused=reused)
+    if group is not None:  # every rank waits here until all have written their results
+        failed = {name: error for part in group.gather(failed) for name, error in part.items()}
+    files = result_files(options.out)
+    if group is not None and not group.is_main:
+        return RunResult([], failed, skipped, reused, count=len(files))
+    scores = [read_track_json(p) for p in files]
+    return RunResult(scores, failed, skipped, reused, count=len(scores))
 
 
 def _run_tracks(
@@ -349,26 +353,3 @@ def _progress_bar(total: int, enabled: bool) -> Any:
         dynamic_ncols=True,
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
     )
-
-
-def _marker(out: Path, rank: int, world_size: int) -> Path:
-    return out / f".done-rank{rank}-of-{world_size}"
-
-
-def _mark_done(out: Path, rank: int, world_size: int) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    _marker(out, rank, world_size).write_text(str(time.time()))
-
-
-def _wait_for_ranks(out: Path, world_size: int, timeout: float) -> None:
-    """Rank 0 polls the other ranks' done markers (shared filesystem)."""
-    deadline = time.monotonic() + timeout
-    pending = [r for r in range(1, world_size) if not _marker(out, r, world_size).is_file()]
-    while pending:
-        if time.monotonic() > deadline:
-            raise DemucsRRError(
-                f"ranks {pending} did not finish within {timeout:.0f} s; rerun "
-                "rank 0 later to merge (finished tracks are kept)"
-            )
-        time.sleep(2.0)
-        pending = [r for r in pending if not _marker(out, r, world_size).is_file()]

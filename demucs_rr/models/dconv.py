@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from demucs_rr.models.initialization import random_init_skipped
+
 __all__ = ["DConv", "LayerScale", "LocalState", "WindowedBLSTM", "rescale_convs"]
 
 
@@ -219,11 +221,13 @@ class DConv(nn.Module):
 
 def rescale_convs(module: nn.Module, reference: float) -> None:
     """Divide weight and bias of every (transposed) 1-D / 2-D convolution by
-    ``sqrt(std(weight) / reference)``: the initial weight rescaling of the Demucs models."""
+    ``sqrt(std(weight) / reference)``: the initial weight rescaling of the Demucs models.
+    Skipped on the ``meta`` device (no values; torch would import its Python reference kernels
+    for it) and while stored weights are loaded (:mod:`~demucs_rr.models.initialization`)."""
     kinds = (nn.Conv1d, nn.ConvTranspose1d, nn.Conv2d, nn.ConvTranspose2d)
     with torch.no_grad():
         for sub in module.modules():
-            if isinstance(sub, kinds):
+            if isinstance(sub, kinds) and not sub.weight.is_meta and not random_init_skipped():
                 scale = (sub.weight.std() / reference) ** 0.5
                 sub.weight.div_(scale)
                 if sub.bias is not None:

@@ -51,7 +51,9 @@ class ScaledEmbedding(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(num_embeddings, embedding_dim)
         with torch.no_grad():
-            if smooth:
+            # (a shape-only build on the meta device skips it: cumsum there runs torch's
+            # Python reference kernels, whose first import costs seconds)
+            if smooth and not self.embedding.weight.is_meta:
                 weight = torch.cumsum(self.embedding.weight, dim=0)
                 counts = torch.arange(1, num_embeddings + 1).to(weight)
                 self.embedding.weight.copy_(weight / counts.sqrt()[:, None])

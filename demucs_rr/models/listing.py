@@ -19,6 +19,7 @@ ModelRow = TypedDict(
         "valid_nsdr": float | None,
         "description": str,
         "cached": bool,
+        "cache_state": str,
         "path": str,
     },
 )
@@ -26,7 +27,9 @@ ModelRow = TypedDict(
 unknown); ``sdr``, the published MUSDB18 test SDR in dB (pretrained models); ``valid_nsdr``,
 the validation nSDR in dB recorded by ``demucs-rr export`` (packages trained here); a one-line
 description; whether the file(s) are present locally (and, for downloads, pass their sha256
-check), and where they are or would be cached."""
+check); ``cache_state``, what the ``cached`` column shows: ``yes``, ``no``, ``bad checksum``
+(a cached download whose sha256 does not match) or ``unreadable``; and where the file(s) are or
+would be cached."""
 
 
 def repo_row(file: Path) -> ModelRow:
@@ -38,6 +41,7 @@ def repo_row(file: Path) -> ModelRow:
         "valid_nsdr": None,
         "description": "",
         "cached": True,
+        "cache_state": "yes",
         "path": str(file),
     }
     try:

@@ -161,15 +161,22 @@ def _bad_files(names: list[str]) -> str:
     return f" [bad checksum: {', '.join(names)}; delete to download again]"
 
 
+def _cache_state(states: list[str]) -> str:
+    """The ``cached`` column for the :func:`checksum_state` of each file of a model: ``yes``,
+    ``no``, or the first problem (``bad checksum``, ``unreadable``)."""
+    problems = [state for state in states if state not in ("ok", "missing")]
+    if problems:
+        return problems[0]
+    return "yes" if all(state == "ok" for state in states) else "no"
+
+
 def _official_rows() -> list[ModelRow]:
     rows: list[ModelRow] = []
     for info in OFFICIAL_BAGS.values():
         files = info.files
-        bad = [
-            f.cached_path.name
-            for f in files
-            if checksum_state(f.cached_path, f.sha256_prefix) not in ("ok", "missing")
-        ]
+        states = [checksum_state(f.cached_path, f.sha256_prefix) for f in files]
+        pairs = zip(files, states, strict=True)
+        bad = [f.cached_path.name for f, s in pairs if s not in ("ok", "missing")]
         description = info.description
         if info.refused is not None:
             description += " (not supported: DiffQ format)"
@@ -180,7 +187,8 @@ def _official_rows() -> list[ModelRow]:
                 "sdr": info.sdr,
                 "valid_nsdr": None,
                 "description": description + _bad_files(bad),
-                "cached": not bad and all(f.cached_path.is_file() for f in files),
+                "cached": _cache_state(states) == "yes",
+                "cache_state": _cache_state(states),
                 "path": ", ".join(str(f.cached_path) for f in files),
             }
         )
@@ -212,6 +220,7 @@ def list_models(repo: Path | None = None) -> list[ModelRow]:
                 "valid_nsdr": None,
                 "description": info.description + _bad_files(bad),
                 "cached": state == "ok",
+                "cache_state": _cache_state([state]),
                 "path": str(target),
             }
         )

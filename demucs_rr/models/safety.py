@@ -25,6 +25,7 @@ import torch.nn.modules.module as module_hooks
 
 from demucs_rr.errors import DemucsRRError, PackageFormatError
 from demucs_rr.models.base import PackagedModel
+from demucs_rr.models.initialization import skip_random_init
 
 __all__ = ["build_checked", "check_shapes", "read_declared_shapes", "shape_problems"]
 
@@ -218,10 +219,12 @@ def build_checked(
     Raises:
         PackageFormatError: a constructor error or a state that does not match, on one line.
     """
-    with torch.device("meta"), _registration_limit(8 * len(stored) + 1000, source):
+    limit = _registration_limit(8 * len(stored) + 1000, source)
+    with skip_random_init(), torch.device("meta"), limit:
         probe = _construct(factory, args, kwargs, what, source)
     if rename is not None:
         stored = rename(probe, stored)
     check_shapes(probe, stored, source)
     del probe
-    return _construct(factory, args, kwargs, what, source)
+    with skip_random_init():  # the caller loads every tensor of ``stored`` next
+        return _construct(factory, args, kwargs, what, source)

@@ -11,15 +11,17 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tqdm import tqdm
 
 from demucs_rr.audio import WriteOptions, convert_audio, load_for_model
-from demucs_rr.errors import AudioIOError, ConfigError
+from demucs_rr.errors import AudioIOError, ConfigError, DeviceMemoryError
 from demucs_rr.models.base import SeparationModel
 from demucs_rr.models.catalogue import DEFAULT_MODEL
 from demucs_rr.runtime import resolve_device
@@ -29,6 +31,7 @@ from demucs_rr.separate.engine import (
     count_passes,
     separate_normalized,
 )
+from demucs_rr.separate.precision import check_precision
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +65,17 @@ class Separator:
         seed: seed of the shift offsets.
         repo: folder searched first for model files.
         progress: show a tqdm bar counted in seconds of audio.
+        precision: ``'fp32'``, ``'bf16'`` (CPUs with AVX512-BF16/AMX, CUDA) or ``'fp16'``
+            (CUDA, MPS) for the model's forward passes; stems stay float32 (see
+            :mod:`demucs_rr.separate.precision`).
 
     Raises:
         ConfigError: an option is out of range, or ``segment`` is longer than the model's
             maximum segment (``max_segment_length``; HTDemucs: its training length). The
             ``separate_*`` methods raise it too with ``split=False`` for a track longer than
             that maximum.
+        DeviceMemoryError: (``separate_*`` methods) the device ran out of memory; its cached
+            memory is released first, so a smaller ``segment`` or ``batch_size`` may be tried.
     """
 
     def __init__(
@@ -83,9 +91,11 @@ class Separator:
         seed: int = 0,
         repo: str | Path | None = None,
         progress: bool = False,
+        precision: str = "fp32",
     ) -> None:
         _check_options(overlap, shifts, batch_size, segment)
         self.device = resolve_device(device)
+        check_precision(precision, self.device)
         self.model: SeparationModel
         if isinstance(model, (str, Path)):
             from demucs_rr.models.pretrained import resolve_model
@@ -103,6 +113,7 @@ class Separator:
             shifts=shifts,
             seed=seed,
             batch_size=batch_size,
+            precision=precision,
         )
         check_segment(self.model, self.options)
         self.progress = progress
@@ -196,7 +207,12 @@ class Separator:
         if on_start is not None:
             on_start(count_passes(self.model, self.options) * stats.length)
         with self._progress_bar(stats.length, callback) as report:
-            stream_file(self.model, self.options, self.device, path, job, report, stats)
+            _guard_memory(
+                self.device,
+                lambda: stream_file(
+                    self.model, self.options, self.device, path, job, report, stats
+                ),
+            )
         return list(targets.values())
 
     @contextlib.contextmanager
@@ -233,5 +249,31 @@ class Separator:
     ) -> dict[str, torch.Tensor]:
         """Run the engine on a converted (C, T) mixture, with an optional progress bar."""
         with self._progress_bar(mix.shape[-1], callback) as report:
-            out = separate_normalized(self.model, mix, self.options, self.device, report)
+            out = _guard_memory(
+                self.device,
+                lambda: separate_normalized(self.model, mix, self.options, self.device, report),
+            )
         return {name: out[i] for i, name in enumerate(self.sources)}
+
+
+_T = TypeVar("_T")
+
+
+def _guard_memory(device: torch.device, run: Callable[[], _T]) -> _T:
+    """``run()``, with running out of device memory turned into one :class:`DeviceMemoryError`.
+
+    The out-of-memory exception, and with it the frames holding the chunk's tensors, is gone
+    before the device's cached memory is released, so the next track starts with it free.
+    """
+    try:
+        return run()
+    except torch.OutOfMemoryError:
+        pass
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+    raise DeviceMemoryError(
+        f"out of memory on {device} while separating; try a smaller --segment or -b 1"
+    )

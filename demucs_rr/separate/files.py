@@ -14,8 +14,6 @@ Dimension letters: S sources, C audio channels, T time in samples.
 from __future__ import annotations
 
 import contextlib
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +22,11 @@ import torch
 
 from demucs_rr.audio import WriteOptions, prepare_for_write
 from demucs_rr.audio.blocks import BLOCK, BlockResampler, BlockWriter, read_blocks
-from demucs_rr.errors import AudioIOError
 from demucs_rr.models.base import SeparationModel
 from demucs_rr.separate.engine import check_segment, mono_stats
 from demucs_rr.separate.outputs import compose_stems
 from demucs_rr.separate.sliding import ApplyOptions, ProgressCallback, SlidingApplier
+from demucs_rr.staging import OutputGroup
 
 _FLOAT = WriteOptions(format="wav", encoding="float32", clip_mode="none")
 
@@ -58,36 +56,43 @@ def mixture_stats(path: Path, samplerate: int, channels: int, block: int = BLOCK
 
 
 class StagedStems:
-    """Hidden staged files beside every target, renamed into place only when all succeeded.
+    """Staged files of every target, renamed into place all or none (an
+    :class:`~demucs_rr.staging.OutputGroup`: hidden names owned by this process, a group commit
+    under a folder lock, the leftovers of killed runs cleaned first).
 
     Args:
         targets: output name -> final path (missing parent folders are created).
         samplerate: rate of the written blocks.
         channels: channel count C.
         options: format, encoding and clip mode of the final files.
+
+    Raises:
+        AudioIOError: a staged file cannot be created (one line, naming the output folder).
     """
 
     def __init__(
         self, targets: dict[str, Path], samplerate: int, channels: int, options: WriteOptions
     ) -> None:
-        tag = uuid.uuid4().hex[:8]
         self.options, self.rescale = options, options.clip_mode == "rescale"
         self.samplerate, self.channels = samplerate, channels
         self.targets = targets
-        self.tmp = {n: p.with_name(f".{p.stem}.{tag}.tmp{p.suffix}") for n, p in targets.items()}
-        self.stage = {n: p.with_name(f".{p.stem}.{tag}.tmp.f32.wav") for n, p in targets.items()}
+        self.group = OutputGroup(targets.values())
+        self.tmp = {n: self.group.staged[p] for n, p in targets.items()}
+        self.stage = {n: self.group.scratch_file(p, "f32") for n, p in targets.items()}
         self.peak = dict.fromkeys(targets, 0.0)
         self.writers: dict[str, BlockWriter] = {}
         try:
+            self.group.prepare()
             for name in targets:
-                targets[name].parent.mkdir(parents=True, exist_ok=True)
-                if self.rescale:
-                    self.writers[name] = BlockWriter(self.stage[name], samplerate, channels, _FLOAT)
-                else:
-                    self.writers[name] = BlockWriter(self.tmp[name], samplerate, channels, options)
-        except Exception as err:
-            self.abort()
-            raise _write_error(targets[name], err) from None
+                path = self.stage[name] if self.rescale else self.tmp[name]
+                opts = _FLOAT if self.rescale else options
+                self.writers[name] = BlockWriter(path, samplerate, channels, opts)
+        except BaseException as err:
+            failure = self.group.failure(err) if isinstance(err, (OSError, RuntimeError)) else None
+            self.abort()  # after group.failure: the space the partial files hold is still taken
+            if failure is not None:
+                raise failure from None
+            raise
 
     def write(self, name: str, wav: torch.Tensor) -> None:
         """Append (C, n) samples of stem ``name``."""
@@ -100,18 +105,19 @@ class StagedStems:
         try:
             self.writers[name].write(data)
         except (OSError, RuntimeError) as err:
-            raise _write_error(self.targets[name], err) from None
+            raise self.group.failure(err, self.targets[name]) from None
 
     def commit(self) -> None:
         """Close every file, encode rescaled stems, and rename the set into place."""
-        for writer in self.writers.values():
-            writer.close()
-        self.writers = {}
-        if self.rescale:
-            for name in self.targets:
-                self._rescale(name)
-        for name, path in self.targets.items():
-            os.replace(self.tmp[name], path)
+        try:
+            for name in list(self.writers):
+                self.writers.pop(name).close()
+            if self.rescale:
+                for name in self.targets:
+                    self._rescale(name)
+            self.group.commit()
+        except (OSError, RuntimeError) as err:
+            raise self.group.failure(err) from None
 
     def _rescale(self, name: str) -> None:
         """Encode the float32 stage of ``name`` divided by ``max(1.01 * peak, 1)``."""
@@ -126,20 +132,12 @@ class StagedStems:
         self.stage[name].unlink()
 
     def abort(self) -> None:
-        """Close and remove every staged file."""
+        """Close and remove every staged file, and the folders this run created if empty."""
         for writer in self.writers.values():
             with contextlib.suppress(Exception):  # cleaning up after the real error
                 writer.close()
-        for path in (*self.tmp.values(), *self.stage.values()):
-            path.unlink(missing_ok=True)
-
-
-def _write_error(path: Path, err: BaseException) -> AudioIOError:
-    """One-line error for a failed write of ``path``."""
-    if isinstance(err, AudioIOError):
-        return err
-    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-    return AudioIOError(f"cannot write {path}: {' '.join(reason.split()) or type(err).__name__}")
+        self.writers = {}
+        self.group.abort()
 
 
 @dataclass(frozen=True)
@@ -226,14 +224,16 @@ def stream_file(
         emitter = _Emitter(model, stats, job, staged)
         with torch.inference_mode():
             applier = SlidingApplier(model, options, device, progress)
-            for mix in read_blocks(path, model.audio_channels, model.samplerate, block)[1]:
+            _, mixes = read_blocks(path, model.audio_channels, model.samplerate, block, warn=False)
+            for mix in mixes:  # the first pass (mixture_stats) logged any warning
                 emitter.mix(mix)
                 emitter.emit(applier.push((mix - stats.mean) / stats.std))
             emitter.emit(applier.finish())
         emitter.finish()
         staged.commit()
     except BaseException as err:
+        failure = staged.group.failure(err) if isinstance(err, OSError) else None
         staged.abort()
-        if isinstance(err, OSError):
-            raise _write_error(next(iter(job.targets.values())), err) from None
+        if failure is not None:
+            raise failure from None
         raise

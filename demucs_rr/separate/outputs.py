@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import os
 import string
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from demucs_rr.audio import AUDIO_EXTENSIONS, WriteOptions, write_audio
-from demucs_rr.errors import AudioIOError, ConfigError
+from demucs_rr.audio import AUDIO_EXTENSIONS, WriteOptions
+from demucs_rr.audio.write import encode_file
+from demucs_rr.errors import ConfigError
+from demucs_rr.staging import OutputGroup
 
-DEFAULT_TEMPLATE = "{model}/{track}/{stem}.{ext}"
 TEMPLATE_FIELDS = frozenset({"track", "trackext", "stem", "ext", "model"})
-OTHER_METHODS = ("add", "minus", "none")
 
 
 @dataclass(frozen=True)
@@ -105,13 +104,43 @@ def check_template(template: str) -> None:
 def output_path(
     out_dir: Path, template: str, track: InputFile, stem: str, ext: str, model: str
 ) -> Path:
-    """Render the template for one stem; the result always lies inside ``out_dir``."""
+    """Render the template for one stem; the result always lies inside ``out_dir``.
+
+    Raises:
+        ConfigError: the path leaves ``out_dir`` (``..``, a symlink), contains a NUL byte, or
+            has a component longer than the file system's limit (``NAME_MAX``, 255 bytes), in
+            one line naming the input file.
+    """
     rel = template.format(track=track.name, trackext=track.ext, stem=stem, ext=ext, model=model)
+    if "\0" in rel:
+        raise ConfigError(f"{track.path}: the output name {rel!r} contains a NUL byte")
     root = out_dir.resolve()
+    limit = name_max(root)
+    for part in Path(rel).parts:
+        size = len(os.fsencode(part))
+        if size > limit:
+            raise ConfigError(
+                f"{track.path}: output name {part[:20]}... is {size} bytes, longer than the "
+                f"{limit}-byte limit of a file name here (NAME_MAX); use a shorter --filename "
+                "or rename the input"
+            )
     path = (root / rel).resolve()
     if path == root or not path.is_relative_to(root):
         raise ConfigError(f"--filename {template!r} gives {rel!r}, which is outside {out_dir}")
     return path
+
+
+def name_max(folder: Path) -> int:
+    """Longest file name, in bytes, of the file system holding ``folder`` (or its nearest
+    existing parent); 255 where the system does not say."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            try:
+                limit = int(os.pathconf(candidate, "PC_NAME_MAX"))
+            except (OSError, ValueError, AttributeError):  # no pathconf (Windows), no answer
+                break
+            return limit if limit > 0 else 255  # -1: no limit known
+    return 255
 
 
 def select_stems(
@@ -146,21 +175,24 @@ def compose_stems(
 def write_track(outputs: dict[Path, torch.Tensor], samplerate: int, options: WriteOptions) -> None:
     """Write every (C, T) stem of a track, all or nothing.
 
-    Each stem is first written (atomically) under a hidden temporary name beside its target;
-    only when all succeeded are they renamed into place. On failure nothing new is left behind.
+    The stems are encoded into hidden staged files beside their targets and renamed into place
+    together by an :class:`~demucs_rr.staging.OutputGroup` (missing folders are created). On
+    failure nothing new is left behind, previous files are kept, and the folders this call
+    created are removed.
+
+    Raises:
+        AudioIOError: one line; ``no space left on device while writing stems to FOLDER`` when
+            the disk is full.
     """
-    tag = uuid.uuid4().hex[:8]
-    staged: list[tuple[Path, Path]] = []
+    group = OutputGroup(outputs)
     try:
+        group.prepare()
         for path, wav in outputs.items():
-            tmp = path.with_name(f".{path.stem}.{tag}.tmp{path.suffix}")
-            staged.append((tmp, path))
-            write_audio(wav, tmp, samplerate, options)
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except (OSError, AudioIOError) as exc:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, AudioIOError):
-            raise
-        raise AudioIOError(f"cannot write {path}: {exc.strerror or exc}") from None
+            encode_file(wav, group.staged[path], samplerate, options)
+        group.commit()
+    except BaseException as err:
+        failure = group.failure(err) if isinstance(err, (OSError, RuntimeError)) else None
+        group.abort()  # after group.failure: the space the partial files hold is still taken
+        if failure is not None:
+            raise failure from None
+        raise

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from demucs_rr.audio import WriteOptions, load_for_model, resample
+from demucs_rr.distributed import Group, process_group
 from demucs_rr.errors import ConfigError, DemucsRRError
+from demucs_rr.runtime import resolve_device, torchrun_ranks
 from demucs_rr.separate.api import Separator
+from demucs_rr.separate.options import check_separate_options
 from demucs_rr.separate.outputs import (
     InputFile,
     check_template,
@@ -44,7 +49,7 @@ def _check_out_dir(out: Path) -> None:
     """Fail early when the output root cannot be created or written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".demucs_rr_write_test_{time.monotonic_ns()}"
+        probe = out / f".demucs_rr_write_test_{os.getpid()}_{time.monotonic_ns()}"
         probe.touch()
         probe.unlink()
     except OSError as exc:
@@ -55,19 +60,15 @@ def _separate_track(
     sep: Separator,
     track: InputFile,
     args: argparse.Namespace,
-    names: list[str],
+    paths: dict[str, Path],
     wopts: WriteOptions,
-    out: Path,
 ) -> list[Path]:
-    """Separate one track and write its stems; returns the written paths.
+    """Separate one track and write its stems (stem name -> file); returns the written paths.
 
     The default path streams the file block by block into the stem files
     (:meth:`Separator.separate_file_to`); ``--stream`` runs a causal model with low latency.
     """
-    paths = {
-        name: output_path(out, args.filename, track, name, wopts.format, sep.model_name)
-        for name in names
-    }
+    names = list(paths)
     if not args.stream:
         return sep.separate_file_to(
             track.path, paths, wopts, args.other_method, args.keep_sample_rate
@@ -78,8 +79,6 @@ def _separate_track(
     if args.keep_sample_rate and input_sr != rate:
         outputs = {k: resample(v, rate, input_sr) for k, v in outputs.items()}
         rate = input_sr
-    for path in paths.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
     write_track({paths[name]: wav for name, wav in outputs.items()}, rate, wopts)
     return list(paths.values())
 
@@ -122,20 +121,50 @@ def _check_distinct_outputs(
                 )
 
 
+@dataclass
+class _Tally:
+    """What one rank did with its tracks."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
 def run_separate(args: argparse.Namespace) -> int:
-    """Separate every input; per-track errors are reported and the batch goes on."""
+    """Separate every input; per-track errors are reported and the batch goes on.
+
+    Under ``torchrun`` every rank collects the same inputs, sorts them and separates every
+    ``world_size``-th one (:mod:`demucs_rr.distributed`); rank 0 prints the summary of all.
+    Every rank returns the same exit code.
+    """
+    check_separate_options(args)  # contradictions first: before anything is read or loaded
     check_template(args.filename)
     wopts = _write_options(args)
+    ranks = torchrun_ranks()
     tracks, errors = collect_tracks(args.tracks, args.recursive)
     if not tracks:
-        for line in errors:
+        for line in errors if ranks.rank == 0 else []:
             print(f"error: {line}", file=sys.stderr)
         return 2
     out = Path(args.out)
     _check_out_dir(out)
+    device = resolve_device(args.device, ranks.local_rank)
+    with process_group(device, ranks) as group:
+        tally = _separate_all(args, tracks, wopts, out, group)
+        return _finish(group, tally, errors)
+
+
+def _separate_all(
+    args: argparse.Namespace,
+    tracks: list[InputFile],
+    wopts: WriteOptions,
+    out: Path,
+    group: Group,
+) -> _Tally:
+    """Load the model, check the whole batch, then separate this rank's share of ``tracks``."""
     sep = Separator(
         args.name,
-        device=args.device,
+        device=str(group.device),
         segment=args.segment,
         overlap=args.overlap,
         shifts=args.shifts,
@@ -143,31 +172,81 @@ def run_separate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         repo=args.repo,
-        progress=not args.quiet,
+        progress=not args.quiet and not group.distributed,  # one bar per terminal
+        precision=args.precision,
     )
     names = select_stems(sep.sources, args.stems, args.two_stems, args.other_method)
     _check_distinct_outputs(tracks, args.filename, names, wopts, out, sep.model_name)
-    failed = len(errors)
+    if group.distributed:
+        tracks = group.shard(sorted(tracks, key=lambda t: (t.name, t.path.as_posix())))
+    prefix = f"[rank {group.rank}] " if group.distributed else ""
+    tally = _Tally()
     for track in tracks:
         start = time.perf_counter()
+        paths = {
+            name: output_path(out, args.filename, track, name, wopts.format, sep.model_name)
+            for name in names
+        }
         try:
-            paths = _separate_track(sep, track, args, names, wopts, out)
+            if _keep_existing(paths, args):
+                tally.skipped += 1
+                if not args.quiet:
+                    print(f"{prefix}{track.path}: skipped, its stems exist", file=sys.stderr)
+                continue
+            written = _separate_track(sep, track, args, paths, wopts)
         except DemucsRRError as exc:
-            failed += 1
+            tally.failed += 1
             print(f"error: {track.path}: {exc}", file=sys.stderr)
             continue
+        tally.done += 1
         if not args.quiet:
+            took = time.perf_counter() - start
+            print(f"{prefix}{track.path} -> {written[0].parent} ({took:.1f} s)", file=sys.stderr)
+    return tally
+
+
+def _keep_existing(paths: dict[str, Path], args: argparse.Namespace) -> bool:
+    """Whether to skip a track because its stems exist (``--skip-existing`` and every stem
+    file is there); a track with only some of them is separated again.
+
+    Raises:
+        ConfigError: a stem file exists and neither ``--overwrite`` nor ``--skip-existing``
+            was given.
+    """
+    if args.overwrite:
+        return False
+    existing = [p for p in paths.values() if os.path.lexists(p)]
+    if not existing:
+        return False
+    if args.skip_existing:
+        return len(existing) == len(paths)
+    raise ConfigError(
+        f"{existing[0]} exists; pass --overwrite to replace or --skip-existing to keep"
+    )
+
+
+def _finish(group: Group, tally: _Tally, errors: list[str]) -> int:
+    """Add up every rank's tally (waiting for every rank to finish), report on rank 0 and
+    return the exit code of the whole batch on every rank: 0, 1 some inputs failed, 2 all
+    failed."""
+    tallies = group.gather(tally)
+    done = sum(t.done for t in tallies)
+    skipped = sum(t.skipped for t in tallies)
+    failed = sum(t.failed for t in tallies) + len(errors)  # the same errors on every rank
+    total = done + skipped + failed
+    if group.is_main:
+        for line in errors:
+            print(f"error: {line}", file=sys.stderr)
+        if failed or skipped or group.distributed:
+            ranks = f" on {group.world_size} ranks" if group.distributed else ""
             print(
-                f"{track.path} -> {paths[0].parent} ({time.perf_counter() - start:.1f} s)",
+                f"{done} separated, {skipped} skipped, {failed} of {total} inputs failed{ranks}",
                 file=sys.stderr,
             )
-    for line in errors:
-        print(f"error: {line}", file=sys.stderr)
-    if failed:
-        total = len(tracks) + len(errors)
-        print(f"{failed} of {total} inputs failed", file=sys.stderr)
-        return 1 if failed < total else 2
-    return 0
+    group.barrier()  # no rank exits (torchrun stops the others) before rank 0 has reported
+    if not failed:
+        return 0
+    return 1 if failed < total else 2
 
 
 def run_models_list(args: argparse.Namespace) -> int:
@@ -181,14 +260,14 @@ def run_models_list(args: argparse.Namespace) -> int:
 
     rows = list_models(repo=Path(args.repo) if getattr(args, "repo", None) else None)
     print(
-        f"{'name':<18} {'class':<16} {'test SDR':>8} {'valid nSDR':>10}  {'cached':<6} description"
+        f"{'name':<18} {'class':<16} {'test SDR':>8} {'valid nSDR':>10}  {'cached':<12} description"
     )
     for row in rows:
         sdr = _score(row["sdr"])
         nsdr = _score(row["valid_nsdr"])
-        cached = "yes" if row["cached"] else "no"
+        cached = row["cache_state"]  # yes, no, bad checksum, unreadable
         print(
-            f"{row['name']:<18} {row['class'] or '?':<16} {sdr:>8} {nsdr:>10}  {cached:<6} "
+            f"{row['name']:<18} {row['class'] or '?':<16} {sdr:>8} {nsdr:>10}  {cached:<12} "
             f"{row['description']}"
         )
     return 0

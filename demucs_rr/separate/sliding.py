@@ -21,6 +21,7 @@ import torch
 
 from demucs_rr.models.base import SeparationModel, center_trim
 from demucs_rr.separate.chunking import Chunk, OverlapAdd, centred_window, triangle_weight
+from demucs_rr.separate.precision import autocast
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of new track samples covered; each shift pass covers the track once."""
@@ -39,6 +40,8 @@ class ApplyOptions:
         seed: seed of the shift offsets, so that shifted runs are reproducible.
         batch_size: number of chunks per forward pass.
         transition_power: sharpness of the triangular cross-fade (>= 1).
+        precision: ``'fp32'``, ``'bf16'`` or ``'fp16'`` for the model's forward passes (see
+            :mod:`demucs_rr.separate.precision`); the engine's own arithmetic stays float32.
     """
 
     segment: int | None = None
@@ -48,6 +51,7 @@ class ApplyOptions:
     seed: int = 0
     batch_size: int = 1
     transition_power: float = 1.0
+    precision: str = "fp32"
 
 
 def draw_offsets(shifts: int, max_shift: int, rng: random.Random) -> list[int]:
@@ -144,11 +148,13 @@ def run_batch(
     group: list[Chunk],
     segment: int,
     device: torch.device,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Run the model on the centred windows of ``group`` (chunks of a ``segment`` grid).
 
     Args:
         mix: (C, T) mixture in track coordinates (zeros are used outside it).
+        precision: forward-pass precision (:func:`~demucs_rr.separate.precision.autocast`).
 
     Returns:
         (B, S, C, L) outputs on the CPU, centre-trimmed to the chunk length L.
@@ -156,7 +162,8 @@ def run_batch(
     length = group[0].length
     padded = model.chunk_input_length(length, segment)
     windows = torch.stack([centred_window(mix, chunk, padded) for chunk in group])  # (B, C, L')
-    out = model(windows.to(device))  # (B, S, C, L'')
+    with autocast(precision, device):
+        out = model(windows.to(device))  # (B, S, C, L'')
     return center_trim(out, length).float().cpu()
 
 
@@ -186,6 +193,7 @@ class SlidingApplier:
         self.batch_size = max(1, options.batch_size)
         self.split = options.split
         self.transition_power = options.transition_power
+        self.precision = options.precision
         self.device = device
         self.progress = progress
         self.sources = len(model.sources)
@@ -257,7 +265,7 @@ class SlidingApplier:
         if self._origin > 0 and first < self._origin:
             raise RuntimeError("sliding buffer dropped samples a chunk still needs")
         local = [Chunk(c.offset - self._origin, c.length) for c in group]
-        out = run_batch(p.model, self._buf, local, p.segment, self.device)
+        out = run_batch(p.model, self._buf, local, p.segment, self.device, self.precision)
         if p.acc is None:
             weight = (
                 triangle_weight(p.segment, self.transition_power)

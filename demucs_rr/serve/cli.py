@@ -41,7 +41,7 @@ def _port(text: str) -> int:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``demucs-rr serve``."""
-    from demucs_rr.models import DEFAULT_MODEL
+    from demucs_rr.models.catalogue import DEFAULT_MODEL
     from demucs_rr.runtime import cache_dir
 
     p = parser

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from demucs_rr.audio.options import FORMATS
 from demucs_rr.errors import ConfigError
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 STEM_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
-FORMATS = ("wav", "flac", "mp3")
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
 MAX_SHIFTS = 10
 FORM_FIELDS = ("model", "two_stems", "stems", "format", "shifts")

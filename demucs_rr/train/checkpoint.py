@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from demucs_rr.errors import PackageFormatError
+from demucs_rr.errors import OutputError, PackageFormatError
 from demucs_rr.fsmode import set_normal_mode
+from demucs_rr.staging import is_disk_full, reason
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -87,11 +88,19 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 
     ``format`` and ``version`` keys are added. A crash leaves either the previous checkpoint
     or the new one, never a partial file.
+
+    Raises:
+        OutputError: the file cannot be written (``no space left on device while writing
+            checkpoint PATH`` when the disk is full); the temporary file is removed and the
+            previous checkpoint stays as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _save_error(path, exc) from None
     try:
         set_normal_mode(fd)  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as handle:
@@ -99,9 +108,19 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports ENOSPC as RuntimeError
+        raise _save_error(path, exc) from None
     finally:
         Path(tmp_name).unlink(missing_ok=True)
     return path
+
+
+def _save_error(path: Path, exc: BaseException) -> OutputError:
+    """One line for a failed checkpoint write; says that the previous checkpoint is kept."""
+    kept = "; the previous checkpoint is unchanged" if path.is_file() else ""
+    if is_disk_full(exc, path.parent):
+        return OutputError(f"no space left on device while writing checkpoint {path}{kept}")
+    return OutputError(f"cannot write checkpoint {path}: {reason(exc)}{kept}")
 
 
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from demucs_rr.distributed import backend_for, join_group, leave_group
 from demucs_rr.runtime import resolve_device, torchrun_ranks
 
 __all__ = ["DistContext"]
@@ -63,22 +64,16 @@ class DistContext:
     @property
     def backend(self) -> str:
         """``nccl`` on CUDA, ``gloo`` on CPU."""
-        return "nccl" if self.device.type == "cuda" else "gloo"
+        return backend_for(self.device)
 
     def init(self) -> None:
         """Join the process group (``env://`` rendezvous of torchrun); no-op for 1 process."""
-        if not self.distributed or torch_dist.is_initialized():
-            return
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        torch_dist.init_process_group(
-            backend=self.backend, rank=self.rank, world_size=self.world_size
-        )
+        join_group(self.rank, self.world_size, self.device)
 
     def close(self) -> None:
         """Leave the process group if this context joined one."""
-        if self.distributed and torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
+        if self.distributed:
+            leave_group()
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``DistributedDataParallel(model)`` when distributed, else ``model`` itself."""
