@@ -100,3 +100,13 @@ def test_cli_refuses_fp16_on_cpu(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "fp16 needs a CUDA or MPS device" in err[0]
     assert not (tmp_path / "out" / "tiny").exists()
+
+
+def test_serve_refuses_fp16_on_cpu_before_starting(tmp_path, capsys) -> None:
+    pytest.importorskip("fastapi", reason="needs the [serve] extra")
+    package = save_package(_tiny_htdemucs(), tmp_path / "tiny.safetensors")
+    jobs = tmp_path / "jobs"
+    argv = ["serve", "-n", str(package), "-d", "cpu", "--precision", "fp16"]
+    code = main([*argv, "--jobs-dir", str(jobs), "--port", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "fp16 needs a CUDA or MPS device" in err[0]

@@ -87,6 +87,7 @@ def _command(side: str, python: str, work: Path, threads: int) -> list[str]:
         return [python, "-m", "demucs.separate", "--repo", str(work / "repo"), "-n", "htbench"]
     precision = side.split()[-1]
     return [sys.executable, "-m", "demucs_rr", "--threads", str(threads), "separate", "-q"] + [
+        "--overwrite",
         "-n",
         str(work / "repo" / "htbench.th"),
         "--precision",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -46,7 +47,7 @@ def _check_options(overlap: float, shifts: int, batch_size: int, segment: float 
         raise ConfigError(f"shifts must be >= 0, got {shifts}")
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    if segment is not None and segment <= 0:
+    if segment is not None and not (math.isfinite(segment) and segment > 0):
         raise ConfigError(f"segment must be a positive number of seconds, got {segment}")
 
 

@@ -196,7 +196,9 @@ def _separate_all(
             written = _separate_track(sep, track, args, paths, wopts)
         except DemucsRRError as exc:
             tally.failed += 1
-            print(f"error: {track.path}: {exc}", file=sys.stderr)
+            text = str(exc)  # audio errors already name the file
+            where = "" if str(track.path) in text else f"{track.path}: "
+            print(f"error: {where}{text}", file=sys.stderr)
             continue
         tally.done += 1
         if not args.quiet:

@@ -64,6 +64,7 @@ class ServeConfig:
         repo: folder searched first for model files.
         workers: worker processes (0: jobs are queued, none runs).
         threads: torch CPU threads per worker (None: torch's default).
+        precision: forward-pass precision, ``fp32``, ``bf16`` or ``fp16``.
         max_upload_mb: largest accepted upload in MiB.
         token: required on every API request when set (``Authorization: Bearer`` or cookie).
         allowed_hosts: accepted ``Host`` header names (None: any), against DNS rebinding.
@@ -75,13 +76,16 @@ class ServeConfig:
     repo: str | None = None
     workers: int = 1
     threads: int | None = None
+    precision: str = "fp32"
     max_upload_mb: float = 500.0
     token: str | None = None
     allowed_hosts: tuple[str, ...] | None = None
 
     def worker_config(self) -> WorkerConfig:
         """What each worker process needs."""
-        return WorkerConfig(self.jobs_dir, self.model, self.device, self.repo, self.threads)
+        return WorkerConfig(
+            self.jobs_dir, self.model, self.device, self.repo, self.threads, self.precision
+        )
 
 
 def job_json(job: Job) -> dict[str, Any]:

@@ -74,6 +74,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-d", "--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
     p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="precision of the model's forward passes (see `separate --help`); default fp32",
+    )
+    p.add_argument(
         "--token",
         help=f"access token required by the API (default ${TOKEN_ENV}); "
         "mandatory when --host is not a loopback address",
@@ -87,6 +93,14 @@ def _check_extra() -> None:
             f"demucs-rr serve needs the serve extra (missing {', '.join(missing)}): "
             "pip install 'demucs_rr[serve]'"
         )
+
+
+def _check_precision(device: str, precision: str) -> None:
+    """Refuse, before the server starts, a precision the workers' device cannot run."""
+    from demucs_rr.runtime import resolve_device
+    from demucs_rr.separate.precision import check_precision
+
+    check_precision(precision, resolve_device(device))
 
 
 def _check_model(model: str, repo: str | None) -> None:
@@ -144,6 +158,7 @@ def run_serve(args: argparse.Namespace) -> int:
             f"give an access token with --token or ${TOKEN_ENV}"
         )
     _check_model(args.model, args.repo)
+    _check_precision(args.device, args.precision)
     _check_port(args.host, args.port)
     lock = _lock(args.jobs_dir)
     threads = getattr(args, "threads", None) or max(1, (os.cpu_count() or 1) // args.workers)
@@ -154,6 +169,7 @@ def run_serve(args: argparse.Namespace) -> int:
         repo=args.repo,
         workers=args.workers,
         threads=threads,
+        precision=args.precision,
         max_upload_mb=args.max_upload_mb,
         token=token,
         allowed_hosts=LOCAL_HOSTS + ("[::1]",) if local and token is None else None,

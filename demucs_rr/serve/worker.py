@@ -57,6 +57,7 @@ class WorkerConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         repo: folder searched first for model files.
         threads: torch CPU threads per worker (None: torch's default).
+        precision: forward-pass precision, ``fp32``, ``bf16`` or ``fp16``.
         poll_interval: seconds between looks at an empty queue.
     """
 
@@ -65,6 +66,7 @@ class WorkerConfig:
     device: str = "auto"
     repo: str | None = None
     threads: int | None = None
+    precision: str = "fp32"
     poll_interval: float = 0.2
 
 
@@ -90,7 +92,9 @@ class ModelCache:
         if name in self._items:
             self._items.move_to_end(name)
             return self._items[name]
-        sep = Separator(name, device=self.config.device, repo=self.config.repo)
+        sep = Separator(
+            name, device=self.config.device, repo=self.config.repo, precision=self.config.precision
+        )
         self._items[name] = sep
         while len(self._items) > MODELS_KEPT:
             self._items.popitem(last=False)
