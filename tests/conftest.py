@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -58,3 +61,19 @@ def assert_matches(out: np.ndarray, ref: np.ndarray, what: str) -> None:
     err = float(np.abs(out - ref).max())
     bound = 1e-5 * float(np.abs(ref).max()) + 1e-6
     assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
+
+
+@contextmanager
+def alarm(seconds: int) -> Iterator[None]:
+    """Fail (instead of hanging) when the body runs longer than ``seconds``."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"a reader ran longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -28,6 +24,7 @@ from demucs_rr.audio.blocks import read_blocks
 from demucs_rr.audio.io import ffmpeg_available, load_for_model
 from demucs_rr.errors import AudioIOError
 from tests.bad_audio import valid_files
+from tests.conftest import alarm
 
 SECONDS_PER_EXAMPLE = 10
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
@@ -73,22 +70,6 @@ def mutate(data: bytes, steps: list[tuple[str, int, int]]) -> bytes:
             field = (value & (256**width - 1)).to_bytes(width, "little")
             out[position : position + width] = field
     return bytes(out)
-
-
-@contextmanager
-def alarm(seconds: int) -> Iterator[None]:
-    """Fail (instead of hanging) when the body runs longer than ``seconds``."""
-
-    def expired(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"a reader ran longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def read_both(path: Path) -> list[str]:

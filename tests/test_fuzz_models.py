@@ -5,9 +5,7 @@ and never a hang."""
 from __future__ import annotations
 
 import os
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from demucs_rr.errors import ModelNotFoundError, PackageFormatError
 from demucs_rr.models.hub import model_from_hub_file
 from demucs_rr.models.legacy import load_state_file, model_from_official_package
 from demucs_rr.models.package import load_package
+from tests.conftest import alarm
 from tests.untrusted_files import write_hub, write_official, write_package, write_state
 
 SECONDS_PER_EXAMPLE = 5
@@ -37,22 +36,6 @@ _SETTINGS = settings(
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-@contextmanager
-def _alarm(seconds: int) -> Iterator[None]:
-    """Fail (instead of hanging) when the body runs longer than ``seconds``."""
-
-    def expired(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"a reader ran longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +80,7 @@ def test_mutated_model_files_fail_cleanly(
     _, load, suffix = READERS[reader]
     path = tmp_path / f"fuzz{suffix}"
     path.write_bytes(_mutate(originals[reader], steps))
-    with _alarm(SECONDS_PER_EXAMPLE):
+    with alarm(SECONDS_PER_EXAMPLE):
         try:
             result = load(path)
         except (PackageFormatError, ModelNotFoundError) as exc:
@@ -120,7 +103,7 @@ def test_truncated_model_files_fail_cleanly(
     path = tmp_path / f"cut{suffix}"
     path.write_bytes(data[:size])
     with (
-        _alarm(SECONDS_PER_EXAMPLE),
+        alarm(SECONDS_PER_EXAMPLE),
         pytest.raises((PackageFormatError, ModelNotFoundError)) as info,
     ):
         load(path)
