@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Separator", "__version__"]
+from demucs_rr.allocator import reuse_freed_memory
+
+__all__ = ["Separator", "__version__", "reuse_freed_memory"]
 
 if TYPE_CHECKING:
     from demucs_rr.separate.api import Separator

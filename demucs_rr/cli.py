@@ -17,9 +17,13 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from demucs_rr import __version__, argtypes
+from demucs_rr.allocator import reuse_freed_memory
 from demucs_rr.errors import DemucsRRError
 
 logger = logging.getLogger("demucs_rr")
+
+# Commands that run models: malloc keeps freed memory for them (see demucs_rr.allocator).
+MODEL_COMMANDS = frozenset({"separate", "evaluate", "serve", "train"})
 
 EXTRA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     # name: (module, add-arguments function, run function, help)
@@ -288,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         set_threads(args.threads)
+        if args.command in MODEL_COMMANDS:
+            reuse_freed_memory()
         return _run(args)
     except DemucsRRError as exc:
         print(f"error: {exc}", file=sys.stderr)

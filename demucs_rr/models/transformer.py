@@ -115,6 +115,28 @@ class TokenGroupNorm(nn.GroupNorm):
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
+def attend(attn: nn.MultiheadAttention, query: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention of ``query`` (B, N, D) over ``source`` (B, M, D) -> (B, N, D).
+
+    With attention dropout in training this is ``attn`` itself. Otherwise the same projections
+    run around :func:`torch.nn.functional.scaled_dot_product_attention`, whose fused kernel
+    never holds the (N, M) score matrix; ``nn.MultiheadAttention``'s inference fast path
+    would compute it for self-attention in full (about 1.5x slower on CPU at N = M = 2688).
+    """
+    if attn.training and attn.dropout > 0:
+        return cast(torch.Tensor, attn(query, source, source, need_weights=False)[0])
+    batch, count, dim = query.shape
+    heads = attn.num_heads
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    bias_q, bias_kv = (None, None) if bias is None else (bias[:dim], bias[dim:])
+    q = F.linear(query, weight[:dim], bias_q)
+    k, v = F.linear(source, weight[dim:], bias_kv).chunk(2, dim=-1)
+    q, k, v = (t.view(batch, -1, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, D / H)
+    out = out.transpose(1, 2).reshape(batch, count, dim)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+
 def _norm(group_norm: int, dim: int, eps: float) -> nn.Module:
     return (
         TokenGroupNorm(int(group_norm), dim, eps=eps) if group_norm else nn.LayerNorm(dim, eps=eps)
@@ -169,8 +191,7 @@ class SelfTransformerEncoderLayer(nn.Module):
         self.gamma_2 = LayerScale(d_model, init_values, True) if layer_scale else nn.Identity()
 
     def _sa_block(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.self_attn(x, x, x, attn_mask=None, key_padding_mask=None, need_weights=False)[0]
-        return cast(torch.Tensor, self.dropout1(out))
+        return cast(torch.Tensor, self.dropout1(attend(self.self_attn, x, x)))
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
         x = self.linear2(self.dropout(self.activation(self.linear1(x))))
@@ -227,8 +248,7 @@ class CrossTransformerEncoderLayer(nn.Module):
         self.activation = activation
 
     def _ca_block(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        out = self.cross_attn(q, k, k, attn_mask=None, need_weights=False)[0]
-        return cast(torch.Tensor, self.dropout1(out))
+        return cast(torch.Tensor, self.dropout1(attend(self.cross_attn, q, k)))
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
         x = self.linear2(self.dropout(self.activation(self.linear1(x))))
@@ -383,14 +403,14 @@ class CrossTransformerEncoder(nn.Module):
             (x, xt) with the same shapes.
         """
         batch, dim, bins, frames = x.shape
-        pos_2d = sin_embedding_2d(dim, bins, frames, x.device, self.max_period)
+        pos_2d = sin_embedding_2d(dim, bins, frames, x.device, self.max_period).to(x.dtype)
         pos_2d = pos_2d.permute(0, 3, 2, 1).reshape(1, frames * bins, dim)
         x = x.permute(0, 3, 2, 1).reshape(batch, frames * bins, dim)
         x = self.norm_in(x) + self.weight_pos_embed * pos_2d
 
         length = xt.shape[-1]
         xt = xt.permute(0, 2, 1)
-        pos_1d = self._time_embedding(length, batch, dim, x.device)
+        pos_1d = self._time_embedding(length, batch, dim, x.device).to(xt.dtype)
         xt = self.norm_in_t(xt) + self.weight_pos_embed * pos_1d
 
         for index in range(self.num_layers):

@@ -198,8 +198,10 @@ def report_model(sep: Separator, config: WorkerConfig) -> None:
 
 def worker_main(config: WorkerConfig, stop: StopFlag) -> None:
     """Process entry point: load the model, then run queued jobs until ``stop`` is set."""
+    from demucs_rr.allocator import reuse_freed_memory
     from demucs_rr.cli import set_threads
 
+    reuse_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops workers through ``stop``
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     set_threads(config.threads)
