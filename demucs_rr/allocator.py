@@ -7,7 +7,7 @@ each chunk page-faults about 2.4 GB of zeroed pages in again: measured here, 600
 faults and 1.1-1.5 s of kernel time per 7.8 s HT Demucs segment on 2 threads, a quarter of the
 forward pass. :func:`reuse_freed_memory` turns ``mmap`` off for ``malloc`` (``M_MMAP_MAX = 0``)
 and keeps up to 2 GiB of freed memory at the top of the heap (``M_TRIM_THRESHOLD``), so after
-the first chunk the same pages are reused: 0-30,000 faults per segment.
+the first chunk or two the same pages are reused: 0-30,000 faults per segment.
 
 Peak memory is unchanged (the freed blocks are reused, not added); what changes is that the
 process keeps its peak resident until it exits. The command-line tools call it for the commands

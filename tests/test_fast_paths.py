@@ -140,7 +140,10 @@ def test_bf16_separation_switches_pointwise_convs(tmp_path: object) -> None:
     separator = Separator(_tiny_model(), device="cpu", precision="bf16", progress=False)
     out = separator.separate_tensor(torch.randn(2, 30000) * 0.1, 44100)
     assert set(out) == set(TINY_HT["sources"])
-    assert any(isinstance(m, PointwiseConv1d) for m in separator.model.modules())
+    runner = separator._runner
+    assert any(isinstance(m, PointwiseConv1d) for m in runner.modules())  # type: ignore[attr-defined]
+    assert all(p.dtype == torch.bfloat16 for p in runner.parameters())  # type: ignore[attr-defined]
+    assert all(p.dtype == torch.float32 for p in separator.model.parameters())  # type: ignore[attr-defined]
 
 
 _FAULTS = """
@@ -178,15 +181,17 @@ def _faults(env: dict[str, str]) -> dict[str, Any]:
 @pytest.mark.skipif(not _glibc(), reason="malloc tuning is for glibc on Linux")
 def test_reused_memory_is_not_faulted_in_again() -> None:
     """Each step allocates two 192 MB tensors (47,000 pages each). Plain glibc maps them afresh
-    every step; with freed memory kept, steps after the first fault in (almost) nothing and the
-    resident size stays where the first step left it."""
+    every step; with freed memory kept, steps after the first two fault in (almost) nothing and
+    the resident size stays constant."""
     kept = _faults({"DEMUCS_RR_MALLOC": ""})
     plain = _faults({"DEMUCS_RR_MALLOC": "system"})
     assert kept["kept"] is True and plain["kept"] is False
-    assert all(faults >= 90_000 for faults, _ in plain["steps"])
-    assert all(faults <= 1_000 for faults, _ in kept["steps"][1:])
-    sizes = [rss for _, rss in kept["steps"][1:]]
-    assert max(sizes) - min(sizes) <= 8
+    assert all(faults >= 90_000 for faults, _ in plain["steps"]), plain
+    # glibc may need a second region once (an aligned request does not fit the exact-size
+    # block freed before it); from the third step on, nothing new.
+    assert all(faults <= 1_000 for faults, _ in kept["steps"][2:]), kept
+    sizes = [rss for _, rss in kept["steps"][2:]]
+    assert max(sizes) - min(sizes) <= 8, kept
 
 
 def test_model_commands_keep_freed_memory(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

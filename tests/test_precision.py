@@ -68,6 +68,7 @@ def test_bf16_forward_close_to_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
     mix = make_tone_mix(1.3)
     fp32 = Separator(model, device="cpu").separate_tensor(mix, 44100)
     bf16 = Separator(model, device="cpu", precision="bf16").separate_tensor(mix, 44100)
+    # the CPU bf16 path runs a bf16 copy: the caller's model keeps its float32 weights
     assert all(p.dtype == torch.float32 for p in model.parameters())
     for name in SOURCES:
         assert bf16[name].dtype == torch.float32

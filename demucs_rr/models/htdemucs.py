@@ -79,6 +79,10 @@ class HTDemucs(HybridUNet):
         NotImplementedError: for sparse attention.
     """
 
+    # CPU bf16 runs may store the weights in bf16 (demucs_rr.separate.precision.prepare_model):
+    # the STFT and input statistics stay float32, every layer in between has a bf16 path.
+    bf16_weights = True
+
     def __init__(
         self,
         sources: list[str],

@@ -32,7 +32,7 @@ from demucs_rr.separate.engine import (
     count_passes,
     separate_normalized,
 )
-from demucs_rr.separate.precision import check_precision
+from demucs_rr.separate.precision import check_precision, prepare_model
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ class Separator:
         progress: show a tqdm bar counted in seconds of audio.
         precision: ``'fp32'``, ``'bf16'`` (CPUs with AVX512-BF16/AMX, CUDA) or ``'fp16'``
             (CUDA, MPS) for the model's forward passes; stems stay float32 (see
-            :mod:`demucs_rr.separate.precision`).
+            :mod:`demucs_rr.separate.precision`). On the CPU, bf16 runs HT Demucs with its
+            weights stored in bf16 (a copy when a model object is passed in).
 
     Raises:
         ConfigError: an option is out of range, or ``segment`` is longer than the model's
@@ -106,6 +107,9 @@ class Separator:
         else:
             self.model, self.model_name = model, type(model).__name__
         self.model.eval().to(self.device)
+        self._runner = prepare_model(
+            self.model, precision, self.device, owned=isinstance(model, (str, Path))
+        )
         seg = None if segment is None else max(1, int(segment * self.samplerate))
         self.options = ApplyOptions(
             segment=seg,
@@ -211,7 +215,7 @@ class Separator:
             _guard_memory(
                 self.device,
                 lambda: stream_file(
-                    self.model, self.options, self.device, path, job, report, stats
+                    self._runner, self.options, self.device, path, job, report, stats
                 ),
             )
         return list(targets.values())
@@ -252,7 +256,7 @@ class Separator:
         with self._progress_bar(mix.shape[-1], callback) as report:
             out = _guard_memory(
                 self.device,
-                lambda: separate_normalized(self.model, mix, self.options, self.device, report),
+                lambda: separate_normalized(self._runner, mix, self.options, self.device, report),
             )
         return {name: out[i] for i, name in enumerate(self.sources)}
 

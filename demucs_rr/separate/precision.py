@@ -1,9 +1,12 @@
 """Numeric precision of the model forward passes: ``fp32`` (default), ``bf16`` or ``fp16``.
 
 Only the model runs in reduced precision, through :func:`torch.autocast` (convolutions,
-matrix products and LSTMs in bf16/fp16; normalisations, softmax and the STFT stay in float32).
+matrix products and LSTMs in bf16/fp16; the STFT and the input statistics stay in float32).
 Everything the engine does around it (windows, overlap-add, normalisation) stays float32, and
-the outputs are float32.
+the outputs are float32. On the CPU, :func:`prepare_model` also gives 1x1 convolutions a GEMM
+forward (:mod:`demucs_rr.models.pointwise`) and, for bf16, stores the weights of models that
+declare ``bf16_weights`` (HT Demucs) in bf16 once, instead of autocast casting them at every
+call and mixing float32 and bf16 activations.
 
 Where each precision is offered:
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from demucs_rr.errors import ConfigError
 
@@ -26,7 +29,16 @@ if TYPE_CHECKING:
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
-__all__ = ["PRECISIONS", "autocast", "check_precision", "cpu_flags", "cpu_has_bf16"]
+_M = TypeVar("_M")
+
+__all__ = [
+    "PRECISIONS",
+    "autocast",
+    "check_precision",
+    "cpu_flags",
+    "cpu_has_bf16",
+    "prepare_model",
+]
 
 
 @functools.cache
@@ -82,3 +94,29 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def prepare_model(model: _M, precision: str, device: torch.device, *, owned: bool) -> _M:
+    """``model`` (already on ``device``) readied for forward passes in ``precision``.
+
+    CPU only (elsewhere autocast alone is right): 1x1 convolutions get their GEMM forward (in
+    place; float32 inputs do not use it). With bf16, a model (or bag) whose members all set
+    ``bf16_weights`` is returned with bf16 weights -- converted in place when ``owned``, else
+    a converted copy, so that a caller's model keeps its float32 weights; such a model runs
+    only under :func:`autocast` in bf16.
+    """
+    import copy
+
+    import torch
+    from torch import nn
+
+    from demucs_rr.models.pointwise import gemm_pointwise_convs
+
+    if precision == "fp32" or device.type != "cpu" or not isinstance(model, nn.Module):
+        return model
+    gemm_pointwise_convs(model)
+    members = list(getattr(model, "models", [model]))
+    if precision != "bf16" or not all(getattr(m, "bf16_weights", False) for m in members):
+        return model
+    runner = model if owned else copy.deepcopy(model)
+    return runner.to(torch.bfloat16)

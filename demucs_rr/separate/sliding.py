@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import torch
 
 from demucs_rr.models.base import SeparationModel, center_trim
-from demucs_rr.models.pointwise import gemm_pointwise_convs
 from demucs_rr.separate.chunking import Chunk, OverlapAdd, centred_window, triangle_weight
 from demucs_rr.separate.precision import autocast
 
@@ -190,8 +189,6 @@ class SlidingApplier:
         device: torch.device,
         progress: ProgressCallback | None = None,
     ) -> None:
-        if options.precision != "fp32" and device.type == "cpu":
-            gemm_pointwise_convs(model)
         self.passes = plan_passes(model, options, random.Random(options.seed))
         self.batch_size = max(1, options.batch_size)
         self.split = options.split
