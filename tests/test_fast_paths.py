@@ -144,6 +144,7 @@ def test_bf16_separation_switches_pointwise_convs(tmp_path: object) -> None:
     assert any(isinstance(m, PointwiseConv1d) for m in runner.modules())  # type: ignore[attr-defined]
     assert all(p.dtype == torch.bfloat16 for p in runner.parameters())  # type: ignore[attr-defined]
     assert all(p.dtype == torch.float32 for p in separator.model.parameters())  # type: ignore[attr-defined]
+    assert runner.spec_channels_last and not separator.model.spec_channels_last  # type: ignore[attr-defined]
 
 
 _FAULTS = """

@@ -363,14 +363,14 @@ class HybridUNet(SingleModelDefaults, nn.Module):
         """De-normalise both branches, invert the spectrogram and sum: (B, S, C, length)."""
         batch, _, bins, frames = inputs.x.shape
         sources = len(self.sources)
-        x = x.view(batch, sources, -1, bins, frames)
+        x = x.reshape(batch, sources, -1, bins, frames)
         x = x * inputs.std[:, None] + inputs.mean[:, None]
         out = spec.hybrid_istft(
             self._mask(inputs.z, x), length, self.pre_padding, real=self.real_stft
         )
         if xt is None:
             return out
-        xt = xt.view(batch, sources, -1, length)
+        xt = xt.reshape(batch, sources, -1, length)
         return xt * inputs.stdt[:, None] + inputs.meant[:, None] + out
 
     def _check_input(self, mix: torch.Tensor) -> None:

@@ -142,7 +142,7 @@ class HEncLayer(nn.Module):
             (B, chout, F / stride, T) or (B, chout, ceil(T / stride)).
         """
         if not self.freq and x.dim() == 4:
-            x = x.view(x.shape[0], -1, x.shape[-1])
+            x = x.reshape(x.shape[0], -1, x.shape[-1])
         if not self.freq and x.shape[-1] % self.stride:
             x = F.pad(x, (0, self.stride - x.shape[-1] % self.stride))
         y = self.conv(x)
@@ -238,7 +238,7 @@ class HDecLayer(nn.Module):
             tensor fed to the transposed convolution.
         """
         if self.freq and x.dim() == 3:
-            x = x.view(x.shape[0], self.chin, -1, x.shape[-1])
+            x = x.reshape(x.shape[0], self.chin, -1, x.shape[-1])
         if self.empty:
             y = x
         else:

@@ -119,4 +119,7 @@ def prepare_model(model: _M, precision: str, device: torch.device, *, owned: boo
     if precision != "bf16" or not all(getattr(m, "bf16_weights", False) for m in members):
         return model
     runner = model if owned else copy.deepcopy(model)
+    for member in getattr(runner, "models", [runner]):
+        if hasattr(member, "spec_channels_last"):
+            member.spec_channels_last = True
     return runner.to(torch.bfloat16)
