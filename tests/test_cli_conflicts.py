@@ -51,6 +51,7 @@ SEPARATE_CONFLICTS = [
     (["--stream", "--overlap", "0.5"], "--overlap cannot be used with --stream"),
     (["--stream", "--no-split"], "--no-split cannot be used with --stream"),
     (["--stream", "-b", "4"], "--batch-size cannot be used with --stream"),
+    (["--stream", "--precision", "bf16"], "--precision cannot be used with --stream"),
     (["--no-split", "--segment", "2"], "--segment cannot be used with --no-split"),
     (["--no-split", "--overlap", "0.1"], "--overlap cannot be used with --no-split"),
     (["--seed", "3"], "--seed applies only with --shifts"),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -193,15 +194,24 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
         "",
         "Same full-size HTDemucs weights (release structure, seeded random values) as an "
         "official package, default segment, overlap 0.25, shifts 0, float32 wav, no clipping. "
-        "Wall time of each process from start to exit; interleaved runs, best shown.",
+        "Wall time of each process from start to exit; interleaved rounds (official, fp32, "
+        "bf16), best shown; per round: time / the official time of the same round.",
         "",
-        "| command | time (s), best (all runs) | vs official | peak RSS (MiB) |",
-        "|---|---|---|---|",
+        "| command | time (s), best (all runs) | vs official, best | per round (median) "
+        "| peak RSS (MiB) |",
+        "|---|---|---|---|---|",
     ]
     for side in runs:
         times = ", ".join(f"{r['seconds']:.1f}" for r in runs[side])
         ratio = best[side] / best["official"]
-        lines.append(f"| {side} | {best[side]:.1f} ({times}) | {ratio:.2f}x | {rss[side]:.0f} |")
+        rounds = [
+            r["seconds"] / o["seconds"] for r, o in zip(runs[side], runs["official"], strict=True)
+        ]
+        per_round = ", ".join(f"{x:.2f}" for x in rounds)
+        lines.append(
+            f"| {side} | {best[side]:.1f} ({times}) | {ratio:.2f}x | {per_round} "
+            f"({statistics.median(rounds):.2f}x) | {rss[side]:.0f} |"
+        )
     lines += ["", "| song | parity ours fp32 vs official | bf16 SNR vs fp32 per stem (dB) |"]
     lines.append("|---|---|---|")
     for song, q in result["quality"].items():
@@ -211,7 +221,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
     lines += [
         "",
         f"Command: `python3 tools/bench_separate.py --official {args.official} --seconds "
-        f"{args.seconds:g} --repeat {args.repeat} --threads {args.threads}`. Shared machine: "
+        f"{args.seconds:g} --repeat {args.repeat} --threads {args.threads}` ({os.cpu_count()} "
+        "CPUs, Python and torch as installed). Shared machine: "
         "times are noisy; the ratio is what each run compares side by side.",
     ]
     return lines

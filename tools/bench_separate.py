@@ -70,7 +70,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="subset of configuration names")
-    parser.add_argument("--out", default="tools/results/bench_separate.md")
+    parser.add_argument(
+        "--out",
+        help="report path (default: tools/results/bench_separate.md; "
+        "bench_separate_cli.md with --official, bench_separate_hybrid.md with --hybrid)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument(
         "--hybrid",
@@ -86,6 +90,10 @@ def main() -> None:
     parser.add_argument("--song", help="--hybrid/--official: audio file (default: eval-data)")
     parser.add_argument("--repeat", type=int, default=1, help="--hybrid/--official: runs")
     args = parser.parse_args()
+    results = Path(__file__).resolve().parent / "results"
+    default = "bench_separate_cli.md" if args.official else "bench_separate.md"
+    default = "bench_separate_hybrid.md" if args.hybrid else default
+    args.out = args.out or str(results / default)
     if args.official:
         import bench_cli
 

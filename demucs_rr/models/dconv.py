@@ -18,7 +18,14 @@ from torch import nn
 
 from demucs_rr.models.initialization import random_init_skipped
 
-__all__ = ["DConv", "LayerScale", "LocalState", "WindowedBLSTM", "rescale_convs"]
+__all__ = [
+    "DConv",
+    "LayerScale",
+    "LocalState",
+    "WindowedBLSTM",
+    "add_scaled",
+    "rescale_convs",
+]
 
 
 class LayerScale(nn.Module):
@@ -40,6 +47,18 @@ class LayerScale(nn.Module):
         if self.channel_last:
             return self.scale * x
         return self.scale[:, None] * x
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)`` in one pass over memory (``addcmul``)."""
+        scale = self.scale if self.channel_last else self.scale[:, None]
+        return torch.addcmul(residual, scale, x)
+
+
+def add_scaled(gamma: nn.Module, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``residual + gamma(x)`` for a :class:`LayerScale` or an identity ``gamma``."""
+    if isinstance(gamma, LayerScale):
+        return gamma.add_to(residual, x)
+    return residual + cast(torch.Tensor, gamma(x))
 
 
 class WindowedBLSTM(nn.Module):
@@ -215,7 +234,11 @@ class DConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T) -> (B, C, T)."""
         for layer in self.layers:
-            x = x + layer(x)
+            modules = list(cast(nn.Sequential, layer))
+            y = x
+            for module in modules[:-1]:
+                y = module(y)
+            x = add_scaled(modules[-1], x, y)  # the block's LayerScale
         return x
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from demucs_rr.models.dconv import LayerScale
+from demucs_rr.models.dconv import LayerScale, add_scaled
 from demucs_rr.models.hybrid_layers import ScaledEmbedding
 
 __all__ = [
@@ -200,13 +200,13 @@ class SelfTransformerEncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, N, D)."""
         if self.norm_first:
-            x = x + self.gamma_1(self._sa_block(self.norm1(x)))
-            x = x + self.gamma_2(self._ff_block(self.norm2(x)))
+            x = add_scaled(self.gamma_1, x, self._sa_block(self.norm1(x)))
+            x = add_scaled(self.gamma_2, x, self._ff_block(self.norm2(x)))
             if self.norm_out is not None:
                 x = self.norm_out(x)
             return x
-        x = self.norm1(x + self.gamma_1(self._sa_block(x)))
-        return cast(torch.Tensor, self.norm2(x + self.gamma_2(self._ff_block(x))))
+        x = self.norm1(add_scaled(self.gamma_1, x, self._sa_block(x)))
+        return cast(torch.Tensor, self.norm2(add_scaled(self.gamma_2, x, self._ff_block(x))))
 
 
 class CrossTransformerEncoderLayer(nn.Module):
@@ -257,13 +257,13 @@ class CrossTransformerEncoderLayer(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """q (B, N, D) attends to k (B, M, D) -> (B, N, D)."""
         if self.norm_first:
-            x = q + self.gamma_1(self._ca_block(self.norm1(q), self.norm2(k)))
-            x = x + self.gamma_2(self._ff_block(self.norm3(x)))
+            x = add_scaled(self.gamma_1, q, self._ca_block(self.norm1(q), self.norm2(k)))
+            x = add_scaled(self.gamma_2, x, self._ff_block(self.norm3(x)))
             if self.norm_out is not None:
                 x = self.norm_out(x)
-            return cast(torch.Tensor, x)
-        x = self.norm1(q + self.gamma_1(self._ca_block(q, k)))
-        return cast(torch.Tensor, self.norm2(x + self.gamma_2(self._ff_block(x))))
+            return x
+        x = self.norm1(add_scaled(self.gamma_1, q, self._ca_block(q, k)))
+        return cast(torch.Tensor, self.norm2(add_scaled(self.gamma_2, x, self._ff_block(x))))
 
 
 class CrossTransformerEncoder(nn.Module):

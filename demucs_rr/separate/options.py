@@ -44,6 +44,7 @@ def _stream_conflicts(args: argparse.Namespace) -> list[Conflict]:
         ("--overlap", args.overlap is not None),
         ("--no-split", args.no_split),
         ("--batch-size", args.batch_size > 1),
+        ("--precision", args.precision != "fp32"),
     ]
     return [(args.stream and given, not_with(name, "--stream", why)) for name, given in ignored]
 
