@@ -19,6 +19,12 @@ from demucs_rr.models.testing import FractionModel
 SOURCES = ["drums", "bass", "other", "vocals"]
 
 
+def _default_sigint() -> None:
+    """A shell without job control starts background commands (``cmd &``) with SIGINT ignored,
+    and Python then keeps ignoring it (no KeyboardInterrupt): give the child the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_interrupt_while_writing_leaves_nothing(tmp_path: Path, sig: int, code: int) -> None:
     package = save_package(FractionModel(SOURCES, crop=3), tmp_path / "frac.safetensors")
@@ -29,7 +35,7 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path: Path, sig: int, code: 
         out = tmp_path / f"out{attempt}"
         argv = [sys.executable, "-m", "demucs_rr", "separate", "-q", str(song), "-n", str(package)]
         argv += ["-o", str(out), "--segment", "0.005", "--threads", "1"]  # many chunks: slow
-        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
         deadline = time.monotonic() + 60
         while not any(p.suffix in (".part", ".f32") for p in out.rglob(".*")):  # staged stems
             assert proc.poll() is None, proc.communicate()[1]
