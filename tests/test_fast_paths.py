@@ -15,9 +15,9 @@ from torch import nn
 
 from demucs_rr import cli
 from demucs_rr.allocator import _glibc
+from demucs_rr.models.attention import attend
 from demucs_rr.models.htdemucs import HTDemucs
 from demucs_rr.models.pointwise import PointwiseConv1d, PointwiseConv2d, gemm_pointwise_convs
-from demucs_rr.models.transformer import attend
 from demucs_rr.separate.precision import cpu_has_bf16
 
 TINY_HT = {

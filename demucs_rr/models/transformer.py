@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from demucs_rr.models.attention import attend
 from demucs_rr.models.dconv import LayerScale, add_scaled
 from demucs_rr.models.hybrid_layers import ScaledEmbedding
 
@@ -113,28 +114,6 @@ class TokenGroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, N, D)."""
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
-
-
-def attend(attn: nn.MultiheadAttention, query: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """Multi-head attention of ``query`` (B, N, D) over ``source`` (B, M, D) -> (B, N, D).
-
-    With attention dropout in training this is ``attn`` itself. Otherwise the same projections
-    run around :func:`torch.nn.functional.scaled_dot_product_attention`, whose fused kernel
-    never holds the (N, M) score matrix; ``nn.MultiheadAttention``'s inference fast path
-    would compute it for self-attention in full (about 1.5x slower on CPU at N = M = 2688).
-    """
-    if attn.training and attn.dropout > 0:
-        return cast(torch.Tensor, attn(query, source, source, need_weights=False)[0])
-    batch, count, dim = query.shape
-    heads = attn.num_heads
-    weight, bias = attn.in_proj_weight, attn.in_proj_bias
-    bias_q, bias_kv = (None, None) if bias is None else (bias[:dim], bias[dim:])
-    q = F.linear(query, weight[:dim], bias_q)
-    k, v = F.linear(source, weight[dim:], bias_kv).chunk(2, dim=-1)
-    q, k, v = (t.view(batch, -1, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, D / H)
-    out = out.transpose(1, 2).reshape(batch, count, dim)
-    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
 def _norm(group_norm: int, dim: int, eps: float) -> nn.Module:
