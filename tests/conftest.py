@@ -77,3 +77,24 @@ def alarm(seconds: int) -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def mutate(data: bytes, steps: list[tuple[str, int, int]]) -> bytes:
+    """Apply flips, truncations, insertions, zeroed runs (positions modulo the size) and
+    little-endian header field overwrites (in the first 64 bytes)."""
+    out = bytearray(data)
+    for kind, position, value in steps:
+        at = position % max(len(out), 1)
+        if kind == "flip" and out:
+            out[at] ^= value
+        elif kind == "cut":
+            del out[at:]
+        elif kind == "insert":
+            out[at:at] = bytes([value])
+        elif kind == "zero":
+            out[at : at + value] = bytes(len(out[at : at + value]))
+        elif kind.startswith("field"):
+            width = 2 if kind == "field16" else 4
+            field = (value & (256**width - 1)).to_bytes(width, "little")
+            out[position : position + width] = field
+    return bytes(out)

@@ -24,7 +24,7 @@ from demucs_rr.audio.blocks import read_blocks
 from demucs_rr.audio.io import ffmpeg_available, load_for_model
 from demucs_rr.errors import AudioIOError
 from tests.bad_audio import valid_files
-from tests.conftest import alarm
+from tests.conftest import alarm, mutate
 
 SECONDS_PER_EXAMPLE = 10
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
@@ -49,27 +49,6 @@ mutation = st.one_of(
     st.tuples(st.just("field16"), st.integers(0, 63), st.sampled_from(FIELD_VALUES)),
     st.tuples(st.just("field32"), st.integers(0, 63), st.sampled_from(FIELD_VALUES)),
 )
-
-
-def mutate(data: bytes, steps: list[tuple[str, int, int]]) -> bytes:
-    """Apply flips, truncations, insertions, zeroed runs (positions modulo the size) and
-    little-endian header field overwrites (in the first 64 bytes)."""
-    out = bytearray(data)
-    for kind, position, value in steps:
-        at = position % max(len(out), 1)
-        if kind == "flip" and out:
-            out[at] ^= value
-        elif kind == "cut":
-            del out[at:]
-        elif kind == "insert":
-            out[at:at] = bytes([value])
-        elif kind == "zero":
-            out[at : at + value] = bytes(len(out[at : at + value]))
-        elif kind.startswith("field"):
-            width = 2 if kind == "field16" else 4
-            field = (value & (256**width - 1)).to_bytes(width, "little")
-            out[position : position + width] = field
-    return bytes(out)
 
 
 def read_both(path: Path) -> list[str]:

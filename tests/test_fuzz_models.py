@@ -18,7 +18,7 @@ from demucs_rr.errors import ModelNotFoundError, PackageFormatError
 from demucs_rr.models.hub import model_from_hub_file
 from demucs_rr.models.legacy import load_state_file, model_from_official_package
 from demucs_rr.models.package import load_package
-from tests.conftest import alarm
+from tests.conftest import alarm, mutate
 from tests.untrusted_files import write_hub, write_official, write_package, write_state
 
 SECONDS_PER_EXAMPLE = 5
@@ -55,22 +55,6 @@ mutation = st.one_of(
 )
 
 
-def _mutate(data: bytes, steps: list[tuple[str, int, int]]) -> bytes:
-    """Apply byte flips, truncations, insertions and zeroed runs at positions modulo the size."""
-    out = bytearray(data)
-    for kind, position, value in steps:
-        at = position % max(len(out), 1)
-        if kind == "flip" and out:
-            out[at] ^= value
-        elif kind == "cut":
-            del out[at:]
-        elif kind == "insert":
-            out[at:at] = bytes([value])
-        elif kind == "zero":
-            out[at : at + value] = bytes(len(out[at : at + value]))
-    return bytes(out)
-
-
 @pytest.mark.parametrize("reader", list(READERS))
 @_SETTINGS
 @given(steps=st.lists(mutation, min_size=1, max_size=4))
@@ -79,7 +63,7 @@ def test_mutated_model_files_fail_cleanly(
 ) -> None:
     _, load, suffix = READERS[reader]
     path = tmp_path / f"fuzz{suffix}"
-    path.write_bytes(_mutate(originals[reader], steps))
+    path.write_bytes(mutate(originals[reader], steps))
     with alarm(SECONDS_PER_EXAMPLE):
         try:
             result = load(path)

@@ -22,7 +22,6 @@ each reduced-precision run's stems with our fp32 stems (SNR). Results go to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -37,6 +36,7 @@ sys.path.insert(0, str(TOOLS))
 
 from bench_cli import _export, prepare  # noqa: E402
 from bench_hybrid import DEFAULT_SONG, SOURCES  # noqa: E402
+from bench_separate import write_report  # noqa: E402
 
 
 def _timed(cmd: list[str], threads: int) -> float:
@@ -174,10 +174,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         result = run(args, Path(tmp))
     out = Path(args.out or TOOLS / "results" / f"bench_gpu_{args.device.split(':')[0]}.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(report(result, args)) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    print("\n".join(report(result, args)))
+    write_report(out, report(result, args), result)
 
 
 if __name__ == "__main__":

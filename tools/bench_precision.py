@@ -22,6 +22,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from bench_separate import write_report
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SONGS = SHARED / "eval-data/full-songs/librosa-data"
 DEFAULT_SONGS = [
@@ -142,12 +144,7 @@ def main() -> None:
             f"{name}: fp32 {rows[-1]['fp32_s']:.1f} s, bf16 {rows[-1]['bf16_s']:.1f} s",
             file=sys.stderr,
         )
-    lines = report(rows, args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n".join(lines))
+    write_report(Path(args.out), report(rows, args), rows)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def main() -> None:
         import bench_cli
 
         result = bench_cli.run_comparison(args)
-        _write(Path(args.out), bench_cli.report(result, args), result)
+        write_report(Path(args.out), bench_cli.report(result, args), result)
         return
     if args.hybrid:
         from bench_hybrid import run_comparison
@@ -158,10 +158,10 @@ def main() -> None:
             line += f" {r['gpu_mib']:.0f} |"
         lines.append(line)
     lines += ["", "Real-time factor = processing time / audio duration (lower is faster)."]
-    _write(Path(args.out), lines, rows)
+    write_report(Path(args.out), lines, rows)
 
 
-def _write(out: Path, lines: list[str], data: object) -> None:
+def write_report(out: Path, lines: list[str], data: object) -> None:
     """Markdown report to ``out``, the raw numbers beside it as JSON."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
