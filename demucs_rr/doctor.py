@@ -103,8 +103,8 @@ def tool_lines(which: Callable[[str], str | None] = shutil.which) -> list[str]:
 
 def _known_files() -> dict[str, str]:
     """Cache file name -> expected sha256 prefix, for every downloadable model file."""
-    from demucs_rr.models.catalogue import PRETRAINED, cached_path
-    from demucs_rr.models.official_bags import OFFICIAL_BAGS
+    from demucs_rr.hub.catalogue import PRETRAINED, cached_path
+    from demucs_rr.hub.releases import OFFICIAL_BAGS
 
     known = {cached_path(info).name: info.sha256_prefix for info in PRETRAINED.values()}
     for bag in OFFICIAL_BAGS.values():
@@ -114,7 +114,7 @@ def _known_files() -> dict[str, str]:
 
 def cache_lines(folder: Path | None = None) -> list[str]:
     """The cache folder and each model file in it: size and checksum state."""
-    from demucs_rr.models.fetch import checksum_state
+    from demucs_rr.hub.fetch import checksum_state
 
     folder = cache_dir() if folder is None else folder
     if not folder.is_dir():

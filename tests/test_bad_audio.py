@@ -20,7 +20,7 @@ from demucs_rr.audio.decode import check_wav
 from demucs_rr.audio.io import load_for_model, read_audio
 from demucs_rr.cli import main
 from demucs_rr.errors import AudioIOError
-from demucs_rr.models.package import save_package
+from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.separate.files import mixture_stats
 from tests.bad_audio import CORPUS, Case, write_sparse_silence

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 from demucs_rr.cli import main
-from demucs_rr.models.package import save_package
+from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 from tests.conftest import make_tone_mix
 

@@ -15,12 +15,12 @@ from safetensors.torch import save_file
 
 from demucs_rr.cli import main
 from demucs_rr.errors import ConfigError, PackageFormatError
+from demucs_rr.hub.convert import convert_model
+from demucs_rr.hub.loader import load_model
+from demucs_rr.hub.official_safetensors import load_hub_package, model_from_hub_file
+from demucs_rr.hub.official_th import load_official_package, model_from_official_package
+from demucs_rr.hub.package import read_package_metadata
 from demucs_rr.models.bag import BagOfModels
-from demucs_rr.models.convert import convert_model
-from demucs_rr.models.hub import load_hub_package, model_from_hub_file
-from demucs_rr.models.legacy import load_official_package, model_from_official_package
-from demucs_rr.models.package import load_package, read_package_metadata
-from demucs_rr.models.pretrained import resolve_model
 
 CASES = ["v3_demucs", "v4_hdemucs", "v4_htdemucs"]
 
@@ -72,7 +72,7 @@ def test_official_package_converts_exactly(official_fixtures: Path, tmp_path: Pa
     meta = read_package_metadata(done.path)
     assert meta["format_version"] == 1 and meta["name"] == "package"
     original = model_from_official_package(package)
-    converted = load_package(done.path)
+    converted = load_model(done.path)
     assert type(converted) is type(original) and not converted.training
     assert converted.segment_length == original.segment_length
     x = _short(official_fixtures, case)
@@ -91,9 +91,9 @@ def test_hub_safetensors_loads_and_converts(
     original = model_from_official_package(package)
     x = _short(official_fixtures, case)
     assert torch.equal(_run(model_from_hub_file(hub), x), _run(original, x))
-    assert torch.equal(_run(resolve_model(str(hub)), x), _run(original, x))
+    assert torch.equal(_run(load_model(str(hub)), x), _run(original, x))
     done = convert_model(str(hub), tmp_path / "out.safetensors")
-    assert torch.equal(_run(load_package(done.path), x), _run(original, x))
+    assert torch.equal(_run(load_model(done.path), x), _run(original, x))
 
 
 def test_hub_files_are_checked(official_fixtures: Path, tmp_path: Path) -> None:
@@ -117,9 +117,9 @@ def test_hub_files_are_checked(official_fixtures: Path, tmp_path: Path) -> None:
         bad = tmp_path / f"{name}.safetensors"
         save_file(state, str(bad), metadata=metadata)
         with pytest.raises(PackageFormatError, match=words) as err:
-            resolve_model(str(bad))
+            load_model(str(bad))
         assert "\n" not in str(err.value)
-    assert isinstance(resolve_model(str(hub)), torch.nn.Module)
+    assert isinstance(load_model(str(hub)), torch.nn.Module)
 
 
 def test_bag_yaml_converts_to_one_bag_package(official_fixtures: Path, tmp_path: Path) -> None:
@@ -129,14 +129,14 @@ def test_bag_yaml_converts_to_one_bag_package(official_fixtures: Path, tmp_path:
     meta = read_package_metadata(done.path)
     assert (meta["kind"], meta["name"], meta["segment"]) == ("bag", "tinybag_a", 0.3)
     assert meta["signatures"] == ["e2b7f16b", "ec76c682"]
-    original = resolve_model(str(yaml))
-    converted = load_package(done.path)
+    original = load_model(str(yaml))
+    converted = load_model(done.path)
     assert isinstance(converted, BagOfModels) and isinstance(original, BagOfModels)
     assert converted.weights == original.weights and converted.segment == 0.3
     assert [m.segment_length for m in converted.models] == [13230, 13230]
     x = _short(official_fixtures, "v4_hdemucs", 9000)
     assert torch.equal(_run(converted, x), _run(original, x))
-    assert torch.equal(_run(resolve_model(str(done.path)), x), _run(original, x))
+    assert torch.equal(_run(load_model(str(done.path)), x), _run(original, x))
 
 
 def test_cli_convert(official_fixtures: Path, tmp_path: Path, capsys: pytest.CaptureFixture):

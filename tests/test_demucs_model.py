@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from demucs_rr.models.base import PackagedModel, SeparationModel, as_module, center_trim
-from demucs_rr.models.demucs import (
+from demucs_rr.models.demucs_v2 import (
     DEMUCS_V2_CONFIGS,
     Demucs,
     demucs_v2,

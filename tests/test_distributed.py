@@ -16,7 +16,7 @@ import soundfile as sf
 
 from demucs_rr.cli import main
 from demucs_rr.distributed import Group
-from demucs_rr.models.package import save_package
+from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 
 SOURCES = ["drums", "bass", "other", "vocals"]

@@ -23,7 +23,7 @@ from demucs_rr.evaluate.cli import (
     run_leaderboard,
 )
 from demucs_rr.evaluate.leaderboard import load_results
-from demucs_rr.models.package import save_package
+from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.sources import MUSDB_SOURCES
 

@@ -15,16 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
-from demucs_rr.models.hub import model_from_hub_file
-from demucs_rr.models.legacy import load_state_file, model_from_official_package
-from demucs_rr.models.package import load_package
+from demucs_rr.hub.loader import load_model
+from demucs_rr.hub.official_safetensors import model_from_hub_file
+from demucs_rr.hub.official_th import load_state_file, model_from_official_package
 from tests.conftest import alarm, mutate
 from tests.untrusted_files import write_hub, write_official, write_package, write_state
 
 SECONDS_PER_EXAMPLE = 5
 
 READERS: dict[str, tuple[Callable[[Path], Path], Callable[[Path], Any], str]] = {
-    "package": (write_package, load_package, ".safetensors"),
+    "package": (write_package, load_model, ".safetensors"),
     "hub": (write_hub, model_from_hub_file, ".safetensors"),
     "official": (write_official, model_from_official_package, ".th"),
     "state": (write_state, load_state_file, ".th"),

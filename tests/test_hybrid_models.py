@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from demucs_rr.hub.loader import load_model
+from demucs_rr.hub.official_th import load_official_package, model_from_official_package
+from demucs_rr.hub.package import save_package
 from demucs_rr.models import spec
 from demucs_rr.models.base import PackagedModel, SeparationModel
 from demucs_rr.models.dconv import WindowedBLSTM
 from demucs_rr.models.demucs_v3 import DemucsV3
 from demucs_rr.models.hdemucs import HDemucs
 from demucs_rr.models.htdemucs import HTDemucs
-from demucs_rr.models.legacy import load_official_package, model_from_official_package
-from demucs_rr.models.package import load_package, save_package
 from demucs_rr.models.registry import get_model_class
 from demucs_rr.sources import MUSDB_SOURCES
 from tests.conftest import assert_matches
@@ -250,7 +251,7 @@ def test_package_round_trip(tmp_path: Path, one_thread: None, name: str) -> None
         model = klass(SOURCES, channels=4, segment=0.2).eval()
     assert json.loads(json.dumps(model.init_kwargs)) == model.init_kwargs
     path = save_package(model, tmp_path / f"{name}.safetensors")
-    loaded = load_package(path)
+    loaded = load_model(path)
     assert type(loaded) is type(model) and loaded.init_kwargs == model.init_kwargs
     x = torch.randn(1, 2, 4000, generator=torch.Generator().manual_seed(1))
     np.testing.assert_array_equal(_run(loaded, x), _run(model, x))

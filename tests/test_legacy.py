@@ -19,14 +19,14 @@ import pytest
 import torch
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
-from demucs_rr.models.demucs import Demucs
-from demucs_rr.models.legacy import (
-    LegacyPackage,
+from demucs_rr.hub.official_th import (
+    OfficialPackage,
     load_official_package,
     load_state_file,
     model_from_official_package,
 )
-from demucs_rr.models.package import load_state_strict
+from demucs_rr.hub.safety import load_weights
+from demucs_rr.models.demucs_v2 import Demucs
 from demucs_rr.sources import MUSDB_SOURCES
 from tests.conftest import assert_matches
 
@@ -54,7 +54,7 @@ def test_package_loads_like_state(official_fixtures: Path) -> None:
     case = official_fixtures / "v2_demucs"
     meta = json.loads((case / "meta.json").read_text())
     package = load_official_package(case / "package.th")
-    assert isinstance(package, LegacyPackage)
+    assert isinstance(package, OfficialPackage)
     assert package.klass_name == "demucs.model.Demucs"
     assert package.args == []
     assert package.kwargs == meta["files"]["package.th"]["kwargs"]
@@ -193,8 +193,8 @@ def test_malicious_v4_package_is_refused_without_running(
 ) -> None:
     """A v4-style package (HTDemucs class, Fraction segment, float16 state, metrics) carrying a
     payload that would create a file is refused on one line, and the file never appears."""
-    from demucs_rr.models.official_repo import load_member
-    from demucs_rr.models.pretrained import resolve_model
+    from demucs_rr.hub.formats import load_member
+    from demucs_rr.hub.loader import load_model
 
     marker = tmp_path / "pwned"
     payloads = {
@@ -224,8 +224,8 @@ def test_malicious_v4_package_is_refused_without_running(
         load_official_package,
         model_from_official_package,
         load_member,
-        lambda p: resolve_model(str(p)),
-        lambda p: resolve_model("955717e8", repo=p.parent),
+        lambda p: load_model(str(p)),
+        lambda p: load_model("955717e8", repo=p.parent),
     ):
         with pytest.raises(PackageFormatError) as info:
             load(path)
@@ -284,26 +284,26 @@ def test_strict_loading_reports_missing_extra_and_shape() -> None:
 
     missing = {k: v for k, v in state.items() if k != "lstm.linear.bias"}
     with pytest.raises(PackageFormatError, match=r"^x.th: .* missing keys \[lstm.linear.bias\]$"):
-        load_state_strict(model, missing, "x.th")
+        load_weights(model, missing, "x.th")
 
     extra = {**state, "encoder.9.0.weight": torch.zeros(1)}
     with pytest.raises(PackageFormatError, match=r"unexpected keys \[encoder.9.0.weight\]"):
-        load_state_strict(model, extra, "x.th")
+        load_weights(model, extra, "x.th")
 
     wrong = {**state, "encoder.0.0.weight": torch.zeros(2, 2, 7)}
     with pytest.raises(
         PackageFormatError, match=r"shape mismatch \[encoder.0.0.weight: stored \(2, 2, 7\)"
     ):
-        load_state_strict(model, wrong, "x.th")
+        load_weights(model, wrong, "x.th")
 
     both = {**missing, "encoder.0.0.weight": torch.zeros(2, 2, 7)}
     with pytest.raises(PackageFormatError) as err:  # every problem, on one line
-        load_state_strict(model, both, "x.th")
+        load_weights(model, both, "x.th")
     assert "missing keys [lstm.linear.bias]; shape mismatch [encoder.0.0.weight" in str(err.value)
     assert "\n" not in str(err.value)
 
     half = {k: v.half() for k, v in state.items()}
-    load_state_strict(model, half, "x.th")  # fp16 packages are cast to float32
+    load_weights(model, half, "x.th")  # fp16 packages are cast to float32
     assert model.encoder[0][0].weight.dtype == torch.float32
 
 
@@ -341,7 +341,7 @@ def test_unknown_kwargs_are_dropped_with_warning(
         "training_args": training_args,
     }
     torch.save(package, path)
-    with caplog.at_level(logging.WARNING, logger="demucs_rr.models.legacy"):
+    with caplog.at_level(logging.WARNING, logger="demucs_rr.hub.official_th"):
         model = model_from_official_package(path)
     assert "no_such_option" in caplog.text
     assert isinstance(model, Demucs) and model.init_kwargs["channels"] == 2

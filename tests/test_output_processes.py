@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from demucs_rr.models.package import save_package
+from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 
 SOURCES = ["drums", "bass", "other", "vocals"]

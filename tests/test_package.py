@@ -12,19 +12,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
-from demucs_rr.models import package as package_mod
-from demucs_rr.models.bag_package import save_bag_package
-from demucs_rr.models.official_repo import LoadedBag
-from demucs_rr.models.package import (
+from demucs_rr.hub import package as package_mod
+from demucs_rr.hub.bag_package import save_bag_package
+from demucs_rr.hub.formats import load_member
+from demucs_rr.hub.loaded import LoadedModel
+from demucs_rr.hub.loader import load_model
+from demucs_rr.hub.package import (
     FORMAT_VERSION,
     MODEL_FORMAT_VERSION,
-    TrainingInfo,
-    load_model_package,
-    load_package,
     read_package_metadata,
     read_training_info,
     save_package,
 )
+from demucs_rr.hub.training_info import TrainingInfo
 from demucs_rr.models.registry import MODEL_CLASSES, build_model, register_model_class
 
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -96,7 +96,7 @@ def test_round_trip_is_bit_identical(tiny: TinySep, tmp_path) -> None:
     path = save_package(tiny, tmp_path / "m.safetensors", name="tiny", training=info)
     assert path == tmp_path / "m.safetensors"
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
-    loaded = load_package(path)
+    loaded = load_model(path)
     assert isinstance(loaded, TinySep) and not loaded.training
     assert loaded.steps.dtype == torch.int64 and int(loaded.steps) == 7
     for key, value in tiny.state_dict().items():
@@ -122,7 +122,7 @@ def test_half_round_trip_within_fp16_tolerance(tiny: TinySep, tmp_path) -> None:
     assert stored["conv.weight"].dtype == torch.float16
     assert stored["steps"].dtype == torch.int64
     assert load_file(str(full))["conv.weight"].dtype == torch.float32
-    loaded = load_package(half)
+    loaded = load_model(half)
     for key, value in tiny.state_dict().items():
         got = loaded.state_dict()[key]
         assert got.dtype == value.dtype, key
@@ -141,7 +141,7 @@ def test_unknown_format_version_refused(tmp_path, version) -> None:
     path = tmp_path / "bad.safetensors"
     save_file({"x": torch.zeros(1)}, str(path), metadata={"demucs_rr": json.dumps(meta)})
     with pytest.raises(PackageFormatError, match="unknown package format version"):
-        load_package(path)
+        load_model(path)
 
 
 def test_newer_format_version_refused(tmp_path) -> None:
@@ -158,27 +158,27 @@ def test_non_safetensors_file_refused(tmp_path, tiny: TinySep) -> None:
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"this is not a model at all")
     with pytest.raises(PackageFormatError, match="not a safetensors"):
-        load_package(garbage)
+        load_model(garbage)
     pickled = tmp_path / "pickled.safetensors"
     torch.save(tiny.state_dict(), pickled)
     with pytest.raises(PackageFormatError, match="not a safetensors"):
-        load_package(pickled)
+        load_model(pickled)
     plain = tmp_path / "plain.safetensors"
     save_file({"x": torch.zeros(1)}, str(plain))
     with pytest.raises(PackageFormatError, match="not a demucs_rr package"):
-        load_package(plain)
+        load_model(plain)
     with pytest.raises(ModelNotFoundError):
-        load_package(tmp_path / "missing.safetensors")
+        load_model(tmp_path / "missing.safetensors")
 
 
 # --------------------------------------------------------------------------- bag packages
 
 
-def _tiny_bag(tiny: TinySep) -> LoadedBag:
+def _tiny_bag(tiny: TinySep) -> LoadedModel:
     torch.manual_seed(1)
     other = TinySep(SOURCES).eval()
     weights = [[1.0, 0.0, 1.0, 0.5], [0.0, 1.0, 1.0, 0.5], [1.0, 1.0, 0.0, 1.0]]
-    return LoadedBag("trio", [tiny, other, tiny], ["aaaa0001", "bbbb0002", "aaaa0001"], weights)
+    return LoadedModel("trio", [tiny, other, tiny], ["aaaa0001", "bbbb0002", "aaaa0001"], weights)
 
 
 def test_bag_package_round_trip(tiny: TinySep, tmp_path) -> None:
@@ -191,14 +191,14 @@ def test_bag_package_round_trip(tiny: TinySep, tmp_path) -> None:
     assert meta["signatures"] == bag.signatures and meta["weights"] == bag.weights
     assert len(meta["members"]) == 2  # a repeated member is stored once
     assert all(k.startswith(("members.0.", "members.1.")) for k in load_file(str(path)))
-    loaded = load_package(path)
+    loaded = load_model(path)
     assert isinstance(loaded, BagOfModels) and not loaded.training
     assert loaded.weights == bag.weights and loaded.sources == SOURCES
     reference = BagOfModels(bag.members, weights=bag.weights).eval()
     with torch.no_grad():
         assert torch.equal(loaded(_mix()), reference(_mix()))
     with pytest.raises(PackageFormatError, match="bag of models, not a single model"):
-        load_model_package(path)
+        load_member(path)
 
 
 @pytest.mark.parametrize(
@@ -219,7 +219,7 @@ def test_bad_bag_metadata_refused(tiny: TinySep, tmp_path, change: dict, words: 
     bad = tmp_path / "bad.safetensors"
     save_file(load_file(str(path)), str(bad), metadata={"demucs_rr": json.dumps(meta | change)})
     with pytest.raises(PackageFormatError, match=re.escape(words)) as info:
-        load_package(bad)
+        load_model(bad)
     assert "\n" not in str(info.value)
 
 
@@ -275,18 +275,18 @@ def test_shape_mismatch_is_a_format_error(tiny: TinySep, tmp_path) -> None:
     meta["kwargs"]["hidden"] = 5
     save_file(load_file(str(path)), str(path), metadata={"demucs_rr": json.dumps(meta)})
     with pytest.raises(PackageFormatError, match="do not match TinySep"):
-        load_package(path)
+        load_model(path)
 
 
 def test_real_demucs_round_trip(tmp_path) -> None:
-    from demucs_rr.models import demucs
+    from demucs_rr.models import demucs_v2 as demucs
 
     torch.manual_seed(0)
     model = demucs.Demucs(
         sources=SOURCES, channels=4, depth=4, lstm_layers=1, segment_length=8820
     ).eval()
     path = save_package(model, tmp_path / "demucs_tiny.safetensors", name="demucs_tiny")
-    loaded = load_package(path)
+    loaded = load_model(path)
     assert type(loaded) is demucs.Demucs and not loaded.training
     assert read_package_metadata(path)["model_class"] == "Demucs"
     assert loaded.init_kwargs == model.init_kwargs

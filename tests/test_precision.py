@@ -19,8 +19,8 @@ import torch
 
 from demucs_rr.cli import main
 from demucs_rr.errors import ConfigError
+from demucs_rr.hub.package import save_package
 from demucs_rr.models.htdemucs import HTDemucs
-from demucs_rr.models.package import save_package
 from demucs_rr.separate import precision
 from demucs_rr.separate.api import Separator
 from tests.conftest import make_tone_mix

@@ -18,23 +18,18 @@ import torch
 from torch import nn
 
 from demucs_rr.errors import DownloadError, ModelNotFoundError, PackageFormatError
-from demucs_rr.models import fetch, official_bags, pretrained
+from demucs_rr.hub import fetch, formats, releases
+from demucs_rr.hub.catalogue import DEFAULT_MODEL, PRETRAINED, PretrainedInfo
+from demucs_rr.hub.fetch import download
+from demucs_rr.hub.loader import list_models, load_model
+from demucs_rr.hub.official_th import model_from_official_package
+from demucs_rr.hub.package import save_package
+from demucs_rr.hub.releases import OFFICIAL_BAGS, OFFICIAL_FILES, OfficialFile
 from demucs_rr.models.bag import BagOfModels
 from demucs_rr.models.hdemucs import HDemucs
 from demucs_rr.models.htdemucs import HTDemucs
-from demucs_rr.models.legacy import model_from_official_package
-from demucs_rr.models.official_bags import OFFICIAL_BAGS, OFFICIAL_FILES, OfficialFile
-from demucs_rr.models.package import save_package
-from demucs_rr.models.pretrained import (
-    DEFAULT_MODEL,
-    PRETRAINED,
-    PretrainedInfo,
-    cache_dir,
-    download,
-    list_models,
-    resolve_model,
-)
 from demucs_rr.models.registry import MODEL_CLASSES
+from demucs_rr.runtime import cache_dir
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 NAME = "tiny_test"
@@ -230,14 +225,14 @@ def test_official_catalogue() -> None:
     assert OFFICIAL_BAGS["hdemucs_mmi"].spec.segment == 44
     for name in ("mdx_q", "mdx_extra_q"):
         with pytest.raises(ModelNotFoundError, match="DiffQ") as err:
-            resolve_model(name)
+            load_model(name)
         assert f"`{name[:-2]}`" in str(err.value) and "\n" not in str(err.value)
     names = {row["name"]: row for row in list_models()}
     assert names["mdx_q"]["description"].endswith("(not supported: DiffQ format)")
 
 
 def test_demucs_presets_fit_constructor() -> None:
-    from demucs_rr.models import demucs
+    from demucs_rr.models import demucs_v2 as demucs
 
     for info in PRETRAINED.values():
         if info.model_class == "Demucs":
@@ -261,7 +256,7 @@ def test_download_good_hash_cached_and_loaded(server, tiny, monkeypatch, env) ->
     model, data = tiny
     info = _register(monkeypatch, data)
     server.handler.files[f"/models/{info.filename}"] = data
-    loaded = resolve_model(NAME, progress=False)
+    loaded = load_model(NAME, progress=False)
     assert isinstance(loaded, TinyNet) and not loaded.training and _same(loaded, model)
     assert (env / info.filename).read_bytes() == data
     assert _files(env) == [info.filename, info.filename + ".verified"]
@@ -272,14 +267,14 @@ def test_download_bad_hash(server, tiny, monkeypatch, env) -> None:
     info = _register(monkeypatch, data)
     server.handler.files[f"/models/{info.filename}"] = data + b"tampered"
     with pytest.raises(DownloadError, match="checksum mismatch for http://127.0.0.1"):
-        resolve_model(NAME, progress=False)
+        load_model(NAME, progress=False)
     assert _files(env) == []
 
 
 def test_download_404_gives_manual_hint(server, tiny, monkeypatch, env) -> None:
     info = _register(monkeypatch, tiny[1])
     with pytest.raises(DownloadError) as err:
-        resolve_model(NAME, progress=False)
+        load_model(NAME, progress=False)
     message = str(err.value)
     assert "\n" not in message and "HTTP 404" in message
     assert f"put it at {env / info.filename}" in message and "-n /path/to/file" in message
@@ -290,7 +285,7 @@ def test_download_interrupted(server, tiny, monkeypatch, env) -> None:
     info = _register(monkeypatch, tiny[1])
     server.handler.truncated[f"/models/{info.filename}"] = tiny[1]
     with pytest.raises(DownloadError, match="interrupted") as err:
-        resolve_model(NAME, progress=False)
+        load_model(NAME, progress=False)
     assert "\n" not in str(err.value)
     assert _files(env) == []
 
@@ -303,7 +298,7 @@ def test_download_unreachable(tiny, monkeypatch, env) -> None:
     monkeypatch.setenv("DEMUCS_RR_REMOTE", f"http://127.0.0.1:{port}")
     info = _register(monkeypatch, tiny[1])
     with pytest.raises(DownloadError, match="could not download") as err:
-        resolve_model(NAME, progress=False)
+        load_model(NAME, progress=False)
     assert "\n" not in str(err.value) and str(env / info.filename) in str(err.value)
     assert _files(env) == []
 
@@ -312,7 +307,7 @@ def test_cached_file_reused_without_network(server, tiny, monkeypatch) -> None:
     model, data = tiny
     info = _register(monkeypatch, data)
     server.handler.files[f"/models/{info.filename}"] = data
-    resolve_model(NAME, progress=False)
+    load_model(NAME, progress=False)
     server.stop()
     assert len(server.handler.requests) == 1
 
@@ -320,7 +315,7 @@ def test_cached_file_reused_without_network(server, tiny, monkeypatch) -> None:
         raise AssertionError("verified cached file was hashed again")
 
     monkeypatch.setattr(fetch, "_sha256_file", no_rehash)
-    assert _same(resolve_model(NAME, progress=False), model)
+    assert _same(load_model(NAME, progress=False), model)
 
 
 def test_hand_placed_cache_file_verified_once(tiny, monkeypatch, env) -> None:
@@ -329,12 +324,12 @@ def test_hand_placed_cache_file_verified_once(tiny, monkeypatch, env) -> None:
     monkeypatch.setenv("DEMUCS_RR_REMOTE", "http://127.0.0.1:9/unused")
     env.mkdir()
     (env / info.filename).write_bytes(data)
-    assert _same(resolve_model(NAME, progress=False), model)
+    assert _same(load_model(NAME, progress=False), model)
     assert (env / (info.filename + ".verified")).is_file()
 
     (env / info.filename).write_bytes(data + b"x")  # changed file: hashed again, refused
     with pytest.raises(DownloadError, match="checksum mismatch for cached file"):
-        resolve_model(NAME, progress=False)
+        load_model(NAME, progress=False)
 
 
 def test_download_function(server, tmp_path) -> None:
@@ -351,32 +346,32 @@ def test_download_function(server, tmp_path) -> None:
 
 def test_unknown_names() -> None:
     with pytest.raises(ModelNotFoundError, match="demucs-rr models list") as err:
-        resolve_model("no_such_model")
+        load_model("no_such_model")
     assert "demucs_extra" in str(err.value)
     with pytest.raises(ModelNotFoundError, match="DiffQ"):
-        resolve_model("demucs_quantized")
+        load_model("demucs_quantized")
     with pytest.raises(ModelNotFoundError, match="no model file"):
-        resolve_model("missing/model.th")
+        load_model("missing/model.th")
 
 
 def test_resolve_local_files(tiny, monkeypatch, tmp_path) -> None:
     model, data = tiny
     info = _register(monkeypatch, data)
     package = save_package(model, tmp_path / "pkg.safetensors")
-    assert _same(resolve_model(str(package)), model)
+    assert _same(load_model(str(package)), model)
 
     hub_named = tmp_path / info.filename  # bare state dict, architecture from the name
     hub_named.write_bytes(data)
-    assert _same(resolve_model(str(hub_named)), model)
+    assert _same(load_model(str(hub_named)), model)
 
     anonymous = tmp_path / "weights.th"
     anonymous.write_bytes(data)
     with pytest.raises(PackageFormatError, match="bare weights"):
-        resolve_model(str(anonymous))
+        load_model(str(anonymous))
     other = tmp_path / "model.bin"
     other.write_bytes(b"x")
     with pytest.raises(PackageFormatError, match="unsupported model file type"):
-        resolve_model(str(other))
+        load_model(str(other))
 
 
 def test_resolve_from_repo(tiny, monkeypatch, tmp_path) -> None:
@@ -385,11 +380,11 @@ def test_resolve_from_repo(tiny, monkeypatch, tmp_path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / info.filename).write_bytes(data)
-    assert _same(resolve_model(NAME, repo=repo), model)  # {name}-*.th, no network
+    assert _same(load_model(NAME, repo=repo), model)  # {name}-*.th, no network
     save_package(model, repo / "mine.safetensors", name="mine")
-    assert _same(resolve_model("mine", repo=repo), model)
+    assert _same(load_model("mine", repo=repo), model)
     with pytest.raises(ModelNotFoundError, match="also not found in"):
-        resolve_model("other", repo=repo)
+        load_model("other", repo=repo)
     rows = {row["name"]: row for row in list_models(repo)}
     assert rows["mine"]["class"] == "TinyNet" and rows["mine"]["cached"]
     assert rows[NAME]["class"] == "TinyNet"
@@ -408,15 +403,15 @@ def test_official_package_dispatch(tiny, monkeypatch, tmp_path) -> None:
         },
         path,
     )
-    assert pretrained.is_official_package(path)
+    assert formats.is_official_package(path)
     plain = tmp_path / "plain.th"
     plain.write_bytes(data)
-    assert not pretrained.is_official_package(plain)
-    legacy = sys.modules.get("demucs_rr.models.legacy") or __import__(
-        "demucs_rr.models.legacy", fromlist=["x"]
+    assert not formats.is_official_package(plain)
+    legacy = sys.modules.get("demucs_rr.hub.official_th") or __import__(
+        "demucs_rr.hub.official_th", fromlist=["x"]
     )
     monkeypatch.setattr(legacy, "model_from_official_package", lambda p: model.train())
-    loaded = resolve_model(str(path))
+    loaded = load_model(str(path))
     assert loaded is model and not loaded.training
 
 
@@ -450,7 +445,7 @@ def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a test tried to download")
 
-    monkeypatch.setattr(official_bags, "download", refuse)
+    monkeypatch.setattr(releases, "download", refuse)
 
 
 def _place_members(monkeypatch, cache: Path, name: str, source: Path) -> list[Path]:
@@ -480,7 +475,7 @@ def test_default_release_resolves_from_the_cache(
 ) -> None:
     package = official_fixtures / "v4_htdemucs" / "package.th"
     placed = _place_members(monkeypatch, env, "htdemucs", package)
-    model = resolve_model(DEFAULT_MODEL, progress=False)
+    model = load_model(DEFAULT_MODEL, progress=False)
     assert isinstance(model, HTDemucs) and not model.training  # a one-model bag: the model
     reference = model_from_official_package(package)
     out = _forward(model, official_fixtures, "v4_htdemucs")
@@ -492,7 +487,7 @@ def test_default_release_resolves_from_the_cache(
         raise AssertionError("verified cached member was hashed again")
 
     monkeypatch.setattr(fetch, "_sha256_file", no_rehash)
-    assert isinstance(resolve_model(DEFAULT_MODEL, progress=False), HTDemucs)
+    assert isinstance(load_model(DEFAULT_MODEL, progress=False), HTDemucs)
 
 
 def test_release_bag_resolves_every_member(
@@ -500,7 +495,7 @@ def test_release_bag_resolves_every_member(
 ) -> None:
     package = official_fixtures / "v4_htdemucs" / "package.th"
     assert len(_place_members(monkeypatch, env, "htdemucs_ft", package)) == 4
-    bag = resolve_model("htdemucs_ft", progress=False)
+    bag = load_model("htdemucs_ft", progress=False)
     assert isinstance(bag, BagOfModels) and len(bag.models) == 4
     assert bag.weights == [[float(i == j) for j in range(4)] for i in range(4)]
     single = model_from_official_package(package)
@@ -515,7 +510,7 @@ def test_release_offline_message_names_every_member_file(env, monkeypatch) -> No
     monkeypatch.setenv("no_proxy", "*")
     monkeypatch.setenv("DEMUCS_RR_REMOTE", f"http://127.0.0.1:{port}")
     with pytest.raises(DownloadError) as err:
-        resolve_model("htdemucs_ft", progress=False)
+        load_model("htdemucs_ft", progress=False)
     message = str(err.value)
     assert "\n" not in message and "could not download f7e0c4bc-ba3fe64a.th" in message
     for member in OFFICIAL_MEMBERS["htdemucs_ft"].split():
@@ -531,7 +526,7 @@ def test_release_member_with_a_wrong_checksum_is_refused(
     placed = env / OFFICIAL_BAGS["htdemucs"].files[0].filename  # right name, other bytes
     placed.write_bytes((official_fixtures / "v4_htdemucs" / "package.th").read_bytes())
     with pytest.raises(DownloadError, match="checksum mismatch for cached file") as err:
-        resolve_model("htdemucs", progress=False)
+        load_model("htdemucs", progress=False)
     assert "\n" not in str(err.value)
 
 
@@ -541,7 +536,7 @@ def test_release_members_from_repo_first(official_fixtures, tmp_path, env, no_do
     (repo / "75fc33f5.th").write_bytes(
         (official_fixtures / "v4_hdemucs" / "package.th").read_bytes()
     )
-    bag = resolve_model("hdemucs_mmi", repo=repo, progress=False)  # bag segment 44 s
+    bag = load_model("hdemucs_mmi", repo=repo, progress=False)  # bag segment 44 s
     assert isinstance(bag, BagOfModels) and bag.segment == 44
     assert isinstance(bag.models[0], HDemucs) and bag.models[0].segment_length == 44 * 44100
     assert _files(env) == []
@@ -556,21 +551,21 @@ def test_repo_bag_yaml_and_member_hashes(official_fixtures, tmp_path) -> None:
     data = (official_fixtures / "bag" / "ec76c682.th").read_bytes()
     sha = hashlib.sha256(data).hexdigest()[:8]
     (repo / f"ec76c682-{sha}.th").write_bytes(data)
-    bag = resolve_model("tinybag_a", repo=repo)
+    bag = load_model("tinybag_a", repo=repo)
     assert isinstance(bag, BagOfModels) and bag.segment == 0.3
     assert [type(m).__name__ for m in bag.models] == ["DemucsV3", "HDemucs"]
     assert {row["name"]: row for row in list_models(repo)}["tinybag_a"]["class"] == "bag"
 
     (repo / f"ec76c682-{sha}.th").rename(repo / "ec76c682-00000000.th")
     with pytest.raises(PackageFormatError, match="not with the 00000000 its name promises"):
-        resolve_model("tinybag_a", repo=repo)
+        load_model("tinybag_a", repo=repo)
     (repo / "ec76c682.th").write_bytes(data)
     with pytest.raises(PackageFormatError, match="several files for model ec76c682"):
-        resolve_model("tinybag_a", repo=repo)
+        load_model("tinybag_a", repo=repo)
     (repo / "ec76c682.th").unlink()
     (repo / "ec76c682-00000000.th").unlink()
     with pytest.raises(ModelNotFoundError, match="bag tinybag_a: no file for model ec76c682"):
-        resolve_model(str(repo / "tinybag_a.yaml"))
+        load_model(str(repo / "tinybag_a.yaml"))
 
 
 def test_separate_without_a_name_uses_htdemucs(
@@ -606,5 +601,5 @@ def test_bad_bag_yaml_is_one_line_error(tmp_path: Path, text: str, words: str) -
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(PackageFormatError, match=re.escape(words)) as err:
-        resolve_model("bad", repo=tmp_path)
+        load_model("bad", repo=tmp_path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 from demucs_rr.cli import main
-from demucs_rr.models.package import save_package
+from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -52,7 +52,7 @@ def test_fraction_stems_of_all_real_songs_sum_to_mixture(eval_data, tmp_path):
 
 
 def _tiny_demucs_package(tmp_path: Path) -> Path:
-    from demucs_rr.models.demucs import Demucs
+    from demucs_rr.models.demucs_v2 import Demucs
 
     torch.manual_seed(0)
     return save_package(Demucs(SOURCES, channels=4), tmp_path / "tiny.safetensors")

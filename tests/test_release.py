@@ -75,10 +75,10 @@ def test_every_subpackage_is_packaged() -> None:
 
 def test_released_bag_files_are_packaged() -> None:
     """The bag YAMLs of the released Demucs 3/4 models ship in the wheel."""
-    models = REPO / "demucs_rr" / "models"
-    patterns = _pyproject()["tool"]["setuptools"]["package-data"]["demucs_rr.models"]
-    shipped = {p for pattern in patterns for p in models.glob(pattern)}
-    assert set((models / "remote").glob("*.yaml")) == shipped
+    hub = REPO / "demucs_rr" / "hub"
+    patterns = _pyproject()["tool"]["setuptools"]["package-data"]["demucs_rr.hub"]
+    shipped = {p for pattern in patterns for p in hub.glob(pattern)}
+    assert set((hub / "remote").glob("*.yaml")) == shipped
     assert {p.stem for p in shipped} >= {"htdemucs", "htdemucs_ft", "mdx", "mdx_extra"}
 
 

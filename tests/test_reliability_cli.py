@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from demucs_rr import cli, doctor
-from demucs_rr.models.catalogue import PRETRAINED, cached_path
-from demucs_rr.models.fetch import checksum_state
-from demucs_rr.models.pretrained import list_models
+from demucs_rr.hub.catalogue import PRETRAINED, cached_path
+from demucs_rr.hub.fetch import checksum_state
+from demucs_rr.hub.loader import list_models
 from tests.untrusted_files import write_package
 
 

@@ -16,8 +16,8 @@ import torch
 from demucs_rr.audio.options import WriteOptions
 from demucs_rr.cli import main
 from demucs_rr.errors import DeviceMemoryError
-from demucs_rr.models.catalogue import PRETRAINED, cached_path
-from demucs_rr.models.package import save_package
+from demucs_rr.hub.catalogue import PRETRAINED, cached_path
+from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.separate import api
 from demucs_rr.separate.api import Separator

@@ -26,7 +26,7 @@ with warnings.catch_warnings():  # new Starlette prefers httpx2 to httpx; both w
 from demucs_rr.audio import load_for_model
 from demucs_rr.cli import main
 from demucs_rr.errors import AudioIOError
-from demucs_rr.models.package import save_package
+from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.serve.app import ServeConfig, create_app
 from demucs_rr.serve.store import JobStore

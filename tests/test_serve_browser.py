@@ -29,7 +29,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from demucs_rr.models.package import save_package
+from demucs_rr.hub.package import save_package
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -86,7 +86,7 @@ def get(url: str) -> bytes:
 @pytest.fixture
 def server(tmp_path) -> Iterator[str]:
     """``python -m demucs_rr serve`` with a tiny Demucs package, one worker, on 127.0.0.1."""
-    from demucs_rr.models.demucs import Demucs
+    from demucs_rr.models.demucs_v2 import Demucs
 
     torch.manual_seed(0)
     model = Demucs(sources=SOURCES, channels=4, depth=4, segment_length=44100)

@@ -16,10 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from demucs_rr.errors import PackageFormatError
-from demucs_rr.models.hub import model_from_hub_file
-from demucs_rr.models.legacy import load_state_file, model_from_official_package
-from demucs_rr.models.package import load_package
-from demucs_rr.models.pretrained import resolve_model
+from demucs_rr.hub.loader import load_model
+from demucs_rr.hub.official_safetensors import model_from_hub_file
+from demucs_rr.hub.official_th import load_state_file, model_from_official_package
 from tests.untrusted_files import (
     TINY_KWARGS,
     raw_safetensors,
@@ -75,10 +74,9 @@ def test_absurd_package_kwargs_are_refused_without_allocating(
     good = write_package(tmp_path / "good.safetensors")
     bad = _with_kwargs(good, tmp_path / "bad.safetensors", **changes)
     before = _max_rss()
-    _refused(load_package, bad)
-    _refused(resolve_model, bad)
+    _refused(load_model, bad)
     assert _max_rss() - before < GB / 2
-    assert isinstance(load_package(good), torch.nn.Module)
+    assert isinstance(load_model(good), torch.nn.Module)
 
 
 def test_250_byte_package_without_tensors(tmp_path: Path) -> None:
@@ -87,7 +85,7 @@ def test_250_byte_package_without_tensors(tmp_path: Path) -> None:
     path = tmp_path / "small.safetensors"
     path.write_bytes(raw_safetensors({"__metadata__": {"demucs_rr": json.dumps(meta)}}))
     assert path.stat().st_size < 400
-    _refused(load_package, path, "weights do not match Demucs: missing keys")
+    _refused(load_model, path, "weights do not match Demucs: missing keys")
 
 
 @pytest.mark.parametrize(
@@ -110,7 +108,7 @@ def test_250_byte_package_without_tensors(tmp_path: Path) -> None:
 def test_malformed_safetensors_headers(tmp_path: Path, content: bytes, words: str) -> None:
     path = tmp_path / "bad.safetensors"
     path.write_bytes(content)
-    _refused(load_package, path, words)
+    _refused(load_model, path, words)
     _refused(model_from_hub_file, path)
 
 
@@ -142,7 +140,7 @@ def test_absurd_official_kwargs_are_refused(tmp_path: Path, changes: dict[str, A
 def test_weight_mismatch_is_one_short_line(tmp_path: Path) -> None:
     good = write_package(tmp_path / "good.safetensors")
     bad = _with_kwargs(good, tmp_path / "bad.safetensors", channels=3, depth=1)
-    message = _refused(load_package, bad, "shape mismatch")
+    message = _refused(load_model, bad, "shape mismatch")
     assert "more)" in message and len(message) < 1000
 
 
@@ -199,7 +197,7 @@ def test_malicious_pickles_never_run(tmp_path: Path, kind: str, where: str) -> N
         write_official(path, kwargs={**TINY_KWARGS, "channels": payload})
     else:
         write_official(path, training_args=payload)
-    for load in (model_from_official_package, load_state_file, resolve_model):
+    for load in (model_from_official_package, load_state_file, load_model):
         _refused(load, path)
     assert not marker.exists()
 

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from demucs_rr.models.demucs import Demucs
-from demucs_rr.models.package import save_package
+from demucs_rr.hub.package import save_package
+from demucs_rr.models.demucs_v2 import Demucs
 
 TINY_KWARGS: dict[str, Any] = {
     "sources": ["a", "b"],

@@ -52,7 +52,7 @@ def make_model(path: Path) -> Path:
     smaller than the runs it measures, since a child's ``ru_maxrss`` starts from its parent's
     RSS at fork time."""
     code = (
-        "import sys; from demucs_rr.models.package import save_package; "
+        "import sys; from demucs_rr.hub.package import save_package; "
         "from demucs_rr.models.testing import FractionModel; "
         f"save_package(FractionModel({SOURCES!r}, [0.1, 0.2, 0.3, 0.4], segment_length=20000, "
         "crop=13), sys.argv[1])"

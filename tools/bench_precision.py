@@ -40,7 +40,7 @@ def build(name: str) -> Any:
     torch.manual_seed(0)
     sources = ["drums", "bass", "other", "vocals"]
     if name == "demucs_v2":
-        from demucs_rr.models.demucs import demucs_v2
+        from demucs_rr.models.demucs_v2 import demucs_v2
 
         return demucs_v2("demucs")
     if name == "tasnet":

@@ -42,7 +42,7 @@ def worker(seconds: float, channels: int, config: dict, device: str, threads: in
     """Separate a synthetic song once; return timing and peak memory."""
     import torch
 
-    from demucs_rr.models.demucs import demucs_v2
+    from demucs_rr.models.demucs_v2 import demucs_v2
     from demucs_rr.separate.api import Separator
 
     torch.set_num_threads(threads)

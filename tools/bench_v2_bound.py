@@ -103,7 +103,7 @@ def call_bound(model: Any, shape: tuple[int, ...], peaks: dict[str, Any]) -> dic
 
 def run_config(name: str, config: dict[str, Any], mix: torch.Tensor, peaks: dict) -> dict:
     """Separate ``mix`` with one configuration; measured time and bound."""
-    from demucs_rr.models.demucs import demucs_v2
+    from demucs_rr.models.demucs_v2 import demucs_v2
     from demucs_rr.separate.api import Separator
 
     torch.manual_seed(0)

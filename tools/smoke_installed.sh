@@ -29,8 +29,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from demucs_rr.models import save_package
-from demucs_rr.models.demucs import Demucs
+from demucs_rr.hub import save_package
+from demucs_rr.models.demucs_v2 import Demucs
 
 torch.manual_seed(0)
 model = Demucs(sources=["drums", "bass", "other", "vocals"], channels=4, depth=4,

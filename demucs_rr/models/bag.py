@@ -132,6 +132,11 @@ class BagOfModels(nn.Module):
         limits = [m.max_segment_length for m in self._members if m.max_segment_length is not None]
         return min(limits) if limits else None
 
+    @property
+    def bf16_weights(self) -> bool:
+        """Whether every member may run from bf16-stored weights on the CPU."""
+        return all(member.bf16_weights for member in self._members)
+
     def weighted_members(self) -> Sequence[WeightedMember]:
         """``(member, weights)`` pairs, in order."""
         return list(zip(self._members, self.weights, strict=True))

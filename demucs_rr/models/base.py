@@ -17,6 +17,8 @@ What differs between models is said through the contract, never by the engine te
 - ``weighted_members()``: the sub-models of an ensemble (a bag of models,
   :mod:`demucs_rr.models.bag`) with their per-source weights; the engine applies each one with
   its own chunking and shifts and averages per source. Empty for a model that separates alone.
+- ``bf16_weights``: whether the model may run from bf16-stored weights under bf16 autocast on
+  the CPU (every layer has a bf16 path; what must stay float32 casts its input itself).
 
 Two structural types (``typing.Protocol``) describe it:
 
@@ -66,6 +68,11 @@ class SeparationModel(Protocol):
     audio_channels: int
     segment_length: int
     training: bool
+
+    @property
+    def bf16_weights(self) -> bool:
+        """Whether the model may run from bf16-stored weights on the CPU (see module doc)."""
+        ...
 
     @property
     def max_segment_length(self) -> int | None:
@@ -120,10 +127,12 @@ WeightedMember = tuple[SeparationModel, Sequence[float]]
 class SingleModelDefaults:
     """Mixin: the contract answers of a model that separates by itself.
 
-    No segment limit, chunks carried by ``valid_length(length)`` samples, no members. Classes
-    override what differs (HTDemucs: its training length as the maximum and the segment as
-    context).
+    No segment limit, chunks carried by ``valid_length(length)`` samples, no members, float32
+    weights. Classes override what differs (HTDemucs: its training length as the maximum and the
+    segment as context; bf16 weights).
     """
+
+    bf16_weights: bool = False
 
     @property
     def max_segment_length(self) -> int | None:

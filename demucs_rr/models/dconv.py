@@ -16,8 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from demucs_rr.models.initialization import random_init_skipped
-
 __all__ = [
     "DConv",
     "LayerScale",
@@ -246,11 +244,11 @@ def rescale_convs(module: nn.Module, reference: float) -> None:
     """Divide weight and bias of every (transposed) 1-D / 2-D convolution by
     ``sqrt(std(weight) / reference)``: the initial weight rescaling of the Demucs models.
     Skipped on the ``meta`` device (no values; torch would import its Python reference kernels
-    for it) and while stored weights are loaded (:mod:`~demucs_rr.models.initialization`)."""
+    for it), where models are built to receive stored weights."""
     kinds = (nn.Conv1d, nn.ConvTranspose1d, nn.Conv2d, nn.ConvTranspose2d)
     with torch.no_grad():
         for sub in module.modules():
-            if isinstance(sub, kinds) and not sub.weight.is_meta and not random_init_skipped():
+            if isinstance(sub, kinds) and not sub.weight.is_meta:
                 scale = (sub.weight.std() / reference) ** 0.5
                 sub.weight.div_(scale)
                 if sub.bias is not None:

@@ -82,10 +82,6 @@ class HTDemucs(HybridUNet):
     # CPU bf16 runs may store the weights in bf16 (demucs_rr.separate.precision.prepare_model):
     # the STFT and input statistics stay float32, every layer in between has a bf16 path.
     bf16_weights = True
-    # Spectrogram branch in channels-last layout, which oneDNN's bf16 CPU convolutions compute
-    # natively (a contiguous output costs a transposing copy per layer; ~9 % of a bf16
-    # forward). Float32 is faster contiguous, so prepare_model sets it for CPU bf16 only.
-    spec_channels_last = False
 
     def __init__(
         self,
@@ -307,6 +303,13 @@ class HTDemucs(HybridUNet):
             xt = self.channel_downsampler_t(xt)
         return x, xt
 
+    def _spec_channels_last(self, x: torch.Tensor) -> bool:
+        """Run the spectrogram branch channels-last: with bf16 weights on the CPU, where
+        oneDNN's bf16 convolutions compute in that layout (a contiguous output costs a
+        transposing copy per layer, ~9 % of a bf16 forward); float32 is faster contiguous."""
+        weight = next(iter(self.parameters()), None)
+        return x.device.type == "cpu" and weight is not None and weight.dtype == torch.bfloat16
+
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """Separate a mixture.
 
@@ -330,7 +333,7 @@ class HTDemucs(HybridUNet):
                 mix = F.pad(mix, (0, run_length - length))
         inputs = self._normalize_inputs(mix)
         x = inputs.x
-        if self.spec_channels_last:
+        if self._spec_channels_last(x):
             x = x.contiguous(memory_format=torch.channels_last)
         x, xt, skips = self._encode(x, inputs.xt)
         assert xt is not None

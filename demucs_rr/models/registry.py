@@ -20,7 +20,7 @@ ModelFactory = Callable[..., PackagedModel]
 
 # Built-in classes: registry name -> "module:attribute", imported on first lookup.
 _BUILTIN: dict[str, str] = {
-    "Demucs": "demucs_rr.models.demucs:Demucs",
+    "Demucs": "demucs_rr.models.demucs_v2:Demucs",
     "ConvTasNet": "demucs_rr.models.tasnet:ConvTasNet",
     "DemucsV3": "demucs_rr.models.demucs_v3:DemucsV3",
     "HDemucs": "demucs_rr.models.hdemucs:HDemucs",
@@ -87,7 +87,7 @@ def register_model_class(name: str, cls: ModelFactory) -> None:
 
     The class must take JSON-able keyword arguments and its instances must fulfil
     :class:`~demucs_rr.models.base.PackagedModel` (``init_kwargs`` included) so that
-    :func:`demucs_rr.models.package.save_package` can store them.
+    :func:`demucs_rr.hub.package.save_package` can store them.
     """
     if not name or not isinstance(name, str):
         raise ValueError(f"model class name must be a non-empty string, got {name!r}")

@@ -27,9 +27,11 @@ from demucs_rr.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+    from demucs_rr.models.base import SeparationModel
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
-_M = TypeVar("_M")
+_M = TypeVar("_M", bound="SeparationModel")
 
 __all__ = [
     "PRECISIONS",
@@ -99,11 +101,10 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 def prepare_model(model: _M, precision: str, device: torch.device, *, owned: bool) -> _M:
     """``model`` (already on ``device``) readied for forward passes in ``precision``.
 
-    CPU only (elsewhere autocast alone is right): 1x1 convolutions get their GEMM forward (in
-    place; float32 inputs do not use it). With bf16, a model (or bag) whose members all set
-    ``bf16_weights`` is returned with bf16 weights -- converted in place when ``owned``, else
-    a converted copy, so that a caller's model keeps its float32 weights; such a model runs
-    only under :func:`autocast` in bf16.
+    CPU only (elsewhere autocast alone is right): 1x1 convolutions get their GEMM forward
+    (float32 inputs do not use it), and with bf16 a model whose ``bf16_weights`` is set (HT
+    Demucs, a bag of them) gets bf16 weights; such a model runs only under :func:`autocast` in
+    bf16. A model the caller owns (``owned`` False) is left as it is: a copy is prepared.
     """
     import copy
 
@@ -114,12 +115,8 @@ def prepare_model(model: _M, precision: str, device: torch.device, *, owned: boo
 
     if precision == "fp32" or device.type != "cpu" or not isinstance(model, nn.Module):
         return model
-    gemm_pointwise_convs(model)
-    members = list(getattr(model, "models", [model]))
-    if precision != "bf16" or not all(getattr(m, "bf16_weights", False) for m in members):
-        return model
     runner = model if owned else copy.deepcopy(model)
-    for member in getattr(runner, "models", [runner]):
-        if hasattr(member, "spec_channels_last"):
-            member.spec_channels_last = True
-    return runner.to(torch.bfloat16)
+    gemm_pointwise_convs(runner)
+    if precision == "bf16" and runner.bf16_weights:
+        runner.to(torch.bfloat16)
+    return runner

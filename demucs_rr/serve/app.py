@@ -14,7 +14,6 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from starlette.responses import StreamingResponse
 from demucs_rr import __version__
 from demucs_rr.errors import DemucsRRError
 from demucs_rr.serve import files
+from demucs_rr.serve.config import ServeConfig
 from demucs_rr.serve.jobs import (
     FORMATS,
     JOB_ID,
@@ -42,7 +42,6 @@ from demucs_rr.serve.jobs import (
 from demucs_rr.serve.pool import WorkerPool
 from demucs_rr.serve.store import TERMINAL, Job, JobStore
 from demucs_rr.serve.upload import HTTPProblem, receive_upload
-from demucs_rr.serve.worker import WorkerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,41 +50,6 @@ COOKIE = "demucs_rr_token"
 EVENT_INTERVAL = 0.25
 STREAM_SECONDS = 60.0
 """A server-sent event stream ends after this long; browsers reconnect on their own."""
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Settings of a server.
-
-    Attributes:
-        jobs_dir: folder of the job database and the job folders.
-        model: the default model (pretrained name or model file).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        repo: folder searched first for model files.
-        workers: worker processes (0: jobs are queued, none runs).
-        threads: torch CPU threads per worker (None: torch's default).
-        precision: forward-pass precision, ``fp32``, ``bf16`` or ``fp16``.
-        max_upload_mb: largest accepted upload in MiB.
-        token: required on every API request when set (``Authorization: Bearer`` or cookie).
-        allowed_hosts: accepted ``Host`` header names (None: any), against DNS rebinding.
-    """
-
-    jobs_dir: Path
-    model: str
-    device: str = "auto"
-    repo: str | None = None
-    workers: int = 1
-    threads: int | None = None
-    precision: str = "fp32"
-    max_upload_mb: float = 500.0
-    token: str | None = None
-    allowed_hosts: tuple[str, ...] | None = None
-
-    def worker_config(self) -> WorkerConfig:
-        """What each worker process needs."""
-        return WorkerConfig(
-            self.jobs_dir, self.model, self.device, self.repo, self.threads, self.precision
-        )
 
 
 def job_json(job: Job) -> dict[str, Any]:

@@ -4,8 +4,6 @@ server facts the page shows (model, device, sources)."""
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,15 +19,17 @@ from demucs_rr.serve.store import Job
 from demucs_rr.serve.upload import HTTPProblem
 from demucs_rr.serve.worker import MODEL_FACTS
 from demucs_rr.sources import MUSDB_SOURCES
+from demucs_rr.staging import atomic_write
 
 if TYPE_CHECKING:
-    from demucs_rr.serve.app import ServeConfig
+    from demucs_rr.serve.config import ServeConfig
 
 
 def model_sources(model: str) -> list[str]:
     """Stem names of a model without loading it (MUSDB's four when they cannot be read); the
     workers report the real ones once the model is loaded (:func:`loaded_model_facts`)."""
-    from demucs_rr.models import PRETRAINED, read_package_metadata
+    from demucs_rr.hub.catalogue import PRETRAINED
+    from demucs_rr.hub.package import read_package_metadata
 
     try:
         if model in PRETRAINED:
@@ -60,7 +60,7 @@ def server_info(config: ServeConfig, version: str) -> dict[str, Any]:
     Raises:
         ConfigError: the device is unknown or not available.
     """
-    from demucs_rr.models import list_models
+    from demucs_rr.hub.loader import list_models
 
     label = model_label(config.model)
     known = [row["name"] for row in list_models(Path(config.repo) if config.repo else None)]
@@ -95,11 +95,12 @@ def build_zip(job: Job, root: Path) -> Path:
     if target.exists():
         return target
     track = file_stem(job.name)
-    tmp = folder / f".stems.zip.{secrets.token_hex(4)}.tmp"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+    with (
+        atomic_write(target) as tmp,
+        zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive,
+    ):
         for entry in job.stems:
             archive.write(folder / "stems" / entry["file"], f"{track}/{entry['file']}")
-    os.replace(tmp, target)
     return target
 
 

@@ -15,7 +15,7 @@ Layout (package format version 2, ``"kind": "bag"``):
      "weights": [[1, 0, 0, 0], ...] | null, "segment": 44.0 | null}
 
 Loading rebuilds every member from its class and kwargs, strict-loads its prefixed tensors
-and gives a :class:`~demucs_rr.models.official_repo.LoadedBag` (``.build()`` -> the model).
+and gives a :class:`~demucs_rr.hub.loaded.LoadedModel` (``.build()`` -> the model).
 """
 
 from __future__ import annotations
@@ -31,19 +31,18 @@ import torch
 from safetensors.torch import load_file
 
 from demucs_rr.errors import PackageFormatError
-from demucs_rr.models.base import PackagedModel
-from demucs_rr.models.official_repo import LoadedBag, parse_bag
-from demucs_rr.models.package import (
+from demucs_rr.hub.loaded import LoadedModel
+from demucs_rr.hub.package import (
+    bag_spec,
     build_package_model,
-    check_model_metadata,
-    load_state_strict,
     model_entry,
     state_for_saving,
     write_package_file,
 )
-from demucs_rr.models.safety import read_declared_shapes
+from demucs_rr.hub.safety import load_weights, read_declared_shapes
+from demucs_rr.models.base import PackagedModel
 
-__all__ = ["BAG_FORMAT_VERSION", "check_bag_metadata", "load_bag_package", "save_bag_package"]
+__all__ = ["BAG_FORMAT_VERSION", "load_bag_package", "save_bag_package"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def _distinct(members: list[PackagedModel]) -> tuple[list[PackagedModel], list[i
 
 
 def save_bag_package(
-    bag: LoadedBag, path: str | os.PathLike[str], *, name: str | None = None, half: bool = False
+    bag: LoadedModel, path: str | os.PathLike[str], *, name: str | None = None, half: bool = False
 ) -> Path:
     """Write ``bag`` as one bag package at ``path`` (atomically).
 
@@ -111,36 +110,7 @@ def save_bag_package(
     return path
 
 
-def check_bag_metadata(meta: Mapping[str, Any], origin: str) -> None:
-    """Validate the bag entries of package metadata (members, models, weights, segment).
-
-    Raises:
-        PackageFormatError: naming ``origin`` and the first problem.
-    """
-    members = meta.get("members")
-    if not isinstance(members, list) or not members:
-        raise PackageFormatError(f"{origin}: bag metadata lacks a non-empty 'members' list")
-    for j, entry in enumerate(members):
-        if not isinstance(entry, dict):
-            raise PackageFormatError(f"{origin}: bag member {j} is not a JSON object")
-        check_model_metadata(entry, f"{origin} (member {j})")
-    index = meta.get("models")
-    ok = isinstance(index, list) and bool(index)
-    ok = ok and all(isinstance(i, int) and 0 <= i < len(members) for i in index or [])
-    if not ok:
-        raise PackageFormatError(f"{origin}: bag 'models' must list member indices")
-    signatures = meta.get("signatures")
-    if not isinstance(signatures, list) or len(signatures) != len(index or []):
-        raise PackageFormatError(f"{origin}: bag 'signatures' must name every entry of 'models'")
-    parse_bag(
-        {"models": [str(s) for s in signatures], "weights": meta.get("weights")}
-        | ({"segment": meta["segment"]} if meta.get("segment") is not None else {}),
-        str(meta.get("name") or Path(origin).stem),
-        origin,
-    )
-
-
-def load_bag_package(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> LoadedBag:
+def load_bag_package(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> LoadedModel:
     """Rebuild the members of the bag package at ``path`` (validated ``meta``), eval mode.
 
     Raises:
@@ -160,18 +130,13 @@ def load_bag_package(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> L
     for j, model in enumerate(members):
         prefix = f"{PREFIX}.{j}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        load_state_strict(model, state, f"{path} (member {j})")
+        load_weights(model, state, f"{path} (member {j})")
         model.eval()
     extra = [k for k in tensors if not k.startswith(f"{PREFIX}.")]
     if extra:
         raise PackageFormatError(f"{path}: tensors outside any member ({', '.join(extra[:5])})")
-    spec = parse_bag(
-        {"models": [str(s) for s in meta["signatures"]], "weights": meta.get("weights")}
-        | ({"segment": meta["segment"]} if meta.get("segment") is not None else {}),
-        str(meta.get("name") or path.stem),
-        str(path),
-    )
-    bag = LoadedBag(
+    spec = bag_spec(meta, str(path))
+    bag = LoadedModel(
         spec.name, [members[i] for i in meta["models"]], spec.models, spec.weights, spec.segment
     )
     bag.check()

@@ -1,6 +1,6 @@
 """The released Demucs 3/4 models: names, member files (URLs, sha256 prefixes) and fetching.
 
-Every name is a bag (``demucs_rr/models/remote/NAME.yaml``) of official packages; each member
+Every name is a bag (``demucs_rr/hub/remote/NAME.yaml``) of official packages; each member
 file is ``{sig}-{hash}.th`` where ``hash`` is the first 8 hex digits of its sha256, downloaded
 from ``https://dl.fbaipublicfiles.com/demucs/{folder}/{sig}-{hash}.th`` into the cache folder
 (``$DEMUCS_RR_CACHE``...) under the same name, checked against ``hash`` while it streams and
@@ -20,15 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demucs_rr.errors import ModelNotFoundError
-from demucs_rr.models.fetch import download, verify_cached
-from demucs_rr.models.official_repo import (
-    BagSpec,
-    LoadedBag,
-    builtin_bag,
-    check_member_hash,
-    find_member,
-    load_bag,
-)
+from demucs_rr.hub.bag_yaml import BagSpec, builtin_bag, check_member_hash, find_member
+from demucs_rr.hub.fetch import download, verify_cached
+from demucs_rr.hub.formats import load_bag
+from demucs_rr.hub.loaded import LoadedModel
 from demucs_rr.runtime import cache_dir
 
 __all__ = [
@@ -116,7 +111,7 @@ class OfficialBagInfo:
     """A released Demucs 3/4 model name.
 
     Attributes:
-        name: the ``-n`` name (also the bag YAML shipped in ``demucs_rr/models/remote``).
+        name: the ``-n`` name (also the bag YAML shipped in ``demucs_rr/hub/remote``).
         architecture: short description of the members (for ``models list``).
         description: one line for ``demucs-rr models list``.
         sdr: published MUSDB18-HQ test SDR in dB (museval, median over frames and tracks), or
@@ -233,7 +228,7 @@ def _locate(info: OfficialBagInfo, repo: Path | None, progress: bool) -> Callabl
     return locate
 
 
-def load_official_bag(name: str, repo: Path | None = None, progress: bool = True) -> LoadedBag:
+def load_official_bag(name: str, repo: Path | None = None, progress: bool = True) -> LoadedModel:
     """Load the released model ``name`` (every member, fetched when missing).
 
     Raises:

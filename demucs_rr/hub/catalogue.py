@@ -3,7 +3,7 @@
 The official v2 hub files are plain state dicts named ``{name}-{sig}.th`` where ``sig`` is the
 first 8 hex digits of the sha256 of the whole file. The architecture of each name is fixed here
 (:data:`PRETRAINED`), so those files load with ``weights_only=True`` into our own classes.
-The released Demucs 3/4 models are in :mod:`demucs_rr.models.official_bags`.
+The released Demucs 3/4 models are in :mod:`demucs_rr.hub.releases`.
 
 ``demucs_quantized`` (the v2 CLI default) is deliberately absent: it is stored in DiffQ's
 bit-packed format, which needs ``diffq<0.2`` to decode. Use ``demucs`` or ``demucs_extra``.

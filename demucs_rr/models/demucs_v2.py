@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from demucs_rr.models.base import SingleModelDefaults, center_trim
-from demucs_rr.models.initialization import random_init_skipped
 from demucs_rr.sources import MUSDB_SOURCES
 
 __all__ = [
@@ -76,11 +75,9 @@ def _rescale_conv(conv: nn.Conv1d | nn.ConvTranspose1d, reference: float) -> Non
 
 def rescale_module(module: nn.Module, reference: float) -> None:
     """Rescale every Conv1d / ConvTranspose1d of ``module`` in place (the v2 initialisation);
-    skipped on the ``meta`` device and while stored weights are loaded
-    (:mod:`~demucs_rr.models.initialization`)."""
-    skip = random_init_skipped()
+    skipped on the ``meta`` device, where models are built to receive stored weights."""
     for sub in module.modules():
-        if isinstance(sub, (nn.Conv1d, nn.ConvTranspose1d)) and not (skip or sub.weight.is_meta):
+        if isinstance(sub, (nn.Conv1d, nn.ConvTranspose1d)) and not sub.weight.is_meta:
             _rescale_conv(sub, reference)
 
 

@@ -10,7 +10,7 @@ Formats:
   ``demucs.hdemucs.HDemucs`` or ``demucs.htdemucs.HTDemucs``. v2 packages hold an
   ``argparse.Namespace`` with paths and float32 weights; v3/v4 packages a plain dict, float16
   weights and, for HTDemucs, a ``fractions.Fraction`` segment. :func:`load_official_package`
-  reads both through the restricted unpickler of :mod:`demucs_rr.models.unpickle` (nothing
+  reads both through the restricted unpickler of :mod:`demucs_rr.hub.unpickle` (nothing
   outside its allow-list is resolved, nothing from the file is executed) and
   :func:`model_from_official_package` is the one entry point that builds the matching demucs_rr
   model (``Demucs``, ``ConvTasNet``, ``DemucsV3``, ``HDemucs``, ``HTDemucs``) and strictly
@@ -25,7 +25,6 @@ from __future__ import annotations
 import inspect
 import logging
 import pickle
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +32,15 @@ from typing import Any
 
 import torch
 
-from demucs_rr.errors import ModelNotFoundError, PackageFormatError
+from demucs_rr.errors import ModelNotFoundError, PackageFormatError, one_line
+from demucs_rr.hub.safety import build_checked, load_weights
+from demucs_rr.hub.unpickle import RESTRICTED_PICKLE, OfficialClassRef, Refused
 from demucs_rr.models.base import PackagedModel
-from demucs_rr.models.package import load_state_strict
-from demucs_rr.models.safety import build_checked
-from demucs_rr.models.unpickle import RESTRICTED_PICKLE, OfficialClassRef, Refused
+from demucs_rr.models.registry import get_model_class
 
 __all__ = [
-    "LegacyPackage",
     "OfficialClassRef",
+    "OfficialPackage",
     "build_official_model",
     "load_official_package",
     "load_state_file",
@@ -67,13 +66,6 @@ _QUANTIZED_HINT_V4 = (
 # --------------------------------------------------------------------------------------------
 # Plain hub state dicts
 # --------------------------------------------------------------------------------------------
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` without terminal escape codes."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _check_exists(path: Path) -> None:
@@ -135,7 +127,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
     except Exception as exc:
         raise PackageFormatError(
-            f"cannot load {path} as a plain state dict ({_one_line(exc)})"
+            f"cannot load {path} as a plain state dict ({one_line(exc, typed=True)})"
         ) from None
     return validate_state(state, path, "the file")
 
@@ -146,7 +138,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 @dataclass
-class LegacyPackage:
+class OfficialPackage:
     """Content of an official model package (pickled ``.th`` or 4.1.0 hub ``.safetensors``).
 
     Attributes:
@@ -177,10 +169,12 @@ def _unpickle(path: Path) -> Any:
             "in a model package"
         ) from None
     except Exception as exc:
-        raise PackageFormatError(f"cannot read model package {path} ({_one_line(exc)})") from None
+        raise PackageFormatError(
+            f"cannot read model package {path} ({one_line(exc, typed=True)})"
+        ) from None
 
 
-def load_official_package(path: str | Path) -> LegacyPackage:
+def load_official_package(path: str | Path) -> OfficialPackage:
     """Read an official pickled package (v2 or v3/v4) through the restricted unpickler.
 
     Raises:
@@ -216,7 +210,7 @@ def load_official_package(path: str | Path) -> LegacyPackage:
 
 def package_content(
     klass_name: str, args: Any, kwargs: Any, state: Any, training_args: Any, source: str
-) -> LegacyPackage:
+) -> OfficialPackage:
     """Validate the parts of an official package read from ``source``.
 
     Raises:
@@ -227,7 +221,7 @@ def package_content(
         raise PackageFormatError(f"cannot load {source}: malformed args/kwargs in the package")
     hint = _QUANTIZED_HINT if klass_name in _V2_CLASSES else _QUANTIZED_HINT_V4
     checked = validate_state(state, source, "the package state", hint)
-    return LegacyPackage(
+    return OfficialPackage(
         klass_name=klass_name,
         args=list(args),
         kwargs=dict(kwargs),
@@ -236,14 +230,14 @@ def package_content(
     )
 
 
-_CLASSES: dict[str, tuple[str, str]] = {
-    "demucs.model.Demucs": ("demucs_rr.models.demucs", "Demucs"),
-    "demucs.tasnet.ConvTasNet": ("demucs_rr.models.tasnet", "ConvTasNet"),
-    "demucs.demucs.Demucs": ("demucs_rr.models.demucs_v3", "DemucsV3"),
-    "demucs.hdemucs.HDemucs": ("demucs_rr.models.hdemucs", "HDemucs"),
-    "demucs.htdemucs.HTDemucs": ("demucs_rr.models.htdemucs", "HTDemucs"),
+IMPLEMENTATIONS: dict[str, str] = {
+    "demucs.model.Demucs": "Demucs",
+    "demucs.tasnet.ConvTasNet": "ConvTasNet",
+    "demucs.demucs.Demucs": "DemucsV3",
+    "demucs.hdemucs.HDemucs": "HDemucs",
+    "demucs.htdemucs.HTDemucs": "HTDemucs",
 }
-"""Official class path -> (module, class) of the demucs_rr implementation (imported lazily)."""
+"""Official class path -> registry name of the demucs_rr class implementing it."""
 
 
 def resolve_official_class(klass_name: str) -> Callable[..., PackagedModel]:
@@ -252,15 +246,12 @@ def resolve_official_class(klass_name: str) -> Callable[..., PackagedModel]:
     Raises:
         PackageFormatError: if the class is not implemented by demucs_rr.
     """
-    if klass_name not in _CLASSES:
+    if klass_name not in IMPLEMENTATIONS:
         raise PackageFormatError(
             f"model class {klass_name} is not supported (known official classes: "
-            f"{', '.join(_CLASSES)})"
+            f"{', '.join(IMPLEMENTATIONS)})"
         )
-    module_name, attr = _CLASSES[klass_name]
-    module = __import__(module_name, fromlist=[attr])
-    klass: Callable[..., PackagedModel] = getattr(module, attr)
-    return klass
+    return get_model_class(IMPLEMENTATIONS[klass_name])
 
 
 def _filter_kwargs(klass: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -283,7 +274,7 @@ def _renamed(model: PackagedModel, shapes: Mapping[str, tuple[int, ...]]) -> Any
     return upgrade(shapes) if callable(upgrade) else shapes
 
 
-def build_official_model(package: LegacyPackage, source: str) -> PackagedModel:
+def build_official_model(package: OfficialPackage, source: str) -> PackagedModel:
     """Build the demucs_rr model of an official package and strictly load its weights.
 
     Args:
@@ -307,7 +298,7 @@ def build_official_model(package: LegacyPackage, source: str) -> PackagedModel:
     upgrade = getattr(model, "upgrade_state", None)
     if callable(upgrade):  # DemucsV3: old key names of early v3 packages
         state = upgrade(state)
-    load_state_strict(model, state, source)
+    load_weights(model, state, source)
     return model.eval()
 
 

@@ -12,7 +12,6 @@ import hashlib
 import http.client
 import json
 import logging
-import os
 import re
 import urllib.error
 import urllib.request
@@ -22,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from demucs_rr.errors import DownloadError
+from demucs_rr.staging import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ def download(
 ) -> Path:
     """Download ``url`` to ``dest``, checking the sha256 prefix, atomically.
 
-    The body streams into ``dest.with_suffix('.part')`` and is renamed to ``dest`` only after the
-    whole file arrived and its sha256 starts with ``sha256_prefix``. On any failure the part file
-    is deleted and nothing is left at ``dest``.
+    The body streams into a hidden staged file beside ``dest`` (``atomic_write``) renamed to
+    ``dest`` only after the whole file arrived and its sha256 starts with ``sha256_prefix``. On
+    any failure the staged file is deleted and nothing is left at ``dest``.
 
     Args:
         url: http(s) URL.
@@ -74,13 +74,11 @@ def download(
     prefix = sha256_prefix.lower()
     if not re.fullmatch(r"[0-9a-f]+", prefix):
         raise ValueError(f"sha256_prefix must be hex digits, got {sha256_prefix!r}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_suffix(".part")
     hasher = hashlib.sha256()
-    done = False
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "demucs_rr"})
         with (
+            atomic_write(dest) as part,
             urllib.request.urlopen(request, timeout=timeout) as response,
             open(part, "wb") as out,
         ):
@@ -105,24 +103,19 @@ def download(
                 raise DownloadError(
                     hint(dest, url, f"transfer interrupted after {received} of {total} bytes")
                 )
-        digest = hasher.hexdigest()
-        if not digest.startswith(prefix):
-            raise DownloadError(
-                f"checksum mismatch for {url}: expected sha256 {prefix}..., got "
-                f"{digest[: max(len(prefix), 8)]}...; the server or mirror serves a different "
-                "file"
-            )
-        os.replace(part, dest)
-        done = True
+            digest = hasher.hexdigest()
+            if not digest.startswith(prefix):
+                raise DownloadError(
+                    f"checksum mismatch for {url}: expected sha256 {prefix}..., got "
+                    f"{digest[: max(len(prefix), 8)]}...; the server or mirror serves a "
+                    "different file"
+                )
     except urllib.error.HTTPError as exc:
         raise DownloadError(hint(dest, url, f"HTTP {exc.code} {exc.reason}")) from exc
     except urllib.error.URLError as exc:
         raise DownloadError(hint(dest, url, str(exc.reason))) from exc
     except (http.client.HTTPException, OSError) as exc:  # reset, timeout, disk full...
         raise DownloadError(hint(dest, url, f"{type(exc).__name__}: {exc}")) from exc
-    finally:
-        if not done:
-            part.unlink(missing_ok=True)
     _write_verified(dest, digest)
     return dest
 

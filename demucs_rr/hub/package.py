@@ -12,12 +12,13 @@ Layout:
 
 ``model_class`` is a name of :mod:`demucs_rr.models.registry`; ``kwargs`` are the constructor
 arguments the model recorded in its ``init_kwargs`` attribute. Loading rebuilds the model from
-those and strict-loads the state (:func:`load_state_strict`), so it needs no unpickling at all.
+those and strict-loads the state (:func:`~demucs_rr.hub.safety.load_weights`), so it needs no
+unpickling at all.
 
 Format versions: 1 is a single model (still what :func:`save_package` writes, so older
 demucs_rr read it); 2 adds ``"kind"``: ``"model"`` (as version 1) or ``"bag"``, a bag of models
-in one file (:mod:`demucs_rr.models.bag_package`). A version above :data:`FORMAT_VERSION` or an
-unknown kind is refused with a message to upgrade.
+in one file (:mod:`demucs_rr.hub.bag_package`; its header is validated here too). A version
+above :data:`FORMAT_VERSION` or an unknown kind is refused with a message to upgrade.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,20 +35,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
-from demucs_rr.fsmode import normal_file_mode
-from demucs_rr.models.base import PackagedModel, SeparationModel
+from demucs_rr.hub.bag_yaml import BagSpec, parse_bag
+from demucs_rr.hub.safety import build_checked, load_weights, read_declared_shapes
+from demucs_rr.hub.training_info import TrainingInfo
+from demucs_rr.models.base import PackagedModel
 from demucs_rr.models.registry import build_model, class_name_of, get_model_class
-from demucs_rr.models.safety import build_checked, check_shapes, read_declared_shapes
-from demucs_rr.models.training_info import TrainingInfo
+from demucs_rr.staging import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_KEY",
     "MODEL_FORMAT_VERSION",
-    "TrainingInfo",
-    "load_model_package",
-    "load_package",
-    "load_state_strict",
+    "load_single_package",
     "read_package_metadata",
     "read_training_info",
     "save_package",
@@ -113,16 +111,8 @@ def save_package(
 def write_package_file(path: Path, tensors: dict[str, torch.Tensor], header: str) -> None:
     """Write ``tensors`` with the JSON ``header`` as a safetensors file at ``path``, atomically
     (a temporary file in the same folder renamed over ``path`` once complete)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: header, "format": "pt"})
-        os.chmod(tmp, normal_file_mode())  # mkstemp (and save_file) leave 0600
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _metadata(
@@ -213,8 +203,6 @@ def read_package_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise PackageFormatError(f"{path}: package metadata must be a JSON object")
     _check_version(path, meta.get("format_version"), meta.get("kind"))
     if package_kind(meta) == "bag":
-        from demucs_rr.models.bag_package import check_bag_metadata
-
         check_bag_metadata(meta, str(path))
     else:
         check_model_metadata(meta, str(path))
@@ -269,42 +257,12 @@ def _check_version(path: Path, version: object, kind: object = None) -> None:
         raise PackageFormatError(f"{path}: a bag package needs format version 2, got {version}")
 
 
-def load_state_strict(model: PackagedModel, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model`` exactly: same keys, same shapes, or nothing is loaded.
-
-    Floating tensors are cast to float32 first (packages may store float16). Every mismatch
-    is reported at once, on one line::
-
-        SOURCE: weights do not match Demucs: missing keys [a, b]; unexpected keys [c];
-        shape mismatch [d: stored (2, 7), model (2, 8)]
-
-    (lists longer than 5 end with ``(+N more)``).
-
-    Args:
-        model: the freshly built model.
-        state: name -> tensor, e.g. from a package or an official file.
-        source: where ``state`` comes from (a path), first in the error message.
-
-    Raises:
-        PackageFormatError: on missing / unexpected keys or shape mismatches.
-    """
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-    check_shapes(model, {k: tuple(v.shape) for k, v in state.items()}, source)
-    try:
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a dtype that cannot be copied
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise PackageFormatError(
-            f"{source}: cannot load the weights into {type(model).__name__}: {lines[-1][:300]}"
-        ) from None
-
-
 def build_package_model(
     entry: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], source: str
 ) -> PackagedModel:
-    """Build the model of a package entry (``model_class`` and ``kwargs``) whose state must
-    have the ``shapes`` declared in the file; checked on the ``meta`` device first, so absurd
-    kwargs cost no memory (see :func:`~demucs_rr.models.safety.build_checked`).
+    """Build, on the ``meta`` device, the model of a package entry (``model_class`` and
+    ``kwargs``) whose state must have the ``shapes`` declared in the file, so absurd kwargs cost
+    no memory (see :func:`~demucs_rr.hub.safety.build_checked`).
 
     Raises:
         PackageFormatError: unknown class, kwargs that do not build, or shapes that differ.
@@ -318,45 +276,20 @@ def build_package_model(
     return build_checked(factory, (), kwargs, shapes, source, what=str(name))
 
 
-def load_package(path: str | os.PathLike[str]) -> SeparationModel:
-    """Rebuild the model stored in a package, in eval mode, with float32 weights.
-
-    A single-model package gives that model; a bag package gives a
-    :class:`~demucs_rr.models.bag.BagOfModels` of its members.
+def load_single_package(path: Path, meta: Mapping[str, Any]) -> PackagedModel:
+    """Rebuild the single model of the package at ``path`` (validated ``meta``): eval mode,
+    float32 weights.
 
     Raises:
-        ModelNotFoundError: ``path`` does not exist.
-        PackageFormatError: see :func:`read_package_metadata`; also an unknown model class or
-            a state that does not match the rebuilt model exactly (strict load).
+        PackageFormatError: unknown model class, unreadable tensors, or a state that does not
+            match the rebuilt model exactly (strict load).
     """
-    meta = read_package_metadata(path)
-    if package_kind(meta) == "bag":
-        from demucs_rr.models.bag_package import load_bag_package
-
-        return load_bag_package(path, meta).build()
-    return _load_model(Path(path), meta)
-
-
-def load_model_package(path: str | os.PathLike[str]) -> PackagedModel:
-    """Rebuild the single model stored in a package (eval mode, float32 weights).
-
-    Raises:
-        ModelNotFoundError: ``path`` does not exist.
-        PackageFormatError: as :func:`load_package`; also for a bag package.
-    """
-    meta = read_package_metadata(path)
-    if package_kind(meta) == "bag":
-        raise PackageFormatError(f"{path} holds a bag of models, not a single model")
-    return _load_model(Path(path), meta)
-
-
-def _load_model(path: Path, meta: dict[str, Any]) -> PackagedModel:
     model = build_package_model(meta, read_declared_shapes(path), str(path))
     try:
         state = load_file(str(path), device="cpu")
     except Exception as exc:
         raise PackageFormatError(f"{path}: cannot read package tensors ({exc})") from exc
-    load_state_strict(model, state, str(path))
+    load_weights(model, state, str(path))
     stored_sources = meta.get("sources")
     if stored_sources is not None and list(model.sources) != stored_sources:
         raise PackageFormatError(
@@ -364,3 +297,37 @@ def _load_model(path: Path, meta: dict[str, Any]) -> PackagedModel:
             f"{list(model.sources)}"
         )
     return model.eval()
+
+
+def check_bag_metadata(meta: Mapping[str, Any], origin: str) -> None:
+    """Validate the bag entries of package metadata (members, models, weights, segment).
+
+    Raises:
+        PackageFormatError: naming ``origin`` and the first problem.
+    """
+    members = meta.get("members")
+    if not isinstance(members, list) or not members:
+        raise PackageFormatError(f"{origin}: bag metadata lacks a non-empty 'members' list")
+    for j, entry in enumerate(members):
+        if not isinstance(entry, dict):
+            raise PackageFormatError(f"{origin}: bag member {j} is not a JSON object")
+        check_model_metadata(entry, f"{origin} (member {j})")
+    index = meta.get("models")
+    ok = isinstance(index, list) and bool(index)
+    ok = ok and all(isinstance(i, int) and 0 <= i < len(members) for i in index or [])
+    if not ok:
+        raise PackageFormatError(f"{origin}: bag 'models' must list member indices")
+    signatures = meta.get("signatures")
+    if not isinstance(signatures, list) or len(signatures) != len(index or []):
+        raise PackageFormatError(f"{origin}: bag 'signatures' must name every entry of 'models'")
+    bag_spec(meta, origin)
+
+
+def bag_spec(meta: Mapping[str, Any], origin: str) -> BagSpec:
+    """The bag entries of package metadata as a validated :class:`BagSpec`."""
+    return parse_bag(
+        {"models": [str(s) for s in meta["signatures"]], "weights": meta.get("weights")}
+        | ({"segment": meta["segment"]} if meta.get("segment") is not None else {}),
+        str(meta.get("name") or Path(origin).stem),
+        origin,
+    )

@@ -1,4 +1,4 @@
-"""Rows of ``demucs-rr models list`` for the files of a ``--repo`` folder."""
+"""Rows of ``demucs-rr models list``: the files of a ``--repo`` folder and the released names."""
 
 from __future__ import annotations
 
@@ -6,9 +6,15 @@ from pathlib import Path
 from typing import TypedDict
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
-from demucs_rr.models.files import HUB_NAME, preset_from_filename
+from demucs_rr.hub.bag_yaml import read_bag_yaml
+from demucs_rr.hub.catalogue import PRETRAINED, cached_path
+from demucs_rr.hub.fetch import checksum_state
+from demucs_rr.hub.formats import HUB_NAME, preset_from_filename
+from demucs_rr.hub.official_safetensors import is_hub_file, read_safetensors_header
+from demucs_rr.hub.package import package_kind, read_package_metadata, read_training_info
+from demucs_rr.hub.releases import OFFICIAL_BAGS
 
-__all__ = ["ModelRow", "repo_row"]
+__all__ = ["ModelRow", "folder_rows", "released_rows", "repo_row"]
 
 ModelRow = TypedDict(
     "ModelRow",
@@ -48,8 +54,6 @@ def repo_row(file: Path) -> ModelRow:
         if file.suffix == ".safetensors":
             _safetensors_row(file, row)
         elif file.suffix == ".yaml":
-            from demucs_rr.models.official_repo import read_bag_yaml
-
             spec = read_bag_yaml(file)
             row["class"] = "bag"
             row["description"] = f"bag of {len(spec.models)}: {', '.join(spec.models)}"
@@ -65,9 +69,6 @@ def repo_row(file: Path) -> ModelRow:
 
 
 def _safetensors_row(file: Path, row: ModelRow) -> None:
-    from demucs_rr.models.hub import is_hub_file, read_safetensors_header
-    from demucs_rr.models.package import package_kind, read_package_metadata, read_training_info
-
     header = read_safetensors_header(file)
     if is_hub_file(header):
         row["class"] = header["klass"].rsplit(".", 1)[-1]
@@ -95,3 +96,78 @@ def _training_summary(epochs: int, best_epoch: int | None, weights: str) -> str:
     if best_epoch is None:
         return f" (trained {epochs} epochs; last weights)"
     return f" (trained {epochs} epochs; best epoch {best_epoch}, {weights} weights)"
+
+
+def folder_rows(folder: Path) -> list[ModelRow]:
+    """A row per ``*.safetensors``, ``*.th`` and ``*.yaml`` file of ``folder``."""
+    files = sorted(Path(folder).expanduser().glob("*"))
+    return [
+        repo_row(f) for f in files if f.suffix in (".safetensors", ".th", ".yaml") and f.is_file()
+    ]
+
+
+def _bad_files(names: list[str]) -> str:
+    """`` [bad checksum: NAME; delete it to download again]`` or an empty string."""
+    if not names:
+        return ""
+    return f" [bad checksum: {', '.join(names)}; delete to download again]"
+
+
+def _cache_state(states: list[str]) -> str:
+    """The ``cached`` column for the :func:`checksum_state` of each file of a model: ``yes``,
+    ``no``, or the first problem (``bad checksum``, ``unreadable``)."""
+    problems = [state for state in states if state not in ("ok", "missing")]
+    if problems:
+        return problems[0]
+    return "yes" if all(state == "ok" for state in states) else "no"
+
+
+def _row(
+    name: str, cls: str, sdr: float | None, description: str, files: list[Path], sha: list[str]
+) -> ModelRow:
+    """The row of a released model whose files are ``files`` (sha256 prefixes ``sha``)."""
+    states = [checksum_state(f, prefix) for f, prefix in zip(files, sha, strict=True)]
+    bad = [f.name for f, s in zip(files, states, strict=True) if s not in ("ok", "missing")]
+    return {
+        "name": name,
+        "class": cls,
+        "sdr": sdr,
+        "valid_nsdr": None,
+        "description": description + _bad_files(bad),
+        "cached": _cache_state(states) == "yes",
+        "cache_state": _cache_state(states),
+        "path": ", ".join(str(f) for f in files),
+    }
+
+
+def released_rows() -> list[ModelRow]:
+    """A row per released name: Demucs 3/4 bags, then v2 / Conv-TasNet states."""
+    rows: list[ModelRow] = []
+    for info in OFFICIAL_BAGS.values():
+        description = info.description
+        if info.refused is not None:
+            description += " (not supported: DiffQ format)"
+        files = info.files
+        paths = [f.cached_path for f in files]
+        rows.append(
+            _row(
+                info.name,
+                info.architecture,
+                info.sdr,
+                description,
+                paths,
+                [f.sha256_prefix for f in files],
+            )
+        )
+    for v2 in PRETRAINED.values():
+        rows.append(
+            _row(
+                v2.name,
+                v2.model_class,
+                v2.sdr,
+                v2.description,
+                [cached_path(v2)],
+                [v2.sha256_prefix],
+            )
+        )
+    return rows

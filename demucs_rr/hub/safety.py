@@ -3,10 +3,13 @@
 * :func:`read_declared_shapes` parses a safetensors header by hand (the 8-byte length, then the
   JSON) and refuses a header that is not JSON, too long, declares unknown dtypes, negative or
   absurd shapes, offsets past the end of the file, or tensors larger than the file itself.
-* :func:`build_checked` builds a model on the ``meta`` device (no memory), turns any constructor
-  error into a one-line :class:`~demucs_rr.errors.PackageFormatError`, compares every state-dict
-  shape with the stored ones, and only then builds the real model. A package can therefore only
-  make demucs_rr allocate about as much as the file holds.
+* :func:`build_checked` builds a model on the ``meta`` device (no memory, no random
+  initialisation), turns any constructor error into a one-line
+  :class:`~demucs_rr.errors.PackageFormatError` and compares every state-dict shape with the
+  stored ones. :func:`load_weights` then gives that model real storage holding exactly the stored
+  tensors (strict: same keys and shapes), and has every module recompute its non-persistent
+  buffers (``reset_buffers()``). A package can therefore only make demucs_rr allocate about as
+  much as the file holds, and no process-wide state is touched while it is read.
 """
 
 from __future__ import annotations
@@ -14,20 +17,24 @@ from __future__ import annotations
 import json
 import math
 import struct
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.modules.module as module_hooks
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from demucs_rr.errors import DemucsRRError, PackageFormatError
+from demucs_rr.errors import DemucsRRError, PackageFormatError, one_line
 from demucs_rr.models.base import PackagedModel
-from demucs_rr.models.initialization import skip_random_init
 
-__all__ = ["build_checked", "check_shapes", "read_declared_shapes", "shape_problems"]
+__all__ = [
+    "build_checked",
+    "check_shapes",
+    "load_weights",
+    "read_declared_shapes",
+    "shape_problems",
+]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Largest safetensors JSON header accepted (the safetensors library uses the same cap)."""
@@ -158,46 +165,43 @@ def _construct(
     except MemoryError:
         raise PackageFormatError(f"{source}: the stored {what} arguments are absurd") from None
     except Exception as exc:  # any constructor error is a property of the file
-        text = str(exc).strip().splitlines()
-        detail = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
         raise PackageFormatError(
-            f"{source}: cannot build {what} from the stored arguments ({detail[:300]})"
+            f"{source}: cannot build {what} from the stored arguments ({one_line(exc, typed=True)})"
         ) from None
 
 
 class _TooBig(PackageFormatError):
-    """A constructor registered more modules / parameters than the file could fill."""
+    """A constructor made far more tensors than the file could fill."""
 
 
-@contextmanager
-def _registration_limit(limit: int, source: str) -> Iterator[None]:
-    """Abort a constructor (in this thread) after ``limit`` module / parameter / buffer
-    registrations: kwargs such as ``lstm_layers=10**6`` would otherwise take hours even on the
-    ``meta`` device, for a file whose few tensors could never fill the model."""
-    thread = threading.get_ident()
-    count = 0
+class _CallLimit(TorchFunctionMode):
+    """Abort a constructor after ``limit`` torch calls (tensor creations, initialisers).
 
-    def hook(*_: object) -> None:
-        nonlocal count
-        if threading.get_ident() != thread:
-            return
-        count += 1
-        if count > limit:
+    Kwargs such as ``lstm_layers=10**6`` would otherwise take hours even on the ``meta``
+    device, for a file whose few tensors could never fill the model. Torch function modes are
+    thread-local, so a model built in another thread meanwhile is neither counted nor slowed.
+    """
+
+    def __init__(self, limit: int, source: str) -> None:
+        super().__init__()
+        self.limit = limit
+        self.source = source
+        self.calls = 0
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Sequence[type],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
+        self.calls += 1
+        if self.calls > self.limit:
             raise _TooBig(
-                f"{source}: the stored arguments build a model far larger than the file "
-                f"(more than {limit} modules and tensors)"
+                f"{self.source}: the stored arguments build a model far larger than the file "
+                f"(more than {self.limit} tensor operations)"
             )
-
-    handles = [
-        module_hooks.register_module_module_registration_hook(hook),
-        module_hooks.register_module_parameter_registration_hook(hook),
-        module_hooks.register_module_buffer_registration_hook(hook),
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+        return func(*args, **(kwargs or {}))
 
 
 def build_checked(
@@ -210,8 +214,8 @@ def build_checked(
     what: str = "the model",
     rename: Callable[[PackagedModel, Shapes], Shapes] | None = None,
 ) -> PackagedModel:
-    """Build ``factory(*args, **kwargs)`` only once a ``meta``-device build shows that its
-    state has exactly the ``stored`` shapes (so the real build allocates what the file holds).
+    """``factory(*args, **kwargs)`` built on the ``meta`` device, once its state is shown to
+    have exactly the ``stored`` shapes; :func:`load_weights` gives it real storage.
 
     Args:
         rename: maps the stored shapes to the model's key names (old checkpoint layouts).
@@ -219,12 +223,58 @@ def build_checked(
     Raises:
         PackageFormatError: a constructor error or a state that does not match, on one line.
     """
-    limit = _registration_limit(8 * len(stored) + 1000, source)
-    with skip_random_init(), torch.device("meta"), limit:
-        probe = _construct(factory, args, kwargs, what, source)
+    with torch.device("meta"), _CallLimit(64 * len(stored) + 10_000, source):
+        model = _construct(factory, args, kwargs, what, source)
     if rename is not None:
-        stored = rename(probe, stored)
-    check_shapes(probe, stored, source)
-    del probe
-    with skip_random_init():  # the caller loads every tensor of ``stored`` next
-        return _construct(factory, args, kwargs, what, source)
+        stored = rename(model, stored)
+    check_shapes(model, stored, source)
+    return model
+
+
+def load_weights(model: PackagedModel, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` exactly: same keys, same shapes, or nothing is loaded.
+
+    ``model`` may live on the ``meta`` device (:func:`build_checked`): it then gets real,
+    uninitialised storage (``to_empty``) that the strict load fills, and every module that
+    defines ``reset_buffers()`` recomputes its non-persistent buffers. Floating tensors are cast
+    to the model's dtype (packages may store float16). Every mismatch is reported at once, on
+    one line::
+
+        SOURCE: weights do not match Demucs: missing keys [a, b]; unexpected keys [c];
+        shape mismatch [d: stored (2, 7), model (2, 8)]
+
+    (lists longer than 5 end with ``(+N more)``).
+
+    Raises:
+        PackageFormatError: on missing / unexpected keys, shape mismatches, or tensors that
+            cannot be loaded.
+    """
+    check_shapes(model, {k: tuple(v.shape) for k, v in state.items()}, source)
+    module = model if isinstance(model, nn.Module) else None
+    on_meta = module is not None and any(t.is_meta for t in module.state_dict().values())
+    if on_meta and module is not None:
+        _check_resettable(module)
+        module.to_empty(device="cpu")
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a dtype that cannot be copied
+        raise PackageFormatError(
+            f"{source}: cannot load the weights into {type(model).__name__}: "
+            f"{one_line(exc, last=True)}"
+        ) from None
+    if on_meta and module is not None:
+        for sub in module.modules():
+            reset = getattr(sub, "reset_buffers", None)
+            if callable(reset):
+                reset()
+
+
+def _check_resettable(module: nn.Module) -> None:
+    """Every module with non-persistent buffers (absent from the state dict, so left
+    uninitialised by ``to_empty``) must recompute them in ``reset_buffers()``."""
+    for name, sub in module.named_modules():
+        if sub._non_persistent_buffers_set and not callable(getattr(sub, "reset_buffers", None)):
+            raise TypeError(  # a model class bug, not a property of the file
+                f"{type(sub).__name__} ({name or 'model'}) has buffers outside its state dict "
+                f"({', '.join(sorted(sub._non_persistent_buffers_set))}) but no reset_buffers()"
+            )

@@ -1,4 +1,4 @@
-"""Official Demucs model repositories: bag YAMLs and the member files they name.
+"""Bag YAMLs of official Demucs model repositories and the member files they name.
 
 A repository is a folder holding official model files named by their signature ``sig`` (8 hex
 digits): a pickled package ``{sig}.th`` or ``{sig}-{hash}.th`` (``hash`` = first 8 hex digits
@@ -11,9 +11,8 @@ YAMLs ``NAME.yaml``::
 
 The released bags (``htdemucs``, ``htdemucs_ft``, ``htdemucs_6s``, ``hdemucs_mmi``, ``mdx``,
 ``mdx_extra``, and the refused DiffQ ``mdx_q`` / ``mdx_extra_q``) ship with demucs_rr as YAML
-files in ``demucs_rr/models/remote/``. Loading a bag gives a :class:`LoadedBag` whose
-:meth:`LoadedBag.build` makes the model the engine runs: the member itself for a one-model bag
-without weights or segment, else a :class:`~demucs_rr.models.bag.BagOfModels`.
+files in ``demucs_rr/hub/remote/``. :func:`demucs_rr.hub.formats.load_bag` loads the members
+of a :class:`BagSpec`.
 """
 
 from __future__ import annotations
@@ -21,24 +20,19 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from demucs_rr.errors import ModelNotFoundError, PackageFormatError
-from demucs_rr.models.base import PackagedModel, SeparationModel
-from demucs_rr.models.fetch import sha256_file
+from demucs_rr.errors import ModelNotFoundError, PackageFormatError, one_line
+from demucs_rr.hub.fetch import sha256_file
 
 __all__ = [
     "BagSpec",
-    "LoadedBag",
     "builtin_bag",
     "builtin_bag_names",
     "check_member_hash",
     "find_member",
-    "load_bag",
-    "load_member",
     "parse_bag",
     "read_bag_yaml",
 ]
@@ -122,13 +116,12 @@ def read_bag_yaml(path: str | Path) -> BagSpec:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PackageFormatError(f"{path}: not a readable bag YAML ({first})") from None
+        raise PackageFormatError(f"{path}: not a readable bag YAML ({one_line(exc)})") from None
     return parse_bag(data, path.stem, str(path))
 
 
 def _builtin_folder() -> Any:
-    return importlib.resources.files("demucs_rr.models") / "remote"
+    return importlib.resources.files("demucs_rr.hub") / "remote"
 
 
 def builtin_bag_names() -> list[str]:
@@ -186,108 +179,3 @@ def check_member_hash(path: Path) -> Path:
             "promises; the file is damaged or not the official one"
         )
     return path
-
-
-def load_member(path: Path) -> PackagedModel:
-    """Load one official (or demucs_rr) model file: a pickled package, a hub file or a
-    single-model package (hashes are the locator's business, see :func:`check_member_hash`).
-
-    Raises:
-        ModelNotFoundError: the file does not exist.
-        PackageFormatError: unsafe or malformed file, or a demucs_rr bag.
-    """
-    if not path.is_file():
-        raise ModelNotFoundError(f"no model file at {path}")
-    if path.suffix == ".safetensors":
-        from demucs_rr.models.hub import is_hub_file, model_from_hub_file, read_safetensors_header
-        from demucs_rr.models.package import load_model_package
-
-        if is_hub_file(read_safetensors_header(path)):
-            return model_from_hub_file(path)
-        return load_model_package(path)
-    from demucs_rr.models.legacy import model_from_official_package
-
-    return model_from_official_package(path)
-
-
-@dataclass
-class LoadedBag:
-    """The loaded members of a bag with the bag's weights and segment.
-
-    Attributes:
-        name: bag name.
-        members: one model per entry of the YAML's ``models`` (a repeated signature is the
-            same model object).
-        signatures: the YAML's ``models``.
-        weights: per member, one weight per source; None: all 1.
-        segment: chunk length in seconds for every member; None: their own.
-    """
-
-    name: str
-    members: list[PackagedModel]
-    signatures: list[str]
-    weights: list[list[float]] | None = None
-    segment: float | None = None
-
-    def check(self) -> None:
-        """Members agree on sources, rate and channels; weights fit them.
-
-        Raises:
-            PackageFormatError: naming the bag and the first disagreement.
-        """
-        first = self.members[0]
-        for sig, model in zip(self.signatures, self.members, strict=True):
-            for attr in ("sources", "samplerate", "audio_channels"):
-                if getattr(model, attr) != getattr(first, attr):
-                    raise PackageFormatError(
-                        f"bag {self.name}: member {sig} has {attr} {getattr(model, attr)}, "
-                        f"the first member {getattr(first, attr)}"
-                    )
-        if self.weights is not None and any(len(w) != len(first.sources) for w in self.weights):
-            raise PackageFormatError(
-                f"bag {self.name}: every weight list needs {len(first.sources)} values, one per "
-                f"source ({', '.join(first.sources)})"
-            )
-
-    def build(self) -> SeparationModel:
-        """The model to run: the member itself for a one-model bag without weights or segment,
-        else a :class:`~demucs_rr.models.bag.BagOfModels` (eval mode)."""
-        self.check()
-        if len(self.members) == 1 and self.weights is None and self.segment is None:
-            return self.members[0].eval()
-        from demucs_rr.models.bag import BagOfModels
-
-        bag = BagOfModels(self.members, weights=self.weights, segment=self.segment)
-        return bag.eval()
-
-
-def load_bag(spec: BagSpec, locate: Callable[[str], Path]) -> LoadedBag:
-    """Load every member of ``spec``; ``locate(sig)`` gives the file of a signature.
-
-    Raises:
-        ModelNotFoundError, DownloadError, PackageFormatError: from ``locate`` and the loaders.
-    """
-    loaded: dict[str, PackagedModel] = {}
-    for sig in spec.models:
-        if sig not in loaded:
-            loaded[sig] = load_member(locate(sig))
-    bag = LoadedBag(
-        spec.name, [loaded[s] for s in spec.models], list(spec.models), spec.weights, spec.segment
-    )
-    bag.check()
-    return bag
-
-
-def locate_in(folder: Path, bag: str) -> Callable[[str], Path]:
-    """A ``locate`` for :func:`load_bag` that looks in ``folder`` only."""
-
-    def locate(sig: str) -> Path:
-        path = find_member(sig, folder)
-        if path is None:
-            raise ModelNotFoundError(
-                f"bag {bag}: no file for model {sig} in {folder} (expected {sig}.th, "
-                f"{sig}-HASH.th or {sig}.safetensors)"
-            )
-        return check_member_hash(path)
-
-    return locate

@@ -11,10 +11,10 @@ Layout (written by the official ``demucs`` 4.1.0 for its HuggingFace repositorie
   ``{"_class": "module.Name"}`` or a JSON literal.
 
 Nothing is imported or called from the metadata: a ``_class`` node stays an inert
-:class:`~demucs_rr.models.unpickle.OfficialClassRef` (only DiffQ states hold one, and those are
+:class:`~demucs_rr.hub.unpickle.OfficialClassRef` (only DiffQ states hold one, and those are
 refused), and the class path must be one of the official model classes. The result is the same
-:class:`~demucs_rr.models.legacy.LegacyPackage` as for a pickled ``.th`` package, so both build
-through :func:`~demucs_rr.models.legacy.build_official_model`.
+:class:`~demucs_rr.hub.official_th.OfficialPackage` as for a pickled ``.th`` package, so both build
+through :func:`~demucs_rr.hub.official_th.build_official_model`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from demucs_rr.errors import ModelNotFoundError, PackageFormatError
+from demucs_rr.hub.official_th import OfficialPackage, build_official_model, package_content
+from demucs_rr.hub.safety import read_declared_shapes
+from demucs_rr.hub.unpickle import OFFICIAL_CLASSES, OfficialClassRef
 from demucs_rr.models.base import PackagedModel
-from demucs_rr.models.legacy import LegacyPackage, build_official_model, package_content
-from demucs_rr.models.safety import read_declared_shapes
-from demucs_rr.models.unpickle import OFFICIAL_CLASSES, OfficialClassRef
 
 __all__ = ["is_hub_file", "load_hub_package", "model_from_hub_file", "read_safetensors_header"]
 
@@ -101,7 +101,7 @@ def _rebuild(node: Any, tensors: dict[str, torch.Tensor], source: str, depth: in
     return {str(k): _rebuild(v, tensors, source, depth + 1) for k, v in node.items()}
 
 
-def load_hub_package(path: str | Path) -> LegacyPackage:
+def load_hub_package(path: str | Path) -> OfficialPackage:
     """Read an official 4.1.0 hub ``.safetensors`` file into a package description.
 
     Raises:

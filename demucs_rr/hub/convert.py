@@ -4,7 +4,7 @@ Sources: an official ``.th`` package (v2, v3/v4, bag members), an official 4.1.0
 ``.safetensors``, a bag ``.yaml`` with its member files in the same folder, a pretrained name
 (``htdemucs_ft``: members from ``--repo``, the cache or a download), or a demucs_rr package.
 A single model becomes a single-model package; a bag (several members, weights or a segment)
-becomes a bag package (:mod:`demucs_rr.models.bag_package`). Floating weights are stored as
+becomes a bag package (:mod:`demucs_rr.hub.bag_package`). Floating weights are stored as
 float16 when that is exact (the official v3/v4 weights are float16), else as float32, so the
 converted model computes exactly what the source computes.
 """
@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.bag_package import save_bag_package
+from demucs_rr.hub.bag_package import save_bag_package
+from demucs_rr.hub.loaded import LoadedModel
+from demucs_rr.hub.loader import resolve
+from demucs_rr.hub.package import save_package
 from demucs_rr.models.base import PackagedModel
-from demucs_rr.models.official_repo import LoadedBag
-from demucs_rr.models.package import save_package
 
 __all__ = ["Converted", "convert_model", "half_is_exact"]
 
@@ -53,14 +54,14 @@ def half_is_exact(models: list[PackagedModel]) -> bool:
     return True
 
 
-def save_loaded(bag: LoadedBag, dst: Path, name: str | None = None) -> Converted:
+def save_loaded(bag: LoadedModel, dst: Path, name: str | None = None) -> Converted:
     """Write ``bag`` as a single-model or a bag package at ``dst`` (see module docstring).
 
     Raises:
         PackageFormatError: a member cannot be packaged.
     """
     half = half_is_exact(bag.members)
-    if len(bag.members) == 1 and bag.weights is None and bag.segment is None:
+    if bag.is_single:
         save_package(bag.members[0], dst, name=name or bag.name, half=half)
     else:
         save_bag_package(bag, dst, name=name, half=half)
@@ -82,13 +83,11 @@ def convert_model(
         ConfigError: ``dst`` is not a ``.safetensors`` path or is the source itself.
         ModelNotFoundError, DownloadError, PackageFormatError: ``src`` does not load.
     """
-    from demucs_rr.models.pretrained import resolve_bag
-
     dst = Path(dst).expanduser()
     if dst.suffix != ".safetensors":
         raise ConfigError(f"the converted package must be a .safetensors file, got {dst}")
     source = Path(src).expanduser()
     if source.exists() and source.resolve() == dst.resolve():
         raise ConfigError(f"refusing to convert {source} onto itself")
-    bag = resolve_bag(src, repo)
+    bag = resolve(src, repo)
     return save_loaded(bag, dst, name)
