@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from demucs_rr.allocator import reuse_freed_memory
+from demucs_rr.process import configure_process
 
-__all__ = ["Separator", "__version__", "reuse_freed_memory"]
+__all__ = ["Separator", "__version__", "configure_process"]
 
 if TYPE_CHECKING:
     from demucs_rr.separate.api import Separator

@@ -2,27 +2,25 @@
 
 Only this module turns errors into exit codes: 0 success, 1 a batch where some tracks failed
 (the others were written), 2 bad usage or nothing could be done. Messages are one line.
+:func:`main` changes no process-wide setting; the entry points (:mod:`demucs_rr.__main__`, the
+console scripts) apply ``--threads``, the allocator, signals and logging first
+(:func:`demucs_rr.process.configure_process`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
 from demucs_rr import __version__, argtypes
-from demucs_rr.allocator import reuse_freed_memory
 from demucs_rr.errors import DemucsRRError
+from demucs_rr.process import Terminated
 
-logger = logging.getLogger("demucs_rr")
-
-# Commands that run models: malloc keeps freed memory for them (see demucs_rr.allocator).
+# Commands that run models: malloc keeps freed memory for them (see demucs_rr.process).
 MODEL_COMMANDS = frozenset({"separate", "evaluate", "serve", "train"})
 
 EXTRA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -77,9 +75,9 @@ def _stem_list(text: str) -> list[str]:
 def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``separate`` (shared by ``demucs-rr separate`` and the ``separate`` script)."""
     from demucs_rr.audio.options import WriteOptions
-    from demucs_rr.models.catalogue import DEFAULT_MODEL
+    from demucs_rr.hub.catalogue import DEFAULT_MODEL
     from demucs_rr.separate.defaults import DEFAULT_TEMPLATE, OTHER_METHODS
-    from demucs_rr.separate.precision import PRECISIONS
+    from demucs_rr.separate.options import add_engine_arguments
 
     d = WriteOptions()
     p = parser
@@ -110,33 +108,7 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-r", "--recursive", action="store_true", help="search directories recursively")
     p.add_argument("-d", "--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
-    p.add_argument(
-        "--shifts",
-        type=argtypes.non_negative_int,
-        default=0,
-        help="random shifts averaged (shift trick; better, N times slower); default 0",
-    )
-    # default=None: options refused without the option they modify (separate/options.py)
-    p.add_argument("--seed", type=int, help="seed of the shift offsets (default 0)")
-    p.add_argument("--overlap", type=argtypes.overlap, help="chunk overlap (default 0.25)")
-    p.add_argument(
-        "--segment", type=argtypes.seconds, help="chunk length in seconds (default: model's)"
-    )
-    p.add_argument("--no-split", action="store_true", help="process each track in one pass")
-    p.add_argument(
-        "-b",
-        "--batch-size",
-        type=argtypes.positive_int,
-        default=1,
-        help="chunks per forward pass (faster on GPU, more memory); default 1",
-    )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="precision of the model's forward passes: fp32 (default), bf16 (CPUs with "
-        "AVX512-BF16/AMX, CUDA; about 2x faster for HT Demucs on such CPUs), fp16 (CUDA, MPS)",
-    )
+    add_engine_arguments(p)
     p.add_argument("--two-stems", metavar="STEM", help="write STEM and no_STEM only")
     p.add_argument(
         "--other-method",
@@ -203,19 +175,6 @@ def add_threads_argument(parser: argparse.ArgumentParser, top_level: bool = Fals
     )
 
 
-def set_threads(threads: int | None) -> None:
-    """Apply ``--threads``: intra-op threads, and inter-op threads while torch still allows it."""
-    if threads is None:
-        return
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(threads)
-    except RuntimeError:  # only settable once, before any inter-op work has started
-        logger.debug("inter-op threads already fixed at %d", torch.get_num_interop_threads())
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``demucs-rr`` parser with its subcommands."""
     parser = _Parser(prog="demucs-rr", description="Music source separation.")
@@ -247,12 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s: %(message)s"
-    )
-
-
 def _run(args: argparse.Namespace) -> int:
     if args.command == "separate":
         from demucs_rr.separate.run import run_separate
@@ -272,42 +225,31 @@ def _run(args: argparse.Namespace) -> int:
     return run_models_list(args)
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, so that staged files are removed on the way out."""
+def run(args: argparse.Namespace) -> int:
+    """Run parsed arguments; returns the exit code (errors are one line on stderr).
 
-
-def _on_sigterm(signum: int, frame: object) -> NoReturn:
-    raise _Terminated
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``demucs-rr``; returns the exit code.
-
-    Ctrl-C (exit 130) and SIGTERM (exit 143) unwind like an error: half-written stems and other
-    staged files are removed, and the message is one line.
+    Ctrl-C (exit 130) and, where the entry point turned SIGTERM into
+    :class:`~demucs_rr.process.Terminated`, SIGTERM (exit 143) unwind like an error: half-written
+    stems and other staged files are removed, and the message is one line.
     """
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
-        set_threads(args.threads)
-        if args.command in MODEL_COMMANDS:
-            reuse_freed_memory()
         return _run(args)
     except DemucsRRError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, _Terminated)
+        terminated = isinstance(exc, Terminated)
         print(f"error: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except BrokenPipeError:  # `demucs-rr models list | head`: the reader went away
         _silence_stdout()
         return 141  # 128 + SIGPIPE, as a shell reports it
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``demucs-rr ARGS`` in this process, leaving process-wide settings alone (``--threads``
+    is applied by the entry points); returns the exit code."""
+    return run(build_parser().parse_args(argv))
 
 
 def _silence_stdout() -> None:
@@ -320,6 +262,6 @@ def _silence_stdout() -> None:
         pass
 
 
-def separate_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``separate`` script (same as ``demucs-rr separate``)."""
-    return main(["separate", *(sys.argv[1:] if argv is None else argv)])
+def separate_argv(argv: Sequence[str] | None = None) -> list[str]:
+    """``demucs-rr`` arguments of a ``separate ARGS`` call (default: this process's)."""
+    return ["separate", *(sys.argv[1:] if argv is None else argv)]

@@ -36,8 +36,8 @@ an epoch several times slower)."""
 ENTRY_POINTS = {
     "python3": '{python} "$@"',
     "demucs-rr": '{python} -m demucs_rr "$@"',
-    "separate": "{python} -c 'import sys; from demucs_rr.cli import separate_main; "
-    'sys.exit(separate_main())\' "$@"',
+    "separate": "{python} -c 'import sys; from demucs_rr.__main__ import separate; "
+    'sys.exit(separate())\' "$@"',
 }
 """Shims so the commands run this checkout with the interpreter running the tests."""
 
@@ -141,7 +141,6 @@ def test_musdb_block_configs_resolve(
 ) -> None:
     from demucs_rr import cli
 
-    monkeypatch.setattr(cli, "set_threads", lambda threads: None)
     checked = 0
     for line in command_lines(training_blocks()["needs-musdb"]):
         for argv in commands(line):

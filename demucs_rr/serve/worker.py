@@ -12,16 +12,16 @@ import json
 import logging
 import os
 import shutil
-import signal
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 from demucs_rr.audio import WriteOptions
 from demucs_rr.errors import DemucsRRError
 from demucs_rr.separate.api import Separator
+from demucs_rr.separate.options import ApplyOptions
 from demucs_rr.separate.outputs import (
     InputFile,
     output_path,
@@ -30,6 +30,7 @@ from demucs_rr.separate.outputs import (
 from demucs_rr.serve.jobs import JobOptions, job_dir, model_label
 from demucs_rr.serve.store import Job, JobStore
 from demucs_rr.serve.waveform import write_waveform_file
+from demucs_rr.staging import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class WorkerConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         repo: folder searched first for model files.
         threads: torch CPU threads per worker (None: torch's default).
-        precision: forward-pass precision, ``fp32``, ``bf16`` or ``fp16``.
+        engine: how models are applied (segment, overlap, batch, precision); each job
+            sets its shifts.
         poll_interval: seconds between looks at an empty queue.
     """
 
@@ -66,7 +68,7 @@ class WorkerConfig:
     device: str = "auto"
     repo: str | None = None
     threads: int | None = None
-    precision: str = "fp32"
+    engine: ApplyOptions = field(default_factory=ApplyOptions)
     poll_interval: float = 0.2
 
 
@@ -93,7 +95,7 @@ class ModelCache:
             self._items.move_to_end(name)
             return self._items[name]
         sep = Separator(
-            name, device=self.config.device, repo=self.config.repo, precision=self.config.precision
+            name, device=self.config.device, repo=self.config.repo, options=self.config.engine
         )
         self._items[name] = sep
         while len(self._items) > MODELS_KEPT:
@@ -190,21 +192,17 @@ def run_job(job: Job, store: JobStore, models: ModelCache, stop: StopFlag) -> No
 def report_model(sep: Separator, config: WorkerConfig) -> None:
     """Write what the loaded server model really is (``model.json``) for ``GET /api/info``."""
     facts = {"for": config.model, "sources": sep.sources, "device": str(sep.device)}
-    path = config.jobs_dir / MODEL_FACTS
-    tmp = path.with_name(f".{MODEL_FACTS}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(facts))
-    os.replace(tmp, path)
+    with atomic_write(config.jobs_dir / MODEL_FACTS) as tmp:
+        tmp.write_text(json.dumps(facts))
 
 
 def worker_main(config: WorkerConfig, stop: StopFlag) -> None:
     """Process entry point: load the model, then run queued jobs until ``stop`` is set."""
-    from demucs_rr.allocator import reuse_freed_memory
-    from demucs_rr.cli import set_threads
+    from demucs_rr.process import configure_process
 
-    reuse_freed_memory()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops workers through ``stop``
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    set_threads(config.threads)
+    configure_process(  # the server stops workers through ``stop``, not SIGINT
+        threads=config.threads, keep_freed_memory=True, ignore_interrupt=True, verbose=False
+    )
     store = JobStore(config.jobs_dir)
     models = ModelCache(config)
     try:
