@@ -2,15 +2,19 @@
 
 ``torchrun --nnodes N --nproc-per-node G -m demucs_rr separate|evaluate ...`` starts ``N * G``
 processes. Each reads its place from ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``
-(:func:`~demucs_rr.runtime.torchrun_ranks`), joins the process group (gloo on the CPU, nccl on
-CUDA) with :func:`process_group`, takes its share of a list that every rank builds identically
+(:meth:`Group.from_env`), joins the process group (gloo on the CPU, nccl on CUDA) with
+:func:`process_group`, takes its share of a list that every rank builds identically
 (:meth:`Group.shard`), and meets the others at the end (:meth:`Group.gather`) so that rank 0
-can report for all. A single process (no ``torchrun``) never touches torch.distributed.
+can report for all. Training wraps its model with :meth:`Group.wrap` and averages metrics with
+:meth:`Group.all_reduce_mean`. A single process (no ``torchrun``) never touches
+torch.distributed. There are no module globals: the :class:`Group` is handed to whoever needs
+it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,11 +22,20 @@ from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as torch_dist
+from torch import nn
 
-from demucs_rr.errors import ConfigError
-from demucs_rr.runtime import Ranks, torchrun_ranks
+from demucs_rr.errors import ConfigError, one_line
+from demucs_rr.runtime import resolve_device
 
-__all__ = ["BATCH_TIMEOUT", "Group", "backend_for", "join_group", "leave_group", "process_group"]
+__all__ = [
+    "BATCH_TIMEOUT",
+    "Group",
+    "backend_for",
+    "join_group",
+    "leave_group",
+    "process_group",
+    "torchrun_ranks",
+]
 
 T = TypeVar("T")
 
@@ -62,10 +75,9 @@ def join_group(
     try:
         torch_dist.init_process_group(backend, rank=rank, world_size=world_size, **extra)
     except (ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             f"cannot join the torchrun process group ({backend}, rank {rank} of {world_size}): "
-            f"{first}; start the command with torchrun"
+            f"{one_line(exc)}; start the command with torchrun"
         ) from None
 
 
@@ -75,9 +87,36 @@ def leave_group() -> None:
         torch_dist.destroy_process_group()
 
 
+def torchrun_ranks(env: Mapping[str, str] | None = None) -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``
+    (default: a single process, ``(0, 1, 0)``).
+
+    Args:
+        env: the variables (default ``os.environ``).
+
+    Raises:
+        ConfigError: a variable is not an integer, or the three are inconsistent.
+    """
+    env = os.environ if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError as exc:
+        raise ConfigError(f"bad torchrun environment variable: {exc}") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ConfigError(
+            f"inconsistent torchrun environment: RANK={rank}, "
+            f"WORLD_SIZE={world}, LOCAL_RANK={local}"
+        )
+    return rank, world, local
+
+
 @dataclass(frozen=True)
 class Group:
-    """This process's place in the job and the few collectives the batch commands need.
+    """Where this process stands in a ``torchrun`` job, and the collectives the commands need.
+
+    One process (no ``torchrun``) is rank 0 of 1 and never touches torch.distributed.
 
     Attributes:
         rank: global rank in ``[0, world_size)``.
@@ -91,6 +130,20 @@ class Group:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
+    @classmethod
+    def from_env(
+        cls, device: str = "auto", env: Mapping[str, str] | None = None, *, allow_mps: bool = True
+    ) -> Group:
+        """This process's place from the torchrun variables, its device resolved from
+        ``device`` (``auto`` and ``cuda`` pick GPU ``local_rank``; see
+        :func:`~demucs_rr.runtime.resolve_device`).
+
+        Raises:
+            ConfigError: inconsistent variables, or an unknown or unavailable device.
+        """
+        rank, world, local = torchrun_ranks(env)
+        return cls(rank, world, local, resolve_device(device, local, allow_mps=allow_mps))
+
     @property
     def distributed(self) -> bool:
         """More than one process."""
@@ -98,8 +151,13 @@ class Group:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0: the process that reports for all."""
+        """Rank 0: the process that reports for all, writes shared files, shows progress."""
         return self.rank == 0
+
+    @property
+    def backend(self) -> str:
+        """``nccl`` on CUDA, ``gloo`` otherwise."""
+        return backend_for(self.device)
 
     def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's share of ``items``: every ``world_size``-th, from index ``rank``."""
@@ -119,25 +177,42 @@ class Group:
         torch_dist.all_gather_object(values, value)
         return cast(list[T], values)
 
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum of ``tensor`` over processes (a new CPU tensor; the input is left unchanged)."""
+        out = tensor.detach().clone().to(self.device)
+        if self.distributed:
+            torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
+        return out.cpu()
+
+    def all_reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Mean over processes of each value of ``values`` (same keys on every process)."""
+        if not self.distributed or not values:
+            return dict(values)
+        keys = list(values)  # same insertion order on every rank
+        total = self.all_reduce_sum(torch.tensor([values[k] for k in keys], dtype=torch.float64))
+        return {k: float(v) / self.world_size for k, v in zip(keys, total.tolist(), strict=True)}
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``DistributedDataParallel(model)`` when distributed, else ``model`` itself."""
+        if not self.distributed:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
 
 @contextmanager
-def process_group(
-    device: torch.device, ranks: Ranks | None = None, timeout: timedelta = BATCH_TIMEOUT
-) -> Iterator[Group]:
-    """The :class:`Group` of this process, joined for the duration of the block and left after
-    it (also on errors).
+def process_group(group: Group, timeout: timedelta | None = BATCH_TIMEOUT) -> Iterator[Group]:
+    """``group`` joined to torchrun's process group for the duration of the block and left
+    after it (also on errors); nothing happens for one process.
 
     Args:
-        device: this process's device (see :func:`~demucs_rr.runtime.resolve_device`).
-        ranks: where this process stands (default: read from the torchrun variables).
-        timeout: how long a collective waits for the other ranks.
+        group: this process's place (:meth:`Group.from_env`).
+        timeout: how long a collective waits for the other ranks (None: torch's default).
 
     Raises:
-        ConfigError: bad torchrun variables, or the group cannot be joined.
+        ConfigError: the group cannot be joined.
     """
-    ranks = torchrun_ranks() if ranks is None else ranks
-    group = Group(ranks.rank, ranks.world_size, ranks.local_rank, device)
-    join_group(group.rank, group.world_size, device, timeout)
+    join_group(group.rank, group.world_size, group.device, timeout)
     try:
         yield group
     finally:

@@ -1,8 +1,7 @@
-"""Conventions shared by every command: the cache folder, torchrun ranks and device names.
+"""Conventions shared by every command: the cache folder and device names.
 
 * :func:`cache_dir`: ``$DEMUCS_RR_CACHE``, else ``$XDG_CACHE_HOME/demucs_rr``, else
   ``~/.cache/demucs_rr`` (model downloads, decoded MUSDB18, dataset metadata).
-* :func:`torchrun_ranks`: ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as set by ``torchrun``.
 * :func:`check_device` / :func:`resolve_device`: the device vocabulary ``auto``, ``cpu``,
   ``cuda``, ``cuda:N`` and ``mps``, used by ``separate``, ``evaluate`` and ``train``.
 """
@@ -11,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +18,7 @@ from demucs_rr.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEVICE_NAMES", "Ranks", "cache_dir", "check_device", "resolve_device", "torchrun_ranks"]
+__all__ = ["DEVICE_NAMES", "cache_dir", "check_device", "resolve_device"]
 
 #: Device names every command accepts (``cuda:N`` selects GPU ``N``).
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -35,48 +32,6 @@ def cache_dir() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "demucs_rr"
     return Path.home() / ".cache" / "demucs_rr"
-
-
-# --------------------------------------------------------------------------- torchrun
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """Where this process stands in a ``torchrun`` job (one process: 0, 1, 0).
-
-    Attributes:
-        rank: global rank in ``[0, world_size)``.
-        world_size: number of processes.
-        local_rank: rank on this machine (selects the GPU).
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-
-def torchrun_ranks(env: Mapping[str, str] | None = None) -> Ranks:
-    """Read ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` (default: a single process).
-
-    Args:
-        env: the variables (default ``os.environ``).
-
-    Raises:
-        ConfigError: a variable is not an integer, or the three are inconsistent.
-    """
-    env = os.environ if env is None else env
-    try:
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", "0"))
-        local = int(env.get("LOCAL_RANK", str(rank)))
-    except ValueError as exc:
-        raise ConfigError(f"bad torchrun environment variable: {exc}") from None
-    if world < 1 or not 0 <= rank < world or local < 0:
-        raise ConfigError(
-            f"inconsistent torchrun environment: RANK={rank}, "
-            f"WORLD_SIZE={world}, LOCAL_RANK={local}"
-        )
-    return Ranks(rank, world, local)
 
 
 # --------------------------------------------------------------------------- devices

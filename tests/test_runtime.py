@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from demucs_rr.distributed import torchrun_ranks
 from demucs_rr.errors import ConfigError
-from demucs_rr.runtime import Ranks, cache_dir, check_device, resolve_device, torchrun_ranks
+from demucs_rr.runtime import cache_dir, check_device, resolve_device
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -23,9 +24,9 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_torchrun_ranks() -> None:
-    assert torchrun_ranks({}) == Ranks(0, 1, 0)
-    assert torchrun_ranks({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Ranks(3, 4, 1)
-    assert torchrun_ranks({"RANK": "2", "WORLD_SIZE": "4"}).local_rank == 2
+    assert torchrun_ranks({}) == (0, 1, 0)
+    assert torchrun_ranks({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (3, 4, 1)
+    assert torchrun_ranks({"RANK": "2", "WORLD_SIZE": "4"})[2] == 2
     with pytest.raises(ConfigError, match="bad torchrun environment variable"):
         torchrun_ranks({"RANK": "x"})
     with pytest.raises(ConfigError, match="inconsistent torchrun environment: RANK=4"):

@@ -14,6 +14,7 @@ import soundfile
 import torch
 
 from demucs_rr.data.synthetic import make_synthetic_dataset
+from demucs_rr.distributed import Group
 from demucs_rr.errors import ConfigError, PackageFormatError
 from demucs_rr.train.augment import (
     BatchRows,
@@ -33,7 +34,6 @@ from demucs_rr.train.checkpoint import (
 )
 from demucs_rr.train.cli import add_train_arguments, run_train
 from demucs_rr.train.config import load_config, model_kwargs
-from demucs_rr.train.distributed import DistContext
 from demucs_rr.train.ema import EMA
 from demucs_rr.train.loop import GlobalBatchSampler, fit
 from demucs_rr.train.losses import SourceLoss
@@ -110,7 +110,7 @@ def test_bad_config_is_one_line_error(override: str, words: str) -> None:
 
 def test_missing_dataset_root_is_an_error() -> None:
     with pytest.raises(ConfigError, match="dset.root is not set"):
-        load_config(["dset=musdb_hq"])
+        load_config(["dset=musdb-hq"])
 
 
 def test_saved_config_round_trip(tmp_path: Path) -> None:
@@ -236,11 +236,11 @@ def test_checkpoint_atomic_round_trip_and_rng(tmp_path: Path) -> None:
 
 
 def test_dist_context_from_env() -> None:
-    ctx = DistContext.from_env("cpu", {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    ctx = Group.from_env("cpu", {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
     assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.backend) == (1, 2, False, "gloo")
-    assert DistContext.from_env("cpu", {}).world_size == 1
+    assert Group.from_env("cpu", {}).world_size == 1
     with pytest.raises(ConfigError):
-        DistContext.from_env("cpu", {"RANK": "2", "WORLD_SIZE": "2"})
+        Group.from_env("cpu", {"RANK": "2", "WORLD_SIZE": "2"})
 
 
 # --------------------------------------------------------------------------- errors before training
@@ -361,8 +361,8 @@ def test_hybrid_presets_are_the_released_architectures() -> None:
 def test_htdemucs_resume_continues_exactly_and_exports(small_synth: Path, tmp_path: Path) -> None:
     """The tiny HTDemucs trains in the same loop; training mode rewrites its segment from the
     batch length, which is the configured one, so resume is bit-exact and the export keeps it."""
+    from demucs_rr.hub.loader import load_model
     from demucs_rr.models.htdemucs import HTDemucs
-    from demucs_rr.models.package import load_package
     from demucs_rr.separate.engine import apply_model
 
     overrides = tiny_overrides(
@@ -385,7 +385,7 @@ def test_htdemucs_resume_continues_exactly_and_exports(small_synth: Path, tmp_pa
     out = tmp_path / "tiny_ht.safetensors"
     args = _parse(add_export_arguments, [str(tmp_path / "resumed"), "-o", str(out)])
     assert run_export(args) == 0
-    model = load_package(out)
+    model = load_model(out)
     assert isinstance(model, HTDemucs) and model.segment_length == RATE
     assert model.init_kwargs["segment"] == "1/1" and model.max_segment_length == RATE
     mix = 0.1 * torch.randn(2, 3 * RATE, generator=torch.Generator().manual_seed(0))
@@ -432,7 +432,7 @@ def test_cli_train_converges_then_export_and_separate(
 
     assert main(["export", str(run_dir)]) == 0
     package = run_dir / "run.safetensors"
-    from demucs_rr.models.package import read_package_metadata
+    from demucs_rr.hub.package import read_package_metadata
 
     meta = read_package_metadata(package)
     assert meta["training"]["metrics"]["valid_nsdr"] == pytest.approx(best_nsdr)
@@ -487,7 +487,7 @@ def test_full_size_preset_takes_steps(preset: str) -> None:
         ]
     )
     model = make_model(config)
-    state = build_state(config, model, DistContext(), steps_per_epoch=2)
+    state = build_state(config, model, Group(), steps_per_epoch=2)
     length = model.valid_length(round(0.25 * 44100)) + round(0.05 * 44100)
     stems = 0.1 * torch.randn(2, 4, 2, length, generator=torch.Generator().manual_seed(0))
     before = next(model.parameters()).detach().clone()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.training_info import VALID_LOSS, VALID_NSDR, TrainingInfo
+from demucs_rr.hub.training_info import VALID_LOSS, VALID_NSDR, TrainingInfo
 
 __all__ = ["add_export_arguments", "add_train_arguments", "run_export", "run_train"]
 
@@ -82,7 +82,7 @@ def _runs_hint() -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     """Resolve the config and train; returns the exit code."""
-    from demucs_rr.runtime import torchrun_ranks
+    from demucs_rr.distributed import torchrun_ranks
     from demucs_rr.train.config import config_to_yaml, load_config
     from demucs_rr.train.loop import CONFIG_NAME, fit
 
@@ -103,7 +103,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
-    if torchrun_ranks().rank == 0:
+    if torchrun_ranks()[0] == 0:
         print(
             f"run folder: {run_dir} (continue it with `demucs-rr train --run-dir {run_dir} "
             "--resume`)",
@@ -167,7 +167,8 @@ def _training_info(
 
 def run_export(args: argparse.Namespace) -> int:
     """Write the release package of a run; returns the exit code."""
-    from demucs_rr.models.package import load_state_strict, save_package
+    from demucs_rr.hub.package import save_package
+    from demucs_rr.hub.safety import load_weights
     from demucs_rr.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from demucs_rr.train.config import load_config
     from demucs_rr.train.state import make_model
@@ -179,10 +180,10 @@ def run_export(args: argparse.Namespace) -> int:
     model = make_model(config)
     best = None if args.last else saved.get("best")
     if best is None:
-        load_state_strict(model, saved["model"], f"{checkpoint} (last weights)")
+        load_weights(model, saved["model"], f"{checkpoint} (last weights)")
         which = "last weights"
     else:
-        load_state_strict(model, best["state"], f"{checkpoint} (best weights)")
+        load_weights(model, best["state"], f"{checkpoint} (best weights)")
         which = f"best weights: epoch {best['epoch']}, {best['weights']}"
     name = args.name or run_dir.resolve().name
     out = args.out or run_dir / f"{name}.safetensors"

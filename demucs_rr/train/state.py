@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from demucs_rr.distributed import Group
 from demucs_rr.errors import ConfigError, PackageFormatError
 from demucs_rr.models.base import PackagedModel, as_module
 from demucs_rr.models.registry import build_model
 from demucs_rr.train.augment import AugmentPipeline, build_augment
 from demucs_rr.train.config import TrainConfig, model_kwargs
-from demucs_rr.train.distributed import DistContext
 from demucs_rr.train.ema import EMA
 from demucs_rr.train.losses import SourceLoss
 
@@ -53,7 +53,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     augment: AugmentPipeline
     criterion: SourceLoss
-    dist: DistContext
+    dist: Group
     seed: int
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     scaler: torch.amp.GradScaler | None = None
@@ -149,7 +149,7 @@ def make_scheduler(
 
 
 def build_state(
-    config: TrainConfig, model: PackagedModel, dist: DistContext, steps_per_epoch: int
+    config: TrainConfig, model: PackagedModel, dist: Group, steps_per_epoch: int
 ) -> TrainState:
     """Optimiser, schedule, AMP, EMA, augmentation and loss around ``model`` (moved to the
     device and wrapped in DDP when distributed)."""

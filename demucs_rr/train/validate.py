@@ -10,10 +10,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from demucs_rr.data.tracks import Track, load_track
+from demucs_rr.distributed import Group
 from demucs_rr.evaluate.metrics import nsdr
 from demucs_rr.models.base import SeparationModel
-from demucs_rr.separate.engine import ApplyOptions, separate_normalized
-from demucs_rr.train.distributed import DistContext
+from demucs_rr.separate.engine import separate_normalized
+from demucs_rr.separate.options import ApplyOptions
 from demucs_rr.train.losses import per_source_error
 from demucs_rr.train.state import TrainState
 
@@ -52,7 +53,7 @@ def _score_track(
 
 
 def validate(
-    model: SeparationModel, tracks: list[Track], options: ValidOptions, dist: DistContext
+    model: SeparationModel, tracks: list[Track], options: ValidOptions, dist: Group
 ) -> dict[str, float]:
     """Separate whole validation tracks with the engine the CLI uses and score them.
 
