@@ -26,7 +26,7 @@ def noise(length: int, channels: int = 2, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("crop", [0, 37])
 def test_identity_model_gives_input_back(length: int, segment: int, overlap: float, crop: int):
     mix = noise(length)
-    opts = ApplyOptions(segment=segment, overlap=overlap, batch_size=3)
+    opts = ApplyOptions(segment=segment / 44100, overlap=overlap, batch_size=3)
     out = apply_model(identity(crop, segment), mix, opts)
     assert out.shape == (4, 2, length)
     torch.testing.assert_close(out, mix.expand(4, -1, -1), atol=1e-6, rtol=1e-6)
@@ -87,7 +87,7 @@ def test_overlap_add_pop_in_blocks_equals_pop_at_end():
 
 def test_progress_reports_each_sample_once_per_pass():
     seen = []
-    opts = ApplyOptions(segment=300, shifts=2, batch_size=2)
+    opts = ApplyOptions(segment=300 / 44100, shifts=2, batch_size=2)
     apply_model(identity(segment=300), noise(1234), opts, progress=seen.append)
     assert sum(seen) == 2 * 1234
 
@@ -106,7 +106,7 @@ def test_rejects_wrong_channel_count():
 
 
 def tiny_demucs(**kwargs):
-    from demucs_rr.models import demucs
+    from demucs_rr.models import demucs_v2 as demucs
 
     torch.manual_seed(0)
     cfg = dict(sources=SOURCES, channels=4, depth=4, segment_length=8820)
@@ -137,7 +137,7 @@ def test_chunked_agrees_with_unchunked():
     shift-invariant, so they are never identical, as in the official implementation)."""
     model = tiny_demucs()
     mix = noise(60000)
-    split = apply_model(model, mix, ApplyOptions(segment=20000, overlap=0.25))
+    split = apply_model(model, mix, ApplyOptions(segment=20000 / 44100, overlap=0.25))
     whole = apply_model(model, mix, ApplyOptions(split=False))
     diff = split - whole
     assert float(diff.norm() / whole.norm()) < 0.02
@@ -158,7 +158,7 @@ def _within(out: torch.Tensor, ref: torch.Tensor) -> None:
 def test_engine_matches_official_apply(official_fixtures, split: bool, name: str):
     import json
 
-    from demucs_rr.models import demucs
+    from demucs_rr.models import demucs_v2 as demucs
 
     meta = json.loads((official_fixtures / "v2_demucs" / "meta.json").read_text())
     model = demucs.Demucs(**meta["constructor"]["kwargs"]).eval()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from demucs_rr.models.bag import BagOfModels
-from demucs_rr.models.demucs import Demucs
+from demucs_rr.models.demucs_v2 import Demucs
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.separate.engine import ApplyOptions, apply_model
 from demucs_rr.separate.sliding import SlidingApplier

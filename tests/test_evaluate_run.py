@@ -27,7 +27,7 @@ from demucs_rr.evaluate.cli import (
 from demucs_rr.evaluate.leaderboard import load_results, write_summary
 from demucs_rr.evaluate.metrics import framewise_sdr, read_track_json
 from demucs_rr.evaluate.run import EvalOptions, run_evaluation
-from demucs_rr.models.package import save_package
+from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.separate.api import Separator
 from demucs_rr.sources import MUSDB_SOURCES

@@ -15,15 +15,15 @@ import yaml
 
 from demucs_rr.cli import main
 from demucs_rr.errors import ConfigError
+from demucs_rr.hub.official_th import model_from_official_package
+from demucs_rr.hub.package import save_package
 from demucs_rr.models import spec
 from demucs_rr.models.bag import BagOfModels
 from demucs_rr.models.base import SeparationModel
-from demucs_rr.models.demucs import Demucs
+from demucs_rr.models.demucs_v2 import Demucs
 from demucs_rr.models.demucs_v3 import DemucsV3
 from demucs_rr.models.hdemucs import HDemucs
 from demucs_rr.models.htdemucs import HTDemucs
-from demucs_rr.models.legacy import model_from_official_package
-from demucs_rr.models.package import save_package
 from demucs_rr.models.tasnet import ConvTasNet
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.separate.api import Separator
@@ -126,7 +126,7 @@ def test_htdemucs_explicit_segment_zero_pads_the_rest():
     """A shorter chunk grid feeds the segment as context; the model pads it on the right."""
     model = _tiny_htdemucs()
     mix = torch.randn(2, 6000, generator=torch.Generator().manual_seed(1))
-    out = apply_model(model, mix, ApplyOptions(segment=3000))
+    out = apply_model(model, mix, ApplyOptions(segment=3000 / model.samplerate))
     with torch.no_grad():
         first = model(mix[None, :, :3000])[0]  # chunk 0: [0, 3000), weight 1 up to 2250
     torch.testing.assert_close(out[..., :1000], first[..., :1000], atol=1e-6, rtol=1e-5)

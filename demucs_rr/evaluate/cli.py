@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from demucs_rr import argtypes
 from demucs_rr.errors import ConfigError
-from demucs_rr.runtime import DEVICE_NAMES, resolve_device, torchrun_ranks
+from demucs_rr.runtime import DEVICE_NAMES
 
 if TYPE_CHECKING:
     from demucs_rr.data.trackset import TrackSet
@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``demucs-rr evaluate``."""
-    from demucs_rr.models.catalogue import DEFAULT_MODEL
-    from demucs_rr.separate.precision import PRECISIONS
+    from demucs_rr.hub.catalogue import DEFAULT_MODEL
+    from demucs_rr.separate.options import add_engine_arguments
 
     p = parser
     p.add_argument(
@@ -57,31 +57,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "-o", "--out", help="results folder (default evaluation/<model>/<dataset>-<subset>)"
     )
     p.add_argument("-d", "--device", default="auto", help="|".join(DEVICE_NAMES))
-    p.add_argument(
-        "--shifts",
-        type=argtypes.non_negative_int,
-        default=0,
-        help="random shifts averaged (default 0)",
-    )
-    # default=None: refused with an option that makes it meaningless (_check_options)
-    p.add_argument("--overlap", type=argtypes.overlap, help="chunk overlap (default 0.25)")
-    p.add_argument(
-        "--segment", type=argtypes.seconds, help="chunk length in seconds (default: model's)"
-    )
-    p.add_argument("--no-split", action="store_true", help="separate each track in one pass")
-    p.add_argument(
-        "-b",
-        "--batch-size",
-        type=argtypes.positive_int,
-        default=1,
-        help="chunks per forward pass (default 1)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="precision of the model's forward passes (default fp32; see `separate --help`)",
-    )
+    add_engine_arguments(p)
     p.add_argument(
         "-j",
         "--jobs",
@@ -124,9 +100,13 @@ def _check_options(args: argparse.Namespace) -> None:
             (museval and args.sdr_only, argtypes.not_with("--sdr-only", "--backend museval", why)),
             (bool(args.folder) and args.is_wav, argtypes.only_with("--is-wav", "--musdb")),
             *argtypes.chunking_conflicts(args),
+            (
+                args.seed is not None and args.shifts == 0,
+                argtypes.only_with("--seed", "--shifts N") + " (it seeds the random shifts)",
+            ),
         ]
     )
-    argtypes.fill_defaults(args, {"overlap": 0.25, "solver": "levinson"})
+    argtypes.fill_defaults(args, {"solver": "levinson"})
 
 
 def _trackset(args: argparse.Namespace) -> TrackSet:
@@ -143,6 +123,7 @@ def _trackset(args: argparse.Namespace) -> TrackSet:
 
 def _options(args: argparse.Namespace, out: Path, device: str) -> EvalOptions:
     from demucs_rr.evaluate.run import EvalOptions
+    from demucs_rr.separate.options import engine_options
 
     return EvalOptions(
         model=args.name,
@@ -154,14 +135,7 @@ def _options(args: argparse.Namespace, out: Path, device: str) -> EvalOptions:
         solver=args.solver,
         jobs=args.jobs,
         overwrite=args.overwrite,
-        separator=dict(
-            shifts=args.shifts,
-            overlap=args.overlap,
-            segment=args.segment,
-            split=not args.no_split,
-            batch_size=args.batch_size,
-            precision=args.precision,
-        ),
+        engine=engine_options(args),
     )
 
 
@@ -175,7 +149,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     Under ``torchrun`` every rank scores its share of the tracks; rank 0 reports for all and
     every rank returns the same code.
     """
-    from demucs_rr.distributed import process_group
+    from demucs_rr.distributed import Group, process_group
     from demucs_rr.evaluate.leaderboard import require_matplotlib
     from demucs_rr.evaluate.results import default_out, model_label
     from demucs_rr.evaluate.run import run_evaluation
@@ -183,12 +157,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     _check_options(args)
     if not args.no_plot:
         require_matplotlib()
-    ranks = torchrun_ranks()
-    device = resolve_device(args.device, ranks.local_rank)
+    group = Group.from_env(args.device)
+    device = group.device
     trackset = _trackset(args)
     label = model_label(args.name)
     out = Path(args.out) if args.out else default_out(label, trackset)
-    with process_group(device, ranks) as group:
+    with process_group(group):
         result = run_evaluation(
             trackset,
             _options(args, out, str(device)),

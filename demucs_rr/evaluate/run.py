@@ -39,6 +39,7 @@ from demucs_rr.evaluate.results import (
     result_path,
 )
 from demucs_rr.models.base import SeparationModel
+from demucs_rr.separate.options import ApplyOptions
 
 if TYPE_CHECKING:
     from demucs_rr.distributed import Group
@@ -56,7 +57,7 @@ class EvalOptions:
         out: results folder (``<out>/<subset>/<track>.json`` + summary files).
         repo: folder searched first for model files.
         device: separation device (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
-        separator: extra :class:`Separator` keywords (shifts, overlap, segment, split, ...).
+        engine: how the engine applies the model (chunks, overlap, shifts, precision).
         sdr_only: score SDR only (milliseconds per track) instead of SDR/ISR/SIR/SAR.
         backend: ``torch`` or ``museval`` (reference implementation, slow).
         solver: normal-equation solver of the torch backend (levinson, cholesky, lu).
@@ -68,7 +69,7 @@ class EvalOptions:
     out: Path
     repo: Path | None = None
     device: str = "auto"
-    separator: dict = field(default_factory=dict)
+    engine: ApplyOptions = field(default_factory=ApplyOptions)
     sdr_only: bool = False
     backend: str = "torch"
     solver: str = "levinson"
@@ -78,7 +79,7 @@ class EvalOptions:
 
 def training_tracks(model: str | Path | SeparationModel, repo: Path | None = None) -> set[str]:
     """Track names the model's package records as its training split (empty when unknown)."""
-    from demucs_rr.models.package import read_package_metadata
+    from demucs_rr.hub.package import read_package_metadata
 
     if not isinstance(model, (str, Path)):
         return set()
@@ -108,21 +109,19 @@ def make_separator(options: EvalOptions) -> Separator:
     """The engine the CLI uses (a :class:`Separator`), configured from ``options``."""
     from demucs_rr.separate.api import Separator
 
-    return Separator(options.model, device=options.device, repo=options.repo, **options.separator)
+    return Separator(
+        options.model, device=options.device, repo=options.repo, options=options.engine
+    )
 
 
 def run_record(trackset: TrackSet, options: EvalOptions, separator: Separator) -> RunRecord:
     """Dataset and number-changing settings of this run (engine values after defaults)."""
     apply = separator.options
-    segment = (
-        apply.segment
-        if apply.segment is not None
-        else getattr(separator.model, "segment_length", None)
-    )
+    segment = apply.segment_samples(separator.samplerate) or separator.model.segment_length
     settings = {
         "model": model_label(options.model),
         "model_signature": model_signature(separator.model),
-        "segment": None if segment is None else int(segment),
+        "segment": int(segment),
         "overlap": float(apply.overlap),
         "split": bool(apply.split),
         "shifts": int(apply.shifts),

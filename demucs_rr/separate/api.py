@@ -11,44 +11,28 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from tqdm import tqdm
 
 from demucs_rr.audio import WriteOptions, convert_audio, load_for_model
-from demucs_rr.errors import AudioIOError, ConfigError, DeviceMemoryError
+from demucs_rr.errors import AudioIOError, DeviceMemoryError
+from demucs_rr.hub.catalogue import DEFAULT_MODEL
 from demucs_rr.models.base import SeparationModel
-from demucs_rr.models.catalogue import DEFAULT_MODEL
 from demucs_rr.runtime import resolve_device
-from demucs_rr.separate.engine import (
-    ApplyOptions,
-    check_segment,
-    count_passes,
-    separate_normalized,
-)
+from demucs_rr.separate.engine import check_segment, count_passes, separate_normalized
+from demucs_rr.separate.options import ApplyOptions
 from demucs_rr.separate.precision import check_precision, prepare_model
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WRITE = WriteOptions()
-
-
-def _check_options(overlap: float, shifts: int, batch_size: int, segment: float | None) -> None:
-    """Raise :class:`ConfigError` for out-of-range engine options."""
-    if not 0 <= overlap < 1:
-        raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
-    if shifts < 0:
-        raise ConfigError(f"shifts must be >= 0, got {shifts}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    if segment is not None and not (math.isfinite(segment) and segment > 0):
-        raise ConfigError(f"segment must be a positive number of seconds, got {segment}")
 
 
 class Separator:
@@ -58,18 +42,22 @@ class Separator:
         model: a pretrained name (``demucs-rr models list``), a path to a model file, or an
             already built model (see :class:`~demucs_rr.models.base.SeparationModel`).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        options: how the engine applies the model (:class:`ApplyOptions`; its defaults:
+            the model's segment, 0.25 overlap, no shifts, batch 1, fp32).
         segment: chunk length in seconds (default: the model's).
         overlap: overlap between chunks, in [0, 1).
         shifts: number of random shifts averaged (shift trick); 0 is deterministic.
         split: process the track in chunks (bounded memory); ``False`` does one pass.
         batch_size: chunks per forward pass.
         seed: seed of the shift offsets.
-        repo: folder searched first for model files.
-        progress: show a tqdm bar counted in seconds of audio.
         precision: ``'fp32'``, ``'bf16'`` (CPUs with AVX512-BF16/AMX, CUDA) or ``'fp16'``
             (CUDA, MPS) for the model's forward passes; stems stay float32 (see
             :mod:`demucs_rr.separate.precision`). On the CPU, bf16 runs HT Demucs with its
             weights stored in bf16 (a copy when a model object is passed in).
+        repo: folder searched first for model files.
+        progress: show a tqdm bar counted in seconds of audio.
+
+        The keywords ``segment`` to ``precision`` replace the same fields of ``options``.
 
     Raises:
         ConfigError: an option is out of range, or ``segment`` is longer than the model's
@@ -85,41 +73,44 @@ class Separator:
         model: str | Path | SeparationModel = DEFAULT_MODEL,
         *,
         device: str = "auto",
+        options: ApplyOptions | None = None,
         segment: float | None = None,
-        overlap: float = 0.25,
-        shifts: int = 0,
-        split: bool = True,
-        batch_size: int = 1,
-        seed: int = 0,
+        overlap: float | None = None,
+        shifts: int | None = None,
+        split: bool | None = None,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        precision: str | None = None,
         repo: str | Path | None = None,
         progress: bool = False,
-        precision: str = "fp32",
     ) -> None:
-        _check_options(overlap, shifts, batch_size, segment)
+        given: dict[str, Any] = dict(
+            segment=segment,
+            overlap=overlap,
+            shifts=shifts,
+            split=split,
+            batch_size=batch_size,
+            seed=seed,
+            precision=precision,
+        )
+        options = dataclasses.replace(
+            options or ApplyOptions(), **{k: v for k, v in given.items() if v is not None}
+        )
         self.device = resolve_device(device)
-        check_precision(precision, self.device)
+        check_precision(options.precision, self.device)
         self.model: SeparationModel
         if isinstance(model, (str, Path)):
-            from demucs_rr.models.pretrained import resolve_model
+            from demucs_rr.hub.loader import load_model
 
-            self.model = resolve_model(str(model), repo=Path(repo) if repo else None)
+            self.model = load_model(str(model), repo=repo or None)
             self.model_name = Path(str(model)).stem if Path(str(model)).suffix else str(model)
         else:
             self.model, self.model_name = model, type(model).__name__
         self.model.eval().to(self.device)
         self._runner = prepare_model(
-            self.model, precision, self.device, owned=isinstance(model, (str, Path))
+            self.model, options.precision, self.device, owned=isinstance(model, (str, Path))
         )
-        seg = None if segment is None else max(1, int(segment * self.samplerate))
-        self.options = ApplyOptions(
-            segment=seg,
-            overlap=overlap,
-            split=split,
-            shifts=shifts,
-            seed=seed,
-            batch_size=batch_size,
-            precision=precision,
-        )
+        self.options = options
         check_segment(self.model, self.options)
         self.progress = progress
 

@@ -32,12 +32,8 @@ import torch
 
 from demucs_rr.errors import ConfigError
 from demucs_rr.models.base import SeparationModel
-from demucs_rr.separate.sliding import (
-    ApplyOptions,
-    ProgressCallback,
-    SlidingApplier,
-    draw_offsets,
-)
+from demucs_rr.separate.options import ApplyOptions
+from demucs_rr.separate.sliding import ProgressCallback, SlidingApplier, draw_offsets
 
 DEFAULT_OPTIONS = ApplyOptions()
 """The engine's default options (chunked, 25 % overlap, no shifts, batch 1)."""
@@ -79,9 +75,10 @@ def check_segment(model: SeparationModel, options: ApplyOptions, length: int | N
     if limit is None:
         return
     rate = model.samplerate
-    if options.segment is not None and options.segment > limit:
+    segment = options.segment_samples(rate)
+    if segment is not None and segment > limit:
         raise ConfigError(
-            f"segment {_seconds(options.segment, rate)} s is longer than this model's maximum "
+            f"segment {_seconds(segment, rate)} s is longer than this model's maximum "
             f"segment of {_seconds(limit, rate)} s"
         )
     if options.split or length is None:

@@ -24,8 +24,9 @@ from demucs_rr.audio import WriteOptions, prepare_for_write
 from demucs_rr.audio.blocks import BLOCK, BlockResampler, BlockWriter, read_blocks
 from demucs_rr.models.base import SeparationModel
 from demucs_rr.separate.engine import check_segment, mono_stats
+from demucs_rr.separate.options import ApplyOptions
 from demucs_rr.separate.outputs import compose_stems
-from demucs_rr.separate.sliding import ApplyOptions, ProgressCallback, SlidingApplier
+from demucs_rr.separate.sliding import ProgressCallback, SlidingApplier
 from demucs_rr.staging import OutputGroup
 
 _FLOAT = WriteOptions(format="wav", encoding="float32", clip_mode="none")

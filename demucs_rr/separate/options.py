@@ -1,26 +1,157 @@
-"""Combinations of ``separate`` options: contradictions are refused before any work.
+"""Engine options, declared once, and the combinations of ``separate`` options.
+
+:class:`ApplyOptions` says how the engine applies a model (chunks, overlap, shifts, batch,
+precision); every default lives there. ``separate``, ``evaluate`` and ``serve`` declare the
+same command-line options with :func:`add_engine_arguments` and read them back with
+:func:`engine_options`.
 
 Options that only make sense with another one (``--mp3-bitrate`` with ``--mp3``, ``--block-size``
-with ``--stream``, ...) have ``default=None`` in the parser so that an explicit value can be told
-apart from the default; :func:`check_separate_options` refuses the contradictions, then fills in
-the defaults (:data:`DEFAULTS`).
+with ``--stream``, ``--seed`` with ``--shifts``...) have ``default=None`` in the parser so that an
+explicit value can be told apart from the default; :func:`check_separate_options` refuses the
+contradictions, then fills in the defaults (:data:`DEFAULTS`). This module does not import torch
+(``--help`` stays fast).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from dataclasses import dataclass, fields
+from typing import Any
 
 from demucs_rr.argtypes import (
     Conflict,
     chunking_conflicts,
     fill_defaults,
+    non_negative_int,
     not_with,
     only_with,
+    overlap,
+    positive_int,
     refuse_conflicts,
+    seconds,
 )
 from demucs_rr.audio.options import WriteOptions
 
-__all__ = ["DEFAULTS", "check_separate_options"]
+__all__ = [
+    "DEFAULTS",
+    "PRECISIONS",
+    "ApplyOptions",
+    "add_engine_arguments",
+    "check_separate_options",
+    "engine_options",
+]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""Precisions of the model's forward passes (:mod:`demucs_rr.separate.precision`)."""
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How the engine applies a model.
+
+    Attributes:
+        segment: chunk length in seconds; ``None`` uses the model's ``segment_length`` (each
+            member's own for an ensemble).
+        overlap: fraction of overlap between neighbouring chunks, in [0, 1).
+        split: cut the track into chunks; ``False`` runs the whole track in one call.
+        shifts: number of random time shifts averaged (shift trick); 0 disables it.
+        seed: seed of the shift offsets, so that shifted runs are reproducible.
+        batch_size: number of chunks per forward pass.
+        transition_power: sharpness of the triangular cross-fade (>= 1).
+        precision: ``'fp32'``, ``'bf16'`` or ``'fp16'`` for the model's forward passes (see
+            :mod:`demucs_rr.separate.precision`); the engine's own arithmetic stays float32.
+
+    Raises:
+        ConfigError: a value out of range, on one line.
+    """
+
+    segment: float | None = None
+    overlap: float = 0.25
+    split: bool = True
+    shifts: int = 0
+    seed: int = 0
+    batch_size: int = 1
+    transition_power: float = 1.0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        segment = self.segment
+        problems = [
+            (not 0 <= self.overlap < 1, f"overlap must be in [0, 1), got {self.overlap}"),
+            (self.shifts < 0, f"shifts must be >= 0, got {self.shifts}"),
+            (self.batch_size < 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (
+                segment is not None and not (math.isfinite(segment) and segment > 0),
+                f"segment must be a positive number of seconds, got {segment}",
+            ),
+            (self.transition_power < 1, "transition power must be >= 1"),
+            (
+                self.precision not in PRECISIONS,
+                f"unknown precision {self.precision!r}: use {', '.join(PRECISIONS)}",
+            ),
+        ]
+        refuse_conflicts(problems)
+
+    def segment_samples(self, samplerate: int) -> int | None:
+        """:attr:`segment` in samples at ``samplerate`` (at least 1), or None."""
+        if self.segment is None:
+            return None
+        return max(1, int(self.segment * samplerate))
+
+
+_D = ApplyOptions()
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, *, shifts: bool = True) -> None:
+    """The engine options (:class:`ApplyOptions`) of a command; ``shifts=False`` leaves out
+    ``--shifts`` and ``--seed`` (``serve``: each job chooses its shifts)."""
+    p = parser
+    if shifts:
+        p.add_argument(
+            "--shifts",
+            type=non_negative_int,
+            default=_D.shifts,
+            help="random shifts averaged (shift trick; better, N times slower); "
+            f"default {_D.shifts}",
+        )
+        # default=None: refused without the option it modifies (check_separate_options)
+        p.add_argument("--seed", type=int, help=f"seed of the shift offsets (default {_D.seed})")
+    p.add_argument("--overlap", type=overlap, help=f"chunk overlap (default {_D.overlap})")
+    p.add_argument("--segment", type=seconds, help="chunk length in seconds (default: model's)")
+    p.add_argument("--no-split", action="store_true", help="process each track in one pass")
+    p.add_argument(
+        "-b",
+        "--batch-size",
+        type=positive_int,
+        default=_D.batch_size,
+        help=f"chunks per forward pass (faster on GPU, more memory); default {_D.batch_size}",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=_D.precision,
+        help=f"precision of the model's forward passes: {_D.precision} (default), bf16 (CPUs "
+        "with AVX512-BF16/AMX, CUDA; about 2x faster for HT Demucs on such CPUs), fp16 "
+        "(CUDA, MPS)",
+    )
+
+
+def engine_options(args: argparse.Namespace) -> ApplyOptions:
+    """The :class:`ApplyOptions` of parsed engine arguments (options not given keep their
+    default; contradictions are checked before, e.g. by :func:`check_separate_options`)."""
+    given: dict[str, Any] = {
+        "segment": getattr(args, "segment", None),
+        "overlap": getattr(args, "overlap", None),
+        "split": not getattr(args, "no_split", False),
+        "shifts": getattr(args, "shifts", None),
+        "seed": getattr(args, "seed", None),
+        "batch_size": getattr(args, "batch_size", None),
+        "precision": getattr(args, "precision", None),
+    }
+    names = {f.name for f in fields(ApplyOptions)}
+    return ApplyOptions(**{k: v for k, v in given.items() if v is not None and k in names})
+
 
 _WRITE = WriteOptions()
 
@@ -29,8 +160,6 @@ DEFAULTS = {
     "mp3_preset": _WRITE.mp3_preset,
     "block_size": 1024,
     "other_method": "add",
-    "overlap": 0.25,
-    "seed": 0,
 }
 """Defaults of the ``separate`` options whose parser default is the ``None`` sentinel."""
 
@@ -39,12 +168,12 @@ def _stream_conflicts(args: argparse.Namespace) -> list[Conflict]:
     """Engine options that ``--stream`` (block by block, one pass, no chunks) does not use."""
     why = "--stream runs the causal model block by block, in one pass without chunks"
     ignored = [
-        ("--shifts", args.shifts > 0),
+        ("--shifts", args.shifts != _D.shifts),
         ("--segment", args.segment is not None),
         ("--overlap", args.overlap is not None),
         ("--no-split", args.no_split),
-        ("--batch-size", args.batch_size > 1),
-        ("--precision", args.precision != "fp32"),
+        ("--batch-size", args.batch_size != _D.batch_size),
+        ("--precision", args.precision != _D.precision),
     ]
     return [(args.stream and given, not_with(name, "--stream", why)) for name, given in ignored]
 
@@ -73,7 +202,7 @@ def check_separate_options(args: argparse.Namespace) -> None:
         *_stream_conflicts(args),
         *chunking_conflicts(args),
         (
-            args.seed is not None and args.shifts == 0,
+            args.seed is not None and args.shifts == _D.shifts,
             only_with("--seed", "--shifts N") + " (it seeds the random shifts)",
         ),
     ]

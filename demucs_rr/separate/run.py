@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 
 from demucs_rr.audio import WriteOptions, load_for_model, resample
-from demucs_rr.distributed import Group, process_group
+from demucs_rr.distributed import Group, process_group, torchrun_ranks
 from demucs_rr.errors import ConfigError, DemucsRRError
-from demucs_rr.runtime import resolve_device, torchrun_ranks
 from demucs_rr.separate.api import Separator
-from demucs_rr.separate.options import check_separate_options
+from demucs_rr.separate.options import check_separate_options, engine_options
 from demucs_rr.separate.outputs import (
     InputFile,
     check_template,
@@ -140,16 +139,15 @@ def run_separate(args: argparse.Namespace) -> int:
     check_separate_options(args)  # contradictions first: before anything is read or loaded
     check_template(args.filename)
     wopts = _write_options(args)
-    ranks = torchrun_ranks()
+    rank = torchrun_ranks()[0]
     tracks, errors = collect_tracks(args.tracks, args.recursive)
     if not tracks:
-        for line in errors if ranks.rank == 0 else []:
+        for line in errors if rank == 0 else []:
             print(f"error: {line}", file=sys.stderr)
         return 2
     out = Path(args.out)
     _check_out_dir(out)
-    device = resolve_device(args.device, ranks.local_rank)
-    with process_group(device, ranks) as group:
+    with process_group(Group.from_env(args.device)) as group:
         tally = _separate_all(args, tracks, wopts, out, group)
         return _finish(group, tally, errors)
 
@@ -165,15 +163,9 @@ def _separate_all(
     sep = Separator(
         args.name,
         device=str(group.device),
-        segment=args.segment,
-        overlap=args.overlap,
-        shifts=args.shifts,
-        split=not args.no_split,
-        batch_size=args.batch_size,
-        seed=args.seed,
+        options=engine_options(args),
         repo=args.repo,
         progress=not args.quiet and not group.distributed,  # one bar per terminal
-        precision=args.precision,
     )
     names = select_stems(sep.sources, args.stems, args.two_stems, args.other_method)
     _check_distinct_outputs(tracks, args.filename, names, wopts, out, sep.model_name)
@@ -258,7 +250,7 @@ def run_models_list(args: argparse.Namespace) -> int:
     a pretrained model; ``valid nSDR`` is the validation nSDR that ``demucs-rr export`` recorded
     in a package trained here (on that run's validation tracks, not the MUSDB18 test set).
     """
-    from demucs_rr.models.pretrained import list_models
+    from demucs_rr.hub.loader import list_models
 
     rows = list_models(repo=Path(args.repo) if getattr(args, "repo", None) else None)
     print(
@@ -277,7 +269,7 @@ def run_models_list(args: argparse.Namespace) -> int:
 
 def run_models_convert(args: argparse.Namespace) -> int:
     """Convert ``args.src`` into the package ``args.dst`` and say what was written."""
-    from demucs_rr.models.convert import convert_model
+    from demucs_rr.hub.convert import convert_model
 
     done = convert_model(
         args.src, args.dst, repo=Path(args.repo) if args.repo else None, name=args.name

@@ -21,37 +21,11 @@ import torch
 
 from demucs_rr.models.base import SeparationModel, center_trim
 from demucs_rr.separate.chunking import Chunk, OverlapAdd, centred_window, triangle_weight
+from demucs_rr.separate.options import ApplyOptions
 from demucs_rr.separate.precision import autocast
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of new track samples covered; each shift pass covers the track once."""
-
-
-@dataclass(frozen=True)
-class ApplyOptions:
-    """How the engine applies a model.
-
-    Attributes:
-        segment: chunk length in samples; ``None`` uses the model's ``segment_length`` (each
-            member's own for an ensemble).
-        overlap: fraction of overlap between neighbouring chunks, in [0, 1).
-        split: cut the track into chunks; ``False`` runs the whole track in one call.
-        shifts: number of random time shifts averaged (shift trick); 0 disables it.
-        seed: seed of the shift offsets, so that shifted runs are reproducible.
-        batch_size: number of chunks per forward pass.
-        transition_power: sharpness of the triangular cross-fade (>= 1).
-        precision: ``'fp32'``, ``'bf16'`` or ``'fp16'`` for the model's forward passes (see
-            :mod:`demucs_rr.separate.precision`); the engine's own arithmetic stays float32.
-    """
-
-    segment: int | None = None
-    overlap: float = 0.25
-    split: bool = True
-    shifts: int = 0
-    seed: int = 0
-    batch_size: int = 1
-    transition_power: float = 1.0
-    precision: str = "fp32"
 
 
 def draw_offsets(shifts: int, max_shift: int, rng: random.Random) -> list[int]:
@@ -126,7 +100,7 @@ def plan_passes(model: SeparationModel, options: ApplyOptions, rng: random.Rando
     if not members:
         offsets = draw_offsets(options.shifts, int(0.5 * model.samplerate), rng)
         factor = torch.full((sources,), 1.0 / len(offsets))
-        segment = options.segment or model.segment_length
+        segment = options.segment_samples(model.samplerate) or model.segment_length
         stride = max(1, int((1 - options.overlap) * segment))
         return [Pass(model, pad, factor, segment, stride, options.split) for pad in offsets]
     totals = torch.zeros(sources)

@@ -41,8 +41,9 @@ def _port(text: str) -> int:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``demucs-rr serve``."""
-    from demucs_rr.models.catalogue import DEFAULT_MODEL
+    from demucs_rr.hub.catalogue import DEFAULT_MODEL
     from demucs_rr.runtime import cache_dir
+    from demucs_rr.separate.options import add_engine_arguments
 
     p = parser
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -73,12 +74,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="separation worker processes, each with its own model copy (default 1)",
     )
     p.add_argument("-d", "--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16"),
-        default="fp32",
-        help="precision of the model's forward passes (see `separate --help`); default fp32",
-    )
+    add_engine_arguments(p, shifts=False)  # each job chooses its shifts
     p.add_argument(
         "--token",
         help=f"access token required by the API (default ${TOKEN_ENV}); "
@@ -105,7 +101,7 @@ def _check_precision(device: str, precision: str) -> None:
 
 def _check_model(model: str, repo: str | None) -> None:
     """Refuse a model that is neither a file nor a name of ``demucs-rr models list``."""
-    from demucs_rr.models import list_models
+    from demucs_rr.hub.loader import list_models
 
     known = {row["name"] for row in list_models(Path(repo) if repo else None)}
     if model in known or Path(model).expanduser().is_file():
@@ -148,7 +144,9 @@ def run_serve(args: argparse.Namespace) -> int:
     _check_extra()
     import uvicorn
 
-    from demucs_rr.serve.app import ServeConfig, create_app
+    from demucs_rr.separate.options import engine_options
+    from demucs_rr.serve.app import create_app
+    from demucs_rr.serve.config import ServeConfig
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     local = args.host in LOCAL_HOSTS
@@ -158,6 +156,7 @@ def run_serve(args: argparse.Namespace) -> int:
             f"give an access token with --token or ${TOKEN_ENV}"
         )
     _check_model(args.model, args.repo)
+    argtypes.refuse_conflicts(argtypes.chunking_conflicts(args))
     _check_precision(args.device, args.precision)
     _check_port(args.host, args.port)
     lock = _lock(args.jobs_dir)
@@ -169,7 +168,7 @@ def run_serve(args: argparse.Namespace) -> int:
         repo=args.repo,
         workers=args.workers,
         threads=threads,
-        precision=args.precision,
+        engine=engine_options(args),
         max_upload_mb=args.max_upload_mb,
         token=token,
         allowed_hosts=LOCAL_HOSTS + ("[::1]",) if local and token is None else None,

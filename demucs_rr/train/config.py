@@ -25,8 +25,9 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from demucs_rr.errors import ConfigError
+from demucs_rr.errors import ConfigError, one_line
 from demucs_rr.runtime import check_device
+from demucs_rr.separate.options import ApplyOptions
 from demucs_rr.sources import MUSDB_SOURCES
 
 __all__ = [
@@ -129,7 +130,7 @@ class ValidConfig:
     every: int = 1
     split: bool = True
     segment: Optional[float] = None  # noqa: UP045
-    overlap: float = 0.25
+    overlap: float = ApplyOptions.overlap
     batch_size: int = 1
     max_seconds: Optional[float] = None  # noqa: UP045
     best_on: str = "loss"
@@ -175,7 +176,7 @@ def default_conf_dir() -> Path:
 
 
 def _one_line(exc: OmegaConfBaseException, where: str) -> str:
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    first = one_line(exc, limit=500)
     key = getattr(exc, "full_key", None)
     if isinstance(exc, ConfigKeyError) and key:
         hint = re.search(r"Did you mean: '[^']*'\?", first)
@@ -301,7 +302,7 @@ def load_config(
     try:
         cli = OmegaConf.from_dotlist(dotted)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot parse overrides {dotted}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot parse overrides {dotted}: {one_line(exc)}") from None
     cfg = _merge(cfg, cli, "the command line")
     try:
         config = OmegaConf.to_object(cfg)

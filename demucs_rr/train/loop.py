@@ -32,20 +32,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from demucs_rr.data.datasets import StemSegments, split_tracks
 from demucs_rr.data.repitch import soundstretch_available
 from demucs_rr.data.tracks import Track
+from demucs_rr.distributed import Group, join_group, leave_group
 from demucs_rr.errors import ConfigError
 from demucs_rr.models.base import SeparationModel, center_trim
-from demucs_rr.separate.engine import ApplyOptions
+from demucs_rr.separate.options import ApplyOptions
+from demucs_rr.staging import clean_stale
 from demucs_rr.train.augment import BatchRows, step_generator
 from demucs_rr.train.checkpoint import (
     CHECKPOINT_NAME,
     capture_rng,
     load_checkpoint,
-    remove_stale_temporaries,
     restore_rng,
     save_checkpoint,
 )
 from demucs_rr.train.config import TrainConfig, config_to_dict, config_to_yaml, segment_samples
-from demucs_rr.train.distributed import DistContext
 from demucs_rr.train.state import TrainState, build_state, make_model
 from demucs_rr.train.validate import (
     ValidOptions,
@@ -219,7 +219,7 @@ def _kind(config: TrainConfig) -> str:
     return "folder"
 
 
-def _make_synthetic(config: TrainConfig, dist: DistContext) -> None:
+def _make_synthetic(config: TrainConfig, dist: Group) -> None:
     """Generate the synthetic dataset on rank 0 when its folder does not exist yet."""
     root = Path(str(config.dset.root)).expanduser()
     if dist.is_main and not (root / config.dset.valid_split).is_dir():
@@ -238,7 +238,7 @@ def _make_synthetic(config: TrainConfig, dist: DistContext) -> None:
     dist.barrier()
 
 
-def prepare_data(config: TrainConfig, model: SeparationModel, dist: DistContext) -> TrainData:
+def prepare_data(config: TrainConfig, model: SeparationModel, dist: Group) -> TrainData:
     """Scan the dataset and cut training items of ``valid_length(segment) + shift`` samples.
 
     Raises:
@@ -274,7 +274,7 @@ def prepare_data(config: TrainConfig, model: SeparationModel, dist: DistContext)
     return data
 
 
-def check_batches(config: TrainConfig, dist: DistContext, data: TrainData) -> None:
+def check_batches(config: TrainConfig, dist: Group, data: TrainData) -> None:
     """Batch size against processes, Remix groups and the dataset size.
 
     Raises:
@@ -359,7 +359,7 @@ def summary_line(record: dict, epochs: int) -> str:
 def _valid_options(config: TrainConfig) -> ValidOptions:
     rate, val = config.dset.samplerate, config.valid
     apply = ApplyOptions(
-        segment=round(val.segment * rate) if val.segment else None,
+        segment=val.segment,
         overlap=val.overlap,
         split=val.split,
         shifts=0,
@@ -471,8 +471,8 @@ def fit(
         The metrics history, one flat dict per epoch (the resumed ones included).
     """
     run_dir = Path(run_dir)
-    dist = DistContext.from_env(config.device)
-    dist.init()
+    dist = Group.from_env(config.device, allow_mps=False)
+    join_group(dist.rank, dist.world_size, dist.device)
     log: RunLog | None = None
     try:
         model = make_model(config)
@@ -484,7 +484,7 @@ def fit(
         state = build_state(config, model, dist, len(sampler))
         _start(state, run_dir, resume, restart)
         if dist.is_main:
-            remove_stale_temporaries(run_dir)  # left by a run killed while checkpointing
+            clean_stale(run_dir)  # left by a run killed while checkpointing
             log = RunLog(run_dir, config.log.tensorboard, echo or logger.info, state.history)
             (run_dir / CONFIG_NAME).write_text(config_to_yaml(config), encoding="utf-8")
         last = config.epochs if stop_after is None else min(config.epochs, state.epoch + stop_after)
@@ -493,4 +493,5 @@ def fit(
     finally:
         if log is not None:
             log.close()
-        dist.close()
+        if dist.distributed:
+            leave_group()
