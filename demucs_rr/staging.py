@@ -37,14 +37,23 @@ import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from demucs_rr.errors import AudioIOError, ConfigError
+from demucs_rr.errors import AudioIOError, ConfigError, one_line
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no advisory lock, the commit is still atomic
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_NAME", "OutputGroup", "clean_stale", "folder_lock", "is_disk_full", "staged_name"]
+__all__ = [
+    "LOCK_NAME",
+    "OutputGroup",
+    "atomic_write",
+    "clean_stale",
+    "folder_lock",
+    "is_disk_full",
+    "normal_file_mode",
+    "staged_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +74,61 @@ def staged_name(target: Path, tag: str, kind: str = "part") -> Path:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]  # the same for every KIND
         name = name.encode()[: _MAX_NAME - 9].decode(errors="ignore") + "~" + digest
     return target.with_name(f".{name}.{HOST}-{os.getpid()}-{tag}.{kind}")
+
+
+def normal_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the process umask (read from
+    ``/proc/self/status`` where it can be, so that the umask is never changed, even briefly)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _create_staged(target: Path, kind: str = "part") -> Path:
+    """Create an empty hidden staged file beside ``target`` (mode 0666 less the umask)."""
+    for _ in range(16):
+        tmp = staged_name(target, secrets.token_hex(4), kind)
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {target}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[Path]:
+    """Write ``path`` all or nothing: the block writes the yielded hidden file beside it
+    (``.NAME.HOST-PID-TAG.part``, created empty), which is renamed onto ``path`` when the block
+    succeeds and removed when it fails. ``path`` is therefore either what it was or the complete
+    new file; a process killed meanwhile leaves a staged file that :func:`clean_stale` removes.
+
+    Parent folders are created; the new file gets the mode of ``open(path, "w")`` whatever the
+    writer did (safetensors writes 0600). With ``fsync`` the data reach the disk before the
+    rename (checkpoints); otherwise nothing is fsync'ed.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _create_staged(target)
+    try:
+        yield tmp
+        os.chmod(tmp, normal_file_mode())
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _owner_alive(host: str, pid: int) -> bool:
@@ -100,12 +164,6 @@ def is_disk_full(err: BaseException, folder: Path) -> bool:
         return shutil.disk_usage(folder).free < _LOW_SPACE
     except OSError:
         return False
-
-
-def reason(err: BaseException) -> str:
-    """One-line description of ``err`` without file names (``strerror`` for an OSError)."""
-    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-    return " ".join(text.split()) or type(err).__name__
 
 
 @contextlib.contextmanager
@@ -325,7 +383,8 @@ class OutputGroup:
             return err
         if is_disk_full(err, self.root):
             return AudioIOError(f"no space left on device while writing {self.what} to {self.root}")
-        text = reason(err)  # libsndfile names the file it opened: name the target instead
+        # libsndfile names the file it opened: name the target instead
+        text = one_line(err, limit=500)
         for hidden, final in (*((s, t) for t, s in self.staged.items()), *self.scratch.items()):
             text = text.replace(str(hidden), str(final))
         return AudioIOError(f"cannot write {target or self.root}: {text}")

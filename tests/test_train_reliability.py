@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.train.checkpoint import load_checkpoint, remove_stale_temporaries
+from demucs_rr.staging import clean_stale, staged_name
+from demucs_rr.train.checkpoint import load_checkpoint
 from demucs_rr.train.config import load_config
 from demucs_rr.train.loop import fit
 from tests.test_train import small_synth, tiny_overrides  # noqa: F401  (fixture)
@@ -80,7 +81,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 60) -> Non
 
 
 def _temporaries(run: Path) -> list[Path]:
-    return sorted(run.glob(".checkpoint.th.*.tmp"))
+    return sorted(run.glob(".checkpoint.th.*.part"))
 
 
 def test_sigkill_during_training_and_checkpointing(small_synth: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -110,13 +111,19 @@ def test_sigkill_during_training_and_checkpointing(small_synth: Path, tmp_path: 
     assert [r["train/loss"] for r in straight] == [r["train/loss"] for r in resumed]
 
 
-def test_remove_stale_temporaries(tmp_path: Path) -> None:
-    stale = tmp_path / ".checkpoint.th.abc123.tmp"
+def test_stale_checkpoint_files_of_dead_runs_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    live = staged_name(tmp_path / "checkpoint.th", "0123abcd")  # this process's
+    live.write_bytes(b"being written")
+    stale = tmp_path / live.name.replace(f"-{os.getpid()}-", f"-{dead}-")
     stale.write_bytes(b"partial")
-    other = tmp_path / ".export.safetensors.x.tmp"
-    other.write_bytes(b"not ours")
-    assert remove_stale_temporaries(tmp_path) == [stale]
-    assert not stale.exists() and other.exists()
+    clean_stale(tmp_path)
+    assert not stale.exists() and live.exists()
 
 
 def test_causal_gln_tasnet_is_refused_at_config_time() -> None:

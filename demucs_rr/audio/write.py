@@ -9,10 +9,7 @@ is smaller by a factor 32767/32768 (0.00003 dB), exactly as with the official ou
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import secrets
 from pathlib import Path
 
 import lameenc
@@ -21,8 +18,8 @@ import soundfile
 import torch
 
 from demucs_rr.audio.options import CLIP_MODES, WriteOptions
-from demucs_rr.errors import AudioIOError, ConfigError
-from demucs_rr.staging import is_disk_full, staged_name
+from demucs_rr.errors import AudioIOError, ConfigError, one_line
+from demucs_rr.staging import atomic_write, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -113,22 +110,6 @@ def _encode_to(tmp: Path, wav: torch.Tensor, samplerate: int, options: WriteOpti
     )
 
 
-def _create_temp(path: Path) -> Path:
-    """Create an empty hidden staged file beside ``path`` (mode 0o666 minus umask).
-
-    Its name, ``.NAME.HOST-PID-TAG.part`` (:func:`~demucs_rr.staging.staged_name`), lets a later
-    run remove it if this process is killed before renaming it.
-    """
-    for _ in range(16):
-        tmp = staged_name(path, secrets.token_hex(4))
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        return tmp
-    raise FileExistsError(f"no free temporary name next to {path}")
-
-
 def encode_file(wav: torch.Tensor, path: Path, samplerate: int, options: WriteOptions) -> None:
     """Apply the clip mode and encode (C, T) ``wav`` straight into ``path``, not atomically:
     for callers that stage files themselves (:class:`~demucs_rr.staging.OutputGroup`).
@@ -140,12 +121,6 @@ def encode_file(wav: torch.Tensor, path: Path, samplerate: int, options: WriteOp
     if wav.dim() != 2:
         raise AudioIOError(f"cannot write {path}: expected shape (C, T), got {tuple(wav.shape)}")
     _encode_to(path, prepare_for_write(wav, options.clip_mode), int(samplerate), options)
-
-
-def _reason(err: BaseException) -> str:
-    """One-line description of an exception for an error message."""
-    text = str(err).strip() or type(err).__name__
-    return " ".join(text.split())
 
 
 def write_audio(
@@ -178,21 +153,13 @@ def write_audio(
     path = Path(path)
     if wav.dim() != 2:
         raise AudioIOError(f"cannot write {path}: expected shape (C, T), got {tuple(wav.shape)}")
-    tmp: Path | None = None
     try:
         data = prepare_for_write(wav, options.clip_mode)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _create_temp(path)
-        _encode_to(tmp, data, int(samplerate), options)
-        os.replace(tmp, path)
-        tmp = None
+        with atomic_write(path) as tmp:
+            _encode_to(tmp, data, int(samplerate), options)
     except Exception as err:
         if not isinstance(err, AudioIOError) and is_disk_full(err, path.parent):
             raise AudioIOError(f"no space left on device while writing {path}") from None
-        raise AudioIOError(f"cannot write {path}: {_reason(err)}") from err
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+        raise AudioIOError(f"cannot write {path}: {one_line(err, limit=500)}") from err
     logger.debug("wrote %s (%s, %s)", path, options.format, options.encoding)
     return path

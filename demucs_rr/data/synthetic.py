@@ -18,9 +18,6 @@ the whole track is scaled so that no stem and no mixture sample exceeds 0.9.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +27,7 @@ import soundfile
 
 from demucs_rr.errors import ConfigError
 from demucs_rr.sources import MUSDB_SOURCES
+from demucs_rr.staging import atomic_write
 
 __all__ = ["make_synthetic_dataset", "synth_track"]
 
@@ -226,13 +224,8 @@ def _quantise(stems: np.ndarray) -> np.ndarray:
 
 def _write_int16(path: Path, data: np.ndarray, samplerate: int) -> None:
     """Write (C, T) integer samples as 16-bit wav, atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    try:
+    with atomic_write(path) as tmp:
         soundfile.write(tmp, data.T.astype(np.int16), samplerate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
 
 
 def make_synthetic_dataset(

@@ -20,12 +20,10 @@ recomputes only what depends on it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import secrets
 import stat
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ import torch
 from demucs_rr.audio import AUDIO_EXTENSIONS, read_audio
 from demucs_rr.errors import AudioIOError, ConfigError
 from demucs_rr.runtime import cache_dir
+from demucs_rr.staging import atomic_write
 
 __all__ = ["CACHE_NAME", "Track", "load_track", "read_frames", "scan_tracks"]
 
@@ -138,16 +137,11 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 def _write_json(path: Path, data: dict[str, Any]) -> bool:
     """Write atomically (temp file + rename); False when the location is not writable."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "x", encoding="utf-8") as handle:  # mode from the umask, unlike mkstemp
+        with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
         return True
     except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         return False
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 
 from demucs_rr.errors import ConfigError, DemucsRRError
 from demucs_rr.evaluate.bsseval import bss_eval, db, frame_layout
-from demucs_rr.fsmode import set_normal_mode
+from demucs_rr.staging import atomic_write
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
 NSDR_EPS = 1e-7
@@ -273,16 +272,8 @@ def track_to_json(scores: TrackScores) -> dict:
 def write_track_json(scores: TrackScores, path: str | os.PathLike) -> Path:
     """Write one track's JSON atomically (NaN written as ``NaN``, as museval does)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        set_normal_mode(fd)  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "w") as handle:
-            json.dump(track_to_json(scores), handle, indent=2, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "w") as handle:
+        json.dump(track_to_json(scores), handle, indent=2, allow_nan=True)
     return path
 
 

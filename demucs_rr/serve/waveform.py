@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from demucs_rr.staging import atomic_write
 
 
 def file_envelope(path: Path, width: int, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +79,5 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def write_waveform_file(stem: Path, path: Path, width: int = 600) -> None:
     """Render the stem file ``stem`` (read in blocks) and write the PNG atomically to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(encode_png(draw(*file_envelope(stem, width))))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(encode_png(draw(*file_envelope(stem, width))))

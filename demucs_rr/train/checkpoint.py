@@ -9,20 +9,17 @@ classes), so loading it runs no code. Keys (see :func:`demucs_rr.train.loop.Trai
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from demucs_rr.errors import OutputError, PackageFormatError
-from demucs_rr.fsmode import set_normal_mode
-from demucs_rr.staging import is_disk_full, reason
+from demucs_rr.errors import OutputError, PackageFormatError, one_line
+from demucs_rr.staging import atomic_write, is_disk_full
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -30,7 +27,6 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "capture_rng",
     "load_checkpoint",
-    "remove_stale_temporaries",
     "restore_rng",
     "save_checkpoint",
 ]
@@ -95,23 +91,12 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
             previous checkpoint stays as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise _save_error(path, exc) from None
-    try:
-        set_normal_mode(fd)  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_write(path, fsync=True) as tmp, open(tmp, "wb") as handle:
             torch.save(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
     except (OSError, RuntimeError) as exc:  # torch's zip writer reports ENOSPC as RuntimeError
         raise _save_error(path, exc) from None
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
     return path
 
 
@@ -120,29 +105,7 @@ def _save_error(path: Path, exc: BaseException) -> OutputError:
     kept = "; the previous checkpoint is unchanged" if path.is_file() else ""
     if is_disk_full(exc, path.parent):
         return OutputError(f"no space left on device while writing checkpoint {path}{kept}")
-    return OutputError(f"cannot write checkpoint {path}: {reason(exc)}{kept}")
-
-
-def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete the ``.checkpoint.th.*.tmp`` files a killed run left in ``run_dir``.
-
-    :func:`save_checkpoint` removes its temporary file on any error, but not when the process
-    is killed (SIGKILL, power loss) while writing; the next run of the folder calls this when
-    it starts or resumes. Returns the removed paths.
-    """
-    removed = []
-    for tmp in Path(run_dir).glob(f".{glob.escape(CHECKPOINT_NAME)}.*.tmp"):
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            logger.warning("cannot remove stale temporary file %s: %s", tmp, exc)
-            continue
-        removed.append(tmp)
-    if removed:
-        logger.info("removed %d stale temporary checkpoint file(s) from %s", len(removed), run_dir)
-    return removed
+    return OutputError(f"cannot write checkpoint {path}: {one_line(exc)}{kept}")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
