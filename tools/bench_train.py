@@ -39,9 +39,9 @@ def worker(
 ) -> dict:
     """Run ``warmup + steps`` training steps of ``preset``; return timing and peak memory."""
     import torch
+    from demucs_rr.train.distributed import DistContext
 
     from demucs_rr.train.config import load_config
-    from demucs_rr.train.distributed import DistContext
     from demucs_rr.train.loop import train_step
     from demucs_rr.train.state import build_state, make_model
 

@@ -173,7 +173,12 @@ def read_blocks(
         rate, raw, report = _ffmpeg_blocks(path, block, source)
     else:
         rate, raw, report = source.rate, source.blocks(block), source.report
-    check_resampling(path, rate, samplerate)
+    try:
+        check_resampling(path, rate, samplerate)
+    except AudioIOError:
+        if not isinstance(source, str):
+            source.close()
+        raise
 
     def converted() -> Iterator[torch.Tensor]:
         resampler = BlockResampler(rate, samplerate)

@@ -195,7 +195,7 @@ class Separator:
         Returns:
             The written paths; either all of them are written or none is.
         """
-        from demucs_rr.separate.files import FileJob, mixture_stats, stream_file
+        from demucs_rr.separate.to_files import FileJob, mixture_stats, stream_file
 
         path = Path(path)
         stats = mixture_stats(path, self.samplerate, self.audio_channels)

@@ -84,7 +84,7 @@ def _separate_track(
 
 def _stream(sep: Separator, mix: torch.Tensor, block_size: int) -> dict[str, torch.Tensor]:
     """Separate (C, T) block by block with a causal model; reports latency on stderr."""
-    from demucs_rr.separate.stream import stream_separate
+    from demucs_rr.separate.causal import stream_separate
 
     out, report = stream_separate(sep.model, mix, block_size)
     block_ms = 1000 * block_size / sep.samplerate
