@@ -1,4 +1,5 @@
-"""Release surfaces: Dockerfile, packaging metadata, version, changelog and README layout.
+"""Release surfaces: Dockerfile, packaging metadata, version, changelog, and the layout lists of
+the README and ``docs/development.md``.
 
 No image registry is reachable from CI, so the Docker image is not built here; instead the
 Dockerfile is checked to copy every path that its ``pip install .`` reads (the class of break
@@ -90,8 +91,16 @@ def test_one_version_source() -> None:
     assert versions and versions[0] == demucs_rr.__version__, "CHANGELOG's newest release"
 
 
-def test_readme_layout_names_every_subpackage() -> None:
-    readme = (REPO / "README.md").read_text()
-    layout = readme[readme.index("Layout:") :]
+def _layout(text: str, start: str) -> str:
+    """The part of ``text`` from ``start`` to the next heading."""
+    layout = text[text.index(start) + len(start) :]
+    return layout.split("\n#", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("page", "start"), [("README.md", "Layout:"), ("docs/development.md", "## Layout")]
+)
+def test_layout_names_every_subpackage(page: str, start: str) -> None:
+    layout = _layout((REPO / page).read_text(encoding="utf-8"), start)
     for init in sorted((REPO / "demucs_rr").glob("*/__init__.py")):
-        assert f"demucs_rr/{init.parent.name}" in layout, f"README layout lacks {init.parent.name}"
+        assert f"demucs_rr/{init.parent.name}" in layout, f"{page} layout lacks {init.parent.name}"

@@ -1,10 +1,11 @@
-"""The README's training commands work as written, copied top to bottom by a stranger.
+"""The training commands of ``docs/training.md`` work as written, copied top to bottom by a
+stranger.
 
-The Training section marks its command blocks with an HTML comment before the fence:
+The page marks its command blocks with an HTML comment before the fence:
 
-* ``<!-- readme-test: run -->``: runs anywhere; executed here line by line with bash in an
+* ``<!-- docs-test: run -->``: runs anywhere; executed here line by line with bash in an
   empty folder, with only :data:`SUBSTITUTIONS` applied (fewer epochs, so the test is quick);
-* ``<!-- readme-test: needs-musdb -->``: needs MUSDB18-HQ; not trained here, but every run folder
+* ``<!-- docs-test: needs-musdb -->``: needs MUSDB18-HQ; not trained here, but every run folder
   it resumes, exports or separates with must be made by an earlier line, and every training line
   must resolve its config (``--print-config``).
 """
@@ -21,8 +22,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-README = REPO / "README.md"
-MARKER = re.compile(r"<!-- readme-test: ([\w-]+) -->\s*```bash\n(.*?)```", re.DOTALL)
+PAGE = REPO / "docs" / "training.md"
+MARKER = re.compile(r"<!-- docs-test: ([\w-]+) -->\s*```bash\n(.*?)```", re.DOTALL)
 
 SUBSTITUTIONS = (
     ("epochs=40", "epochs=1"),
@@ -43,14 +44,11 @@ ENTRY_POINTS = {
 
 
 def training_blocks() -> dict[str, str]:
-    """Marked ``bash`` blocks of the README's Training section, by marker name."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index("\n## Training\n")
-    end = text.find("\n## ", start + 1)
-    section = text[start : end if end > 0 else None]
-    blocks = {name: body for name, body in MARKER.findall(section)}
-    assert set(blocks) == {"run", "needs-musdb"}, f"marked blocks in Training: {sorted(blocks)}"
-    return blocks
+    """Marked ``bash`` blocks of ``docs/training.md``, by marker name (exactly one of each)."""
+    found = MARKER.findall(PAGE.read_text(encoding="utf-8"))
+    names = sorted(name for name, _ in found)
+    assert names == ["needs-musdb", "run"], f"marked blocks in {PAGE.name}: {names}"
+    return dict(found)
 
 
 def command_lines(block: str) -> list[str]:
