@@ -393,7 +393,8 @@ def test_cli_train_converges_then_export_and_separate(
     """`demucs-rr train` with the tiny preset beats the do-nothing baseline by a wide margin;
     `demucs-rr export` packages the best state, which `demucs-rr separate -n FILE` runs.
 
-    Slow (~30 s): the default suite runs the same chain briefly in tests/project/test_docs_training.py.
+    Slow (~30 s): the default suite runs the same chain briefly in
+    tests/project/test_docs_training.py.
     """
     root = make_synthetic_dataset(
         tmp_path / "synth", {"train": 8, "valid": 2}, seconds=8.0, samplerate=RATE
