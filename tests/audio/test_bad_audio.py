@@ -200,3 +200,27 @@ def test_three_hour_silence_separates(tmp_path: Path, capsys: pytest.CaptureFixt
     for name in STEM_FILES:
         info = soundfile.info(str(out / "frac" / "long" / name))
         assert (info.frames, info.samplerate) == (3 * 3600 * 8000, 8000)
+
+
+@pytest.mark.parametrize("case", [c for c in CORPUS if c.name != "dir.wav"], ids=lambda c: c.name)
+def test_training_reader_checks_like_the_others(case: Case, corpus_dir: Path) -> None:
+    """The training reader (random access, at the file's own rate) refuses what the file reader
+    refuses, on one line, and reads the same samples otherwise (sample rates are the track
+    scan's business)."""
+    from demucs_rr.audio import read_audio
+    from demucs_rr.data.tracks import read_frames
+
+    path = corpus_dir / case.name
+    try:
+        whole, _ = read_audio(path)
+    except AudioIOError as exc:
+        expected: str | None = str(exc)
+    else:
+        expected = None
+    if expected is not None:
+        with pytest.raises(AudioIOError) as err:
+            read_frames(path)
+        assert "\n" not in str(err.value) and case.name in str(err.value)
+        return
+    part = read_frames(path, start=3, frames=50)
+    assert torch.equal(part, whole[:, 3:53])
