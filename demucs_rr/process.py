@@ -7,7 +7,8 @@ its process and may call it too.
 
 What it sets:
 
-* threads: torch's intra-op (and, while still allowed, inter-op) thread count;
+* threads: torch's intra-op (and, while still allowed, inter-op) thread count, and how idle
+  OpenMP workers wait (:func:`set_wait_policy`, set before torch starts its thread pool);
 * freed memory kept in the process (:func:`reuse_freed_memory`): glibc's ``malloc`` serves every
   request above 32 MiB (the most its dynamic threshold reaches) with a fresh ``mmap`` and gives it
   back to the kernel on ``free``. A separation model allocates and frees many such tensors per
@@ -32,7 +33,17 @@ import signal
 import sys
 from typing import NoReturn
 
-__all__ = ["Terminated", "configure_process", "reuse_freed_memory", "set_threads"]
+__all__ = [
+    "WAIT_POLICY_ENV",
+    "Terminated",
+    "configure_process",
+    "reuse_freed_memory",
+    "set_threads",
+    "set_wait_policy",
+]
+
+WAIT_POLICY_ENV = "DEMUCS_RR_WAIT_POLICY"
+"""``passive`` (default): idle OpenMP workers sleep; ``torch``: OpenMP's own default."""
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +79,28 @@ def reuse_freed_memory() -> bool:
     return done
 
 
+def set_wait_policy() -> bool:
+    """Make idle OpenMP workers sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``); returns
+    whether the policy is now passive.
+
+    libgomp's default makes a worker that waits at a barrier spin for 300,000 rounds first. On a
+    machine where another process holds a core, the spinning workers take turns with the one
+    that has work, and a separation runs 8-20x slower than on one thread (see
+    docs/performance.md). Only effective before torch is imported (it starts the pool then);
+    left alone when the environment already says how OpenMP should wait (``OMP_WAIT_POLICY``,
+    ``GOMP_SPINCOUNT``) or when ``DEMUCS_RR_WAIT_POLICY=torch``.
+    """
+    if os.environ.get(WAIT_POLICY_ENV, "passive").strip().lower() == "torch":
+        return False
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
+    if "torch" in sys.modules:
+        logger.debug("torch is imported already: OpenMP keeps its wait policy")
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
 def set_threads(threads: int) -> None:
     """Intra-op threads, and inter-op threads while torch still allows it."""
     import torch
@@ -98,7 +131,8 @@ def configure_process(
     """Set the process-wide state of an entry point (see the module docstring).
 
     Args:
-        threads: torch CPU threads; None leaves torch's default.
+        threads: torch CPU threads; None leaves torch's default (one per core). Idle OpenMP
+            workers sleep instead of spinning in any case (:func:`set_wait_policy`).
         keep_freed_memory: keep freed memory for reuse (:func:`reuse_freed_memory`).
         signals: SIGTERM raises :class:`Terminated` in the main thread.
         ignore_interrupt: ignore SIGINT (a worker process stopped by its parent).
@@ -110,6 +144,7 @@ def configure_process(
             level=logging.DEBUG if verbose else logging.WARNING,
             format="%(levelname)s: %(message)s",
         )
+    set_wait_policy()  # first: before anything imports torch
     if keep_freed_memory:
         reuse_freed_memory()
     if threads is not None:

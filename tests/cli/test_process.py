@@ -18,7 +18,7 @@ from demucs_rr import __main__ as entry
 from demucs_rr.process import _glibc, set_threads
 
 _PROBE = """
-import json, logging, resource, signal, sys
+import json, logging, os, resource, signal, sys
 import numpy as np, soundfile as sf, torch
 torch.set_num_threads(2)
 
@@ -38,6 +38,7 @@ def state():
         "sigterm": str(signal.getsignal(signal.SIGTERM)),
         "sigint": str(signal.getsignal(signal.SIGINT)),
         "log_handlers": len(logging.getLogger().handlers),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "faults": malloc_faults(),
     }
 
@@ -64,6 +65,7 @@ print(json.dumps({"code": code, "before": before, "import": after_import, "main"
 
 def _probe(tmp_path: Path, mode: str) -> dict[str, Any]:
     env = {**os.environ, "DEMUCS_RR_MALLOC": ""}
+    env.pop("OMP_WAIT_POLICY", None)
     run = subprocess.run(
         [sys.executable, "-c", _PROBE, str(tmp_path), mode],
         capture_output=True,
@@ -129,3 +131,42 @@ def test_interop_threads_already_fixed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch, "set_num_interop_threads", too_late)
     set_threads(2)
     assert calls == [2]
+
+
+_WAIT = """
+import os, sys
+from demucs_rr.process import configure_process
+if sys.argv[1] == "torch-first":
+    import torch
+configure_process()
+import torch
+print(os.environ.get("OMP_WAIT_POLICY"))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("env", "order", "policy"),
+    [
+        ({}, "entry-first", "PASSIVE"),  # the entry points: set before torch starts its pool
+        ({}, "torch-first", "None"),  # too late: left alone rather than half-applied
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "entry-first", "ACTIVE"),  # the user's choice wins
+        ({"GOMP_SPINCOUNT": "1000"}, "entry-first", "None"),
+        ({"DEMUCS_RR_WAIT_POLICY": "torch"}, "entry-first", "None"),  # opt-out
+    ],
+)
+def test_wait_policy_is_set_before_torch(env: dict[str, str], order: str, policy: str) -> None:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "DEMUCS_RR_WAIT_POLICY")
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", _WAIT, order],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == policy
