@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -45,10 +46,13 @@ def _write_options(args: argparse.Namespace) -> WriteOptions:
 
 
 def _check_out_dir(out: Path) -> None:
-    """Fail early when the output root cannot be created or written."""
+    """Fail early when the output root cannot be created or written, without creating it: the
+    folders of a track appear with its stems (a run that writes nothing leaves nothing)."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".demucs_rr_write_test_{os.getpid()}_{time.monotonic_ns()}"
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        probe = existing / f".demucs_rr_write_test_{os.getpid()}_{time.monotonic_ns()}"
         probe.touch()
         probe.unlink()
     except OSError as exc:
@@ -231,7 +235,7 @@ def _finish(group: Group, tally: _Tally, errors: list[str]) -> int:
     if group.is_main:
         for line in errors:
             print(f"error: {line}", file=sys.stderr)
-        if failed or skipped or group.distributed:
+        if total > 1 or skipped or group.distributed:  # one input: its own line says it all
             ranks = f" on {group.world_size} ranks" if group.distributed else ""
             print(
                 f"{done} separated, {skipped} skipped, {failed} of {total} inputs failed{ranks}",
