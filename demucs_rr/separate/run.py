@@ -17,6 +17,7 @@ from demucs_rr.audio import WriteOptions, load_for_model, resample
 from demucs_rr.distributed import Group, process_group, torchrun_ranks
 from demucs_rr.errors import ConfigError, DemucsRRError
 from demucs_rr.separate.api import Separator
+from demucs_rr.separate.model_labels import check_label, model_identity, record_label
 from demucs_rr.separate.options import check_separate_options, engine_options
 from demucs_rr.separate.outputs import (
     InputFile,
@@ -173,6 +174,8 @@ def _separate_all(
     )
     names = select_stems(sep.sources, args.stems, args.two_stems, args.other_method)
     _check_distinct_outputs(tracks, args.filename, names, wopts, out, sep.model_name)
+    identity = model_identity(args.name, args.repo)
+    check_label(out, args.filename, sep.model_name, identity)
     if group.distributed:
         tracks = group.shard(sorted(tracks, key=lambda t: (t.name, t.path.as_posix())))
     prefix = f"[rank {group.rank}] " if group.distributed else ""
@@ -196,6 +199,8 @@ def _separate_all(
             where = "" if str(track.path) in text else f"{track.path}: "
             print(f"error: {where}{text}", file=sys.stderr)
             continue
+        if not tally.done:
+            record_label(out, args.filename, sep.model_name, identity)
         tally.done += 1
         if not args.quiet:
             took = time.perf_counter() - start

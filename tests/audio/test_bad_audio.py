@@ -22,6 +22,7 @@ from demucs_rr.cli import main
 from demucs_rr.errors import AudioIOError
 from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
+from demucs_rr.separate.model_labels import RECORD_NAME
 from demucs_rr.separate.to_files import mixture_stats
 from tests.helpers.bad_audio import CORPUS, Case, write_sparse_silence
 
@@ -97,7 +98,9 @@ def test_corpus_file_through_the_cli(
     else:
         assert not warnings, warnings
     check_stems(out, case)
-    assert files_under(out) == [p for p in files_under(out) if not p.name.startswith(".")]
+    assert files_under(out) == [
+        p for p in files_under(out) if not p.name.startswith(".") or p.name == RECORD_NAME
+    ]
 
 
 @pytest.mark.parametrize("case", [c for c in CORPUS if c.name != "dir.wav"], ids=lambda c: c.name)
@@ -152,7 +155,7 @@ def test_mixed_batch_in_a_subprocess(package: Path, corpus_dir: Path, tmp_path: 
     for case in CORPUS:
         if case.expect != "error":
             check_stems(out, case)
-    assert not [p for p in files_under(out) if p.name.startswith(".")]
+    assert not [p for p in files_under(out) if p.name.startswith(".") and p.name != RECORD_NAME]
 
 
 def test_decoder_noise_is_captured_and_fd2_restored(

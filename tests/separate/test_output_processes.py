@@ -16,6 +16,7 @@ import soundfile as sf
 
 from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
+from demucs_rr.separate.model_labels import RECORD_NAME
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -52,7 +53,7 @@ def _song(path: Path, seconds: float) -> np.ndarray:
 
 
 def _hidden(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.startswith(".")]
+    return [p for p in folder.rglob("*") if p.name.startswith(".") and p.name != RECORD_NAME]
 
 
 @pytest.mark.integration
