@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from demucs_rr.errors import OutputError, PackageFormatError, one_line
+from demucs_rr.hub.training_info import CHECKPOINT_FORMAT
 from demucs_rr.staging import atomic_write, is_disk_full
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.th"
-CHECKPOINT_FORMAT = "demucs_rr.train.checkpoint"
 CHECKPOINT_VERSION = 1
 
 
