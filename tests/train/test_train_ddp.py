@@ -16,14 +16,14 @@ from demucs_rr.train.checkpoint import load_checkpoint
 from demucs_rr.train.config import load_config
 from demucs_rr.train.loop import fit
 
+pytestmark = pytest.mark.integration
+
 DRIVER = """
 import sys
 import torch
 torch.set_num_threads(1)
 from demucs_rr.train.config import load_config
 from demucs_rr.train.loop import fit
-
-pytestmark = pytest.mark.integration
 run_dir, *overrides = sys.argv[1:]
 fit(load_config(overrides), run_dir, echo=print)
 """
