@@ -181,13 +181,13 @@ def test_three_hour_silence_length_path(tmp_path: Path, caplog: pytest.LogCaptur
     Separating it for real (four 173 MB stems) is the slow test below."""
     path = write_sparse_silence(tmp_path / "long.wav", 3 * 3600)
     frames = 3 * 3600 * 8000
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: the same on a busy machine
     assert check_wav(path) == frames
     with caplog.at_level(logging.WARNING):
         stats = mixture_stats(path, 8000, 1)
     assert (stats.length, stats.mean, stats.samplerate) == (frames, 0.0, 8000)
     assert not caplog.records
-    assert time.perf_counter() - start < 30
+    assert time.process_time() - start < 30
 
 
 @pytest.mark.slow
