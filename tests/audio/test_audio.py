@@ -425,3 +425,22 @@ def test_audio_files_are_found_by_extension_in_any_case(tmp_path: Path) -> None:
     tracks, errors = collect_tracks([str(tmp_path)], recursive=False)
     assert sorted(t.path.name for t in tracks) == sorted(names[:7]) and errors == []
     assert {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aiff", ".opus"} <= AUDIO_EXTENSIONS
+
+
+@pytest.mark.parametrize("bitrate", [32, 64, 96, 128])
+def test_mp3_keeps_the_sample_rate_at_low_bit_rates(tmp_path: Path, bitrate: int) -> None:
+    """lame lowers the rate of stereo mp3 below 112 kbps by itself (96 kbps: 32 kHz); stems keep
+    theirs."""
+    path = tmp_path / f"{bitrate}.mp3"
+    write_audio(make_tone_mix(0.5), path, SR, WriteOptions(format="mp3", mp3_bitrate=bitrate))
+    assert soundfile.info(str(path)).samplerate == SR
+
+
+def test_mp3_bit_rates_that_do_not_exist_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="100 kbps does not exist"):
+        WriteOptions(format="mp3", mp3_bitrate=100)
+    with pytest.raises(AudioIOError, match="cannot hold 96000 Hz") as err:
+        write_audio(
+            make_tone_mix(0.1, 96000), tmp_path / "x.mp3", 96000, WriteOptions(format="mp3")
+        )
+    assert "\n" not in str(err.value) and not (tmp_path / "x.mp3").exists()
