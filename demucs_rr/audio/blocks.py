@@ -1,10 +1,10 @@
 """Block-wise audio: decoding a file in blocks, seamless resampling, and incremental writers.
 
-Decoding uses soundfile block reads (wav, flac, ogg, mp3, aiff) and an ``ffmpeg`` pipe for any
-file soundfile rejects; :class:`BlockResampler` gives the same samples as
-:func:`~demucs_rr.audio.dsp.resample` on the whole signal; :class:`BlockWriter` appends (C, n)
-blocks to a wav, flac or mp3 file with exactly the quantisation of
-:func:`~demucs_rr.audio.write.write_audio`.
+Decoding uses soundfile block reads (wav, flac, ogg, mp3, aiff) and an ``ffmpeg`` pipe for a
+file soundfile rejects (only the audio and video containers of :mod:`demucs_rr.audio.ffmpeg`);
+:class:`BlockResampler` gives the same samples as :func:`~demucs_rr.audio.dsp.resample` on the
+whole signal; :class:`BlockWriter` appends (C, n) blocks to a wav, flac or mp3 file with exactly
+the quantisation of :func:`~demucs_rr.audio.write.write_audio`.
 
 Dimension letters: C audio channels, T time in samples.
 """
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,15 +24,8 @@ import torch
 
 from demucs_rr.audio.decode import BLOCK, DecodeReport, open_soundfile
 from demucs_rr.audio.dsp import convert_channels
-from demucs_rr.audio.io import (
-    _BackendError,
-    _check_input_file,
-    _no_ffmpeg_error,
-    _one_line,
-    _probe,
-    check_resampling,
-    ffmpeg_available,
-)
+from demucs_rr.audio.ffmpeg import BackendError, ffmpeg_available, ffmpeg_blocks
+from demucs_rr.audio.io import _check_input_file, _no_ffmpeg_error, check_resampling
 from demucs_rr.audio.write import _SUBTYPES, WriteOptions, to_pcm
 from demucs_rr.errors import AudioIOError
 
@@ -100,49 +91,17 @@ class BlockResampler:
 def _ffmpeg_blocks(
     path: Path, block: int, soundfile_reason: str
 ) -> tuple[int, Iterator[np.ndarray], DecodeReport]:
-    """(rate, (n, C) float32 blocks, report) decoded by an ffmpeg pipe (raw f32le).
-
-    The report gets ffmpeg's ``-v error`` text of a run that succeeded once the blocks are
-    exhausted.
-    """
+    """(rate, (n, C) float32 blocks, report) decoded by an ffmpeg pipe (raw f32le), for a file
+    soundfile rejected with ``soundfile_reason`` (see :mod:`demucs_rr.audio.ffmpeg`)."""
     if not ffmpeg_available():
         raise _no_ffmpeg_error(path, soundfile_reason)
-    target = "file:" + str(path.resolve())
     try:
-        channels, rate = _probe(target)
-    except _BackendError as err:
+        _, rate, _, blocks, report = ffmpeg_blocks(path, block)
+    except BackendError as err:
         raise AudioIOError(
             f"cannot decode {path}: soundfile: {soundfile_reason}; ffmpeg: {err}"
         ) from None
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", target, "-map", "0:a:0"]
-    cmd += ["-ac", str(channels), "-ar", str(rate), "-f", "f32le", "-"]
-    report = DecodeReport()
-
-    def blocks() -> Iterator[np.ndarray]:
-        with tempfile.TemporaryFile() as errors:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors
-            )
-            assert proc.stdout is not None
-            try:
-                while data := proc.stdout.read(4 * channels * block):
-                    frames = len(data) // (4 * channels)
-                    raw = bytearray(data[: frames * 4 * channels])  # writable for torch
-                    yield np.frombuffer(raw, "<f4").reshape(frames, channels)
-            except BaseException:  # closed early (an error downstream, Ctrl-C): stop quietly
-                proc.kill()
-                raise
-            finally:
-                proc.stdout.close()
-                proc.wait()
-            errors.seek(0)
-            text = errors.read().decode("utf-8", "replace")
-            if proc.returncode > 0:
-                reason = _one_line(text) or "failed"
-                raise AudioIOError(f"cannot decode {path}: ffmpeg: {reason}")
-            report.note(text)
-
-    return rate, blocks(), report
+    return rate, blocks, report
 
 
 def read_blocks(
