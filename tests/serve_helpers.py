@@ -24,9 +24,12 @@ FRACTIONS = [0.1, 0.2, 0.3, 0.4]
 DEADLINE = 60.0
 
 
-def make_package(path: Path, fractions: list[float] = FRACTIONS, **kwargs: Any) -> Path:
-    """A fixed-fraction model package (stems are ``fraction * mix``)."""
-    model = FractionModel(SOURCES, fractions, segment_length=20000, crop=13, **kwargs)
+def make_package(
+    path: Path, fractions: list[float] = FRACTIONS, segment_length: int = 20000
+) -> Path:
+    """A fixed-fraction model package (stems are ``fraction * mix``); a short segment makes
+    a slow model (one model call per ``segment_length`` samples)."""
+    model = FractionModel(SOURCES, fractions, segment_length=segment_length, crop=13)
     return save_package(model, path)
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from demucs_rr import argtypes
 from demucs_rr.errors import ConfigError
@@ -184,10 +185,30 @@ def run_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        uvicorn.run(
-            app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3
-        )
+        _serve(uvicorn, app, args.host, args.port)
     finally:
         if lock is not None:
             lock.close()
     return 0
+
+
+def _serve(uvicorn: Any, app: Any, host: str, port: int) -> None:
+    """Run uvicorn until a signal stops it; SIGINT then ends like Ctrl-C elsewhere (exit 130).
+
+    uvicorn handles SIGINT and SIGTERM itself (a graceful shutdown) and raises the signal again
+    once it is done: SIGTERM then reaches the entry point's handler (exit 143), but SIGINT
+    reaches asyncio's, which ends quietly; it is raised here instead.
+    """
+    stopped_by: list[int] = []
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            stopped_by.append(sig)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3
+    )
+    Server(config).run()
+    if signal.SIGINT in stopped_by:
+        raise KeyboardInterrupt

@@ -182,6 +182,17 @@ class JobStore:
             )
             return cursor.rowcount
 
+    def requeue_worker(self, worker: int) -> int:
+        """Put the running jobs of a stopped worker process back in the queue; returns how
+        many."""
+        with self._connect() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = 'queued', progress = 0, worker = NULL, started = NULL "
+                "WHERE state = 'running' AND worker = ?",
+                (worker,),
+            )
+            return cursor.rowcount
+
     def fail_worker(self, worker: int, error: str) -> int:
         """Fail the running jobs of a worker process that died; returns how many."""
         with self._connect() as db:

@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
 
@@ -41,11 +43,44 @@ MODELS_KEPT = 2
 
 
 class StopFlag(Protocol):
-    """What a worker needs of its stop event (``multiprocessing.Event`` or ``threading.Event``)."""
+    """What a worker needs of its stop signal (a :class:`StopPipe`, or a ``threading.Event``)."""
 
     def is_set(self) -> bool: ...
 
     def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class StopPipe:
+    """A worker's end of its stop pipe, watched by a thread.
+
+    The server writes to the pipe to ask the worker to stop (the running job goes back to the
+    queue at its next progress step). The server holds the only write end, so the pipe reaches
+    end-of-file when the server process ends, however it ends: the worker then exits at once,
+    whatever it is doing (a job it was running stays ``running`` until the next server puts
+    it back in the queue). No lock is shared with the server, so a worker killed at any moment
+    cannot block the server's stop.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._event = threading.Event()
+        threading.Thread(target=self._watch, name="demucs-rr-stop", daemon=True).start()
+
+    def _watch(self) -> None:
+        try:
+            while True:
+                self._conn.recv_bytes()
+                self._event.set()
+        except (EOFError, OSError):
+            os._exit(0)  # the server is gone: no one is left to report to
+
+    def is_set(self) -> bool:
+        """Whether the server asked this worker to stop."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for a stop request; returns :meth:`is_set`."""
+        return self._event.wait(timeout)
 
 
 @dataclass(frozen=True)
@@ -170,8 +205,10 @@ def run_job(job: Job, store: JobStore, models: ModelCache, stop: StopFlag) -> No
     try:
         sep = models.get(JobOptions.from_json(job.options).model)
         stems = separate_job(job, folder, sep, progress)
-    except _Stopped:
+    except (_Stopped, KeyboardInterrupt) as exc:  # KeyboardInterrupt: SIGTERM (Terminated)
         store.requeue(job.id)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         return
     except _Deleted:
         shutil.rmtree(folder, ignore_errors=True)
@@ -196,13 +233,37 @@ def report_model(sep: Separator, config: WorkerConfig) -> None:
         tmp.write_text(json.dumps(facts))
 
 
-def worker_main(config: WorkerConfig, stop: StopFlag) -> None:
-    """Process entry point: load the model, then run queued jobs until ``stop`` is set."""
+def worker_main(config: WorkerConfig, stop: Connection | StopFlag) -> None:
+    """Process entry point: load the model, then run queued jobs until stopped.
+
+    Args:
+        config: the workers' settings.
+        stop: the read end of this worker's stop pipe (see :class:`StopPipe`), or a stop flag
+            (a worker run in a thread).
+
+    SIGTERM (a process-group SIGTERM, or the server's escalation) puts the running job back in
+    the queue and ends the worker; SIGINT is ignored (the server stops its workers); the
+    worker gets SIGTERM when its parent process ends.
+    """
     from demucs_rr.process import configure_process
 
-    configure_process(  # the server stops workers through ``stop``, not SIGINT
-        threads=config.threads, keep_freed_memory=True, ignore_interrupt=True, verbose=False
+    configure_process(
+        threads=config.threads,
+        keep_freed_memory=True,
+        signals=True,
+        ignore_interrupt=True,
+        parent_death=True,
+        verbose=False,
     )
+    flag = StopPipe(stop) if isinstance(stop, Connection) else stop
+    try:
+        run_worker(config, flag)
+    except KeyboardInterrupt:  # SIGTERM: the running job is back in the queue
+        return
+
+
+def run_worker(config: WorkerConfig, stop: StopFlag) -> None:
+    """Load the server model, then claim and run queued jobs until ``stop`` is set."""
     store = JobStore(config.jobs_dir)
     models = ModelCache(config)
     try:
