@@ -26,6 +26,7 @@ from starlette.responses import StreamingResponse
 
 from demucs_rr import __version__
 from demucs_rr.errors import DemucsRRError
+from demucs_rr.hub.identity import model_identity
 from demucs_rr.serve import files
 from demucs_rr.serve.config import ServeConfig
 from demucs_rr.serve.jobs import (
@@ -37,6 +38,7 @@ from demucs_rr.serve.jobs import (
     display_name,
     input_extension,
     job_dir,
+    model_label,
     new_job_id,
 )
 from demucs_rr.serve.pool import WorkerPool
@@ -91,6 +93,15 @@ class _State:
         self.store = JobStore(config.jobs_dir)
         self.pool = WorkerPool(config.worker_config(), config.workers)
         self.info = files.server_info(config, __version__)
+
+    def model_identity(self, label: str) -> str | None:
+        """Identity of the model a job for ``label`` gets now (None: it cannot be read; the
+        worker will report why)."""
+        name = self.config.model if label == model_label(self.config.model) else label
+        try:
+            return model_identity(name, self.config.repo)
+        except (DemucsRRError, OSError):
+            return None
 
     def job(self, job_id: str) -> Job:
         """The job with this id; 404 when there is none."""
@@ -197,7 +208,9 @@ def _add_job_routes(app: FastAPI, state: _State) -> None:
             upload.path.replace(folder / stored)
         finally:
             upload.path.unlink(missing_ok=True)
+        model_id = await run_in_threadpool(state.model_identity, options.model)
         job = Job(job_id, display_name(upload.filename), stored, options.to_json())
+        job.model_id = model_id
         return job_json(await run_in_threadpool(state.store.add, job))
 
     @app.get("/api/jobs", summary="List every job, oldest first")

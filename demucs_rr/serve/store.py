@@ -36,14 +36,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker INTEGER,
     created REAL NOT NULL,
     started REAL,
-    finished REAL
+    finished REAL,
+    model_id TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, created);
 """
 _COLUMNS = (
     "id, name, input, options, state, progress, error, stems, device, worker, created, "
-    "started, finished"
+    "started, finished, model_id"
 )
+_ADDED_COLUMNS = {"model_id": "TEXT"}
+"""Columns added since the first release, added to an older database on start."""
 
 
 @dataclass
@@ -62,6 +65,8 @@ class Job:
         device: device the job ran on.
         worker: process id of the worker running it.
         created, started, finished: Unix times.
+        model_id: identity of the model the job was submitted for
+            (:func:`~demucs_rr.hub.identity.model_identity`); None for jobs of older servers.
     """
 
     id: str
@@ -77,6 +82,7 @@ class Job:
     created: float = 0.0
     started: float | None = None
     finished: float | None = None
+    model_id: str | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Job:
@@ -100,6 +106,10 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -116,8 +126,9 @@ class JobStore:
         job.created = job.created or time.time()
         with self._connect() as db:
             db.execute(
-                "INSERT INTO jobs (id, name, input, options, created) VALUES (?, ?, ?, ?, ?)",
-                (job.id, job.name, job.input, json.dumps(job.options), job.created),
+                "INSERT INTO jobs (id, name, input, options, created, model_id) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (job.id, job.name, job.input, json.dumps(job.options), job.created, job.model_id),
             )
         return job
 

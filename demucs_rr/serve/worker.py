@@ -22,6 +22,7 @@ from typing import Protocol
 
 from demucs_rr.audio import WriteOptions
 from demucs_rr.errors import DemucsRRError
+from demucs_rr.hub.identity import model_identity
 from demucs_rr.separate.api import Separator
 from demucs_rr.separate.options import ApplyOptions
 from demucs_rr.separate.outputs import (
@@ -115,27 +116,56 @@ class _Deleted(Exception):
     """The job was deleted while it ran."""
 
 
+class ModelChangedError(DemucsRRError):
+    """The model a job was submitted for is no longer the one its name designates."""
+
+
 class ModelCache:
-    """Separators by model name, loaded on first use, the least recently used dropped."""
+    """Separators by model name, loaded on first use, the least recently used dropped; each
+    with the identity (:func:`~demucs_rr.hub.identity.model_identity`) of what was loaded."""
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self._items: OrderedDict[str, Separator] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Separator, str | None]] = OrderedDict()
 
-    def get(self, name: str) -> Separator:
-        """The separator of ``name``, a pretrained name or the server model's label."""
+    def get(self, name: str, expected: str | None = None) -> Separator:
+        """The separator of ``name``, a pretrained name or the server model's label.
+
+        Args:
+            name: the model's name.
+            expected: the identity a job was submitted for; a model loaded earlier under
+                another identity (its file was replaced since) is loaded again.
+
+        Raises:
+            ModelChangedError: ``name`` designates another model than ``expected`` now.
+        """
         if name == model_label(self.config.model):
             name = self.config.model
-        if name in self._items:
+        cached = self._items.get(name)
+        if cached is not None and expected in (None, cached[1]):
             self._items.move_to_end(name)
-            return self._items[name]
+            return cached[0]
+        identity = self._identity(name)
+        if None not in (expected, identity) and identity != expected:
+            raise ModelChangedError(
+                f"the model {model_label(name)!r} was replaced on the server after this job was "
+                "submitted; upload the song again to separate it with the new model"
+            )
         sep = Separator(
             name, device=self.config.device, repo=self.config.repo, options=self.config.engine
         )
-        self._items[name] = sep
+        self._items[name] = (sep, identity)
+        self._items.move_to_end(name)
         while len(self._items) > MODELS_KEPT:
             self._items.popitem(last=False)
         return sep
+
+    def _identity(self, name: str) -> str | None:
+        """The identity of ``name`` now (None when it cannot be read: loading will say why)."""
+        try:
+            return model_identity(name, self.config.repo)
+        except (DemucsRRError, OSError):
+            return None
 
 
 class _Progress:
@@ -203,7 +233,7 @@ def run_job(job: Job, store: JobStore, models: ModelCache, stop: StopFlag) -> No
     folder = job_dir(store.path.parent, job.id)
     progress = _Progress(store, job.id, 1, stop)
     try:
-        sep = models.get(JobOptions.from_json(job.options).model)
+        sep = models.get(JobOptions.from_json(job.options).model, job.model_id)
         stems = separate_job(job, folder, sep, progress)
     except (_Stopped, KeyboardInterrupt) as exc:  # KeyboardInterrupt: SIGTERM (Terminated)
         store.requeue(job.id)
