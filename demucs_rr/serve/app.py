@@ -22,10 +22,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
 from demucs_rr import __version__
-from demucs_rr.errors import DemucsRRError
+from demucs_rr.errors import DemucsRRError, one_line
 from demucs_rr.hub.identity import model_identity
 from demucs_rr.serve import files
 from demucs_rr.serve.config import ServeConfig
@@ -42,8 +43,9 @@ from demucs_rr.serve.jobs import (
     new_job_id,
 )
 from demucs_rr.serve.pool import WorkerPool
-from demucs_rr.serve.store import TERMINAL, Job, JobStore
+from demucs_rr.serve.store import TERMINAL, Job, JobStore, StoreUnavailable
 from demucs_rr.serve.upload import HTTPProblem, receive_upload
+from demucs_rr.staging import is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +143,30 @@ def _guard(config: ServeConfig) -> Callable[[Request, Any], Awaitable[Response]]
     return guard
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _problem(exc: Exception, jobs_dir: Path) -> tuple[int, str]:
+    """HTTP status and one-line detail of an exception a route raised (no server path)."""
+    if isinstance(exc, HTTPProblem):
+        return exc.status, str(exc)
+    if isinstance(exc, ClientDisconnect):
+        logger.info("a client went away before its upload was complete")
+        return 400, "the upload was interrupted"
+    if isinstance(exc, StoreUnavailable) and not exc.disk_full:
+        logger.warning("%s", exc)
+        return 503, "the job database cannot be used now (see the server log); try again later"
+    if isinstance(exc, StoreUnavailable) or is_disk_full(exc, jobs_dir):
+        logger.warning("no space left on the disk of %s", jobs_dir)
+        return 507, "no space left on the server's disk; try again later"
+    if isinstance(exc, DemucsRRError):
+        return 400, str(exc)
+    if isinstance(exc, OSError):
+        logger.error("%s", one_line(exc, typed=True))
+    return 500, f"internal error: {type(exc).__name__} (see the log)"  # uvicorn logs the rest
+
+
+def _add_error_handlers(app: FastAPI, jobs_dir: Path) -> None:
     async def problem(_: Request, exc: Exception) -> Response:
-        status = exc.status if isinstance(exc, HTTPProblem) else 400
-        return JSONResponse({"detail": str(exc)}, status)
+        status, detail = _problem(exc, jobs_dir)
+        return JSONResponse({"detail": detail}, status)
 
     async def invalid(_: Request, exc: Exception) -> Response:
         errors = exc.errors() if isinstance(exc, RequestValidationError) else []
@@ -152,13 +174,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"detail": f"bad request: {where}: {first.get('msg', exc)}"}, 422)
 
-    async def internal(_: Request, exc: Exception) -> Response:
-        logger.error("internal error", exc_info=exc)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__} (see the log)"}, 500)
-
-    app.add_exception_handler(DemucsRRError, problem)
+    # these classes are handled where they are raised; ``Exception`` (anything else) is answered
+    # with 500, then re-raised by Starlette so that uvicorn logs its traceback once
+    for kind in (DemucsRRError, OSError, ClientDisconnect):
+        app.add_exception_handler(kind, problem)
     app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(Exception, internal)
+    app.add_exception_handler(Exception, problem)
 
 
 async def _event_stream(
@@ -196,9 +217,14 @@ def _add_job_routes(app: FastAPI, state: _State) -> None:
     )
     async def create_job(request: Request) -> dict[str, Any]:
         root = state.config.jobs_dir
+        if not state.pool.can_run():
+            raise HTTPProblem(
+                503, "no worker is running (restarting after a failure); try again in a minute"
+            )
         limit = int(state.config.max_upload_mb * 2**20)
         upload = await receive_upload(request, root / ".incoming", limit)
         assert upload.path is not None
+        folder: Path | None = None
         try:
             options = JobOptions.from_form(upload.fields, state.info["models"])
             job_id = new_job_id()
@@ -206,12 +232,16 @@ def _add_job_routes(app: FastAPI, state: _State) -> None:
             folder.mkdir()
             stored = f"input.{input_extension(upload.head, upload.filename)}"
             upload.path.replace(folder / stored)
+            job = Job(job_id, display_name(upload.filename), stored, options.to_json())
+            job.model_id = await run_in_threadpool(state.model_identity, options.model)
+            added = await run_in_threadpool(state.store.add, job)
+        except BaseException:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         finally:
             upload.path.unlink(missing_ok=True)
-        model_id = await run_in_threadpool(state.model_identity, options.model)
-        job = Job(job_id, display_name(upload.filename), stored, options.to_json())
-        job.model_id = model_id
-        return job_json(await run_in_threadpool(state.store.add, job))
+        return job_json(added)
 
     @app.get("/api/jobs", summary="List every job, oldest first")
     def list_jobs() -> dict[str, Any]:
@@ -275,7 +305,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         redoc_url=None,
     )
     app.middleware("http")(_guard(config))
-    _add_error_handlers(app)
+    _add_error_handlers(app, config.jobs_dir)
 
     @app.get("/", include_in_schema=False)
     def index(token: str | None = None) -> Response:

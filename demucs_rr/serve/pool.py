@@ -10,7 +10,11 @@ waiting, cannot block the server. When the server process ends in any way (SIGKI
 the pipes reach end-of-file and the workers exit; they also get SIGTERM when their parent (the
 forkserver) ends. The forkserver itself exits once the server and every worker are gone.
 
-A watcher thread replaces a worker that died (its running job fails with a one-line reason).
+A watcher thread replaces a worker that died, after a delay that doubles with each worker that
+dies young (1 s, 2 s, 4 s ... up to a minute), and fails the job the dead worker was running
+with a one-line reason; when the job database cannot be written (a full disk), the failure is
+retried on every round until it can. An error in the watcher itself is logged in one line and
+retried with the same backoff: the watcher never dies.
 :meth:`WorkerPool.stop` ends within a bounded time whatever the workers do: it asks, waits,
 sends SIGTERM (the job goes back to the queue), then SIGKILL.
 """
@@ -29,13 +33,20 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from demucs_rr.errors import one_line
 from demucs_rr.serve.store import JobStore
-from demucs_rr.serve.worker import WorkerConfig, worker_main
+from demucs_rr.serve.worker import STORE_EXIT, WorkerConfig, worker_main
 
 logger = logging.getLogger(__name__)
 
-RESPAWN_DELAY = 5.0
-"""Seconds a slot waits after a worker's start before replacing it (no tight crash loops)."""
+RESPAWN_DELAY = 1.0
+"""Seconds before a dead worker is replaced; doubled for each worker in a row that died within
+:data:`STABLE_AFTER` seconds of its start (no tight crash loops), up to :data:`MAX_DELAY`."""
+MAX_DELAY = 60.0
+STABLE_AFTER = 60.0
+"""A worker that ran this long resets the backoff."""
+WATCH_INTERVAL = 1.0
+"""Seconds between the watcher's rounds; doubled after each failed round, up to a minute."""
 TERM_GRACE = 2.0
 """Seconds a worker has to exit after SIGTERM before it is killed."""
 
@@ -70,13 +81,32 @@ def _signal(pid: int | None, signum: int) -> None:
             os.kill(pid, signum)
 
 
+def death_reason(exitcode: int) -> str:
+    """Why a worker process ended, for the job it was running (one line)."""
+    if exitcode == STORE_EXIT:
+        why = "it could not write the job database: is the disk full?"
+    elif exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else "?"
+        why = f"killed by {name}" + (": out of memory?" if exitcode == -9 else "")
+    else:
+        why = f"exit code {exitcode}"
+    return f"the worker process stopped unexpectedly ({why}); the job was not finished"
+
+
 @dataclass
 class _Slot:
-    """One worker process, the write end of its stop pipe and when it started."""
+    """One worker process, the write end of its stop pipe, when it started, when it was seen
+    dead, and how many workers of this slot in a row died young."""
 
     proc: BaseProcess
     pipe: Connection
     started: float
+    died: float | None = None
+    failures: int = 0
+
+    def delay(self) -> float:
+        """Seconds to wait before replacing this dead worker."""
+        return min(MAX_DELAY, RESPAWN_DELAY * 2.0 ** max(0, self.failures - 1))
 
     def ask_to_stop(self) -> None:
         with contextlib.suppress(OSError, ValueError):  # a dead worker: nothing to ask
@@ -107,8 +137,9 @@ class WorkerPool:
         self._slots: list[_Slot] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._unreported: dict[int, str] = {}  # dead worker pid -> reason, to fail its jobs
 
-    def _spawn(self) -> _Slot:
+    def _spawn(self, failures: int = 0) -> _Slot:
         reader, writer = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=worker_main, args=(self.config, reader), name="demucs-rr-worker", daemon=True
@@ -117,7 +148,7 @@ class WorkerPool:
             proc.start()
         finally:
             reader.close()  # the worker has its own copy; EOF must mean "server gone"
-        return _Slot(proc, writer, time.monotonic())
+        return _Slot(proc, writer, time.monotonic(), failures=failures)
 
     def start(self) -> None:
         """Start the workers and the watcher thread."""
@@ -131,35 +162,51 @@ class WorkerPool:
         """Number of live worker processes."""
         return sum(slot.proc.is_alive() for slot in self._slots)
 
+    def can_run(self) -> bool:
+        """Whether jobs can run now: a worker is alive, or the pool has none by design."""
+        return self.count == 0 or self.alive() > 0
+
     def pids(self) -> list[int]:
         """Process ids of the workers."""
         return [slot.proc.pid for slot in self._slots if slot.proc.pid is not None]
 
     def _watch(self) -> None:
-        while not self._stopping.wait(1.0):
-            self.check()
+        errors = 0
+        while not self._stopping.wait(min(MAX_DELAY, WATCH_INTERVAL * 2.0**errors)):
+            try:
+                self.check()
+            except Exception as exc:  # never let the watcher die: log, back off, retry
+                errors = min(errors + 1, 6)
+                logger.warning("worker watcher: %s; retrying", one_line(exc, typed=True))
+            else:
+                errors = 0
 
     def check(self) -> None:
-        """Replace dead workers; their running jobs fail with the reason."""
+        """Replace dead workers (after their backoff delay) and fail their running jobs."""
+        now = time.monotonic()
         for i, slot in enumerate(self._slots):
             proc = slot.proc
             if proc.exitcode is None or self._stopping.is_set():
                 continue
-            if time.monotonic() - slot.started < RESPAWN_DELAY:
-                continue
-            failed = self.store.fail_worker(
-                proc.pid or -1,
-                f"the worker process stopped unexpectedly (exit code {proc.exitcode}); "
-                "it may have run out of memory",
-            )
-            logger.warning(
-                "worker %s exited with code %s (%d running job(s) failed); starting a new one",
-                proc.pid,
-                proc.exitcode,
-                failed,
-            )
-            slot.close()
-            self._slots[i] = self._spawn()
+            if slot.died is None:
+                slot.died = now
+                young = now - slot.started < STABLE_AFTER
+                slot.failures = slot.failures + 1 if young else 1
+                self._unreported[proc.pid or -1] = death_reason(proc.exitcode)
+                logger.warning(
+                    "worker %s stopped (exit code %s); a new one starts in %.3g s",
+                    proc.pid,
+                    proc.exitcode,
+                    slot.delay(),
+                )
+            if now - slot.died >= slot.delay():
+                slot.close()
+                self._slots[i] = self._spawn(slot.failures)
+        for pid, reason in list(self._unreported.items()):
+            failed = self.store.fail_worker(pid, reason)  # raises while the disk is full
+            del self._unreported[pid]
+            if failed:
+                logger.warning("%d job(s) of worker %s failed: %s", failed, pid, reason)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the workers within ``timeout + 2 * TERM_GRACE`` seconds at most: ask them, wait

@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from demucs_rr.errors import DemucsRRError, one_line
+from demucs_rr.staging import is_disk_full
+
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL (named from Python 3.11)
 STATES = ("queued", "running", "done", "failed")
 TERMINAL = ("done", "failed")
 
@@ -47,6 +51,18 @@ _COLUMNS = (
 )
 _ADDED_COLUMNS = {"model_id": "TEXT"}
 """Columns added since the first release, added to an older database on start."""
+
+
+class StoreUnavailable(DemucsRRError):
+    """The job database cannot be read or written (disk full, damaged file, ...), in one line.
+
+    Attributes:
+        disk_full: the disk (or quota) holding the database is full.
+    """
+
+    def __init__(self, message: str, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
 
 
 @dataclass
@@ -101,6 +117,11 @@ class JobStore:
     """
 
     def __init__(self, folder: Path) -> None:
+        """Open (create) the database.
+
+        Raises:
+            StoreUnavailable: it cannot be opened (a damaged file, no space), in one line.
+        """
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "jobs.sqlite3"
         with self._connect() as db:
@@ -113,13 +134,29 @@ class JobStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection in autocommit mode, closed on exit."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        """A connection in autocommit mode, closed on exit.
+
+        Raises:
+            StoreUnavailable: SQLite failed (one line; ``disk_full`` when the disk is full).
+        """
+        try:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except sqlite3.Error as err:
+            raise self._unavailable(err) from None
         try:
             db.execute("PRAGMA busy_timeout=30000")
             yield db
+        except sqlite3.Error as err:
+            raise self._unavailable(err) from None
         finally:
             db.close()
+
+    def _unavailable(self, err: sqlite3.Error) -> StoreUnavailable:
+        full = getattr(err, "sqlite_errorcode", None) == _SQLITE_FULL
+        full = full or is_disk_full(err, self.path.parent)
+        if full:
+            return StoreUnavailable("no space left on the disk of the job database", True)
+        return StoreUnavailable(f"the job database {self.path} cannot be used: {one_line(err)}")
 
     def add(self, job: Job) -> Job:
         """Insert a new queued job (``created`` is set now); returns it."""

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -31,7 +32,7 @@ from demucs_rr.separate.outputs import (
     select_stems,
 )
 from demucs_rr.serve.jobs import JobOptions, job_dir, model_label
-from demucs_rr.serve.store import Job, JobStore
+from demucs_rr.serve.store import Job, JobStore, StoreUnavailable
 from demucs_rr.serve.waveform import write_waveform_file
 from demucs_rr.staging import atomic_write
 
@@ -41,6 +42,9 @@ MODEL_FACTS = "model.json"
 """File in the jobs folder where a worker records the server model's stems and device."""
 MODELS_KEPT = 2
 """Separators a worker keeps loaded (the server's model and the last other one asked for)."""
+STORE_EXIT = 75
+"""Exit status of a worker that cannot use the job database (EX_TEMPFAIL): its server starts
+another one after a delay, and fails the job it was running once the database works again."""
 
 
 class StopFlag(Protocol):
@@ -240,6 +244,8 @@ def run_job(job: Job, store: JobStore, models: ModelCache, stop: StopFlag) -> No
         if isinstance(exc, KeyboardInterrupt):
             raise
         return
+    except StoreUnavailable:  # not the job's fault: the worker ends, its server handles it
+        raise
     except _Deleted:
         shutil.rmtree(folder, ignore_errors=True)
         return
@@ -290,6 +296,9 @@ def worker_main(config: WorkerConfig, stop: Connection | StopFlag) -> None:
         run_worker(config, flag)
     except KeyboardInterrupt:  # SIGTERM: the running job is back in the queue
         return
+    except StoreUnavailable as exc:
+        logger.error("worker %d: %s; exiting", os.getpid(), exc)
+        sys.exit(STORE_EXIT)
 
 
 def run_worker(config: WorkerConfig, stop: StopFlag) -> None:
@@ -298,7 +307,9 @@ def run_worker(config: WorkerConfig, stop: StopFlag) -> None:
     models = ModelCache(config)
     try:
         report_model(models.get(config.model), config)
-    except DemucsRRError as exc:  # reported again by every job that needs this model
+    except StoreUnavailable:
+        raise
+    except (DemucsRRError, OSError) as exc:  # reported again by every job that needs it
         logger.warning("worker %d: cannot load model %s: %s", os.getpid(), config.model, exc)
     while not stop.is_set():
         job = store.claim(os.getpid())
