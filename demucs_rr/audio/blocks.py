@@ -90,22 +90,34 @@ class BlockResampler:
 
 def _ffmpeg_blocks(
     path: Path, block: int, soundfile_reason: str
-) -> tuple[int, Iterator[np.ndarray], DecodeReport]:
-    """(rate, (n, C) float32 blocks, report) decoded by an ffmpeg pipe (raw f32le), for a file
-    soundfile rejected with ``soundfile_reason`` (see :mod:`demucs_rr.audio.ffmpeg`)."""
+) -> tuple[int, Iterator[np.ndarray], DecodeReport, float | None]:
+    """(rate, (n, C) float32 blocks, report, probed seconds) decoded by an ffmpeg pipe (raw
+    f32le), for a file soundfile rejected with ``soundfile_reason``
+    (see :mod:`demucs_rr.audio.ffmpeg`)."""
     if not ffmpeg_available():
         raise _no_ffmpeg_error(path, soundfile_reason)
     try:
-        _, rate, _, blocks, report = ffmpeg_blocks(path, block)
+        _, rate, seconds, blocks, report = ffmpeg_blocks(path, block)
     except BackendError as err:
         raise AudioIOError(
             f"cannot decode {path}: soundfile: {soundfile_reason}; ffmpeg: {err}"
         ) from None
-    return rate, blocks, report
+    return rate, blocks, report, seconds
+
+
+def _too_long(path: Path, limit: float, seconds: float | None = None) -> AudioIOError:
+    """The error for a file longer than ``limit`` seconds (``seconds``: its length, if known)."""
+    lasts = f"lasts {seconds / 60:.1f} minutes, more than" if seconds else "lasts more than"
+    return AudioIOError(f"cannot use {path}: it {lasts} the limit of {limit / 60:g} minutes")
 
 
 def read_blocks(
-    path: str | Path, channels: int, samplerate: int, block: int = BLOCK, warn: bool = True
+    path: str | Path,
+    channels: int,
+    samplerate: int,
+    block: int = BLOCK,
+    warn: bool = True,
+    max_seconds: float | None = None,
 ) -> tuple[int, Iterator[torch.Tensor]]:
     """Decode ``path`` in blocks converted to ``channels`` and ``samplerate``.
 
@@ -121,6 +133,8 @@ def read_blocks(
         samplerate: sample rate of the blocks.
         block: frames per decoded block.
         warn: log the warning line (a second pass over the same file passes False).
+        max_seconds: refuse a longer file: by its header (or ffprobe) before decoding, and
+            while decoding (a header may lie), before more than that much audio is decoded.
 
     Returns:
         (the file's own sample rate, iterator of (channels, n) float32 blocks).
@@ -129,10 +143,17 @@ def read_blocks(
     _check_input_file(path)
     source = open_soundfile(path)
     if isinstance(source, str):
-        rate, raw, report = _ffmpeg_blocks(path, block, source)
+        rate, raw, report, seconds = _ffmpeg_blocks(path, block, source)  # ffmpeg starts lazily
     else:
+        declared = source.report.declared
+        seconds = declared / source.rate if declared else None
+        if max_seconds is not None and seconds is not None and seconds > max_seconds:
+            source.close()
         rate, raw, report = source.rate, source.blocks(block), source.report
+    if max_seconds is not None and seconds is not None and seconds > max_seconds:
+        raise _too_long(path, max_seconds, seconds)
     check_resampling(path, rate, samplerate)
+    limit = None if max_seconds is None else int(max_seconds * rate)
 
     def converted() -> Iterator[torch.Tensor]:
         resampler = BlockResampler(rate, samplerate)
@@ -143,6 +164,8 @@ def read_blocks(
                     f"cannot read {path}: the audio contains NaN or infinite samples"
                 )
             seen += data.shape[0]
+            if limit is not None and seen > limit:
+                raise _too_long(path, max_seconds or 0.0)
             try:
                 wav = convert_channels(torch.from_numpy(np.ascontiguousarray(data.T)), channels)
             except AudioIOError as err:

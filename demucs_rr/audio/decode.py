@@ -312,6 +312,11 @@ class SoundfileSource:
         finally:
             self._noise.close()
 
+    def close(self) -> None:
+        """Close the file without decoding it."""
+        self._handle.close()
+        self._noise.close()
+
     def _failure(self, err: Exception) -> str:
         """The one-line error for a decoder that failed midway (where depends on the block
         size, so it is not said: both readers give the same line)."""

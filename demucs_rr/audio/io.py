@@ -22,7 +22,7 @@ import torch
 from demucs_rr.audio.decode import BLOCK, DecodeReport, open_soundfile
 from demucs_rr.audio.decode import one_line as _one_line
 from demucs_rr.audio.dsp import convert_audio
-from demucs_rr.audio.ffmpeg import BackendError, ffmpeg_available, read_ffmpeg
+from demucs_rr.audio.ffmpeg import BackendError, ffmpeg_available, probe, read_ffmpeg
 from demucs_rr.audio.write import WriteOptions, prepare_for_write, write_audio
 from demucs_rr.errors import AudioIOError
 
@@ -32,6 +32,7 @@ __all__ = [
     "ffmpeg_available",
     "load_for_model",
     "prepare_for_write",
+    "probe_seconds",
     "read_audio",
     "write_audio",
 ]
@@ -118,6 +119,27 @@ def _decode(path: Path) -> tuple[np.ndarray, int, DecodeReport]:
         ) from None
     logger.debug("decoded %s with ffmpeg (soundfile: %s)", path, soundfile_reason)
     return decoded
+
+
+def probe_seconds(path: str | Path) -> float | None:
+    """The length of an audio file in seconds as its header tells it (soundfile, else ffprobe
+    for the containers the ffmpeg fallback reads), without decoding; None when unknown or not
+    readable (decoding says why)."""
+    path = Path(path)
+    try:
+        source = open_soundfile(path)
+    except (AudioIOError, OSError):
+        return None
+    if not isinstance(source, str):
+        declared, rate = source.report.declared, source.rate
+        source.close()
+        return declared / rate if declared else None
+    if not ffmpeg_available():
+        return None
+    try:
+        return probe(path)[2]
+    except (BackendError, OSError):
+        return None
 
 
 def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:

@@ -10,10 +10,10 @@ import asyncio
 import hmac
 import json
 import logging
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +27,13 @@ from starlette.responses import StreamingResponse
 
 from demucs_rr import __version__
 from demucs_rr.errors import DemucsRRError, one_line
-from demucs_rr.hub.identity import model_identity
 from demucs_rr.serve import files
 from demucs_rr.serve.config import ServeConfig
-from demucs_rr.serve.jobs import (
-    FORMATS,
-    JOB_ID,
-    MAX_SHIFTS,
-    UPLOAD_FORM,
-    JobOptions,
-    display_name,
-    input_extension,
-    job_dir,
-    model_label,
-    new_job_id,
-)
-from demucs_rr.serve.pool import WorkerPool
-from demucs_rr.serve.store import TERMINAL, Job, JobStore, StoreUnavailable
-from demucs_rr.serve.upload import HTTPProblem, receive_upload
+from demucs_rr.serve.jobs import FORMATS, MAX_SHIFTS
+from demucs_rr.serve.routes import add_job_routes
+from demucs_rr.serve.state import ServeState, job_json
+from demucs_rr.serve.store import TERMINAL, StoreUnavailable
+from demucs_rr.serve.upload import HTTPProblem
 from demucs_rr.staging import is_disk_full
 
 logger = logging.getLogger(__name__)
@@ -52,65 +41,10 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "demucs_rr_token"
 EVENT_INTERVAL = 0.25
+EXPIRE_INTERVAL = 300.0
+"""Seconds between two looks for expired jobs."""
 STREAM_SECONDS = 60.0
 """A server-sent event stream ends after this long; browsers reconnect on their own."""
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    """The API view of a job (file URLs instead of paths)."""
-    base = f"/api/jobs/{job.id}"
-    data: dict[str, Any] = {
-        "id": job.id,
-        "name": job.name,
-        "state": job.state,
-        "progress": round(job.progress, 4),
-        "error": job.error,
-        "options": job.options,
-        "device": job.device,
-        "created": job.created,
-        "started": job.started,
-        "finished": job.finished,
-        "url": base,
-        "stems": [],
-    }
-    if job.state == "done":
-        data["stems"] = [
-            {
-                "name": s["name"],
-                "url": f"{base}/stems/{s['name']}",
-                "download": f"{base}/stems/{s['name']}?download=1",
-                "waveform": f"{base}/stems/{s['name']}/waveform.png",
-            }
-            for s in job.stems
-        ]
-        data["zip"] = f"{base}/zip"
-    return data
-
-
-class _State:
-    """What the routes share: config, store, workers and the server's facts."""
-
-    def __init__(self, config: ServeConfig) -> None:
-        self.config = config
-        self.store = JobStore(config.jobs_dir)
-        self.pool = WorkerPool(config.worker_config(), config.workers)
-        self.info = files.server_info(config, __version__)
-
-    def model_identity(self, label: str) -> str | None:
-        """Identity of the model a job for ``label`` gets now (None: it cannot be read; the
-        worker will report why)."""
-        name = self.config.model if label == model_label(self.config.model) else label
-        try:
-            return model_identity(name, self.config.repo)
-        except (DemucsRRError, OSError):
-            return None
-
-    def job(self, job_id: str) -> Job:
-        """The job with this id; 404 when there is none."""
-        job = self.store.get(job_id) if JOB_ID.fullmatch(job_id) else None
-        if job is None:
-            raise HTTPProblem(404, f"no job {job_id[:40]!r} (deleted, or never existed)")
-        return job
 
 
 def _authorized(request: Request, token: str | None) -> bool:
@@ -208,58 +142,7 @@ def _sse(stream: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
-def _add_job_routes(app: FastAPI, state: _State) -> None:
-    @app.post(
-        "/api/jobs",
-        status_code=201,
-        summary="Upload a song and queue a separation job",
-        openapi_extra={"requestBody": UPLOAD_FORM},
-    )
-    async def create_job(request: Request) -> dict[str, Any]:
-        root = state.config.jobs_dir
-        if not state.pool.can_run():
-            raise HTTPProblem(
-                503, "no worker is running (restarting after a failure); try again in a minute"
-            )
-        limit = int(state.config.max_upload_mb * 2**20)
-        upload = await receive_upload(request, root / ".incoming", limit)
-        assert upload.path is not None
-        folder: Path | None = None
-        try:
-            options = JobOptions.from_form(upload.fields, state.info["models"])
-            job_id = new_job_id()
-            folder = job_dir(root, job_id)
-            folder.mkdir()
-            stored = f"input.{input_extension(upload.head, upload.filename)}"
-            upload.path.replace(folder / stored)
-            job = Job(job_id, display_name(upload.filename), stored, options.to_json())
-            job.model_id = await run_in_threadpool(state.model_identity, options.model)
-            added = await run_in_threadpool(state.store.add, job)
-        except BaseException:
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-            raise
-        finally:
-            upload.path.unlink(missing_ok=True)
-        return job_json(added)
-
-    @app.get("/api/jobs", summary="List every job, oldest first")
-    def list_jobs() -> dict[str, Any]:
-        return {"jobs": [job_json(j) for j in state.store.jobs()]}
-
-    @app.get("/api/jobs/{job_id}", summary="State, progress (0-1) and error of a job")
-    def get_job(job_id: str) -> dict[str, Any]:
-        return job_json(state.job(job_id))
-
-    @app.delete("/api/jobs/{job_id}", status_code=204, summary="Delete a job and its files")
-    def delete_job(job_id: str) -> Response:
-        job = state.job(job_id)
-        state.store.delete(job.id)
-        shutil.rmtree(job_dir(state.config.jobs_dir, job.id), ignore_errors=True)
-        return Response(status_code=204)
-
-
-def _add_event_routes(app: FastAPI, state: _State) -> None:
+def _add_event_routes(app: FastAPI, state: ServeState) -> None:
     @app.get("/api/jobs/{job_id}/events", summary="Progress of a job as server-sent events")
     async def job_events(job_id: str, request: Request) -> StreamingResponse:
         state.job(job_id)
@@ -281,19 +164,32 @@ def _add_event_routes(app: FastAPI, state: _State) -> None:
         return _sse(_event_stream(request, snapshot, lambda _: False))
 
 
+async def _expire_forever(state: ServeState) -> None:
+    """Delete expired jobs now and every :data:`EXPIRE_INTERVAL` seconds."""
+    while True:
+        try:
+            await run_in_threadpool(state.housekeeping.expire)
+        except Exception as exc:  # a full disk, a locked database: next round
+            logger.warning("cannot delete expired jobs: %s", one_line(exc, typed=True))
+        await asyncio.sleep(EXPIRE_INTERVAL)
+
+
 def create_app(config: ServeConfig) -> FastAPI:
     """The app; its lifespan re-queues interrupted jobs and runs the worker processes."""
-    state = _State(config)
+    state = ServeState(config)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.housekeeping.clean_start()
         requeued = state.store.requeue_running()
         if requeued:
             logger.warning("%d interrupted job(s) put back in the queue", requeued)
         state.pool.start()
+        janitor = asyncio.create_task(_expire_forever(state))
         try:
             yield
         finally:
+            janitor.cancel()
             await run_in_threadpool(state.pool.stop)
 
     app = FastAPI(
@@ -323,9 +219,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     def info() -> dict[str, Any]:
         facts = files.loaded_model_facts(config)
         alive = state.pool.alive()
-        return {**state.info, **facts, "workers_alive": alive, "formats": list(FORMATS)}
+        limits = asdict(config.limits)
+        return {**state.info, **facts, **limits, "workers_alive": alive, "formats": list(FORMATS)}
 
-    _add_job_routes(app, state)
+    add_job_routes(app, state)
     _add_event_routes(app, state)
     files.add_file_routes(app, state.job, config.jobs_dir)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

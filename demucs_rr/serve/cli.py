@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +32,21 @@ def _megabytes(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
+
+
+def _limit(kind: Callable[[str], float]) -> Callable[[str], float | None]:
+    """Parser of a non-negative number of type ``kind``; 0 means no limit (None)."""
+
+    def parse(text: str) -> float | None:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0 (0: no limit), got {value}")
+        return value or None
+
+    return parse
 
 
 def _port(text: str) -> int:
@@ -67,6 +83,36 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=_megabytes,
         default=500.0,
         help="largest accepted upload in MB (default 500)",
+    )
+    p.add_argument(
+        "--max-audio-minutes",
+        type=_limit(float),
+        default=60.0,
+        metavar="MIN",
+        help="longest accepted audio, checked on upload and while decoding (default 60; 0: any)",
+    )
+    p.add_argument(
+        "--max-queued-jobs",
+        type=_limit(int),
+        default=50,
+        metavar="N",
+        help="uploads are refused (429) while N jobs wait (default 50; 0: no limit)",
+    )
+    p.add_argument(
+        "--max-disk-gb",
+        type=_limit(float),
+        default=20.0,
+        metavar="GB",
+        help="quota of the jobs folder: uploads whose stems would not fit are refused (507) "
+        "(default 20; 0: only the free disk space)",
+    )
+    p.add_argument(
+        "--keep-hours",
+        type=_limit(float),
+        default=72.0,
+        metavar="H",
+        help="finished jobs are deleted with their files H hours after they ended "
+        "(default 72; 0: kept until deleted)",
     )
     p.add_argument(
         "--workers",
@@ -148,6 +194,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from demucs_rr.separate.options import engine_options
     from demucs_rr.serve.app import create_app
     from demucs_rr.serve.config import ServeConfig
+    from demucs_rr.serve.limits import Limits
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     local = args.host in LOCAL_HOSTS
@@ -173,6 +220,9 @@ def run_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         token=token,
         allowed_hosts=LOCAL_HOSTS + ("[::1]",) if local and token is None else None,
+        limits=Limits(
+            args.max_audio_minutes, args.max_queued_jobs, args.max_disk_gb, args.keep_hours
+        ),
     )
     app = create_app(config)
     info = app.state.serve.info

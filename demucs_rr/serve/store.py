@@ -41,15 +41,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     started REAL,
     finished REAL,
-    model_id TEXT
+    model_id TEXT,
+    reserve INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, created);
 """
 _COLUMNS = (
     "id, name, input, options, state, progress, error, stems, device, worker, created, "
-    "started, finished, model_id"
+    "started, finished, model_id, reserve"
 )
-_ADDED_COLUMNS = {"model_id": "TEXT"}
+_ADDED_COLUMNS = {"model_id": "TEXT", "reserve": "INTEGER NOT NULL DEFAULT 0"}
 """Columns added since the first release, added to an older database on start."""
 
 
@@ -83,6 +84,7 @@ class Job:
         created, started, finished: Unix times.
         model_id: identity of the model the job was submitted for
             (:func:`~demucs_rr.hub.identity.model_identity`); None for jobs of older servers.
+        reserve: bytes of disk the job may still take (its stems at their peak) until it ends.
     """
 
     id: str
@@ -99,6 +101,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     model_id: str | None = None
+    reserve: int = 0
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Job:
@@ -163,9 +166,17 @@ class JobStore:
         job.created = job.created or time.time()
         with self._connect() as db:
             db.execute(
-                "INSERT INTO jobs (id, name, input, options, created, model_id) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (job.id, job.name, job.input, json.dumps(job.options), job.created, job.model_id),
+                "INSERT INTO jobs (id, name, input, options, created, model_id, reserve) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.name,
+                    job.input,
+                    json.dumps(job.options),
+                    job.created,
+                    job.model_id,
+                    job.reserve,
+                ),
             )
         return job
 
@@ -180,6 +191,35 @@ class JobStore:
         with self._connect() as db:
             rows = db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY created, id").fetchall()
         return [Job.from_row(r) for r in rows]
+
+    def ids(self) -> list[str]:
+        """The id of every job."""
+        with self._connect() as db:
+            return [row[0] for row in db.execute("SELECT id FROM jobs")]
+
+    def count(self, state: str) -> int:
+        """How many jobs are in ``state``."""
+        with self._connect() as db:
+            return int(
+                db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,)).fetchone()[0]
+            )
+
+    def reserved(self) -> int:
+        """Bytes the queued and running jobs may still write (their ``reserve``)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT COALESCE(SUM(reserve), 0) FROM jobs WHERE state IN ('queued', 'running')"
+            ).fetchone()
+        return int(row[0])
+
+    def finished_before(self, cutoff: float) -> list[str]:
+        """Ids of the done or failed jobs that finished before ``cutoff`` (a Unix time)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE state IN ('done', 'failed') AND finished < ?",
+                (cutoff,),
+            ).fetchall()
+        return [row[0] for row in rows]
 
     def claim(self, worker: int) -> Job | None:
         """Atomically move the oldest queued job to ``running`` for ``worker``; None if none."""

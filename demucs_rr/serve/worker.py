@@ -101,6 +101,7 @@ class WorkerConfig:
         engine: how models are applied (segment, overlap, batch, precision); each job
             sets its shifts.
         poll_interval: seconds between looks at an empty queue.
+        max_seconds: longest audio a job may have (checked while decoding; None: any).
     """
 
     jobs_dir: Path
@@ -110,6 +111,7 @@ class WorkerConfig:
     threads: int | None = None
     engine: ApplyOptions = field(default_factory=ApplyOptions)
     poll_interval: float = 0.2
+    max_seconds: float | None = None
 
 
 class _Stopped(Exception):
@@ -195,7 +197,7 @@ class _Progress:
 
 
 def separate_job(
-    job: Job, folder: Path, sep: Separator, progress: _Progress
+    job: Job, folder: Path, sep: Separator, progress: _Progress, max_seconds: float | None = None
 ) -> list[dict[str, str]]:
     """Separate a job's upload into its stems and their waveforms; returns the stem list.
 
@@ -219,7 +221,9 @@ def separate_job(
     def start(total: int) -> None:
         progress.total = max(1, total)
 
-    sep.separate_file_to(path, paths, wopts, "add", callback=progress, on_start=start)
+    sep.separate_file_to(
+        path, paths, wopts, "add", callback=progress, on_start=start, max_seconds=max_seconds
+    )
     progress.set(0.92)
     for name, stem in paths.items():
         write_waveform_file(stem, folder / "waveforms" / f"{name}.png")
@@ -238,7 +242,7 @@ def run_job(job: Job, store: JobStore, models: ModelCache, stop: StopFlag) -> No
     progress = _Progress(store, job.id, 1, stop)
     try:
         sep = models.get(JobOptions.from_json(job.options).model, job.model_id)
-        stems = separate_job(job, folder, sep, progress)
+        stems = separate_job(job, folder, sep, progress, models.config.max_seconds)
     except (_Stopped, KeyboardInterrupt) as exc:  # KeyboardInterrupt: SIGTERM (Terminated)
         store.requeue(job.id)
         if isinstance(exc, KeyboardInterrupt):
