@@ -7,11 +7,10 @@ Every error reaches the client as JSON ``{"detail": "<one line>"}``, never as a 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +30,7 @@ from demucs_rr.serve import files
 from demucs_rr.serve.config import ServeConfig
 from demucs_rr.serve.jobs import FORMATS, MAX_SHIFTS
 from demucs_rr.serve.routes import add_job_routes
+from demucs_rr.serve.security import COOKIE, guard, same_token
 from demucs_rr.serve.state import ServeState, job_json
 from demucs_rr.serve.store import TERMINAL, StoreUnavailable
 from demucs_rr.serve.upload import HTTPProblem
@@ -39,42 +39,11 @@ from demucs_rr.staging import is_disk_full
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-COOKIE = "demucs_rr_token"
 EVENT_INTERVAL = 0.25
 EXPIRE_INTERVAL = 300.0
 """Seconds between two looks for expired jobs."""
 STREAM_SECONDS = 60.0
 """A server-sent event stream ends after this long; browsers reconnect on their own."""
-
-
-def _authorized(request: Request, token: str | None) -> bool:
-    """Whether the request carries the server's token (always, when there is none)."""
-    if token is None:
-        return True
-    header = request.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else request.cookies.get(COOKIE)
-    return hmac.compare_digest((given or "").encode(), token.encode())
-
-
-def _guard(config: ServeConfig) -> Callable[[Request, Any], Awaitable[Response]]:
-    """Middleware: Host allow-list, same-origin writes, and the token on ``/api``."""
-
-    async def guard(request: Request, call_next: Any) -> Response:
-        host = request.headers.get("host", "")
-        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if config.allowed_hosts is not None and hostname not in config.allowed_hosts:
-            return JSONResponse({"detail": f"host {host!r} is not served here"}, 400)
-        origin = request.headers.get("origin")
-        cross = origin not in (None, "null") and origin.split("://", 1)[-1] != host
-        if request.method not in ("GET", "HEAD") and cross:
-            return JSONResponse({"detail": "cross-origin requests are refused"}, 403)
-        if request.url.path.startswith("/api/") and not _authorized(request, config.token):
-            detail = "missing or wrong token: send 'Authorization: Bearer TOKEN'"
-            return JSONResponse({"detail": detail}, 401)
-        response: Response = await call_next(request)
-        return response
-
-    return guard
 
 
 def _problem(exc: Exception, jobs_dir: Path) -> tuple[int, str]:
@@ -200,12 +169,12 @@ def create_app(config: ServeConfig) -> FastAPI:
         docs_url=None,  # /docs below is served locally; FastAPI's loads Swagger UI from a CDN
         redoc_url=None,
     )
-    app.middleware("http")(_guard(config))
+    app.middleware("http")(guard(config))
     _add_error_handlers(app, config.jobs_dir)
 
     @app.get("/", include_in_schema=False)
     def index(token: str | None = None) -> Response:
-        if token and config.token and hmac.compare_digest(token.encode(), config.token.encode()):
+        if token and config.token and same_token(token, config.token):
             response = RedirectResponse("/", status_code=303)
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
             return response

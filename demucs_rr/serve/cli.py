@@ -195,6 +195,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from demucs_rr.serve.app import create_app
     from demucs_rr.serve.config import ServeConfig
     from demucs_rr.serve.limits import Limits
+    from demucs_rr.serve.security import MIN_TOKEN_LENGTH
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     local = args.host in LOCAL_HOSTS
@@ -202,6 +203,11 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--host {args.host} exposes the server to the network: "
             f"give an access token with --token or ${TOKEN_ENV}"
+        )
+    if not local and token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"the access token is {len(token)} characters long: a server on the network needs "
+            f"at least {MIN_TOKEN_LENGTH} (python -c 'import secrets; print(secrets.token_hex())')"
         )
     _check_model(args.model, args.repo)
     argtypes.refuse_conflicts(argtypes.chunking_conflicts(args))

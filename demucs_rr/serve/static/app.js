@@ -108,9 +108,12 @@ function stemRow(stem) {
 
 function newCard(job) {
   const remove = el("button", { class: "delete", type: "button", text: "Delete" });
-  remove.onclick = () => api(job.url, { method: "DELETE" })
-    .then(() => { cards.get(job.id)?.remove(); cards.delete(job.id); updateEmpty(); })
-    .catch((err) => showMessage(err.message));
+  remove.onclick = () => {
+    if (!window.confirm(`Delete ${job.name} and its stems?`)) return;
+    api(job.url, { method: "DELETE" })
+      .then(() => { cards.get(job.id)?.remove(); cards.delete(job.id); updateEmpty(); })
+      .catch((err) => showMessage(err.message));
+  };
   const card = el("li", { class: "job", "data-id": job.id },
     el("div", { class: "row" },
       el("span", { class: "name", text: job.name }),
