@@ -7,10 +7,8 @@ Every error reaches the client as JSON ``{"detail": "<one line>"}``, never as a 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -22,28 +20,25 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
-from starlette.responses import StreamingResponse
 
 from demucs_rr import __version__
 from demucs_rr.errors import DemucsRRError, one_line
 from demucs_rr.serve import files
 from demucs_rr.serve.config import ServeConfig
+from demucs_rr.serve.events import JobFeed, add_event_routes
 from demucs_rr.serve.jobs import FORMATS, MAX_SHIFTS
 from demucs_rr.serve.routes import add_job_routes
 from demucs_rr.serve.security import COOKIE, guard, same_token
 from demucs_rr.serve.state import ServeState, job_json
-from demucs_rr.serve.store import TERMINAL, StoreUnavailable
+from demucs_rr.serve.store import StoreUnavailable
 from demucs_rr.serve.upload import HTTPProblem
 from demucs_rr.staging import is_disk_full
 
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-EVENT_INTERVAL = 0.25
 EXPIRE_INTERVAL = 300.0
 """Seconds between two looks for expired jobs."""
-STREAM_SECONDS = 60.0
-"""A server-sent event stream ends after this long; browsers reconnect on their own."""
 
 
 def _problem(exc: Exception, jobs_dir: Path) -> tuple[int, str]:
@@ -85,54 +80,6 @@ def _add_error_handlers(app: FastAPI, jobs_dir: Path) -> None:
     app.add_exception_handler(Exception, problem)
 
 
-async def _event_stream(
-    request: Request, snapshot: Callable[[], Any], done: Callable[[Any], bool]
-) -> AsyncIterator[str]:
-    """Server-sent events: ``snapshot()`` as JSON whenever it changes, until ``done`` or timeout."""
-    yield "retry: 1000\n\n"
-    last, ping = "", time.monotonic()
-    deadline = time.monotonic() + STREAM_SECONDS
-    while time.monotonic() < deadline and not await request.is_disconnected():
-        data = await run_in_threadpool(snapshot)
-        text = json.dumps(data)
-        if text != last:
-            last, ping = text, time.monotonic()
-            yield f"data: {text}\n\n"
-        elif time.monotonic() - ping > 15:
-            ping = time.monotonic()
-            yield ": ping\n\n"
-        if done(data):
-            return
-        await asyncio.sleep(EVENT_INTERVAL)
-
-
-def _sse(stream: AsyncIterator[str]) -> StreamingResponse:
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-
-
-def _add_event_routes(app: FastAPI, state: ServeState) -> None:
-    @app.get("/api/jobs/{job_id}/events", summary="Progress of a job as server-sent events")
-    async def job_events(job_id: str, request: Request) -> StreamingResponse:
-        state.job(job_id)
-
-        def snapshot() -> dict[str, Any]:
-            job = state.store.get(job_id)
-            return job_json(job) if job else {"id": job_id, "state": "deleted"}
-
-        def done(data: dict[str, Any]) -> bool:
-            return data["state"] in (*TERMINAL, "deleted")
-
-        return _sse(_event_stream(request, snapshot, done))
-
-    @app.get("/api/events", summary="Every job as server-sent events (the page's queue)")
-    async def all_events(request: Request) -> StreamingResponse:
-        def snapshot() -> list[dict[str, Any]]:
-            return [job_json(j) for j in state.store.jobs()]
-
-        return _sse(_event_stream(request, snapshot, lambda _: False))
-
-
 async def _expire_forever(state: ServeState) -> None:
     """Delete expired jobs now and every :data:`EXPIRE_INTERVAL` seconds."""
     while True:
@@ -146,6 +93,7 @@ async def _expire_forever(state: ServeState) -> None:
 def create_app(config: ServeConfig) -> FastAPI:
     """The app; its lifespan re-queues interrupted jobs and runs the worker processes."""
     state = ServeState(config)
+    feed = JobFeed(state.store)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -154,11 +102,13 @@ def create_app(config: ServeConfig) -> FastAPI:
         if requeued:
             logger.warning("%d interrupted job(s) put back in the queue", requeued)
         state.pool.start()
-        janitor = asyncio.create_task(_expire_forever(state))
+        tasks = [asyncio.create_task(_expire_forever(state)), asyncio.create_task(feed.run())]
         try:
             yield
         finally:
-            janitor.cancel()
+            for task in tasks:
+                task.cancel()
+            feed.close()
             await run_in_threadpool(state.pool.stop)
 
     app = FastAPI(
@@ -192,7 +142,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         return {**state.info, **facts, **limits, "workers_alive": alive, "formats": list(FORMATS)}
 
     add_job_routes(app, state)
-    _add_event_routes(app, state)
+    add_event_routes(app, state, feed)
     files.add_file_routes(app, state.job, config.jobs_dir)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.serve = state

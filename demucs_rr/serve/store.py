@@ -291,7 +291,53 @@ class JobStore:
             )
             return cursor.rowcount
 
+    def changes(self) -> ChangeReader:
+        """A reader that tells when the jobs changed (see :class:`ChangeReader`)."""
+        return ChangeReader(self)
+
     def delete(self, job_id: str) -> bool:
         """Remove a job's row; False if there was none."""
         with self._connect() as db:
             return db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 1
+
+
+class ChangeReader:
+    """Reads every job, but only after the database changed.
+
+    It keeps one connection open and asks SQLite's ``PRAGMA data_version``, which changes when
+    another connection commits: a look at an unchanged database costs one statement.
+    Not thread-safe: one caller at a time (any thread).
+    """
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._db: sqlite3.Connection | None = None
+        self._version: int | None = None
+
+    def read(self) -> list[tuple[Any, ...]] | None:
+        """Every job row (``SELECT {_COLUMNS}``, oldest first) if anything changed since the
+        last call, else None.
+
+        Raises:
+            StoreUnavailable: SQLite failed (the connection is opened again next time).
+        """
+        try:
+            if self._db is None:
+                self._db = sqlite3.connect(
+                    self.store.path, timeout=30, isolation_level=None, check_same_thread=False
+                )
+            version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+            if version == self._version:
+                return None
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY created, id").fetchall()
+        except sqlite3.Error as err:
+            self.close()
+            raise self.store._unavailable(err) from None
+        self._version = version
+        return [tuple(row) for row in rows]
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._db is not None:
+            self._db.close()
+        self._db, self._version = None, None
