@@ -137,12 +137,6 @@ def test_a_playlist_upload_reads_nothing_of_the_server(client, song, tmp_path):
     assert "private" not in job["error"] and "/" not in job["error"]
 
 
-def test_an_unknown_stem_fails_the_job_in_one_line(client, song):
-    job = wait(client, upload(client, song, stems="guitar")["id"])
-    assert job["state"] == "failed"
-    assert job["error"] == "unknown stem 'guitar': this model has drums, bass, other, vocals"
-
-
 @pytest.mark.parametrize(
     ("fields", "words"),
     [

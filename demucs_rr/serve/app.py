@@ -80,14 +80,19 @@ def _add_error_handlers(app: FastAPI, jobs_dir: Path) -> None:
     app.add_exception_handler(Exception, problem)
 
 
+async def _expire(state: ServeState) -> None:
+    """Delete expired jobs (a failure is logged in one line: the next round tries again)."""
+    try:
+        await run_in_threadpool(state.housekeeping.expire)
+    except Exception as exc:  # a full disk, a locked database
+        logger.warning("cannot delete expired jobs: %s", one_line(exc, typed=True))
+
+
 async def _expire_forever(state: ServeState) -> None:
-    """Delete expired jobs now and every :data:`EXPIRE_INTERVAL` seconds."""
+    """Delete expired jobs every :data:`EXPIRE_INTERVAL` seconds."""
     while True:
-        try:
-            await run_in_threadpool(state.housekeeping.expire)
-        except Exception as exc:  # a full disk, a locked database: next round
-            logger.warning("cannot delete expired jobs: %s", one_line(exc, typed=True))
         await asyncio.sleep(EXPIRE_INTERVAL)
+        await _expire(state)
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -101,6 +106,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         requeued = state.store.requeue_running()
         if requeued:
             logger.warning("%d interrupted job(s) put back in the queue", requeued)
+        await _expire(state)
         state.pool.start()
         tasks = [asyncio.create_task(_expire_forever(state)), asyncio.create_task(feed.run())]
         try:

@@ -147,12 +147,16 @@ def _check_precision(device: str, precision: str) -> None:
 
 
 def _check_model(model: str, repo: str | None) -> None:
-    """Refuse a model that is neither a file nor a name of ``demucs-rr models list``."""
-    from demucs_rr.hub.loader import list_models
+    """Refuse a model that is neither a file nor a name of ``demucs-rr models list``, and the
+    released names demucs_rr cannot load (with the reason)."""
+    from demucs_rr.hub.releases import OFFICIAL_BAGS
+    from demucs_rr.serve.files import offered_models
 
-    known = {row["name"] for row in list_models(Path(repo) if repo else None)}
-    if model in known or Path(model).expanduser().is_file():
+    if Path(model).expanduser().is_file() or model in offered_models(repo):
         return
+    refused = OFFICIAL_BAGS[model].refused if model in OFFICIAL_BAGS else None
+    if refused is not None:
+        raise ConfigError(refused)
     raise ConfigError(
         f"unknown model {model!r}: not a pretrained name (see `demucs-rr models list`) "
         "and no such file"
@@ -189,12 +193,6 @@ def _lock(jobs_dir: Path) -> IO[str] | None:
 def run_serve(args: argparse.Namespace) -> int:
     """Check the options, then serve until interrupted."""
     _check_extra()
-    import uvicorn
-
-    from demucs_rr.separate.options import engine_options
-    from demucs_rr.serve.app import create_app
-    from demucs_rr.serve.config import ServeConfig
-    from demucs_rr.serve.limits import Limits
     from demucs_rr.serve.security import MIN_TOKEN_LENGTH
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
@@ -214,6 +212,23 @@ def run_serve(args: argparse.Namespace) -> int:
     _check_precision(args.device, args.precision)
     _check_port(args.host, args.port)
     lock = _lock(args.jobs_dir)
+    try:
+        _run_locked(args, token, local)
+    finally:
+        if lock is not None:
+            lock.close()
+    return 0
+
+
+def _run_locked(args: argparse.Namespace, token: str | None, local: bool) -> None:
+    """Build the app and serve it (the jobs folder is locked)."""
+    import uvicorn
+
+    from demucs_rr.separate.options import engine_options
+    from demucs_rr.serve.app import create_app
+    from demucs_rr.serve.config import ServeConfig
+    from demucs_rr.serve.limits import Limits
+
     threads = getattr(args, "threads", None) or max(1, (os.cpu_count() or 1) // args.workers)
     config = ServeConfig(
         jobs_dir=args.jobs_dir.resolve(),
@@ -240,12 +255,7 @@ def run_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    try:
-        _serve(uvicorn, app, args.host, args.port)
-    finally:
-        if lock is not None:
-            lock.close()
-    return 0
+    _serve(uvicorn, app, args.host, args.port)
 
 
 def _serve(uvicorn: Any, app: Any, host: str, port: int) -> None:

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from demucs_rr.separate.outputs import select_stems
 from demucs_rr.serve.jobs import (
     UPLOAD_FORM,
     JobOptions,
@@ -21,6 +22,7 @@ from demucs_rr.serve.jobs import (
 from demucs_rr.serve.state import ServeState, job_json
 from demucs_rr.serve.store import Job
 from demucs_rr.serve.upload import HTTPProblem, Upload, receive_upload
+from demucs_rr.sources import MUSDB_SOURCES
 
 __all__ = ["add_job_routes"]
 
@@ -45,10 +47,12 @@ async def _receive(request: Request, state: ServeState) -> tuple[Upload, int]:
     return upload, left
 
 
-def _stem_count(options: JobOptions, sources: list[str]) -> int:
-    if options.two_stems:
-        return 2
-    return len(options.stems) if options.stems else len(sources)
+def _stem_count(options: JobOptions, sources: list[str] | None) -> int:
+    """How many stems the job writes; stems the model does not have are refused (the check of
+    ``separate``) when its stems are known before loading it."""
+    if sources is None:
+        return 2 if options.two_stems else len(options.stems or MUSDB_SOURCES)
+    return len(select_stems(sources, options.stems, options.two_stems, "add"))
 
 
 async def _create(request: Request, state: ServeState) -> Job:

@@ -76,11 +76,14 @@ class ServeState:
         except (DemucsRRError, OSError):
             return None
 
-    def sources(self, label: str) -> list[str]:
-        """Stem names of a model offered by this server (without loading it)."""
+    def sources(self, label: str) -> list[str] | None:
+        """Stem names of a model offered by this server (without loading it); None when they
+        cannot be told before a worker loads it."""
         if label == model_label(self.config.model):
-            return list(self.info["sources"])
-        return files.model_sources(label)
+            loaded = files.loaded_model_facts(self.config).get("sources")
+            if loaded:
+                return list(loaded)
+        return files.known_sources(self.model_name(label), self.config.repo)
 
     def job(self, job_id: str) -> Job:
         """The job with this id; 404 when there is none."""

@@ -159,7 +159,12 @@ class JobStore:
         full = full or is_disk_full(err, self.path.parent)
         if full:
             return StoreUnavailable("no space left on the disk of the job database", True)
-        return StoreUnavailable(f"the job database {self.path} cannot be used: {one_line(err)}")
+        hint = ""
+        if isinstance(err, sqlite3.DatabaseError) and "not a database" in str(err):
+            hint = "; move it away to start with no jobs (their folders are then removed)"
+        return StoreUnavailable(
+            f"the job database {self.path} cannot be used: {one_line(err)}{hint}"
+        )
 
     def add(self, job: Job) -> Job:
         """Insert a new queued job (``created`` is set now); returns it."""

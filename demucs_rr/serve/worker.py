@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from demucs_rr.audio import WriteOptions
-from demucs_rr.errors import DemucsRRError
+from demucs_rr.errors import DemucsRRError, DownloadError
 from demucs_rr.hub.identity import model_identity
 from demucs_rr.separate.api import Separator
 from demucs_rr.separate.options import ApplyOptions
@@ -230,10 +231,24 @@ def separate_job(
     return [{"name": name, "file": paths[name].name} for name in names]
 
 
+_SERVER_PATH = re.compile(r"(?<![\w:/.~-])(?:/[^\s/'\"(),;]+)+/?")
+"""An absolute path (not inside a URL), as it appears in error messages."""
+
+
 def _one_line(message: str, job: Job, folder: Path) -> str:
-    """An error for the client: one line, the upload named by its display name, no paths."""
+    """An error for the client: one line, the upload named by its display name, and no server
+    path (any other absolute path is cut to its last part: ``.../cache/x.th`` -> ``x.th``)."""
     message = message.replace(str(folder / job.input), job.name).replace(f"{folder}{os.sep}", "")
+    message = _SERVER_PATH.sub(lambda m: Path(m.group()).name or "/", message)
     return " ".join(message.split())[:500]
+
+
+def _download_reason(err: DownloadError) -> str:
+    """Why a model could not be downloaded, without the server's paths."""
+    text = str(err)
+    if "checksum mismatch" in text:
+        return "its download failed the checksum (see the server log)"
+    return "it could not be downloaded (see the server log)"
 
 
 def run_job(job: Job, store: JobStore, models: ModelCache, stop: StopFlag) -> None:
@@ -253,6 +268,10 @@ def run_job(job: Job, store: JobStore, models: ModelCache, stop: StopFlag) -> No
     except _Deleted:
         shutil.rmtree(folder, ignore_errors=True)
         return
+    except DownloadError as exc:  # the remedy is the operator's: the whole text goes to the log
+        logger.warning("job %s: %s", job.id, exc)
+        label = JobOptions.from_json(job.options).model
+        error = f"the model {label!r} is not available on this server: {_download_reason(exc)}"
     except DemucsRRError as exc:
         error = _one_line(str(exc), job, folder)
     except Exception as exc:  # a bug or an engine failure: logged here, one line to the client
