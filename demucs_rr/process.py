@@ -22,6 +22,9 @@ What it sets:
   removed on the way out; a serve worker ignores SIGINT (its server stops it);
 * parent death: a serve worker asks the kernel for SIGTERM when its parent process ends
   (``prctl(PR_SET_PDEATHSIG)``, Linux only; :func:`die_with_parent`);
+* temporary files: ``serve`` puts its own and its children's (multiprocessing's folder, decoder
+  scratch files) under its jobs folder, which it empties at start: a server killed with SIGKILL
+  leaves nothing in the system's temporary folder;
 * logging: the root logger's level and format for the command line.
 """
 
@@ -125,6 +128,7 @@ def configure_process(
     signals: bool = False,
     ignore_interrupt: bool = False,
     parent_death: bool = False,
+    temp_dir: os.PathLike[str] | str | None = None,
     verbose: bool | None = None,
 ) -> None:
     """Set the process-wide state of an entry point (see the module docstring).
@@ -135,6 +139,8 @@ def configure_process(
         signals: SIGTERM raises :class:`Terminated` in the main thread.
         ignore_interrupt: ignore SIGINT (a worker process stopped by its parent).
         parent_death: SIGTERM when the parent process ends (:func:`die_with_parent`).
+        temp_dir: folder (created) for the temporary files of this process and its children
+            (``tempfile.tempdir`` and ``$TMPDIR``).
         verbose: configure command-line logging, DEBUG when True, WARNING when False;
             None leaves logging alone.
     """
@@ -153,3 +159,8 @@ def configure_process(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent_death:
         die_with_parent(signal.SIGTERM)
+    if temp_dir is not None:
+        import tempfile
+
+        os.makedirs(temp_dir, exist_ok=True)
+        os.environ["TMPDIR"] = tempfile.tempdir = os.path.abspath(temp_dir)

@@ -152,6 +152,8 @@ def test_start_removes_what_killed_processes_left(package, song, tmp_path):
         stems / f".vocals.wav.{HOST}-{dead}-0badc0de.f32",
         jobs / job["id"] / f".stems.zip.{HOST}-{dead}-0badc0de.part",
         jobs / ("f" * 32) / "input.wav",  # a folder without a job
+        jobs / ".tmp" / "pymp-k1lled" / "listener-0123",  # a killed server's temporary files
+        jobs / ".tmp" / "tmpabcdef",
     ]
     for path in left:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +162,7 @@ def test_start_removes_what_killed_processes_left(package, song, tmp_path):
     with make_client(package, jobs, workers=0) as client:
         assert client.get(f"/api/jobs/{job['id']}").json()["state"] == "done"
     assert [p for p in left if p.exists()] == []
-    assert not (jobs / ("f" * 32)).exists()
+    assert not (jobs / ("f" * 32)).exists() and list((jobs / ".tmp").iterdir()) == []
     assert (
         sorted(p.name for p in stems.iterdir())
         == kept

@@ -140,3 +140,5 @@ def test_sigkill_of_the_server_leaves_no_process(
     assert lock_is_free(server.jobs)
     store = JobStore(server.jobs)
     assert store.get(job_id).state == "running"  # type: ignore[union-attr]  # until the next start
+    left = [p.name for p in (server.jobs / ".tmp").iterdir()]  # emptied by the next start
+    assert [name[:5] for name in left] == ["pymp-"]  # not in the system's temporary folder

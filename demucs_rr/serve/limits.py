@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demucs_rr.audio.io import probe_seconds
+from demucs_rr.cli import TEMP_FOLDER
 from demucs_rr.serve.jobs import JOB_ID, job_dir
 from demucs_rr.serve.store import JobStore
 from demucs_rr.serve.upload import HTTPProblem
@@ -155,13 +156,21 @@ class Housekeeping:
         return gone
 
     def clean_start(self) -> None:
-        """Remove what killed processes left: partial uploads, staged files of dead workers,
-        job folders without a job (a server killed while it created one)."""
+        """Remove what killed processes left: partial uploads, temporary files, staged files of
+        dead workers, job folders without a job (a server killed while it created one)."""
         incoming = self.jobs_dir / ".incoming"
         if incoming.is_dir():
             for entry in incoming.iterdir():
                 with contextlib.suppress(OSError):
                     entry.unlink()
+        temp = self.jobs_dir / TEMP_FOLDER  # the temporary files of killed servers
+        if temp.is_dir():
+            for entry in temp.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
         clean_stale(self.jobs_dir)
         known = set(self.store.ids())
         for entry in self.jobs_dir.iterdir():
