@@ -1,7 +1,8 @@
 """Every way ``demucs-rr serve`` is stopped ends within a bounded time, with exit status 130
 (SIGINT) or 143 (SIGTERM), leaves no process behind and releases its jobs folder, whatever its
 workers are doing: idle, dead (killed with SIGKILL), busy with a job (which goes back to the
-queue) or stuck (stopped with SIGSTOP: it answers nothing but SIGKILL). The signal goes to the
+queue) or stuck (stopped with SIGSTOP: it answers nothing but SIGKILL), with an event stream
+open (it ends with the shutdown, without a traceback). The signal goes to the
 server alone (``kill``) or to its whole process group (Ctrl-C in a terminal, ``timeout``,
 systemd). And SIGKILL of the server leaves no worker or forkserver running."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -115,8 +117,12 @@ def test_every_stop_ends_in_bounded_time(
     for pid in free[: kinds.count("dead")]:
         os.kill(pid, signal.SIGKILL)
     assert wait_gone(set(free[: kinds.count("dead")]), 2.0) == set()
+    stream = socket.create_connection(("127.0.0.1", server.port))  # a page left open
+    stream.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert stream.recv(100).startswith(b"HTTP/1.1 200")
     signum, group = STOPS[stop]
     code, took = server.stop_with(signum, group)
+    stream.close()
     assert code == (130 if signum == signal.SIGINT else 143), server.log.read_text()
     assert took < STOP_BOUND, f"stopping took {took:.1f} s"
     assert wait_gone(server.known, 5.0) == set(), "processes left behind"

@@ -152,6 +152,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     files.add_file_routes(app, state.job, config.jobs_dir)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.serve = state
+    app.state.end_streams = feed.close  # called when the server begins to stop
     return app
 
 

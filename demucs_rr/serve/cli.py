@@ -261,6 +261,9 @@ def _run_locked(args: argparse.Namespace, token: str | None, local: bool) -> Non
 def _serve(uvicorn: Any, app: Any, host: str, port: int) -> None:
     """Run uvicorn until a signal stops it; SIGINT then ends like Ctrl-C elsewhere (exit 130).
 
+    When the shutdown begins, the open event streams are ended, so that only real requests can
+    hold it (for 3 s at most: uvicorn then cancels them).
+
     uvicorn handles SIGINT and SIGTERM itself (a graceful shutdown) and raises the signal again
     once it is done: SIGTERM then reaches the entry point's handler (exit 143), but SIGINT
     reaches asyncio's, which ends quietly; it is raised here instead.
@@ -271,6 +274,10 @@ def _serve(uvicorn: Any, app: Any, host: str, port: int) -> None:
         def handle_exit(self, sig: int, frame: Any) -> None:
             stopped_by.append(sig)
             super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            app.state.end_streams()  # open event streams end now, not at the 3 s timeout
+            await super().shutdown(sockets)
 
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3

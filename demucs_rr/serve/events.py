@@ -61,6 +61,7 @@ class JobFeed:
         self._queues: set[asyncio.Queue[_Change | None]] = set()
         self._clients: Counter[str] = Counter()
         self._lock = asyncio.Lock()
+        self._closed = False
 
     def _diff(self) -> _Change | None:
         """Read the jobs if the database changed; what changed since the last read."""
@@ -125,9 +126,12 @@ class JobFeed:
         self, client: str
     ) -> tuple[list[dict[str, Any]], asyncio.Queue[_Change | None]]:
         """Open a stream for ``client``: the current jobs (oldest first) and the queue of the
-        changes that follow."""
-        await self.poll()  # the list is current: later changes come through the queue
+        changes that follow (ended at once when the feed is closed)."""
         queue: asyncio.Queue[_Change | None] = asyncio.Queue(QUEUE_SIZE)
+        if self._closed:
+            queue.put_nowait(None)
+            return [], queue
+        await self.poll()  # the list is current: later changes come through the queue
         self._queues.add(queue)
         self._clients[client] += 1
         return list(self._jobs.values()), queue
@@ -140,7 +144,9 @@ class JobFeed:
             del self._clients[client]
 
     def close(self) -> None:
-        """End every stream (the server stops)."""
+        """End every stream and refuse new ones (the server stops: the streams must not keep
+        its graceful shutdown waiting)."""
+        self._closed = True
         for queue in list(self._queues):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
