@@ -254,6 +254,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
     lines = [
         "# Request latency of `demucs-rr serve` with open event streams",
         "",
+        f"Server: {args.label or args.checkout}.",
+        "",
         f"`python tools/bench_serve_events.py --streams {args.streams} --jobs {args.jobs} "
         f"--running {args.running} --requests {args.requests}`: {args.jobs} jobs, "
         f"{args.running} of them changing progress 5 times a second; `GET /api/jobs/ID` "
@@ -288,6 +290,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=2.0, help="seconds after opening/closing")
     parser.add_argument("--checkout", type=Path, default=REPO, help="the demucs_rr to run")
     parser.add_argument("--server-args", default="--max-queued-jobs 0")
+    parser.add_argument("--label", default="", help="what the server is, for the report")
     parser.add_argument("--out", default=str(REPO / "tools" / "results" / "bench_serve_events.md"))
     args = parser.parse_args()
     result = run(args)
