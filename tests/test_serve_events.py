@@ -107,3 +107,18 @@ def test_100_open_streams_add_less_than_50_ms_to_a_request(tmp_path: Path) -> No
     assert result["streams_closed_early"] == 0 and result["stream_bytes"] > 100 * 100_000
     assert result["added_ms"] < 50, out.read_text()
     assert time.monotonic() - started < 120
+
+
+def test_a_stream_opening_while_the_server_stops_ends_at_once(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    add(store, 1)
+
+    async def scenario() -> None:
+        feed = JobFeed(store)
+        opening = asyncio.ensure_future(feed.subscribe("x"))
+        await asyncio.sleep(0)  # it is reading the jobs
+        feed.close()  # the shutdown begins meanwhile
+        jobs, queue = await opening
+        assert await asyncio.wait_for(queue.get(), 1.0) is None  # ended, not left open
+
+    asyncio.run(scenario())

@@ -30,18 +30,15 @@ import argparse
 import contextlib
 import http.client
 import io
-import json
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -51,173 +48,13 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_separate import write_report
+from soak_serve_lib import Client, Ledger, Server
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ["drums", "bass", "other", "vocals"]
 FRACTIONS = [0.1, 0.2, 0.3, 0.4]
 STOP_BOUND = 20.0
 KEEP = {"jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", ".lock", "model.json"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def group_members(pgids: set[int]) -> set[int]:
-    """Live processes whose process group is one of ``pgids``."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] not in ("Z", "X") and int(fields[2]) in pgids:
-            found.add(int(entry.name))
-    return found
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-    return out
-
-
-class Server:
-    """The server under test; restarted after every stop."""
-
-    def __init__(self, folder: Path, jobs: Path, package: Path) -> None:
-        self.folder, self.jobs, self.package = folder, jobs, package
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.pgids: set[int] = set()
-        self.log = (folder / "server.log").open("ab")
-        self.starts = 0
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "demucs_rr", "--threads", "1", "serve"]
-        cmd += ["-n", str(self.package), "--port", str(self.port), "--jobs-dir", str(self.jobs)]
-        cmd += ["--workers", "2", "--max-audio-minutes", "5", "--max-queued-jobs", "40"]
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.pgids.add(self.proc.pid)
-        self.starts += 1
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited with {self.proc.returncode} at start")
-            time.sleep(0.2)
-        raise SystemExit("the server did not open its port within 90 s")
-
-    def workers(self) -> list[int]:
-        assert self.proc is not None
-        return [w for c in children(self.proc.pid) for w in children(c)]
-
-    def stop(self, signum: int, group: bool) -> tuple[int, float]:
-        assert self.proc is not None
-        start = time.monotonic()
-        if group:
-            os.killpg(self.proc.pid, signum)
-        else:
-            self.proc.send_signal(signum)
-        try:
-            code = self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            code = self.proc.wait()
-        return code, time.monotonic() - start
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def leftovers(self, seconds: float = 5.0) -> set[int]:
-        """Processes of the server groups still running ``seconds`` after a stop (then killed)."""
-        deadline = time.monotonic() + seconds
-        while (left := group_members(self.pgids)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in left:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        return left
-
-
-class Client:
-    """HTTP requests to the server; connection errors (a restart) raise ``OSError``."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
-    ) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.read()
-        except http.client.HTTPException as exc:
-            raise OSError(str(exc)) from exc
-        finally:
-            conn.close()
-
-    def json(self, method: str, path: str) -> Any:
-        status, data = self.request(method, path)
-        if status != 200:
-            raise OSError(f"{method} {path}: {status}")
-        return json.loads(data)
-
-    def upload(self, name: str, data: bytes, fields: dict[str, str]) -> tuple[int, Any]:
-        boundary = uuid.uuid4().hex
-        parts = [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-            for k, v in fields.items()
-        ]
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            "\r\n".encode()
-            + data
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        status, body = self.request("POST", "/api/jobs", b"".join(parts), headers)
-        try:
-            return status, json.loads(body)
-        except ValueError:
-            return status, body
-
-
-class Ledger:
-    """What the soak did and saw."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.accepted: dict[str, dict[str, Any]] = {}
-        self.deleted: set[str] = set()
-        self.checked: set[str] = set()
-        self.counts: Counter[str] = Counter()
-        self.problems: list[str] = []
-        self.stops: list[dict[str, Any]] = []
-
-    def count(self, key: str, n: int = 1) -> None:
-        with self.lock:
-            self.counts[key] += n
-
-    def problem(self, text: str) -> None:
-        with self.lock:
-            self.problems.append(text)
-        print("PROBLEM:", text, flush=True)
 
 
 def make_uploads(folder: Path) -> dict[str, tuple[str, bytes, np.ndarray | None]]:
@@ -418,16 +255,14 @@ def audit_files(jobs: Path, listed: set[str]) -> list[str]:
     return extra
 
 
-def soak(args: argparse.Namespace) -> dict[str, Any]:
+def prepare(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """The soak's folder (on a tmpfs with ``--tmpfs-mb``), its jobs folder and model."""
     folder = Path(tempfile.mkdtemp(prefix="soak-serve-"))
+    if args.tmpfs_mb:
+        mount = ["mount", "-t", "tmpfs", "-o", f"size={args.tmpfs_mb}m", "tmpfs", str(folder)]
+        subprocess.run(mount, check=True)
     jobs = folder / "jobs"
     jobs.mkdir()
-    if args.tmpfs_mb:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={args.tmpfs_mb}m", "tmpfs", str(folder)],
-            check=True,
-        )
-        jobs.mkdir()
     package = folder / "frac.safetensors"
     make = (
         "import sys; from demucs_rr.hub.package import save_package; "
@@ -436,34 +271,25 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "sys.argv[1])"
     )
     subprocess.run([sys.executable, "-c", make, str(package)], cwd=REPO, check=True)
+    return folder, jobs, package
+
+
+def disrupt(args: argparse.Namespace, server: Server, ledger: Ledger) -> float:
+    """Disruptions until ``--minutes`` are nearly over; returns when it began."""
     rng = random.Random(args.seed)
-    uploads = make_uploads(folder)
-    server, ledger = Server(folder, jobs, package), Ledger()
-    client, stop = Client(server), threading.Event()
-    server.start()
-    threads = [
-        threading.Thread(target=uploader, args=(client, ledger, uploads, stop, args.seed + i))
-        for i in range(2)
-    ]
-    threads.append(
-        threading.Thread(target=checker, args=(client, ledger, uploads, stop, args.seed))
-    )
-    threads.append(threading.Thread(target=listener, args=(client, ledger, stop)))
-    for thread in threads:
-        thread.start()
     started = time.monotonic()
     end = started + args.minutes * 60
     while time.monotonic() + 20 < end:
         time.sleep(rng.uniform(20, 50))
         event = chaos(server, ledger, rng, bool(args.tmpfs_mb))
         ledger.count(f"chaos: {event}")
-        print(
-            f"{(time.monotonic() - started) / 60:5.1f} min: {event}; {dict(ledger.counts)}",
-            flush=True,
-        )
-    stop.set()
-    for thread in threads:
-        thread.join(60)
+        minutes = (time.monotonic() - started) / 60
+        print(f"{minutes:5.1f} min: {event}; {dict(ledger.counts)}", flush=True)
+    return started
+
+
+def finish(client: Client, ledger: Ledger, uploads: dict, server: Server) -> dict[str, Any]:
+    """Drain the queue, check the jobs the checker did not see, stop the server; what is left."""
     final = drain(client, 300)
     for job in final:  # the finished jobs the checker had not seen yet
         if job["id"] not in ledger.checked:
@@ -473,31 +299,50 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 check_failed(ledger, job)
     code, took = server.stop(signal.SIGTERM, False)
     ledger.stops.append({"event": "final sigterm-server", "code": code, "seconds": round(took, 2)})
-    left_processes = server.leftovers()
     listed = {j["id"]: j for j in final}
-    lost = sorted(set(ledger.accepted) - ledger.deleted - set(listed))
-    unfinished = sorted(i for i, j in listed.items() if j["state"] not in ("done", "failed"))
-    unknown = sorted(set(listed) - set(ledger.accepted))
-    files = audit_files(jobs, set(listed))
+    return {
+        "final_jobs": len(listed),
+        "final_done": sum(j["state"] == "done" for j in final),
+        "final_failed": sum(j["state"] == "failed" for j in final),
+        "lost": sorted(set(ledger.accepted) - ledger.deleted - set(listed)),
+        "unfinished": sorted(i for i, j in listed.items() if j["state"] not in ("done", "failed")),
+        "unknown": sorted(set(listed) - set(ledger.accepted)),
+        "files_left": audit_files(server.jobs, set(listed)),
+        "processes_left": sorted(server.leftovers()),
+        "final_exit": code,
+    }
+
+
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    folder, jobs, package = prepare(args)
+    uploads = make_uploads(folder)
+    server, ledger = Server(folder, jobs, package), Ledger()
+    client, stop = Client(server), threading.Event()
+    server.start()
+    threads = [
+        threading.Thread(target=uploader, args=(client, ledger, uploads, stop, args.seed + i))
+        for i in range(2)
+    ]
+    threads.append(threading.Thread(target=checker, args=(client, ledger, uploads, stop, 0)))
+    threads.append(threading.Thread(target=listener, args=(client, ledger, stop)))
+    for thread in threads:
+        thread.start()
+    started = disrupt(args, server, ledger)
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    left = finish(client, ledger, uploads, server)
     server.log.close()
     log = (folder / "server.log").read_text(errors="replace").splitlines()
     if args.tmpfs_mb:
         subprocess.run(["umount", str(folder)], check=True)
     shutil.rmtree(folder)
-    result = {
+    return {
         "minutes": round((time.monotonic() - started) / 60, 1),
         "server_starts": server.starts,
         "accepted": len(ledger.accepted),
         "deleted_by_soak": len(ledger.deleted),
-        "final_jobs": len(listed),
-        "final_done": sum(j["state"] == "done" for j in final),
-        "final_failed": sum(j["state"] == "failed" for j in final),
-        "lost": lost,
-        "unfinished": unfinished,
-        "unknown": unknown,
-        "files_left": files,
-        "processes_left": sorted(left_processes),
-        "final_exit": code,
+        **left,
         "server_log_lines": len(log),
         "server_log_tracebacks": sum("Traceback" in line for line in log),
         "server_log_sample": log[:40],
@@ -506,7 +351,6 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "max_stop_seconds": max(s["seconds"] for s in ledger.stops),
         "problems": ledger.problems,
     }
-    return result
 
 
 def report(result: dict[str, Any], args: argparse.Namespace) -> list[str]:

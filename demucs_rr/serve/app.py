@@ -95,6 +95,30 @@ async def _expire_forever(state: ServeState) -> None:
         await _expire(state)
 
 
+def _add_page_routes(app: FastAPI, state: ServeState) -> None:
+    """The page, the API list and ``/api/info``."""
+    config = state.config
+
+    @app.get("/", include_in_schema=False)
+    def index(token: str | None = None) -> Response:
+        if token and config.token and same_token(token, config.token):
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+            return response
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html")
+
+    @app.get("/api/info", summary="Server facts: version, model, device, options")
+    def info() -> dict[str, Any]:
+        facts = files.loaded_model_facts(config)
+        alive = state.pool.alive()
+        limits = asdict(config.limits)
+        return {**state.info, **facts, **limits, "workers_alive": alive, "formats": list(FORMATS)}
+
+
 def create_app(config: ServeConfig) -> FastAPI:
     """The app; its lifespan re-queues interrupted jobs and runs the worker processes."""
     state = ServeState(config)
@@ -128,25 +152,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.middleware("http")(guard(config))
     _add_error_handlers(app, config.jobs_dir)
 
-    @app.get("/", include_in_schema=False)
-    def index(token: str | None = None) -> Response:
-        if token and config.token and same_token(token, config.token):
-            response = RedirectResponse("/", status_code=303)
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-            return response
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
-
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> FileResponse:
-        return FileResponse(STATIC / "docs.html")
-
-    @app.get("/api/info", summary="Server facts: version, model, device, options")
-    def info() -> dict[str, Any]:
-        facts = files.loaded_model_facts(config)
-        alive = state.pool.alive()
-        limits = asdict(config.limits)
-        return {**state.info, **facts, **limits, "workers_alive": alive, "formats": list(FORMATS)}
-
+    _add_page_routes(app, state)
     add_job_routes(app, state)
     add_event_routes(app, state, feed)
     files.add_file_routes(app, state.job, config.jobs_dir)

@@ -56,28 +56,8 @@ def _port(text: str) -> int:
     return value
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``demucs-rr serve``."""
-    from demucs_rr.hub.catalogue import DEFAULT_MODEL
-    from demucs_rr.runtime import cache_dir
-    from demucs_rr.separate.options import add_engine_arguments
-
-    p = parser
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
-    p.add_argument(
-        "-n",
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"default model: pretrained name or model file (default {DEFAULT_MODEL})",
-    )
-    p.add_argument("--repo", help="folder searched first for model files")
-    p.add_argument(
-        "--jobs-dir",
-        type=Path,
-        default=cache_dir() / "serve",
-        help="job database, uploads and stems (default: the cache folder's serve/)",
-    )
+def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """The limits of :mod:`demucs_rr.serve.limits` (defaults: :class:`Limits`'s)."""
     p.add_argument(
         "--max-upload-mb",
         type=_megabytes,
@@ -114,6 +94,31 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="finished jobs are deleted with their files H hours after they ended "
         "(default 72; 0: kept until deleted)",
     )
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``demucs-rr serve``."""
+    from demucs_rr.hub.catalogue import DEFAULT_MODEL
+    from demucs_rr.runtime import cache_dir
+    from demucs_rr.separate.options import add_engine_arguments
+
+    p = parser
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    p.add_argument(
+        "-n",
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"default model: pretrained name or model file (default {DEFAULT_MODEL})",
+    )
+    p.add_argument("--repo", help="folder searched first for model files")
+    p.add_argument(
+        "--jobs-dir",
+        type=Path,
+        default=cache_dir() / "serve",
+        help="job database, uploads and stems (default: the cache folder's serve/)",
+    )
+    _add_limit_arguments(p)
     p.add_argument(
         "--workers",
         type=argtypes.positive_int,

@@ -128,10 +128,11 @@ class JobFeed:
         """Open a stream for ``client``: the current jobs (oldest first) and the queue of the
         changes that follow (ended at once when the feed is closed)."""
         queue: asyncio.Queue[_Change | None] = asyncio.Queue(QUEUE_SIZE)
-        if self._closed:
+        if not self._closed:
+            await self.poll()  # the list is current: later changes come through the queue
+        if self._closed:  # also when it closed while this stream waited for the poll
             queue.put_nowait(None)
             return [], queue
-        await self.poll()  # the list is current: later changes come through the queue
         self._queues.add(queue)
         self._clients[client] += 1
         return list(self._jobs.values()), queue
@@ -177,6 +178,42 @@ def _sse(stream: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
+async def _all_jobs(feed: JobFeed, client: str) -> AsyncIterator[str]:
+    """The body of ``/api/events``: a ``snapshot`` event, then ``change`` events."""
+    jobs, queue = await feed.subscribe(client)  # here: a stream never run holds none
+    try:
+        yield "retry: 1000\n\n" + _event("snapshot", {"jobs": jobs})
+        async for change in _changes(queue):
+            yield ": ping\n\n" if change is None else f"event: change\ndata: {change[2]}\n\n"
+    finally:
+        feed.unsubscribe(client, queue)
+
+
+async def _one_job(feed: JobFeed, client: str, job_id: str) -> AsyncIterator[str]:
+    """The body of ``/api/jobs/{id}/events``: the job whenever it changes, until it ends."""
+    jobs, queue = await feed.subscribe(client)
+    gone = {"id": job_id, "state": "deleted"}
+    current = next((j for j in jobs if j["id"] == job_id), gone)
+    try:
+        yield f"retry: 1000\n\ndata: {json.dumps(current)}\n\n"
+        if current["state"] in (*TERMINAL, "deleted"):
+            return
+        async for change in _changes(queue):
+            if change is None:
+                yield ": ping\n\n"
+                continue
+            changed, deleted, _ = change
+            job = (
+                gone if job_id in deleted else next((j for j in changed if j["id"] == job_id), None)
+            )
+            if job is not None:
+                yield f"data: {json.dumps(job)}\n\n"
+                if job["state"] in (*TERMINAL, "deleted"):
+                    return
+    finally:
+        feed.unsubscribe(client, queue)
+
+
 def add_event_routes(app: FastAPI, state: ServeState, feed: JobFeed) -> None:
     """``GET /api/events`` (every job) and ``GET /api/jobs/{id}/events`` (one job)."""
 
@@ -187,47 +224,9 @@ def add_event_routes(app: FastAPI, state: ServeState, feed: JobFeed) -> None:
 
     @app.get("/api/events", summary="Every job, then their changes, as server-sent events")
     async def all_events(request: Request) -> StreamingResponse:
-        client = admitted(request)
-
-        async def stream() -> AsyncIterator[str]:
-            jobs, queue = await feed.subscribe(client)  # here: a stream never run holds none
-            try:
-                yield "retry: 1000\n\n" + _event("snapshot", {"jobs": jobs})
-                async for change in _changes(queue):
-                    yield (
-                        ": ping\n\n" if change is None else f"event: change\ndata: {change[2]}\n\n"
-                    )
-            finally:
-                feed.unsubscribe(client, queue)
-
-        return _sse(stream())
+        return _sse(_all_jobs(feed, admitted(request)))
 
     @app.get("/api/jobs/{job_id}/events", summary="Progress of a job as server-sent events")
     async def job_events(job_id: str, request: Request) -> StreamingResponse:
         state.job(job_id)
-        client = admitted(request)
-
-        async def stream() -> AsyncIterator[str]:
-            jobs, queue = await feed.subscribe(client)
-            gone = {"id": job_id, "state": "deleted"}
-            current = next((j for j in jobs if j["id"] == job_id), gone)
-            try:
-                yield f"retry: 1000\n\ndata: {json.dumps(current)}\n\n"
-                if current["state"] in (*TERMINAL, "deleted"):
-                    return
-                async for change in _changes(queue):
-                    if change is None:
-                        yield ": ping\n\n"
-                        continue
-                    jobs, deleted, _ = change
-                    job = next((j for j in jobs if j["id"] == job_id), None)
-                    if job_id in deleted:
-                        job = {"id": job_id, "state": "deleted"}
-                    if job is not None:
-                        yield f"data: {json.dumps(job)}\n\n"
-                        if job["state"] in (*TERMINAL, "deleted"):
-                            return
-            finally:
-                feed.unsubscribe(client, queue)
-
-        return _sse(stream())
+        return _sse(_one_job(feed, admitted(request), job_id))
