@@ -1,5 +1,6 @@
 """``demucs-rr serve`` recovers from a full disk and from dead workers: the watcher thread
-survives errors of the job database and fails a dead worker's job once it can; dead workers
+survives errors of the job database and fails a dead worker's job once it can (removing what
+the worker was writing); dead workers
 are replaced after a growing delay; a worker that cannot write the database ends with its own
 status; uploads are refused with 503 while no worker runs, and with 507 (one JSON line, nothing
 left on disk) while the disk is full."""
@@ -23,6 +24,7 @@ from demucs_rr.serve.jobs import JOB_ID
 from demucs_rr.serve.pool import WorkerPool, death_reason
 from demucs_rr.serve.store import JobStore, StoreUnavailable
 from demucs_rr.serve.worker import STORE_EXIT, WorkerConfig, run_worker
+from demucs_rr.staging import HOST
 from tests.serve_helpers import DEADLINE, make_client, make_package, upload, write_song
 
 FULL = StoreUnavailable("no space left on the disk of the job database", disk_full=True)
@@ -65,6 +67,13 @@ def test_watcher_outlives_a_full_disk_and_fails_the_dead_workers_job(
     try:
         (victim,) = pool.pids()
         job_id = running_job(jobs, victim)
+        stems = jobs / job_id / "stems"  # what the worker was writing when it was killed
+        stems.mkdir(parents=True)
+        staged = [
+            stems / f".vocals.wav.{HOST}-{victim}-0badf00d.{kind}" for kind in ("part", "f32")
+        ]
+        for path in staged:
+            path.write_bytes(b"\0" * 1000)
         calls: list[int] = []
         real = pool.store.fail_worker
 
@@ -79,6 +88,7 @@ def test_watcher_outlives_a_full_disk_and_fails_the_dead_workers_job(
         until(lambda: JobStore(jobs).get(job_id).state == "failed", "the job was never failed")  # type: ignore[union-attr]
         assert calls == [victim] * 4  # three refusals, then the write that worked
         assert JobStore(jobs).get(job_id).error == death_reason(-9)  # type: ignore[union-attr]
+        assert [p for p in staged if p.exists()] == []  # removed with the failure, not at restart
         until(lambda: pool.alive() == 1 and pool.pids() != [victim], "no new worker")
         assert pool._thread is not None and pool._thread.is_alive()
     finally:

@@ -18,6 +18,7 @@ from typing import Any
 from demucs_rr.audio.ffmpeg import container_of
 from demucs_rr.audio.options import FORMATS
 from demucs_rr.errors import ConfigError
+from demucs_rr.staging import clean_stale
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 STEM_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
@@ -57,6 +58,14 @@ def model_label(model: str) -> str:
     """The name a model is shown under: a file's stem (as ``separate`` names its folder), so
     that no server path reaches a client."""
     return Path(model).stem if Path(model).suffix else model
+
+
+def clean_job_folder(folder: Path) -> None:
+    """Remove what dead processes left in a job's folder (staged stems, scratch files, a
+    staged zip or waveform: :func:`~demucs_rr.staging.clean_stale`)."""
+    for sub in (folder, folder / "stems", folder / "waveforms"):
+        if sub.is_dir():
+            clean_stale(sub)
 
 
 def job_dir(root: Path, job_id: str) -> Path:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from demucs_rr.audio.io import probe_seconds
 from demucs_rr.cli import TEMP_FOLDER
-from demucs_rr.serve.jobs import JOB_ID, job_dir
+from demucs_rr.serve.jobs import JOB_ID, clean_job_folder, job_dir
 from demucs_rr.serve.store import JobStore
 from demucs_rr.serve.upload import HTTPProblem
 from demucs_rr.staging import clean_stale
@@ -178,7 +178,5 @@ class Housekeeping:
                 continue
             if entry.name not in known:
                 shutil.rmtree(entry, ignore_errors=True)
-                continue
-            for folder in (entry, entry / "stems", entry / "waveforms"):
-                if folder.is_dir():
-                    clean_stale(folder)
+            else:
+                clean_job_folder(entry)

@@ -34,6 +34,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from demucs_rr.errors import one_line
+from demucs_rr.serve.jobs import clean_job_folder, job_dir
 from demucs_rr.serve.store import JobStore
 from demucs_rr.serve.worker import STORE_EXIT, WorkerConfig, worker_main
 
@@ -205,8 +206,10 @@ class WorkerPool:
         for pid, reason in list(self._unreported.items()):
             failed = self.store.fail_worker(pid, reason)  # raises while the disk is full
             del self._unreported[pid]
+            for job_id in failed:  # the dead worker's staged stems go now, not at next start
+                clean_job_folder(job_dir(self.config.jobs_dir, job_id))
             if failed:
-                logger.warning("%d job(s) of worker %s failed: %s", failed, pid, reason)
+                logger.warning("%d job(s) of worker %s failed: %s", len(failed), pid, reason)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the workers within ``timeout + 2 * TERM_GRACE`` seconds at most: ask them, wait

@@ -286,15 +286,15 @@ class JobStore:
             )
             return cursor.rowcount
 
-    def fail_worker(self, worker: int, error: str) -> int:
-        """Fail the running jobs of a worker process that died; returns how many."""
+    def fail_worker(self, worker: int, error: str) -> list[str]:
+        """Fail the running jobs of a worker process that died; returns their ids."""
         with self._connect() as db:
-            cursor = db.execute(
+            rows = db.execute(
                 "UPDATE jobs SET state = 'failed', error = ?, finished = ? "
-                "WHERE state = 'running' AND worker = ?",
+                "WHERE state = 'running' AND worker = ? RETURNING id",
                 (error, time.time(), worker),
-            )
-            return cursor.rowcount
+            ).fetchall()
+        return [row[0] for row in rows]
 
     def changes(self) -> ChangeReader:
         """A reader that tells when the jobs changed (see :class:`ChangeReader`)."""
