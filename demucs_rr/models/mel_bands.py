@@ -61,10 +61,12 @@ def mel_band_layout(sample_rate: int, n_fft: int, num_bands: int) -> npt.NDArray
     """(num_bands, n_fft // 2 + 1) bool: which STFT bins each mel band covers (MSST's rule).
 
     A bin belongs to a band where the band's filter is positive; the first bin is forced into
-    the first band and the last bin into the last band. Every bin must be covered.
+    the first band and the last bin into the last band. Every bin must be covered and every
+    band must cover a bin.
 
     Raises:
-        ValueError: some bin is in no band (too many bands for this STFT size).
+        ValueError: some bin is in no band, or some band has no bin (too many bands for this
+            STFT size).
     """
     bank = slaney_mel_filters(sample_rate, n_fft, num_bands)
     bank[0, 0] = 1.0
@@ -73,4 +75,7 @@ def mel_band_layout(sample_rate: int, n_fft: int, num_bands: int) -> npt.NDArray
     if not layout.any(axis=0).all():
         missing = int((~layout.any(axis=0)).sum())
         raise ValueError(f"{missing} STFT bins are in no mel band with {num_bands} bands")
+    if not layout.any(axis=1).all():
+        empty = int((~layout.any(axis=1)).sum())
+        raise ValueError(f"{empty} of {num_bands} mel bands cover no STFT bin (n_fft {n_fft})")
     return layout
