@@ -182,7 +182,8 @@ class RoformerBase(SingleModelDefaults, nn.Module):
         length = mix.size(-1)
         padded = F.pad(mix, (0, max(0, self.n_fft // 2 + 1 - length)))
         spec = self.stft(padded)  # (B, N, Q*C) complex
-        x = self.band_split(self.band_input(spec))  # (B, N, F, D)
+        # (B, N, F, D); the residual stream stays in full precision under autocast
+        x = self.band_split(self.band_input(spec)).to(spec.real.dtype)
         x = self.final(self.axial(x))
         masks = torch.stack([self._run(est, x) for est in self.mask_estimators], dim=1)
         out = self.apply_masks(spec, masks)  # (B, S, N, Q*C)
