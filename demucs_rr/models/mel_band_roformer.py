@@ -145,9 +145,10 @@ class MelBandRoformer(RoformerBase):
         ``num_freqs_per_band`` (F,) and ``num_bands_per_freq`` (Q,) counts.
         """
         channels = self.audio_channels
+        cpu = torch.device("cpu")  # even when built under a meta-device context
         coverage = torch.from_numpy(layout.copy())
-        bins = torch.arange(self.num_freqs).expand_as(coverage)[coverage]
-        indices = (bins[:, None] * channels + torch.arange(channels)).flatten()
+        bins = torch.arange(self.num_freqs, device=cpu).expand_as(coverage)[coverage]
+        indices = (bins[:, None] * channels + torch.arange(channels, device=cpu)).flatten()
         return {
             "freq_indices": indices,
             "freqs_per_band": coverage,
