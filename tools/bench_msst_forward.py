@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -104,8 +104,8 @@ def snr_db(ref: torch.Tensor, est: torch.Tensor) -> list[float]:
     return out
 
 
-def run(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Rounds of MSST fp32 / ours fp32 / ours bf16 per thread count."""
+def run(name: str, args: argparse.Namespace, done: Any) -> list[dict[str, Any]]:
+    """Rounds of MSST fp32 / ours fp32 / ours bf16 per thread count; ``done(row)`` after each."""
     reference, ours, config = build_pair(name, args.msst)
     x = chunk(config, args.seconds)
 
@@ -138,6 +138,7 @@ def run(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             "rel_err_vs_msst": float((outs["ours"] - ref).abs().max() / ref.abs().max()),
             "bf16_snr_db": snr_db(outs["ours"], outs["ours_bf16"]),
         })  # fmt: skip
+        done(rows[-1])
     return rows
 
 
@@ -146,26 +147,35 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
         "# RoFormer one-chunk forward: demucs_rr vs MSST (CPU)",
         "",
         "Full-size released structures, seeded random weights (MSST's, loaded into ours), one "
-        "chunk of a real song, `torch.inference_mode()`; rounds interleaved; fastest round "
-        "(median in brackets). err: max |ours - MSST| / max |MSST| (fp32).",
+        "chunk of a real song, `torch.inference_mode()`; rounds interleaved. Times: fastest "
+        "round, wall seconds with the process CPU seconds in brackets (the CPU is shared: CPU "
+        "seconds are the steadier comparison at 1 thread). err: max |ours - MSST| / max |MSST| "
+        "(fp32). SNR: ours under bf16 autocast against ours in fp32.",
         "",
-        "| config | samples | threads | MSST fp32 (s) | ours fp32 (s) | ours / MSST | "
-        "ours bf16 (s) | bf16 / MSST fp32 | err | bf16 SNR per stem (dB) |",
+        "| config | samples | threads | MSST fp32 (s) | ours fp32 (s) | ours / MSST wall (CPU) "
+        "| ours bf16 (s) | bf16 / MSST fp32 wall (CPU) | err | bf16 SNR per stem (dB) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        best = {k: min(v) for k, v in row["times_s"].items()}
-        med = {k: statistics.median(v) for k, v in row["times_s"].items()}
+        wall = {k: min(v) for k, v in row["times_s"].items()}
+        cpu = {k: min(v) for k, v in row["cpu_s"].items()}
         lines.append(
             f"| {row['config']} | {row['samples']} | {row['threads']} "
-            f"| {best['msst']:.1f} ({med['msst']:.1f}) | {best['ours']:.1f} ({med['ours']:.1f}) "
-            f"| {best['ours'] / best['msst']:.2f}x "
-            f"| {best['ours_bf16']:.1f} ({med['ours_bf16']:.1f}) "
-            f"| {best['ours_bf16'] / best['msst']:.2f}x | {row['rel_err_vs_msst']:.1e} "
+            f"| {wall['msst']:.1f} ({cpu['msst']:.1f}) | {wall['ours']:.1f} ({cpu['ours']:.1f}) "
+            f"| {wall['ours'] / wall['msst']:.2f}x ({cpu['ours'] / cpu['msst']:.2f}x) "
+            f"| {wall['ours_bf16']:.1f} ({cpu['ours_bf16']:.1f}) "
+            f"| {wall['ours_bf16'] / wall['msst']:.2f}x ({cpu['ours_bf16'] / cpu['msst']:.2f}x) "
+            f"| {row['rel_err_vs_msst']:.1e} "
             f"| {', '.join(f'{s:.1f}' for s in row['bf16_snr_db'])} |"
         )
-    command = " ".join(["python3 tools/bench_msst_forward.py", *sys.argv[1:]])
-    lines += ["", f"Command: `{command}`. CPU: {args.cpu}; torch {torch.__version__}."]
+    lines += [
+        "",
+        "Command (one run per config here, `--merge` keeping the other rows): `python3 "
+        "tools/bench_msst_forward.py --msst MSST_CHECKOUT --configs CONFIG --threads 1 2 "
+        f"--rounds 3 --merge`. CPU: {args.cpu}, 2 cores shared with other jobs (load average "
+        "per row in the JSON, with process CPU seconds beside the wall times); "
+        f"torch {torch.__version__}.",
+    ]
     return lines
 
 
@@ -184,10 +194,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, help="chunk length instead of the config's")
     parser.add_argument("--out", type=Path, default=REPO / "tools/results/bench_msst_roformer.md")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other rows of an earlier report"
+    )
     args = parser.parse_args()
     args.cpu = cpu_name()
-    rows = [row for name in args.configs for row in run(name, args)]
-    write_report(args.out, report(rows, args), rows)
+    previous = args.out.with_suffix(".json")
+    rows: list[dict[str, Any]] = []
+    if args.merge and previous.exists():  # keep the rows of earlier runs not redone here
+        redone = {(name, threads) for name in args.configs for threads in args.threads}
+        rows = [
+            r for r in json.loads(previous.read_text()) if (r["config"], r["threads"]) not in redone
+        ]
+
+    def done(row: dict[str, Any]) -> None:  # rewrite the report after every row
+        rows.append(row)
+        write_report(args.out, report(rows, args), rows)
+
+    for name in args.configs:
+        run(name, args, done)
 
 
 if __name__ == "__main__":
