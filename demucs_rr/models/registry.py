@@ -26,6 +26,8 @@ _BUILTIN: dict[str, str] = {
     "HDemucs": "demucs_rr.models.hdemucs:HDemucs",
     "HTDemucs": "demucs_rr.models.htdemucs:HTDemucs",
     "FractionModel": "demucs_rr.models.testing:FractionModel",
+    "SCNet": "demucs_rr.models.scnet:SCNet",
+    "MDX23C": "demucs_rr.models.mdx23c:MDX23C",
 }
 
 
