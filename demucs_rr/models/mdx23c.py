@@ -42,8 +42,8 @@ from demucs_rr.models.mdx23c_layers import (
     DecoderBlock,
     EncoderBlock,
     activate_,
+    check_norm,
     make_act,
-    make_norm,
     pointwise,
 )
 
@@ -127,7 +127,6 @@ class MDX23C(SingleModelDefaults, nn.Module):
             make_act(act),
             nn.Conv2d(c, len(self.sources) * dim_c, 1, 1, 0, bias=False),
         )
-        make_norm(norm, 1)  # refuses an unknown norm even when no layer used it
 
     def valid_length(self, length: int) -> int:
         """Any length is valid: the model pads internally and returns ``length`` samples."""
@@ -191,7 +190,8 @@ class MDX23C(SingleModelDefaults, nn.Module):
         for decoder in self.decoder_blocks:
             x = torch.cat([cast(DecoderBlock, decoder).upscale(x), skips.pop()], 1)
             x = cast(DecoderBlock, decoder).tfc_tdf(x)
-        x = self._final(torch.cat([features, x.mul_(first)], 1))
+        x = x * first if x.requires_grad else x.mul_(first)
+        x = self._final(torch.cat([features, x], 1))
         return self.istft(x)[..., :length]
 
     def _final(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,6 +205,8 @@ def _check_config(kwargs: dict[str, Any]) -> None:
     """Raise :class:`ConfigError` (one line naming the key) for values MDX23C cannot take."""
     if not kwargs["sources"]:
         raise ConfigError("MDX23C: training.instruments needs at least one source name")
+    check_norm(kwargs["norm"])
+    make_act(kwargs["act"])
     scale, k = kwargs["scale"], kwargs["num_subbands"]
     if len(scale) != 2 or min(scale) < 1:
         raise ConfigError("MDX23C: model.scale needs 2 positive values (time, frequency)")

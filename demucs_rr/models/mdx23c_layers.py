@@ -28,6 +28,7 @@ __all__ = [
     "TFC_TDF",
     "Upscale",
     "activate_",
+    "check_norm",
     "make_act",
     "make_norm",
     "normalize",
@@ -38,22 +39,32 @@ NORMS = ("BatchNorm", "InstanceNorm", "GroupNorm<groups>", "Identity")
 ACTIVATIONS = ("gelu", "relu", "elu<alpha>")
 
 
+def check_norm(norm: str) -> None:
+    """Refuse a norm name MSST does not build (MSST silently drops such a norm; refusing it
+    keeps a misspelt config from loading a model without its norms).
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    groups = norm[len("GroupNorm") :] if norm.startswith("GroupNorm") else ""
+    if norm not in ("BatchNorm", "InstanceNorm", "Identity") and not groups.isdigit():
+        raise ConfigError(f"MDX23C: unknown model.norm {norm!r}; use one of {', '.join(NORMS)}")
+
+
 def make_norm(norm: str, channels: int) -> nn.Module:
     """MSST's norm layer ``norm`` over ``channels`` (``Identity``: none).
 
     Raises:
-        ConfigError: an unknown name (MSST silently drops such a norm; refusing it keeps a
-            misspelt config from loading a model without its norms).
+        ConfigError: an unknown name (:func:`check_norm`).
     """
+    check_norm(norm)
     if norm == "BatchNorm":
         return nn.BatchNorm2d(channels)
     if norm == "InstanceNorm":
         return nn.InstanceNorm2d(channels, affine=True)
-    if norm.startswith("GroupNorm") and norm[len("GroupNorm") :].isdigit():
-        return nn.GroupNorm(int(norm[len("GroupNorm") :]), channels)
     if norm == "Identity":
         return nn.Identity()
-    raise ConfigError(f"MDX23C: unknown model.norm {norm!r}; use one of {', '.join(NORMS)}")
+    return nn.GroupNorm(int(norm[len("GroupNorm") :]), channels)
 
 
 def make_act(act: str) -> nn.Module:
@@ -83,14 +94,16 @@ def normalize(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
 
 
 def activate_(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
-    """``act`` applied in place to ``x`` (which the caller owns); returns ``x``."""
+    """``act`` applied to ``x`` (which the caller owns): in place, unless autograd records."""
+    if x.requires_grad:
+        return cast(torch.Tensor, act(x))
     if isinstance(act, nn.GELU):
-        return torch.ops.aten.gelu_(x)  # type: ignore[no-any-return]
+        return cast(torch.Tensor, torch.ops.aten.gelu_(x, approximate=act.approximate))
     if isinstance(act, nn.ReLU):
         return x.relu_()
     if isinstance(act, nn.ELU):
         return F.elu_(x, act.alpha)
-    raise TypeError(f"unsupported activation {type(act).__name__}")
+    return cast(torch.Tensor, act(x))
 
 
 def pointwise(

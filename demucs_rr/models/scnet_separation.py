@@ -22,7 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DualPathRNN", "SeparationNet", "norm_items"]
+__all__ = ["DualPathRNN", "SeparationNet", "norm_items", "recording"]
+
+
+def recording(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an operation on ``tensors`` (``out=`` is refused then)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def norm_items(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
@@ -34,8 +39,10 @@ def norm_items(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     length, batch, other, channels = x.shape
     items = x.transpose(0, 1).reshape(batch, -1)  # a view for B = 1
     y = F.layer_norm(items, items.shape[1:], eps=norm.eps).view(batch, length, other, channels)
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
     weight, bias = norm.weight.to(x.dtype), norm.bias.to(x.dtype)
+    if recording(y, weight, bias):
+        return torch.addcmul(bias, y.transpose(0, 1), weight).contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
     return torch.addcmul(bias, y.transpose(0, 1), weight, out=out)
 
 
@@ -67,8 +74,11 @@ class DualPathRNN(nn.Module):
         y = norm_items(x, cast(nn.GroupNorm, self.norm_layers[index]))
         y = lstm(y.view(length, batch * other, channels))[0]  # (L, B*M, 2H)
         y = F.linear(y, linear.weight, linear.bias).view(length, batch, other, channels)
+        x, y = x.permute(2, 1, 0, 3), y.permute(2, 1, 0, 3)
+        if recording(x, y):
+            return (x + y).contiguous()
         out = x.new_empty((other, batch, length, channels), dtype=torch.result_type(x, y))
-        return torch.add(x.permute(2, 1, 0, 3), y.permute(2, 1, 0, 3), out=out)
+        return torch.add(x, y, out=out)  # the residual sum, written in the other layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(F, B, T, C) -> (F, B, T, C): frequency path, then time path."""
