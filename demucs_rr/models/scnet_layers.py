@@ -30,7 +30,13 @@ __all__ = [
     "band_padding",
     "band_splits",
     "norm_rows",
+    "recording",
 ]
+
+
+def recording(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an operation on ``tensors`` (in-place and ``out=`` are off)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def norm_rows(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
@@ -81,8 +87,13 @@ class ConvLayer(nn.Sequential):
             nn.Conv1d(hidden, channels, 1),
         )
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual branch on a (B, C, f, T) band (convolutions over T) -> (B, C, f, T)."""
+    def add_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` plus the residual branch, for a (B, C, f, T) band (convolutions over T).
+
+        The closing 1x1 convolution accumulates straight into ``x`` (a GEMM over its
+        channels-last rows) when ``x`` is channels-last and autograd does not record: ``x``
+        must then be the caller's own tensor, as the module's band is.
+        """
         norm_in, conv_in = cast(nn.GroupNorm, self[0]), cast(nn.Conv1d, self[1])
         depthwise, norm_mid = cast(nn.Conv1d, self[3]), cast(nn.GroupNorm, self[4])
         conv_out = cast(nn.Conv1d, self[6])
@@ -92,8 +103,14 @@ class ConvLayer(nn.Sequential):
         y = F.conv2d(
             y, depthwise.weight.unsqueeze(2), depthwise.bias, padding=pad, groups=y.size(1)
         )
-        y = F.silu(norm_rows(y, norm_mid))
-        return F.conv2d(y, conv_out.weight.unsqueeze(2), conv_out.bias)
+        y = F.silu(norm_rows(y, norm_mid)).permute(0, 2, 3, 1)  # (B, f, T, h)
+        weight, bias = conv_out.weight.squeeze(2), cast(torch.Tensor, conv_out.bias)
+        rows = x.permute(0, 2, 3, 1)  # (B, f, T, C)
+        if recording(x, y) or not rows.is_contiguous() or not y.is_contiguous():
+            return x + F.linear(y, weight, bias).permute(0, 3, 1, 2)
+        rows = rows.view(-1, rows.size(-1))
+        rows.addmm_(y.reshape(rows.size(0), -1), weight.t().to(x.dtype)).add_(bias.to(x.dtype))
+        return x
 
 
 class ConvolutionModule(nn.Module):
@@ -114,7 +131,7 @@ class ConvolutionModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, f, T) -> (B, C, f, T)."""
         for layer in self.layers:
-            x = x + cast(ConvLayer, layer).residual(x)
+            x = cast(ConvLayer, layer).add_residual(x)
         return x
 
 
@@ -149,10 +166,13 @@ class SDlayer(nn.Module):
         splits = band_splits(x.size(2), self.sr_low, self.sr_mid)
         bands, sizes = [], []
         layout = zip(self.convs, self.strides, self.kernels, splits, strict=True)
-        for conv, stride, kernel, (start, end) in layout:
+        for module, stride, kernel, (start, end) in layout:
+            conv = cast(nn.Conv2d, module)
             before, after = band_padding(end - start, stride, kernel)
-            band = F.pad(x[:, :, start:end], (0, 0, before, after))
-            bands.append(cast(torch.Tensor, conv(band)))
+            band = x[:, :, start:end]
+            if before != after:  # the convolution pads symmetrically only
+                band, before = F.pad(band, (0, 0, before, after)), 0
+            bands.append(F.conv2d(band, conv.weight, conv.bias, conv.stride, (before, 0)))
             sizes.append(end - start)
         return bands, sizes
 
@@ -202,7 +222,8 @@ class FusionLayer(nn.Module):
         """(B, C, F, T) and a skip of the same shape -> (B, C, F, T)."""
         half = x.size(1)
         weight = self.conv.weight[:, :half] + self.conv.weight[:, half:]
-        y = F.conv2d(x + skip, weight, self.conv.bias, self.conv.stride, self.conv.padding)
+        x = x + skip if recording(x, skip) else x.add_(skip)  # x is the decoder's own
+        y = F.conv2d(x, weight, self.conv.bias, self.conv.stride, self.conv.padding)
         return F.glu(y, dim=1)
 
 

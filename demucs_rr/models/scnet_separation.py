@@ -22,28 +22,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DualPathRNN", "SeparationNet", "norm_items", "recording"]
+from demucs_rr.models.scnet_layers import recording
+
+__all__ = [
+    "DualPathRNN",
+    "SeparationNet",
+    "norm_items",
+    "normed_lstm",
+    "standardize_items",
+]
 
 
-def recording(*tensors: torch.Tensor) -> bool:
-    """Whether autograd records an operation on ``tensors`` (``out=`` is refused then)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def standardize_items(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """(x - mean) / std of each batch item of a (L, B, M, C) tensor, over (L, M, C).
 
-
-def norm_items(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """``GroupNorm(1, C)`` of a (L, B, M, C) tensor: per batch item b over (L, M, C).
-
-    Returns a contiguous (L, B, M, C) tensor. The statistics come from ``layer_norm`` (a
-    single accurate pass); the per-channel affine follows in one more.
+    Returns a contiguous (L, B, M, C) tensor; ``layer_norm`` takes the statistics (a single
+    accurate pass, float32 accumulation).
     """
     length, batch, other, channels = x.shape
     items = x.transpose(0, 1).reshape(batch, -1)  # a view for B = 1
-    y = F.layer_norm(items, items.shape[1:], eps=norm.eps).view(batch, length, other, channels)
-    weight, bias = norm.weight.to(x.dtype), norm.bias.to(x.dtype)
-    if recording(y, weight, bias):
-        return torch.addcmul(bias, y.transpose(0, 1), weight).contiguous()
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    return torch.addcmul(bias, y.transpose(0, 1), weight, out=out)
+    y = F.layer_norm(items, items.shape[1:], eps=eps).view(batch, length, other, channels)
+    return y.transpose(0, 1).contiguous()
+
+
+def norm_items(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """``GroupNorm(1, C)`` of a (L, B, M, C) tensor: per batch item b over (L, M, C)."""
+    return standardize_items(x, norm.eps) * norm.weight + norm.bias
+
+
+def normed_lstm(lstm: nn.LSTM, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """``lstm(norm(x))`` for a (L, N, C) ``x`` whose items are already standardised.
+
+    The norm's per-channel affine is folded into the LSTM's input weights and biases
+    (``W diag(g) x + W b``), which spares a pass over the activations.
+    """
+    gain, shift = norm.weight, norm.bias
+    params: list[torch.Tensor] = []
+    for suffix in ("", "_reverse"):
+        w_ih = getattr(lstm, f"weight_ih_l0{suffix}")
+        b_ih = getattr(lstm, f"bias_ih_l0{suffix}")
+        w_hh, b_hh = getattr(lstm, f"weight_hh_l0{suffix}"), getattr(lstm, f"bias_hh_l0{suffix}")
+        params += [w_ih * gain, w_hh, torch.addmv(b_ih, w_ih, shift), b_hh]
+    state = x.new_zeros((2, x.size(1), lstm.hidden_size))
+    output = torch.lstm(x, (state, state), params, True, 1, 0.0, lstm.training, True, False)
+    return output[0]
 
 
 class DualPathRNN(nn.Module):
@@ -71,8 +93,9 @@ class DualPathRNN(nn.Module):
         length, batch, other, channels = x.shape
         lstm = cast(nn.LSTM, self.lstm_layers[index])
         linear = cast(nn.Linear, self.linear_layers[index])
-        y = norm_items(x, cast(nn.GroupNorm, self.norm_layers[index]))
-        y = lstm(y.view(length, batch * other, channels))[0]  # (L, B*M, 2H)
+        norm = cast(nn.GroupNorm, self.norm_layers[index])
+        y = standardize_items(x, norm.eps).view(length, batch * other, channels)
+        y = normed_lstm(lstm, norm, y)  # (L, B*M, 2H)
         y = F.linear(y, linear.weight, linear.bias).view(length, batch, other, channels)
         x, y = x.permute(2, 1, 0, 3), y.permute(2, 1, 0, 3)
         if recording(x, y):
