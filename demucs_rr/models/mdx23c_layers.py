@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from demucs_rr.errors import ConfigError
+from demucs_rr.models.scnet_layers import recording
 
 __all__ = [
     "ACTIVATIONS",
@@ -87,9 +88,10 @@ def make_act(act: str) -> nn.Module:
 
 def normalize(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """``norm`` applied to a (B, C, T, F) tensor (a new tensor)."""
-    if isinstance(norm, nn.InstanceNorm2d):
-        # instance_norm's own path: batch_norm on (1, B * C, T, F), float32 statistics.
-        return F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+    if isinstance(norm, nn.InstanceNorm2d) and not norm.track_running_stats:
+        # One group per channel: the same statistics as instance_norm (which runs batch_norm
+        # on a (1, B * C, T, F) view), from group_norm's faster contiguous kernel.
+        return F.group_norm(x, x.size(1), norm.weight, norm.bias, norm.eps)
     return cast(torch.Tensor, norm(x))
 
 
@@ -109,12 +111,20 @@ def activate_(x: torch.Tensor, act: nn.Module) -> torch.Tensor:
 def pointwise(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """1x1 convolution of a contiguous (B, C, T, F) by a (C', C, 1, 1) weight -> (B, C', T, F)."""
+    """1x1 convolution of a contiguous (B, C, T, F) by a (C', C, 1, 1) weight -> (B, C', T, F).
+
+    One ``W @ X`` product per batch item over the (C, T * F) matrix, written in place.
+    """
     batch, channels, frames, bins = x.shape
-    w = weight.view(weight.size(0), channels)
-    y = torch.matmul(w, x.view(batch, channels, frames * bins))
+    w = weight.view(weight.size(0), channels).to(x.dtype)
+    if recording(x, w):
+        y = torch.matmul(w, x.view(batch, channels, frames * bins))
+    else:
+        y = x.new_empty((batch, w.size(0), frames * bins))
+        for item in range(batch):
+            torch.mm(w, x[item].view(channels, frames * bins), out=y[item])
     if bias is not None:
-        y += bias.view(1, -1, 1)
+        y = y + bias.view(1, -1, 1)
     return y.view(batch, -1, frames, bins)
 
 
@@ -158,10 +168,10 @@ class TDFBlock(nn.Module):
         y = activate_(normalize(x, tdf[0]), tdf[1])
         y = F.linear(y, cast(nn.Linear, tdf[2]).weight)
         y = activate_(normalize(y, tdf[3]), tdf[4])
-        x = x + F.linear(y, cast(nn.Linear, tdf[5]).weight)
+        y = F.linear(y, cast(nn.Linear, tdf[5]).weight)
+        x = x + y if recording(x, y) else x.add_(y)  # x: this block's own tensor
         x = norm_act_conv(x, self.tfc2)
-        x += shortcut
-        return x
+        return x + shortcut if recording(x, shortcut) else x.add_(shortcut)
 
 
 class TFC_TDF(nn.Module):  # MSST's name
