@@ -161,7 +161,9 @@ class MDX23C(SingleModelDefaults, nn.Module):
         """(B, S * dim_c, T, F') -> (B, S, C, (T - 1) * hop) waveforms."""
         batch, _, frames, bins = x.shape
         sources, channels, k = len(self.sources), self.audio_channels, self.num_subbands
-        spec = x.new_zeros((batch * sources * channels, self.n_fft // 2 + 1, frames, 2))
+        spec = x.new_zeros(
+            (batch * sources * channels, self.n_fft // 2 + 1, frames, 2), dtype=torch.float32
+        )
         target = spec[:, : self.dim_f].view(batch, sources, channels, k, bins, frames, 2)
         x = x.view(batch, sources, channels, 2, k, frames, bins)
         target.copy_(x.permute(0, 1, 2, 4, 6, 5, 3))
