@@ -34,10 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_separate import write_report  # noqa: E402
+from bench_separate import write_report
 
-from demucs_rr.models.registry import build_model  # noqa: E402
-from demucs_rr.msst_tfc_kwargs import tfc_kwargs  # noqa: E402
+from demucs_rr.models.registry import build_model
+from demucs_rr.msst_tfc_kwargs import tfc_kwargs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_SONG = SHARED / "eval-data/full-songs/librosa-data/Kevin_MacLeod_-_Vibe_Ace.hq.ogg"
@@ -96,13 +96,15 @@ def chunk(song: Path, length: int) -> torch.Tensor:
     return torch.randn(1, 2, length, generator=torch.Generator().manual_seed(0)) * 0.1
 
 
-def timed(model: torch.nn.Module, mix: torch.Tensor, bf16: bool = False) -> tuple[float, Any]:
-    """Wall seconds of one forward pass and its float32 output."""
+def timed(
+    model: torch.nn.Module, mix: torch.Tensor, bf16: bool = False
+) -> tuple[float, float, Any]:
+    """Wall and process CPU seconds of one forward pass, and its float32 output."""
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = model(mix)
-        seconds = time.perf_counter() - start
-    return seconds, out.float()
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return wall, cpu, out.float()
 
 
 def measure(family: str, msst: Path, song: Path, threads: list[int], rounds: int) -> list[Any]:
@@ -114,15 +116,21 @@ def measure(family: str, msst: Path, song: Path, threads: list[int], rounds: int
         torch.set_num_threads(count)
         load = os.getloadavg()[0]
         times: dict[str, list[float]] = {"msst": [], "ours": [], "ours_bf16": []}
+        cpu: dict[str, list[float]] = {key: [] for key in times}
         for variant in times:  # warm-up
             timed(reference if variant == "msst" else ours, mix, variant == "ours_bf16")
         for _ in range(rounds):
-            seconds, ref = timed(reference, mix)
-            times["msst"].append(seconds)
-            seconds, out = timed(ours, mix)
-            times["ours"].append(seconds)
-            seconds, low = timed(ours, mix, bf16=True)
-            times["ours_bf16"].append(seconds)
+            for variant in times:
+                model = reference if variant == "msst" else ours
+                wall, seconds, result = timed(model, mix, bf16=variant == "ours_bf16")
+                times[variant].append(wall)
+                cpu[variant].append(seconds)
+                if variant == "msst":
+                    ref = result
+                elif variant == "ours":
+                    out = result
+                else:
+                    low = result
         error = float((out - ref).abs().max())
         bound = 1e-5 * float(ref.abs().max()) + 1e-6
         noise = (low - out).square().sum(dim=(0, 2, 3))
@@ -131,7 +139,7 @@ def measure(family: str, msst: Path, song: Path, threads: list[int], rounds: int
             {
                 "family": family, "threads": count, "chunk": mix.size(-1), "rounds": rounds,
                 "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-                "seconds": times, "error": error, "tolerance": bound,
+                "seconds": times, "cpu_seconds": cpu, "error": error, "tolerance": bound,
                 "snr_db": [round(float(v), 2) for v in snr],
             }
         )  # fmt: skip
@@ -144,14 +152,18 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
         "# Forward pass of one chunk: demucs_rr against MSST (CPU)",
         "",
         f"`{' '.join(sys.argv)}`; torch {torch.__version__}; best of {args.rounds} rounds "
-        "(median in brackets), seconds of wall time; MSST at commit ccc011a, same weights.",
+        "(median in brackets), seconds of wall time, then the best process CPU seconds (all "
+        "threads; less disturbed by other work on the machine); MSST at commit ccc011a, same "
+        "weights, same process.",
         "",
         "| model | threads | MSST fp32 | ours fp32 | ours / MSST | ours bf16 | bf16 / MSST fp32 "
-        "| max diff / tolerance | bf16 SNR per stem (dB) | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU s: MSST, ours, bf16 (ratio) | max diff / tolerance | bf16 SNR per stem (dB) "
+        "| load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         best = {key: min(value) for key, value in row["seconds"].items()}
+        cpu = {key: min(value) for key, value in row["cpu_seconds"].items()}
         median = {key: statistics.median(value) for key, value in row["seconds"].items()}
         name = {"scnet": "SCNet large", "mdx23c": "MDX23C MUSDB18"}[row["family"]]
         lines.append(
@@ -160,6 +172,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
             f"({median['ours']:.2f}) | {best['ours'] / best['msst']:.2f} "
             f"| {best['ours_bf16']:.2f} ({median['ours_bf16']:.2f}) "
             f"| {best['ours_bf16'] / best['msst']:.2f} "
+            f"| {cpu['msst']:.1f}, {cpu['ours']:.1f}, {cpu['ours_bf16']:.1f} "
+            f"({cpu['ours'] / cpu['msst']:.2f}, {cpu['ours_bf16'] / cpu['msst']:.2f}) "
             f"| {row['error']:.1e} / {row['tolerance']:.1e} "
             f"| {', '.join(f'{v:.1f}' for v in row['snr_db'])} "
             f"| {row['load_before']} -> {row['load_after']} |"
@@ -176,8 +190,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("tools/results/bench_msst_forward.md"))
     args = parser.parse_args()
-    rows = [row for family in args.family for row in measure(family, args.msst, args.song,
-                                                             args.threads, args.rounds)]  # fmt: skip
+    rows = []
+    for family in args.family:
+        rows += measure(family, args.msst, args.song, args.threads, args.rounds)
     write_report(args.out, report(rows, args), {"rows": rows, "numpy": np.__version__})
 
 
