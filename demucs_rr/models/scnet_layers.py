@@ -116,6 +116,9 @@ class ConvLayer(nn.Sequential):
 class ConvolutionModule(nn.Module):
     """Stack of ``depth`` residual :class:`ConvLayer` s over time (MSST's ConvolutionModule).
 
+    Outside autograd the layers add into the input in place: the SD block hands each module a
+    band tensor of its own.
+
     Args:
         channels: input/output channels C.
         depth: number of layers (MSST takes ``abs(depth)``).

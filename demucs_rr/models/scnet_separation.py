@@ -11,7 +11,8 @@ ours and keep the features in sequence-major layouts, so each LSTM reads its inp
   T // 2 + 1 frequencies of 2C channels (``rfft`` / ``irfft`` over T, ``norm="ortho"``, real
   parts in the first C channels, imaginary parts in the last C), as MSST's FeatureConversion.
 
-``GroupNorm(1, C)`` normalises each batch item over all of (C, F, T) (statistics in float32).
+``GroupNorm(1, C)`` normalises each batch item over all of (C, F, T) (statistics in float32);
+its per-channel affine is folded into the input weights of the LSTM that follows it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from demucs_rr.models.scnet_layers import recording
 __all__ = [
     "DualPathRNN",
     "SeparationNet",
-    "norm_items",
     "normed_lstm",
     "standardize_items",
 ]
@@ -43,11 +43,6 @@ def standardize_items(x: torch.Tensor, eps: float) -> torch.Tensor:
     items = x.transpose(0, 1).reshape(batch, -1)  # a view for B = 1
     y = F.layer_norm(items, items.shape[1:], eps=eps).view(batch, length, other, channels)
     return y.transpose(0, 1).contiguous()
-
-
-def norm_items(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """``GroupNorm(1, C)`` of a (L, B, M, C) tensor: per batch item b over (L, M, C)."""
-    return standardize_items(x, norm.eps) * norm.weight + norm.bias
 
 
 def normed_lstm(lstm: nn.LSTM, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
