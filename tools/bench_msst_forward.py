@@ -17,15 +17,20 @@ the cores slows both sides, so compare within a row.
 
     python3 tools/bench_msst_forward.py --msst /path/to/Music-Source-Separation-Training \\
         --rounds 3 --threads 1 2 --out tools/results/bench_msst_forward.md
+
+The report is rewritten after every row; ``--merge`` keeps the rows of other families or
+thread counts already in ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +112,12 @@ def timed(
     return wall, cpu, out.float()
 
 
-def measure(family: str, msst: Path, song: Path, threads: list[int], rounds: int) -> list[Any]:
-    """One row per thread count."""
+def measure(
+    family: str, msst: Path, song: Path, threads: list[int], rounds: int
+) -> Iterator[dict[str, Any]]:
+    """One row per thread count, as each is measured."""
     config, reference, ours = build_pair(family, msst)
     mix = chunk(song, config["audio"]["chunk_size"])
-    rows = []
     for count in threads:
         torch.set_num_threads(count)
         load = os.getloadavg()[0]
@@ -135,24 +141,22 @@ def measure(family: str, msst: Path, song: Path, threads: list[int], rounds: int
         bound = 1e-5 * float(ref.abs().max()) + 1e-6
         noise = (low - out).square().sum(dim=(0, 2, 3))
         snr = 10 * torch.log10(out.square().sum(dim=(0, 2, 3)) / noise.clamp_min(1e-30))
-        rows.append(
-            {
+        row = {
                 "family": family, "threads": count, "chunk": mix.size(-1), "rounds": rounds,
                 "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
                 "seconds": times, "cpu_seconds": cpu, "error": error, "tolerance": bound,
-                "snr_db": [round(float(v), 2) for v in snr],
-            }
-        )  # fmt: skip
-        print(rows[-1], flush=True)
-    return rows
+                "snr_db": [round(float(v), 2) for v in snr], "command": " ".join(sys.argv),
+        }  # fmt: skip
+        print(row, flush=True)
+        yield row
 
 
-def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+def report(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "# Forward pass of one chunk: demucs_rr against MSST (CPU)",
         "",
-        f"`{' '.join(sys.argv)}`; torch {torch.__version__}; best of {args.rounds} rounds "
-        "(median in brackets), seconds of wall time, then the best process CPU seconds (all "
+        f"torch {torch.__version__}; best of the rounds (median in brackets), seconds of "
+        "wall time, then the best process CPU seconds (all "
         "threads; less disturbed by other work on the machine); MSST at commit ccc011a, same "
         "weights, same process.",
         "",
@@ -178,6 +182,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
             f"| {', '.join(f'{v:.1f}' for v in row['snr_db'])} "
             f"| {row['load_before']} -> {row['load_after']} |"
         )
+    lines += ["", "Commands (one per row group):", ""]
+    lines += [f"- `{command}`" for command in dict.fromkeys(row["command"] for row in rows)]
     return lines
 
 
@@ -189,11 +195,18 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("tools/results/bench_msst_forward.md"))
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other rows of an existing --out report"
+    )
     args = parser.parse_args()
-    rows = []
+    saved = args.out.with_suffix(".json")
+    rows = json.loads(saved.read_text())["rows"] if args.merge and saved.is_file() else []
     for family in args.family:
-        rows += measure(family, args.msst, args.song, args.threads, args.rounds)
-    write_report(args.out, report(rows, args), {"rows": rows, "numpy": np.__version__})
+        for row in measure(family, args.msst, args.song, args.threads, args.rounds):
+            key = (row["family"], row["threads"])
+            rows = [old for old in rows if (old["family"], old["threads"]) != key] + [row]
+            rows.sort(key=lambda item: (list(CONFIGS).index(item["family"]), item["threads"]))
+            write_report(args.out, report(rows), {"rows": rows, "numpy": np.__version__})
 
 
 if __name__ == "__main__":
