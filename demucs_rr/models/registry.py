@@ -28,6 +28,8 @@ _BUILTIN: dict[str, str] = {
     "BSRoformer": "demucs_rr.models.bs_roformer:BSRoformer",
     "MelBandRoformer": "demucs_rr.models.mel_band_roformer:MelBandRoformer",
     "FractionModel": "demucs_rr.models.testing:FractionModel",
+    "SCNet": "demucs_rr.models.scnet:SCNet",
+    "MDX23C": "demucs_rr.models.mdx23c:MDX23C",
 }
 
 

@@ -14,7 +14,7 @@ output against our fp32 output per stem.
 MSST's dependencies (einops, rotary-embedding-torch, beartype, librosa) must be importable;
 they are not demucs_rr dependencies:
 
-    python3 tools/bench_msst_forward.py --msst /path/to/Music-Source-Separation-Training \\
+    python3 tools/bench_msst_roformer.py --msst /path/to/Music-Source-Separation-Training \\
         --threads 1 2 --rounds 3 --out tools/results/bench_msst_roformer.md
 """
 
@@ -171,7 +171,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     lines += [
         "",
         "Command (one run per config here, `--merge` keeping the other rows): `python3 "
-        "tools/bench_msst_forward.py --msst MSST_CHECKOUT --configs CONFIG --threads 1 2 "
+        "tools/bench_msst_roformer.py --msst MSST_CHECKOUT --configs CONFIG --threads 1 2 "
         f"--rounds 3 --merge`. CPU: {args.cpu}, 2 cores shared with other jobs (load average "
         "per row in the JSON, with process CPU seconds beside the wall times); "
         f"torch {torch.__version__}.",
