@@ -16,11 +16,12 @@ from demucs_rr.models.bs_roformer import BSRoformer
 from demucs_rr.models.mel_band_roformer import MelBandRoformer
 from demucs_rr.models.mel_bands import mel_band_layout, slaney_mel_filters
 from demucs_rr.models.registry import build_model
-from demucs_rr.msst_roformer_kwargs import roformer_kwargs
-from tests.conftest import SHARED, assert_matches
+from demucs_rr.hub.msst_roformer import roformer_kwargs
+from tests.conftest import SHARED
+from tests.helpers.checks import assert_matches
 
 MSST = SHARED / "fixtures" / "msst"
-HUB = Path(__file__).resolve().parents[1] / "demucs_rr" / "hub" / "msst"
+HUB = Path(__file__).resolve().parents[2] / "demucs_rr" / "hub" / "msst"
 CASES = ["bs_roformer_4stem", "bs_roformer_vocals", "mel_band_roformer_4stem",
          "mel_band_roformer_vocals"]  # fmt: skip
 RELEASED = ["viperx_bs_roformer_ep_317", "viperx_bs_roformer_ep_937",

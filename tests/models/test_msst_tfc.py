@@ -17,11 +17,12 @@ from demucs_rr.models.mdx23c import MDX23C
 from demucs_rr.models.mdx23c_layers import activate_, make_act
 from demucs_rr.models.registry import build_model
 from demucs_rr.models.scnet import SCNet
-from demucs_rr.msst_tfc_kwargs import tfc_kwargs
-from tests.conftest import SHARED, assert_matches
+from demucs_rr.hub.msst_tfc import tfc_kwargs
+from tests.conftest import SHARED
+from tests.helpers.checks import assert_matches
 
 MSST = SHARED / "fixtures" / "msst"
-HUB = Path(__file__).resolve().parents[1] / "demucs_rr" / "hub" / "msst"
+HUB = Path(__file__).resolve().parents[2] / "demucs_rr" / "hub" / "msst"
 CASES = ["scnet_4stem", "mdx23c_4stem"]
 RELEASED = ["msst_scnet_musdb18", "msst_scnet_large_musdb18", "msst_mdx23c_musdb18",
             "msst_mdx23c_vocals"]  # fmt: skip
