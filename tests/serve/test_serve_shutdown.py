@@ -128,7 +128,9 @@ def test_every_stop_ends_in_bounded_time(
     assert wait_gone(server.known, 5.0) == set(), "processes left behind"
     assert lock_is_free(server.jobs)
     store = JobStore(server.jobs)
-    assert [store.get(job_id).state for job_id in busy] == ["queued"] * len(busy)  # type: ignore[union-attr]
+    jobs = [store.get(job_id) for job_id in busy]
+    states = [(job.state, job.error) for job in jobs if job is not None]
+    assert states == [("queued", None)] * len(busy), (states, server.log.read_text()[-3000:])
     log = server.log.read_text()
     assert "Traceback" not in log, log
 
