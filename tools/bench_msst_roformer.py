@@ -55,8 +55,8 @@ _MsstLoader.add_constructor(
 
 def build_pair(name: str, msst: Path) -> tuple[Any, Any, dict[str, Any]]:
     """MSST's model with seed-0 weights, ours with the same weights, and the config."""
-    from demucs_rr.models.registry import build_model
     from demucs_rr.hub.msst_roformer import roformer_kwargs
+    from demucs_rr.models.registry import build_model
 
     model_type, module, cls_name = CONFIGS[name]
     config = yaml.load((HUB / f"{name}.yaml").read_text(), Loader=_MsstLoader)

@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_separate import write_report
 
-from demucs_rr.models.registry import build_model
 from demucs_rr.hub.msst_tfc import tfc_kwargs
+from demucs_rr.models.registry import build_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_SONG = SHARED / "eval-data/full-songs/librosa-data/Kevin_MacLeod_-_Vibe_Ace.hq.ogg"

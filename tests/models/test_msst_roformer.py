@@ -12,11 +12,11 @@ import torch
 import yaml
 
 from demucs_rr.errors import ConfigError
+from demucs_rr.hub.msst_roformer import roformer_kwargs
 from demucs_rr.models.bs_roformer import BSRoformer
 from demucs_rr.models.mel_band_roformer import MelBandRoformer
 from demucs_rr.models.mel_bands import mel_band_layout, slaney_mel_filters
 from demucs_rr.models.registry import build_model
-from demucs_rr.hub.msst_roformer import roformer_kwargs
 from tests.conftest import SHARED
 from tests.helpers.checks import assert_matches
 

@@ -13,11 +13,11 @@ import yaml
 from torch import nn
 
 from demucs_rr.errors import ConfigError
+from demucs_rr.hub.msst_tfc import tfc_kwargs
 from demucs_rr.models.mdx23c import MDX23C
 from demucs_rr.models.mdx23c_layers import activate_, make_act
 from demucs_rr.models.registry import build_model
 from demucs_rr.models.scnet import SCNet
-from demucs_rr.hub.msst_tfc import tfc_kwargs
 from tests.conftest import SHARED
 from tests.helpers.checks import assert_matches
 
