@@ -117,6 +117,19 @@ def test_relative_links_resolve(page: Path) -> None:
     assert not broken_links(page), f"{page.relative_to(REPO)}: {broken_links(page)}"
 
 
+REPO_PATH = re.compile(r"`((?:tests|tools|demucs_rr|conf)/[\w/.-]+\.(?:py|sh|yaml|md|json))`")
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
+def test_named_repository_files_exist(page: Path) -> None:
+    """Every ``tests/...``, ``tools/...`` or package file a page names in backquotes exists
+    (tests moved into folders once, and the pages kept the old paths)."""
+    named = REPO_PATH.findall(page.read_text(encoding="utf-8"))
+    named = [path for path in named if not re.search(r"\*|[A-Z]{3,}", path)]  # globs, NAME
+    missing = sorted({path for path in named if not (REPO / path).exists()})
+    assert not missing, f"{page.relative_to(REPO)} names missing files: {missing}"
+
+
 def test_link_check_finds_broken_links(tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("# Title\n\n## The `x` option\n")
     page = tmp_path / "b.md"
