@@ -29,7 +29,14 @@ import torch
 from torch import nn
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.base import SeparationModel, WeightedMember, as_module, center_trim
+from demucs_rr.models.base import (
+    ChunkingRule,
+    Normalization,
+    SeparationModel,
+    WeightedMember,
+    as_module,
+    center_trim,
+)
 
 __all__ = ["BagOfModels"]
 
@@ -136,6 +143,18 @@ class BagOfModels(nn.Module):
     def bf16_weights(self) -> bool:
         """Whether every member may run from bf16-stored weights on the CPU."""
         return all(member.bf16_weights for member in self._members)
+
+    @property
+    def chunking(self) -> ChunkingRule:
+        """The first member's chunking (the engine chunks each member with its own)."""
+        return self._members[0].chunking
+
+    @property
+    def normalization(self) -> Normalization:
+        """The members' normalisation when they all share one, else Demucs' whole-track one;
+        the engine converts each member's input and output to its own rule."""
+        rules = {member.normalization for member in self._members}
+        return rules.pop() if len(rules) == 1 else Normalization.TRACK
 
     def weighted_members(self) -> Sequence[WeightedMember]:
         """``(member, weights)`` pairs, in order."""
