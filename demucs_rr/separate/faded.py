@@ -81,6 +81,8 @@ class FadedPass:
         segment: chunk length L in samples.
         step: distance between chunks.
         convert: affine maps to and from the model's normalisation, None when it is the top one.
+        take: for each stem of the whole model, the index of the leaf's stem (None: the same
+            stems in the same order).
         pad: reflect padding on each end, None until known.
         next_index: padded-track index of the next chunk to run.
         acc: overlap-add accumulator, created once ``pad`` is known.
@@ -93,6 +95,7 @@ class FadedPass:
     segment: int
     step: int
     convert: Affine | None = None
+    take: torch.Tensor | None = None
     pad: int | None = None
     next_index: int = 0
     acc: OverlapAdd | None = None

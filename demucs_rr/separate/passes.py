@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from demucs_rr.models.bag import stem_map
 from demucs_rr.models.base import FadedChunks, SeparationModel, center_trim
 from demucs_rr.separate.chunking import Chunk, OverlapAdd, centred_window, triangle_weight
 from demucs_rr.separate.faded import FadedPass, faded_step
@@ -76,6 +77,8 @@ class CentredPass:
         split: ``False`` runs one chunk over the whole delayed track once its end is known.
         transition_power: sharpness of the triangle weight.
         convert: affine maps to and from the model's normalisation, None when it is the top one.
+        take: for each stem of the whole model, the index of the leaf's stem (None: the same
+            stems in the same order).
         acc: overlap-add accumulator, created at the first chunk.
         next_offset: offset of the next chunk to run.
         done: track samples covered so far (for progress).
@@ -89,6 +92,7 @@ class CentredPass:
     split: bool = True
     transition_power: float = 1.0
     convert: Affine | None = None
+    take: torch.Tensor | None = None
     acc: OverlapAdd | None = None
     next_offset: int = field(init=False)
     done: int = 0
@@ -175,22 +179,29 @@ def plan_passes(model: SeparationModel, options: ApplyOptions, rng: random.Rando
     """Expand ``model`` into passes, drawing shift offsets from ``rng`` member by member.
 
     A single model with k offsets gives k passes of factor 1/k; an ensemble gives its members'
-    passes scaled by ``w[m][s] / sum_m w[m][s]``.
+    passes scaled by ``w[m][s] / sum_m w[m][s]``, each member's stems taken by name into the
+    ensemble's order (:func:`~demucs_rr.models.bag.stem_map`; weight 0 where it lacks one).
     """
     members = model.weighted_members()
     if not members:
         offsets = draw_offsets(options.shifts, int(0.5 * model.samplerate), rng)
         return _leaf_passes(model, options, offsets)
     totals = torch.zeros(len(model.sources))
-    planned: list[tuple[list[Pass], torch.Tensor]] = []
+    planned: list[tuple[list[Pass], torch.Tensor, SeparationModel]] = []
     for member, weights in members:
         w = torch.tensor([float(x) for x in weights])
-        planned.append((plan_passes(member, options, rng), w))
+        planned.append((plan_passes(member, options, rng), w, member))
         totals += w
-    for member_passes, w in planned:
+    for member_passes, w, member in planned:
+        positions = stem_map(model.sources, member.sources)
+        same = positions == list(range(len(model.sources)))
+        index = torch.tensor([0 if k is None else k for k in positions])
         for p in member_passes:
-            p.factor = p.factor * w / totals
-    return [p for member_passes, _ in planned for p in member_passes]
+            factor = p.factor if same else p.factor[index]
+            p.factor = factor * w / totals
+            if not same:
+                p.take = index if p.take is None else p.take[index]
+    return [p for member_passes, _, _ in planned for p in member_passes]
 
 
 def run_batch(
@@ -248,7 +259,8 @@ class SlidingApplier:
             top = scaling(model.normalization, stats, self.sources)
             for p in self.passes:
                 if p.model.normalization is not model.normalization:
-                    p.convert = convert(top, scaling(p.model.normalization, stats, self.sources))
+                    own = scaling(p.model.normalization, stats, len(p.model.sources))
+                    p.convert = convert(top, own)
         self.feed = Feed(
             torch.zeros(model.audio_channels, 0),
             0,
@@ -308,6 +320,8 @@ class SlidingApplier:
             piece = p.acc.pop(until)[..., self._emitted - origin :]
             if p.convert is not None:
                 piece = piece * p.convert.out_scale + p.convert.out_shift
+            if p.take is not None:
+                piece = piece[p.take]
             piece = piece * p.factor[:, None, None]
             total = piece if total is None else total + piece
         assert total is not None

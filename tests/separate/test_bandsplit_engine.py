@@ -236,3 +236,29 @@ def test_demucs_models_keep_their_rule() -> None:
     model = FractionModel(SOURCES)
     assert model.normalization is Normalization.TRACK
     assert model.chunking.overlap == 0.25
+
+
+def test_bag_takes_member_stems_by_name(one_thread: None) -> None:
+    bag_sources = ["drums", "bass", "other", "vocals"]
+    demucs_like = FractionModel(bag_sources, [0.1, 0.2, 0.3, 0.4], samplerate=RATE, crop=5,
+                                segment_length=600)  # fmt: skip
+    four = tiny_roformer(seed=3)  # vocals, bass, drums, other
+    vocals = tiny_roformer(seed=4, sources=["vocals"], normalize=True)
+    weights = [[1.0, 1.0, 1.0, 0.5], [1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 2.0]]
+    bag = BagOfModels([demucs_like, four, vocals], weights)
+    assert bag.sources == bag_sources
+    mix = _mix(3300) * 2 + 0.05
+    out = separate_normalized(bag, mix)
+    alone = {}
+    for index, member in enumerate((demucs_like, four, vocals)):
+        stems = separate_normalized(member, mix)
+        alone[index] = {name: stems[k] for k, name in enumerate(member.sources)}
+    for s, name in enumerate(bag_sources):
+        pairs = [(w[s], alone[m][name]) for m, w in enumerate(weights) if w[s]]
+        ref = sum(w * stem for w, stem in pairs) / sum(w for w, _ in pairs)
+        assert_matches(out[s].numpy(), ref.numpy(), f"bag {name}")
+    with torch.inference_mode():
+        assert bag(mix[None, :, :CHUNK]).shape == (1, 4, 2, CHUNK - 10)
+    with pytest.raises(ConfigError, match="no stem 'drums'"):
+        BagOfModels([demucs_like, vocals], [[1.0] * 4, [1.0, 0.0, 0.0, 1.0]])
+    assert BagOfModels([demucs_like, vocals]).weights[1] == [0.0, 0.0, 0.0, 1.0]
