@@ -3,6 +3,7 @@ tracks, chunk sizes off the STFT hop, channels, streaming, options, shifts, mixe
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,10 +13,13 @@ import torch.nn.functional as F
 
 from demucs_rr.audio import convert_audio
 from demucs_rr.errors import ConfigError
+from demucs_rr.hub.bag_package import save_bag_package
+from demucs_rr.hub.loaded import LoadedModel
+from demucs_rr.hub.loader import load_model
 from demucs_rr.hub.msst_roformer import roformer_kwargs
 from demucs_rr.hub.msst_tfc import tfc_kwargs
 from demucs_rr.models.bag import BagOfModels
-from demucs_rr.models.base import FadedChunks, Normalization
+from demucs_rr.models.base import CentredChunks, FadedChunks, Normalization
 from demucs_rr.models.bs_roformer import BSRoformer
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.separate.api import Separator
@@ -262,3 +266,18 @@ def test_bag_takes_member_stems_by_name(one_thread: None) -> None:
     with pytest.raises(ConfigError, match="no stem 'drums'"):
         BagOfModels([demucs_like, vocals], [[1.0] * 4, [1.0, 0.0, 0.0, 1.0]])
     assert BagOfModels([demucs_like, vocals]).weights[1] == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_mixed_bag_package_keeps_each_members_rule(tmp_path: Path) -> None:
+    demucs_like = FractionModel(["drums", "bass", "other", "vocals"], samplerate=RATE)
+    vocals = tiny_roformer(sources=["vocals"], num_overlap=2, normalize=True)
+    bag = LoadedModel("mixed", [demucs_like, vocals], ["d", "v"], [[1, 1, 1, 1], [0, 0, 0, 3]])
+    path = save_bag_package(bag, tmp_path / "mixed.safetensors")
+    loaded = load_model(str(path))
+    rules = [(m.chunking, m.normalization) for m, _ in loaded.weighted_members()]
+    assert rules == [
+        (CentredChunks(), Normalization.TRACK),
+        (FadedChunks(2), Normalization.MSST),
+    ]
+    mix = _mix(2000)
+    assert torch.equal(separate_normalized(loaded, mix), separate_normalized(bag.build(), mix))
