@@ -26,6 +26,7 @@ from demucs_rr.separate.api import Separator
 from demucs_rr.separate.engine import apply_model, separate_normalized, shift_offsets
 from demucs_rr.separate.faded import fade_window, faded_step
 from demucs_rr.separate.options import ApplyOptions
+from demucs_rr.separate.outputs import compose_stems, select_stems
 from demucs_rr.separate.passes import SlidingApplier
 from tests.helpers.checks import assert_matches
 
@@ -281,3 +282,14 @@ def test_mixed_bag_package_keeps_each_members_rule(tmp_path: Path) -> None:
     ]
     mix = _mix(2000)
     assert torch.equal(separate_normalized(loaded, mix), separate_normalized(bag.build(), mix))
+
+
+def test_single_target_outputs_two_stems_and_stems() -> None:
+    mix = _mix(50)
+    stems = {"vocals": mix * 0.25}
+    assert select_stems(["vocals"], None, None, "add") == ["vocals", "no_vocals"]
+    assert select_stems(["vocals"], None, "vocals", "add") == ["vocals", "no_vocals"]
+    assert select_stems(["vocals"], ["vocals"], None, "add") == ["vocals"]
+    for method in ("add", "minus"):
+        out = compose_stems(stems, mix, ["vocals", "no_vocals"], method)
+        assert torch.equal(out["no_vocals"], mix - stems["vocals"])
