@@ -293,3 +293,18 @@ def test_single_target_outputs_two_stems_and_stems() -> None:
     for method in ("add", "minus"):
         out = compose_stems(stems, mix, ["vocals", "no_vocals"], method)
         assert torch.equal(out["no_vocals"], mix - stems["vocals"])
+
+
+def test_bf16_forward_passes_stay_close_to_fp32(one_thread: None) -> None:
+    model = tiny_roformer()
+    mix = _mix(5000)
+    try:
+        low = Separator(model, device="cpu", precision="bf16").separate_tensor(mix)
+    except ConfigError as exc:
+        pytest.skip(f"no bf16 on this CPU: {exc}")
+    full = Separator(model, device="cpu").separate_tensor(mix)
+    for name in SOURCES:
+        noise = float((full[name] - low[name]).pow(2).sum())
+        assert noise > 0  # the forward passes did run in bf16
+        snr = 10 * np.log10(float(full[name].pow(2).sum()) / noise)
+        assert snr >= 40, f"{name}: {snr:.1f} dB"  # bf16 rounds to 2^-9: ~54 dB per operation
