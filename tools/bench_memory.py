@@ -11,6 +11,12 @@ Inputs and stems are deleted after each run (a 3-hour input is ~1.9 GB, its stem
 
     python3 tools/bench_memory.py --minutes 3 30 180 --clip-mode clamp
 
+``--msst DIR`` measures a band-split model instead (MSST's faded chunking): the ``model.ckpt``
+and ``config.yaml`` of an MSST parity fixture case, converted to a package first.
+
+    python3 tools/bench_memory.py --minutes 3 30 --clip-mode none \
+        --msst ../shared/fixtures/msst/bs_roformer_vocals --name bench_memory_msst
+
 Writes ``tools/results/bench_memory.md`` (and ``.json``; ``--name`` changes the file name).
 """
 
@@ -61,7 +67,23 @@ def make_model(path: Path) -> Path:
     return path
 
 
-def measure(model: Path, song: Path, out: Path, clip_mode: str) -> dict[str, float]:
+def make_msst_model(case: Path, path: Path) -> tuple[Path, int, str]:
+    """Convert an MSST fixture case to a package (in a child process, as :func:`make_model`);
+    returns it with the number of stem files ``separate`` writes and a description."""
+    code = (
+        "import sys; from pathlib import Path; from demucs_rr.hub.msst import load_msst; "
+        "from demucs_rr.hub.package import save_package; case = Path(sys.argv[1]); "
+        "save_package(load_msst(case / 'model.ckpt', case / 'config.yaml').build(), sys.argv[2])"
+    )
+    subprocess.run([sys.executable, "-c", code, str(case), str(path)], check=True, cwd=ROOT)
+    meta = json.loads((case / "meta.json").read_text())
+    outputs = len(meta["instruments_out"])  # a single-target model writes TARGET and no_TARGET
+    return path, outputs, f"MSST fixture {case.name} ({meta['model_type']}) package"
+
+
+def measure(
+    model: Path, song: Path, out: Path, clip_mode: str, outputs: int = len(SOURCES)
+) -> dict[str, float]:
     """Separate ``song`` in a child process; its peak RSS (MiB) and wall time (s)."""
     cmd = [sys.executable, "-m", "demucs_rr", "separate", "-q", "-n", str(model)]
     cmd += ["--clip-mode", clip_mode]
@@ -73,7 +95,7 @@ def measure(model: Path, song: Path, out: Path, clip_mode: str) -> dict[str, flo
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"separate failed on {song} (status {status})")
     stems = sorted(out.rglob("*.wav"))
-    if len(stems) != len(SOURCES):
+    if len(stems) != outputs:
         raise SystemExit(f"expected {len(SOURCES)} stems, found {stems}")
     frames = soundfile.info(str(stems[0])).frames
     return {"peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": wall, "frames": frames}
@@ -86,15 +108,18 @@ def _self_rss() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def report(rows: list[dict[str, float]], command: str, clip_mode: str) -> str:
+TINY = "Tiny FractionModel package (4 stems, 0.45 s segments)"
+
+
+def report(rows: list[dict[str, float]], command: str, clip_mode: str, what: str = TINY) -> str:
     """Markdown table with ratios to the first (shortest) input."""
     base = rows[0]["peak_rss_mib"]
     lines = [
         "# Peak memory of `separate` against track length",
         "",
         f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}. Tiny FractionModel package (4 stems, 0.45 s "
-        f"segments), int16 wav, clip mode {clip_mode}, each run in its own "
+        f"Python {platform.python_version()}. {what}, int16 wav, clip mode {clip_mode}, "
+        "each run in its own "
         "process; peak RSS is `ru_maxrss` of that process.",
         "",
         "| input | peak RSS (MiB) | vs first | wall time (s) | real-time factor |",
@@ -122,18 +147,22 @@ def main() -> None:
         choices=["rescale", "clamp", "none"],
         help="rescale (default) stages float32 stems: ~4x the stem bytes on disk for a moment",
     )
+    parser.add_argument("--msst", type=Path, help="an MSST fixture case folder to measure")
     args = parser.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    model = make_model(work / "tiny.safetensors")
+    model, outputs, what = make_model(work / "tiny.safetensors"), len(SOURCES), TINY
+    if args.msst is not None:
+        model, outputs, what = make_msst_model(args.msst.resolve(), work / "msst.safetensors")
     rows = []
     print(f"bench process peak RSS before the runs: {_self_rss():.0f} MiB", flush=True)
     try:
         for minutes in sorted(args.minutes):
             song = work / f"mix_{minutes:g}min.wav"
             make_input(song, minutes)
-            row = {"minutes": minutes, **measure(model, song, work / "out", args.clip_mode)}
+            measured = measure(model, song, work / "out", args.clip_mode, outputs)
+            row = {"minutes": minutes, **measured}
             expected = int(minutes * 60 * RATE)
             assert row["frames"] == expected, (row["frames"], expected)
             print(json.dumps(row), flush=True)
@@ -144,12 +173,14 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     command = "python3 tools/bench_memory.py --minutes " + " ".join(f"{m:g}" for m in args.minutes)
     command += f" --clip-mode {args.clip_mode}"
+    if args.msst is not None:
+        command += f" --msst {args.msst}"
     if args.name != "bench_memory":
         command += f" --name {args.name}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text(report(rows, command, args.clip_mode))
+    (RESULTS / f"{args.name}.md").write_text(report(rows, command, args.clip_mode, what))
     (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(report(rows, command, args.clip_mode))
+    print(report(rows, command, args.clip_mode, what))
 
 
 if __name__ == "__main__":

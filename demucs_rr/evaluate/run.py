@@ -122,7 +122,9 @@ def run_record(trackset: TrackSet, options: EvalOptions, separator: Separator) -
         "model": model_label(options.model),
         "model_signature": model_signature(separator.model),
         "segment": int(segment),
-        "overlap": float(apply.overlap),
+        "overlap": float(
+            separator.model.chunking.overlap if apply.overlap is None else apply.overlap
+        ),
         "split": bool(apply.split),
         "shifts": int(apply.shifts),
         "seed": int(apply.seed),

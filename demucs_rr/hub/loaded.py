@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from demucs_rr.errors import PackageFormatError
-from demucs_rr.models.bag import BagOfModels
+from demucs_rr.errors import ConfigError, PackageFormatError
+from demucs_rr.models.bag import BagOfModels, check_member_stems
 from demucs_rr.models.base import PackagedModel, SeparationModel
 
 __all__ = ["LoadedModel"]
@@ -46,14 +46,21 @@ class LoadedModel:
         return len(self.members) == 1 and self.weights is None and self.segment is None
 
     def check(self) -> None:
-        """Members agree on sources, rate and channels; weights fit them.
+        """Members agree on rate and channels, share stems with the first member (a member
+        with other stems gives weight 0 to those it lacks, :mod:`demucs_rr.models.bag`);
+        weights fit them.
 
         Raises:
             PackageFormatError: naming the model and the first disagreement.
         """
         first = self.members[0]
         for sig, model in zip(self.signatures, self.members, strict=True):
-            for attr in ("sources", "samplerate", "audio_channels"):
+            if not set(model.sources) & set(first.sources):
+                raise PackageFormatError(
+                    f"bag {self.name}: member {sig} has stems {', '.join(model.sources)}, none "
+                    f"of the first member's ({', '.join(first.sources)})"
+                )
+            for attr in ("samplerate", "audio_channels"):
                 if getattr(model, attr) != getattr(first, attr):
                     raise PackageFormatError(
                         f"bag {self.name}: member {sig} has {attr} {getattr(model, attr)}, "
@@ -64,6 +71,10 @@ class LoadedModel:
                 f"bag {self.name}: every weight list needs {len(first.sources)} values, one per "
                 f"source ({', '.join(first.sources)})"
             )
+        try:
+            check_member_stems(first.sources, [m.sources for m in self.members], self.weights)
+        except ConfigError as exc:
+            raise PackageFormatError(f"bag {self.name}: {exc}") from None
 
     def build(self) -> SeparationModel:
         """The model to run (eval mode): the network itself when :attr:`is_single`, else a

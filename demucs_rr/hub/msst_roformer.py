@@ -19,7 +19,12 @@ from typing import Any
 
 from demucs_rr.errors import ConfigError
 
-__all__ = ["MODEL_KEYS", "ROFORMER_CLASSES", "roformer_kwargs"]
+__all__ = ["DEFAULT_NUM_OVERLAP", "MODEL_KEYS", "ROFORMER_CLASSES", "inference_kwargs",
+           "roformer_kwargs"]  # fmt: skip
+
+DEFAULT_NUM_OVERLAP = 4
+"""``inference.num_overlap`` when a config leaves it out (the value of MSST's released configs;
+MSST's own code has no default)."""
 
 ROFORMER_CLASSES: dict[str, str] = {
     "bs_roformer": "BSRoformer",
@@ -79,6 +84,23 @@ def _chunk_size(config: Mapping[str, Any]) -> int:
     return value
 
 
+def inference_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``num_overlap`` and ``normalize`` from the ``inference:`` section (the engine's chunking
+    and normalisation of the model; defaults :data:`DEFAULT_NUM_OVERLAP` and False)."""
+    inference = _section(config, "inference")
+    num_overlap = inference.get("num_overlap", DEFAULT_NUM_OVERLAP)
+    if isinstance(num_overlap, bool) or not isinstance(num_overlap, int) or num_overlap < 1:
+        raise ConfigError(
+            f"MSST config: inference.num_overlap must be a positive integer, got {num_overlap!r}"
+        )
+    normalize = inference.get("normalize", False)
+    if not isinstance(normalize, bool):
+        raise ConfigError(
+            f"MSST config: inference.normalize must be true or false, got {normalize!r}"
+        )
+    return {"num_overlap": num_overlap, "normalize": normalize}
+
+
 def _plain(value: Any) -> Any:
     """YAML value -> JSON-able (tuples become lists)."""
     return [_plain(item) for item in value] if isinstance(value, (list, tuple)) else value
@@ -95,7 +117,8 @@ def roformer_kwargs(
 
     Returns:
         ``("BSRoformer" | "MelBandRoformer", kwargs)``: every ``model:`` key (tuples as
-        lists) plus ``sources``, ``samplerate`` and ``segment_length``.
+        lists) plus ``sources``, ``samplerate``, ``segment_length`` and
+        :func:`inference_kwargs`.
 
     Raises:
         ConfigError: unknown model type or model key, missing stems or chunk size, or a stem
@@ -125,4 +148,5 @@ def roformer_kwargs(
             f"MSST config: audio.sample_rate must be a positive integer, got {samplerate!r}"
         )
     kwargs.update(sources=sources, samplerate=samplerate, segment_length=_chunk_size(config))
+    kwargs.update(inference_kwargs(config))
     return ROFORMER_CLASSES[model_type], kwargs

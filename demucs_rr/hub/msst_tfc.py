@@ -10,8 +10,8 @@ An MSST config is the plain dict read from its YAML (sections ``audio``, ``model
 Either way the outputs are named (``utils.model_utils.prefer_target_instrument``)
 ``[training.target_instrument]`` when that is set, else ``training.instruments``, and the
 model separates chunks of ``inference.chunk_size`` (else ``audio.chunk_size``) samples at
-``audio.sample_rate``. ``inference.normalize`` is not part of the network (the caller
-normalises the mixture around it).
+``audio.sample_rate``. ``inference.num_overlap`` and ``inference.normalize`` are not part of
+the network: they become the model's chunking and normalisation for the engine.
 
 :func:`tfc_kwargs` is pure: it reads the dict and returns ``(registry name, kwargs)`` for
 :func:`demucs_rr.models.registry.build_model`; it builds nothing. Every problem is one
@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from demucs_rr.errors import ConfigError
+from demucs_rr.hub.msst_roformer import inference_kwargs
 
 __all__ = ["MODEL_KEYS", "TFC_CLASSES", "tfc_kwargs"]
 
@@ -130,7 +131,8 @@ def tfc_kwargs(
 
     Returns:
         ``("SCNet" | "MDX23C", kwargs)``: the network's settings (tuples as lists) plus
-        ``sources`` (the output names), ``samplerate`` and ``segment_length``.
+        ``sources`` (the output names), ``samplerate``, ``segment_length``, ``num_overlap``
+        and ``normalize``.
 
     Raises:
         ConfigError: unknown model type or model key, missing setting, stems or chunk size,
@@ -149,4 +151,5 @@ def tfc_kwargs(
     samplerate = _section(config, "audio").get("sample_rate", 44100)
     kwargs["samplerate"] = _positive_int(samplerate, "audio.sample_rate")
     kwargs["segment_length"] = _chunk_size(config)
+    kwargs.update(inference_kwargs(config))
     return TFC_CLASSES[model_type], kwargs

@@ -13,6 +13,12 @@ their per-source weights. Where the per-member work lives:
 - :meth:`BagOfModels.forward` is the same weighted average on one window (every member sees the
   same input), for callers that run a model directly; it is not the official chunked semantics.
 
+Members may come from different families (HT Demucs with a BS-RoFormer, say) and need not
+name the same stems in the same order: the bag's stems are its first member's; another member
+contributes to the bag stems it has (matched by name, its other stems are ignored), and its
+weight for a bag stem it does not have must be 0 (the default weights are 1 where a member has
+the stem, 0 elsewhere). :func:`stem_map` gives that correspondence to the engine.
+
 A bag ``segment`` (seconds, from the bag's YAML) replaces each member's segment, as the official
 bag does, except for a member with a maximum segment (HTDemucs) shorter than it, which keeps its
 own. Replacing the segment of a model with a maximum also changes that maximum (an HTDemucs then
@@ -29,18 +35,58 @@ import torch
 from torch import nn
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.base import SeparationModel, WeightedMember, as_module, center_trim
+from demucs_rr.models.base import (
+    ChunkingRule,
+    Normalization,
+    SeparationModel,
+    WeightedMember,
+    as_module,
+    center_trim,
+)
 
-__all__ = ["BagOfModels"]
+__all__ = ["BagOfModels", "check_member_stems", "stem_map"]
+
+
+def stem_map(sources: Sequence[str], member: Sequence[str]) -> list[int | None]:
+    """For each of the bag's ``sources``, its index among the ``member``'s stems (or None)."""
+    return [list(member).index(name) if name in member else None for name in sources]
+
+
+def check_member_stems(
+    sources: Sequence[str], members: Sequence[Sequence[str]], weights: list[list[float]] | None
+) -> list[list[float]]:
+    """The weight table of a bag, checked against the members' stems (default: 1 where a
+    member has the bag stem, 0 elsewhere).
+
+    Raises:
+        ConfigError: a member shares no stem with the bag, or has a non-zero weight for a bag
+            stem it does not have.
+    """
+    if weights is None:
+        return [[1.0 if n is not None else 0.0 for n in stem_map(sources, m)] for m in members]
+    for index, (stems, row) in enumerate(zip(members, weights, strict=False)):
+        for name, position, weight in zip(sources, stem_map(sources, stems), row, strict=False):
+            if position is None and float(weight) != 0:
+                raise ConfigError(
+                    f"bag member {index} has no stem {name!r} (it has {', '.join(stems)}) but "
+                    f"weight {weight} for it; give it 0"
+                )
+    return weights
 
 
 def _check_members(models: Sequence[SeparationModel]) -> None:
-    """Raise :class:`ConfigError` unless the members agree on sources, rate and channels."""
+    """Raise :class:`ConfigError` unless the members agree on rate and channels and each
+    shares a stem with the first."""
     if not models:
         raise ConfigError("a bag of models needs at least one model")
     first = models[0]
     for index, other in enumerate(models[1:], start=1):
-        for what in ("sources", "samplerate", "audio_channels"):
+        if not set(other.sources) & set(first.sources):
+            raise ConfigError(
+                f"bag member {index} has stems {', '.join(other.sources)}, none of member 0's "
+                f"({', '.join(first.sources)})"
+            )
+        for what in ("samplerate", "audio_channels"):
             if getattr(other, what) != getattr(first, what):
                 raise ConfigError(
                     f"bag member {index} has {what} {getattr(other, what)!r}, "
@@ -67,9 +113,11 @@ class BagOfModels(nn.Module):
 
     Args:
         models: the members (``torch.nn.Module`` models of the contract), all with the same
-            sources, sample rate and channel count.
-        weights: one list of S weights per member; ``None`` weighs every member 1. Weights are
-            normalised per source (a source's weights must have a positive sum).
+            sample rate and channel count; the bag's stems are the first member's (see the
+            module docstring for members with other stems).
+        weights: one list of S weights per member (S = the bag's stems); ``None`` weighs every
+            member 1 for the stems it has. Weights are normalised per source (a source's
+            weights must have a positive sum).
         segment: bag segment in seconds; replaces each member's segment (see module docstring).
 
     Attributes:
@@ -96,8 +144,7 @@ class BagOfModels(nn.Module):
         self.sources = list(first.sources)
         self.samplerate = int(first.samplerate)
         self.audio_channels = int(first.audio_channels)
-        if weights is None:
-            weights = [[1.0] * len(self.sources) for _ in models]
+        weights = check_member_stems(self.sources, [m.sources for m in models], weights)
         _check_weights(weights, len(models), self.sources)
         self.weights = [[float(w) for w in row] for row in weights]
         self._members = list(models)
@@ -137,6 +184,18 @@ class BagOfModels(nn.Module):
         """Whether every member may run from bf16-stored weights on the CPU."""
         return all(member.bf16_weights for member in self._members)
 
+    @property
+    def chunking(self) -> ChunkingRule:
+        """The first member's chunking (the engine chunks each member with its own)."""
+        return self._members[0].chunking
+
+    @property
+    def normalization(self) -> Normalization:
+        """The members' normalisation when they all share one, else Demucs' whole-track one;
+        the engine converts each member's input and output to its own rule."""
+        rules = {member.normalization for member in self._members}
+        return rules.pop() if len(rules) == 1 else Normalization.TRACK
+
     def weighted_members(self) -> Sequence[WeightedMember]:
         """``(member, weights)`` pairs, in order."""
         return list(zip(self._members, self.weights, strict=True))
@@ -159,8 +218,8 @@ class BagOfModels(nn.Module):
         Returns:
             (B, S, C, T') with T' the shortest member output (others centre-trimmed to it).
         """
-        outs = [member(mix) for member in self._members]  # each (B, S, C, T_m)
-        length = min(out.shape[-1] for out in outs)
+        outs = [self._bag_stems(member, member(mix)) for member in self._members]
+        length = min(out.shape[-1] for out in outs)  # each (B, S, C, T_m)
         total = torch.zeros_like(center_trim(outs[0], length))
         sums = [0.0] * len(self.sources)
         for out, row in zip(outs, self.weights, strict=True):
@@ -168,3 +227,12 @@ class BagOfModels(nn.Module):
             total = total + weight * center_trim(out, length)
             sums = [acc + w for acc, w in zip(sums, row, strict=True)]
         return total / torch.tensor(sums, dtype=total.dtype, device=total.device)[:, None, None]
+
+    def _bag_stems(self, member: SeparationModel, out: torch.Tensor) -> torch.Tensor:
+        """(B, S_m, C, T) member output -> (B, S, C, T) in the bag's stem order (zeros for a
+        stem the member lacks, whose weight is 0)."""
+        positions = stem_map(self.sources, member.sources)
+        if positions == list(range(len(self.sources))):
+            return out
+        zero = torch.zeros_like(out[:, :1])
+        return torch.cat([zero if k is None else out[:, k : k + 1] for k in positions], 1)

@@ -19,6 +19,11 @@ What differs between models is said through the contract, never by the engine te
   its own chunking and shifts and averages per source. Empty for a model that separates alone.
 - ``bf16_weights``: whether the model may run from bf16-stored weights under bf16 autocast on
   the CPU (every layer has a bf16 path; what must stay float32 casts its input itself).
+- ``chunking``: how the engine cuts a track into chunks and blends them back, as a value the
+  engine interprets (never a class test): :class:`CentredChunks` (Demucs: centred triangle
+  grid) or :class:`FadedChunks` (MSST's ``demix``: fixed chunks, linear fades, reflect padding).
+- ``normalization``: what is done to the mixture around the model (:class:`Normalization`:
+  Demucs' whole-track normalisation, MSST's ``normalize_audio`` or nothing).
 
 Two structural types (``typing.Protocol``) describe it:
 
@@ -33,22 +38,93 @@ defines the methods (and ``init_kwargs``) fulfils them; no base class is needed.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
 
+from demucs_rr.errors import ConfigError
+
 __all__ = [
+    "CentredChunks",
+    "ChunkingRule",
+    "FadedChunkingDefaults",
+    "FadedChunks",
+    "Normalization",
     "PackagedModel",
     "SeparationModel",
     "SingleModelDefaults",
     "WeightedMember",
     "as_module",
+    "check_num_overlap",
     "center_trim",
 ]
 
 _Model = TypeVar("_Model", bound="SeparationModel")
+
+
+@dataclass(frozen=True)
+class CentredChunks:
+    """Demucs' chunking: a grid of ``segment``-sample chunks ``int((1 - overlap) * segment)``
+    apart, each centred in ``chunk_input_length`` samples of real context, blended with
+    triangular weights.
+
+    Attributes:
+        overlap: the default overlap between neighbouring chunks, in [0, 1).
+    """
+
+    overlap: float = 0.25
+
+
+@dataclass(frozen=True)
+class FadedChunks:
+    """MSST's ``demix`` chunking (``utils/model_utils.py``), for chunk size L = the segment:
+
+    - step ``L // num_overlap``, border ``L - step``; a track of N > 2 * border samples is
+      reflect-padded by ``border`` on both ends (else not padded);
+    - chunks start every step from the start of the padded track; a chunk running past its end
+      is padded to L (reflecting itself when it holds more than ``L // 2`` samples, zeros
+      otherwise); the model always sees L samples;
+    - each output is weighted by a window of ones with linear fades of ``L // 10`` samples
+      (``linspace(0, 1)`` in, ``linspace(1, 0)`` out), no fade-in on the first chunk and no
+      fade-out on the last; the sum of weighted outputs is divided by the sum of windows.
+
+    Attributes:
+        num_overlap: chunks covering each sample (MSST's ``inference.num_overlap``), >= 1.
+    """
+
+    num_overlap: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_overlap, bool) or self.num_overlap < 1:
+            raise ValueError(f"num_overlap must be a positive integer, got {self.num_overlap}")
+
+    @property
+    def overlap(self) -> float:
+        """The same default as an overlap fraction: ``1 - 1 / num_overlap``."""
+        return 1 - 1 / self.num_overlap
+
+
+ChunkingRule = CentredChunks | FadedChunks
+"""How a model is chunked (see :class:`CentredChunks` and :class:`FadedChunks`)."""
+
+
+class Normalization(enum.Enum):
+    """What is done to the mixture around the model, from whole-track mono statistics.
+
+    - ``TRACK``: Demucs' rule: ``(mix - mean) / (std + 1e-8)`` with the unbiased std of the
+      mono (channel-averaged) mix; each stem gets ``stem * std + mean / S`` back.
+    - ``MSST``: MSST's ``normalize_audio``: ``(mix - mean) / std`` with the population std of
+      the mono mix (a silent track is left unscaled); each stem gets ``stem * std + mean``.
+    - ``NONE``: the model sees the mixture as it is.
+    """
+
+    TRACK = "track"
+    MSST = "msst"
+    NONE = "none"
 
 
 @runtime_checkable
@@ -77,6 +153,16 @@ class SeparationModel(Protocol):
     @property
     def max_segment_length(self) -> int | None:
         """Longest chunk (and unsplit track) the model accepts, in samples; None: no limit."""
+        ...
+
+    @property
+    def chunking(self) -> ChunkingRule:
+        """How the engine chunks this model (see module doc)."""
+        ...
+
+    @property
+    def normalization(self) -> Normalization:
+        """What the engine does to the mixture around this model (see module doc)."""
         ...
 
     def valid_length(self, length: int) -> int:
@@ -128,11 +214,22 @@ class SingleModelDefaults:
     """Mixin: the contract answers of a model that separates by itself.
 
     No segment limit, chunks carried by ``valid_length(length)`` samples, no members, float32
-    weights. Classes override what differs (HTDemucs: its training length as the maximum and the
-    segment as context; bf16 weights).
+    weights, Demucs' centred chunks and whole-track normalisation. Classes override what
+    differs (HTDemucs: its training length as the maximum and the segment as context; bf16
+    weights).
     """
 
     bf16_weights: bool = False
+
+    @property
+    def chunking(self) -> ChunkingRule:
+        """Demucs' centred triangle grid, 25 % overlap by default."""
+        return CentredChunks()
+
+    @property
+    def normalization(self) -> Normalization:
+        """Demucs' whole-track normalisation."""
+        return Normalization.TRACK
 
     @property
     def max_segment_length(self) -> int | None:
@@ -146,6 +243,33 @@ class SingleModelDefaults:
     def weighted_members(self) -> Sequence[WeightedMember]:
         """A single model has no members."""
         return ()
+
+
+def check_num_overlap(value: Any) -> None:
+    """Raise ConfigError unless ``value`` (MSST's ``inference.num_overlap``) is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"inference.num_overlap must be a positive integer, got {value!r}")
+
+
+class FadedChunkingDefaults(SingleModelDefaults):
+    """Mixin: a model chunked and normalised as MSST does (the band-split families).
+
+    The class sets ``num_overlap`` (int) and ``normalize`` (bool, MSST's
+    ``inference.normalize``) from its constructor arguments.
+    """
+
+    num_overlap: int
+    normalize: bool
+
+    @property
+    def chunking(self) -> ChunkingRule:
+        """MSST's faded chunks with ``num_overlap``."""
+        return FadedChunks(self.num_overlap)
+
+    @property
+    def normalization(self) -> Normalization:
+        """MSST's ``normalize_audio`` when ``normalize``, else none."""
+        return Normalization.MSST if self.normalize else Normalization.NONE
 
 
 @runtime_checkable

@@ -94,6 +94,8 @@ class BSRoformer(RoformerBase):
             kept as attributes for a training loop; ``forward`` never computes a loss.
         use_pope: must be False (PoPE is not supported).
         samplerate: sample rate in Hz. segment_length: MSST chunk size in samples.
+        num_overlap, normalize: MSST's ``inference.num_overlap`` and ``inference.normalize``
+            (the engine's chunking and normalisation, :class:`FadedChunkingDefaults`).
 
     Raises:
         ConfigError: a value MSST could not build or that is unsupported, naming the key.
@@ -133,6 +135,8 @@ class BSRoformer(RoformerBase):
         use_pope: bool = False,
         samplerate: int = 44100,
         segment_length: int = 352800,
+        num_overlap: int = 4,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         kwargs = collect_kwargs(locals())

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.base import SingleModelDefaults
+from demucs_rr.models.base import FadedChunkingDefaults, check_num_overlap
 from demucs_rr.models.mdx23c_layers import (
     TFC_TDF,
     DecoderBlock,
@@ -50,7 +50,7 @@ from demucs_rr.models.mdx23c_layers import (
 __all__ = ["MDX23C"]
 
 
-class MDX23C(SingleModelDefaults, nn.Module):
+class MDX23C(FadedChunkingDefaults, nn.Module):
     """MDX23C music source separation (MSST ``model_type: mdx23c``).
 
     Args:
@@ -65,6 +65,8 @@ class MDX23C(SingleModelDefaults, nn.Module):
             ``first_conv``. growth: channels added per scale. bottleneck_factor: TDF factor.
         samplerate: sample rate in Hz. segment_length: chunk size in samples (MSST's
             ``chunk_size``).
+        num_overlap, normalize: MSST's ``inference.num_overlap`` and ``inference.normalize``
+            (the engine's chunking and normalisation, :class:`FadedChunkingDefaults`).
 
     Raises:
         ConfigError: a value the network cannot be built with (named in the message).
@@ -88,6 +90,8 @@ class MDX23C(SingleModelDefaults, nn.Module):
         bottleneck_factor: int = 4,
         samplerate: int = 44100,
         segment_length: int = 261120,
+        num_overlap: int = 4,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.init_kwargs: dict[str, Any] = {
@@ -97,12 +101,14 @@ class MDX23C(SingleModelDefaults, nn.Module):
             "num_blocks_per_scale": num_blocks_per_scale, "num_channels": num_channels,
             "growth": growth, "bottleneck_factor": bottleneck_factor,
             "samplerate": samplerate, "segment_length": segment_length,
+            "num_overlap": num_overlap, "normalize": normalize,
         }  # fmt: skip
         _check_config(self.init_kwargs)
         self.sources: list[str] = list(sources)
         self.samplerate = samplerate
         self.audio_channels = audio_channels
         self.segment_length = segment_length
+        self.num_overlap, self.normalize = num_overlap, bool(normalize)
         self.n_fft, self.hop_length, self.dim_f = n_fft, hop_length, dim_f
         self.num_subbands, self.num_scales, self.scale = num_subbands, num_scales, list(scale)
         self._build(num_channels, growth, num_blocks_per_scale, bottleneck_factor, norm, act)
@@ -205,6 +211,7 @@ class MDX23C(SingleModelDefaults, nn.Module):
 
 def _check_config(kwargs: dict[str, Any]) -> None:
     """Raise :class:`ConfigError` (one line naming the key) for values MDX23C cannot take."""
+    check_num_overlap(kwargs["num_overlap"])
     if not kwargs["sources"]:
         raise ConfigError("MDX23C: training.instruments needs at least one source name")
     check_norm(kwargs["norm"])

@@ -98,6 +98,8 @@ class MelBandRoformer(RoformerBase):
         use_pope: bool = False,
         samplerate: int = 44100,
         segment_length: int = 352800,
+        num_overlap: int = 4,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         kwargs = collect_kwargs(locals())

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.base import SingleModelDefaults
+from demucs_rr.models.base import FadedChunkingDefaults, check_num_overlap
 from demucs_rr.models.roformer_layers import RotaryEmbedding, Transformer
 
 __all__ = [
@@ -108,7 +108,7 @@ def check_sources(sources: list[str], num_stems: int | None) -> int:
     return len(sources)
 
 
-class RoformerBase(SingleModelDefaults, nn.Module):
+class RoformerBase(FadedChunkingDefaults, nn.Module):
     """Contract metadata, STFT framing and the axial trunk of a RoFormer.
 
     Subclasses register ``layers`` (:func:`build_axial_layers`), ``band_split`` and
@@ -128,12 +128,15 @@ class RoformerBase(SingleModelDefaults, nn.Module):
             samplerate=kwargs["samplerate"],
             segment_length=kwargs["segment_length"],
         )
+        check_num_overlap(kwargs["num_overlap"])
         if kwargs["stft_win_length"] > kwargs["stft_n_fft"]:
             raise ConfigError("model.stft_win_length must not exceed model.stft_n_fft")
         self.init_kwargs: dict[str, Any] = kwargs
         self.sources: list[str] = list(kwargs["sources"])
         self.samplerate: int = kwargs["samplerate"]
         self.segment_length: int = kwargs["segment_length"]
+        self.num_overlap: int = kwargs["num_overlap"]
+        self.normalize: bool = bool(kwargs["normalize"])
         self.stereo: bool = bool(kwargs["stereo"])
         self.audio_channels: int = 2 if self.stereo else 1
         self.n_fft: int = kwargs["stft_n_fft"]

@@ -38,14 +38,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.base import SingleModelDefaults
+from demucs_rr.models.base import FadedChunkingDefaults, check_num_overlap
 from demucs_rr.models.scnet_layers import DecoderBlock, SDblock
 from demucs_rr.models.scnet_separation import SeparationNet
 
 __all__ = ["SCNet"]
 
 
-class SCNet(SingleModelDefaults, nn.Module):
+class SCNet(FadedChunkingDefaults, nn.Module):
     """SCNet music source separation (MSST ``model_type: scnet``).
 
     Args:
@@ -60,6 +60,8 @@ class SCNet(SingleModelDefaults, nn.Module):
         num_dplayer: dual-path layers (even). expand: LSTM hidden size factor.
         samplerate: sample rate in Hz. segment_length: chunk size in samples (MSST's
             ``chunk_size``).
+        num_overlap, normalize: MSST's ``inference.num_overlap`` and ``inference.normalize``
+            (the engine's chunking and normalisation, :class:`FadedChunkingDefaults`).
 
     Raises:
         ConfigError: a value the network cannot be built with (named in the message).
@@ -84,6 +86,8 @@ class SCNet(SingleModelDefaults, nn.Module):
         expand: int = 1,
         samplerate: int = 44100,
         segment_length: int = 485100,
+        num_overlap: int = 4,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.init_kwargs: dict[str, Any] = {
@@ -93,12 +97,14 @@ class SCNet(SingleModelDefaults, nn.Module):
             "band_kernel": list(band_kernel), "conv_depths": list(conv_depths),
             "compress": compress, "conv_kernel": conv_kernel, "num_dplayer": num_dplayer,
             "expand": expand, "samplerate": samplerate, "segment_length": segment_length,
+            "num_overlap": num_overlap, "normalize": normalize,
         }  # fmt: skip
         _check_config(self.init_kwargs)
         self.sources: list[str] = list(sources)
         self.samplerate = samplerate
         self.audio_channels = audio_channels
         self.segment_length = segment_length
+        self.num_overlap, self.normalize = num_overlap, bool(normalize)
         self.dims = list(dims)
         self.nfft, self.hop_size, self.win_size = nfft, hop_size, win_size
         self.normalized = normalized
@@ -184,6 +190,7 @@ class SCNet(SingleModelDefaults, nn.Module):
 
 def _check_config(kwargs: dict[str, Any]) -> None:
     """Raise :class:`ConfigError` (one line naming the key) for values SCNet cannot take."""
+    check_num_overlap(kwargs["num_overlap"])
     for key in ("band_SR", "band_stride", "band_kernel", "conv_depths"):
         if len(kwargs[key]) != 3:
             raise ConfigError(f"SCNet: model.{key} needs 3 values (low, mid, high band)")

@@ -43,7 +43,7 @@ class Separator:
             already built model (see :class:`~demucs_rr.models.base.SeparationModel`).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         options: how the engine applies the model (:class:`ApplyOptions`; its defaults:
-            the model's segment, 0.25 overlap, no shifts, batch 1, fp32).
+            the model's segment and overlap, no shifts, batch 1, fp32).
         segment: chunk length in seconds (default: the model's).
         overlap: overlap between chunks, in [0, 1).
         shifts: number of random shifts averaged (shift trick); 0 is deterministic.

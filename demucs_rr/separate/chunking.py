@@ -144,8 +144,9 @@ class OverlapAdd:
         total[: self._filled] = self._sum[: self._filled]
         self._out, self._sum = out, total
 
-    def add(self, chunk: Chunk, out: torch.Tensor) -> None:
-        """Accumulate ``out`` (S, C, chunk.length) for ``chunk``."""
+    def add(self, chunk: Chunk, out: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """Accumulate ``out`` (S, C, chunk.length) for ``chunk``, weighted by the first
+        ``chunk.length`` values of ``weight`` (default: the accumulator's weight)."""
         if chunk.offset < self.origin:
             raise ValueError("chunks must be added in increasing order and after the last pop")
         if out.shape[-1] != chunk.length:
@@ -153,7 +154,7 @@ class OverlapAdd:
         lo = chunk.offset - self.origin
         self._reserve(lo + chunk.length)
         self._filled = max(self._filled, lo + chunk.length)
-        w = self.weight[: chunk.length].to(out.dtype)
+        w = (self.weight if weight is None else weight)[: chunk.length].to(out.dtype)
         self._out[..., lo : lo + chunk.length] += w * out
         self._sum[lo : lo + chunk.length] += w
 

@@ -7,8 +7,12 @@ normalisation of the official tool). It relies only on the model contract of
 
 - an ensemble (``weighted_members()`` not empty) is expanded into its members, each with its
   own chunk grid and shifts, and the outputs are averaged per source with the members' weights;
-- a single model is applied with the shift trick outermost, then chunking: each chunk of the
-  grid is centred in ``chunk_input_length(chunk, segment)`` samples of real audio;
+- a single model is applied with the shift trick outermost, then chunking by the model's rule
+  (``model.chunking``): Demucs' centred grid, each chunk centred in
+  ``chunk_input_length(chunk, segment)`` samples of real audio, or MSST's faded chunks
+  (:mod:`demucs_rr.separate.faded`);
+- the mixture is normalised by the model's rule (``model.normalization``,
+  :mod:`demucs_rr.separate.normalization`) in :func:`separate_normalized`;
 - every (member, shift) pass runs side by side over a sliding buffer
   (:class:`~demucs_rr.separate.passes.SlidingApplier`), which the in-memory path feeds in large
   blocks and :mod:`demucs_rr.separate.to_files` feeds from a file being decoded, so the work per
@@ -24,7 +28,6 @@ Dimension letters: B batch, S sources, C audio channels, T time in samples.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterable
 
@@ -32,6 +35,7 @@ import torch
 
 from demucs_rr.errors import ConfigError
 from demucs_rr.models.base import SeparationModel
+from demucs_rr.separate.normalization import EPS, TrackStats, scaling, track_stats
 from demucs_rr.separate.options import ApplyOptions
 from demucs_rr.separate.passes import ProgressCallback, SlidingApplier, draw_offsets
 
@@ -44,6 +48,7 @@ __all__ = [
     "apply_model",
     "check_segment",
     "count_passes",
+    "mix_stats",
     "normalize",
     "separate_normalized",
     "shift_offsets",
@@ -106,6 +111,7 @@ def apply_model(
     options: ApplyOptions = DEFAULT_OPTIONS,
     device: torch.device | str | None = None,
     progress: ProgressCallback | None = None,
+    stats: TrackStats | None = None,
 ) -> torch.Tensor:
     """Separate a (normalised) mixture with chunked overlap-add and the shift trick.
 
@@ -121,6 +127,8 @@ def apply_model(
         options: chunking, shifts and batching.
         device: where the model runs; defaults to the device of the model's parameters.
         progress: optional callback, see :data:`ProgressCallback`.
+        stats: whole-track statistics of the raw mixture, for bag members whose normalisation
+            differs from the bag's (see :class:`SlidingApplier`).
 
     Returns:
         (S, C, T) float32 estimates on the CPU.
@@ -139,7 +147,7 @@ def apply_model(
     device = torch.device(device)
     mix = mix.detach().float().cpu()
     with torch.inference_mode():
-        applier = SlidingApplier(model, options, device, progress)
+        applier = SlidingApplier(model, options, device, progress, stats)
         block = max(2**16, 4 * applier.max_segment) if options.split else mix.shape[-1]
         pieces = [applier.push(mix[:, i : i + block]) for i in range(0, mix.shape[-1], block)]
         pieces.append(applier.finish())
@@ -150,27 +158,21 @@ STATS_BLOCK = 2**17
 """Samples per block of :func:`mono_stats` when it runs over a whole tensor."""
 
 
-def mono_stats(blocks: Iterable[torch.Tensor], eps: float = 1e-8) -> tuple[int, float, float]:
+def mono_stats(blocks: Iterable[torch.Tensor], eps: float = EPS) -> tuple[int, float, float]:
     """Length, mean and std of the mono (channel-averaged) mix of consecutive (C, n) blocks.
 
-    float64, merged block by block (Chan et al.), so a streamed file and the same audio in
-    memory give the same statistics whatever their length. The std is the unbiased one plus
-    ``eps`` (as the v4 tool does), so silence normalises to zeros, not NaN.
+    float64, merged block by block (:func:`~demucs_rr.separate.normalization.track_stats`), so
+    a streamed file and the same audio in memory give the same statistics whatever their
+    length. The std is the unbiased one plus ``eps`` (as the v4 tool does), so silence
+    normalises to zeros, not NaN.
     """
-    n, mean, m2 = 0, 0.0, 0.0
-    for wav in blocks:
-        mono = wav.double().mean(0)
-        k = mono.numel()
-        if k == 0:
-            continue
-        block_mean = float(mono.mean())
-        block_m2 = float(((mono - block_mean) ** 2).sum())
-        delta, total = block_mean - mean, n + k
-        mean += delta * k / total
-        m2 += block_m2 + delta * delta * n * k / total
-        n = total
-    std = math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
-    return n, mean, std + eps
+    stats = track_stats(blocks)
+    return stats.length, stats.mean, stats.unbiased_std() + eps
+
+
+def mix_stats(mix: torch.Tensor) -> TrackStats:
+    """:class:`TrackStats` of a (C, T) mixture, computed in blocks as for a streamed file."""
+    return track_stats(torch.split(mix, STATS_BLOCK, dim=-1))
 
 
 def normalize(mix: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, float, float]:
@@ -193,16 +195,19 @@ def separate_normalized(
     device: torch.device | str | None = None,
     progress: ProgressCallback | None = None,
 ) -> torch.Tensor:
-    """Normalise ``mix`` (C, T) over the whole track, separate, and undo the normalisation.
+    """Normalise ``mix`` (C, T) by the model's rule, separate, and undo the normalisation.
 
-    The official tool adds the whole mean back to every stem, so its stems sum to the mixture
-    plus ``(S - 1) * mean``; here each stem gets ``mean / S``, so that stems that add up to the
-    normalised mixture add up to the mixture itself. The mean of music is tiny, so metrics do not
-    move, but written stems then sum to the input within quantisation.
+    The rule is ``model.normalization`` (:mod:`demucs_rr.separate.normalization`). For Demucs'
+    whole-track rule, the official tool adds the whole mean back to every stem, so its stems
+    sum to the mixture plus ``(S - 1) * mean``; here each stem gets ``mean / S``, so that stems
+    that add up to the normalised mixture add up to the mixture itself. The mean of music is
+    tiny, so metrics do not move, but written stems then sum to the input within quantisation.
 
     Returns:
         (S, C, T) float32 estimates in the units of ``mix``.
     """
-    normed, mean, std = normalize(mix.float())
-    out = apply_model(model, normed, options, device, progress)
-    return out * std + mean / out.shape[0]
+    mix = mix.float()
+    stats = mix_stats(mix)
+    scale = scaling(model.normalization, stats, len(model.sources))
+    out = apply_model(model, scale.forward(mix), options, device, progress, stats)
+    return scale.backward(out)

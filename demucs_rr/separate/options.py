@@ -53,7 +53,9 @@ class ApplyOptions:
     Attributes:
         segment: chunk length in seconds; ``None`` uses the model's ``segment_length`` (each
             member's own for an ensemble).
-        overlap: fraction of overlap between neighbouring chunks, in [0, 1).
+        overlap: fraction of overlap between neighbouring chunks, in [0, 1); ``None`` uses the
+            model's own (``model.chunking``: 0.25 for Demucs, ``1 - 1/num_overlap`` for
+            band-split models, whose step is then exactly ``segment // num_overlap``).
         split: cut the track into chunks; ``False`` runs the whole track in one call.
         shifts: number of random time shifts averaged (shift trick); 0 disables it.
         seed: seed of the shift offsets, so that shifted runs are reproducible.
@@ -67,7 +69,7 @@ class ApplyOptions:
     """
 
     segment: float | None = None
-    overlap: float = 0.25
+    overlap: float | None = None
     split: bool = True
     shifts: int = 0
     seed: int = 0
@@ -78,7 +80,10 @@ class ApplyOptions:
     def __post_init__(self) -> None:
         segment = self.segment
         problems = [
-            (not 0 <= self.overlap < 1, f"overlap must be in [0, 1), got {self.overlap}"),
+            (
+                self.overlap is not None and not 0 <= self.overlap < 1,
+                f"overlap must be in [0, 1), got {self.overlap}",
+            ),
             (self.shifts < 0, f"shifts must be >= 0, got {self.shifts}"),
             (self.batch_size < 1, f"batch size must be >= 1, got {self.batch_size}"),
             (
@@ -117,7 +122,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, shifts: bool = True
         )
         # default=None: refused without the option it modifies (check_separate_options)
         p.add_argument("--seed", type=int, help=f"seed of the shift offsets (default {_D.seed})")
-    p.add_argument("--overlap", type=overlap, help=f"chunk overlap (default {_D.overlap})")
+    p.add_argument(
+        "--overlap",
+        type=overlap,
+        help="chunk overlap in [0, 1) (default: the model's; 0.25 for Demucs, "
+        "1 - 1/num_overlap for band-split models)",
+    )
     p.add_argument("--segment", type=seconds, help="chunk length in seconds (default: model's)")
     p.add_argument("--no-split", action="store_true", help="process each track in one pass")
     p.add_argument(

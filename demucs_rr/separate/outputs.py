@@ -146,25 +146,32 @@ def name_max(folder: Path) -> int:
 def select_stems(
     sources: list[str], stems: list[str] | None, two_stems: str | None, other_method: str
 ) -> list[str]:
-    """Names of the stems to write; validates ``--stems`` and ``--two-stems``."""
+    """Names of the stems to write; validates ``--stems`` and ``--two-stems``.
+
+    By default every source, and for a single-target model (one source X, as MSST's vocal
+    models) X and ``no_X``, the mixture minus X (MSST's ``instrumental``).
+    """
     for name in (stems or []) + ([two_stems] if two_stems else []):
         if name not in sources:
             raise ConfigError(f"unknown stem {name!r}: this model has {', '.join(sources)}")
     if two_stems:
         return [two_stems] + ([] if other_method == "none" else [f"no_{two_stems}"])
-    return list(stems) if stems else list(sources)
+    if stems:
+        return list(stems)
+    return list(sources) + ([f"no_{sources[0]}"] if len(sources) == 1 else [])
 
 
 def compose_stems(
     stems: dict[str, torch.Tensor], mix: torch.Tensor, names: list[str], other_method: str
 ) -> dict[str, torch.Tensor]:
     """Build the requested outputs; ``no_X`` is the sum of the other stems (``add``) or the
-    mixture minus ``X`` (``minus``). Tensors are (C, T)."""
+    mixture minus ``X`` (``minus``, and always for a single-target model, which has no other
+    stems). Tensors are (C, T)."""
     out: dict[str, torch.Tensor] = {}
     for name in names:
         if name in stems:
             out[name] = stems[name]
-        elif name.startswith("no_") and other_method == "minus":
+        elif name.startswith("no_") and (other_method == "minus" or len(stems) == 1):
             out[name] = mix - stems[name[3:]]
         else:
             others = [v for k, v in stems.items() if k != name[3:]]

@@ -1,12 +1,12 @@
 """Streaming separation of a file into stem files, in memory independent of the track length.
 
-Two passes decode the input block by block (:func:`~demucs_rr.audio.blocks.read_blocks`): the
-first computes the mean and std of the mono mix for the whole-track normalisation, the second
-feeds the normalised blocks to the engine's :class:`~demucs_rr.separate.passes.SlidingApplier`
-(the same chunk planning, weights and model calls as the in-memory engine) and writes every
-finished block of every stem to staged files, renamed into place all together at the end.
-The ``rescale`` clip mode needs each stem's peak, so those stems are staged as float32 wav and
-encoded in a second, block-wise pass once the peak is known.
+Two passes decode the input block by block (:func:`~demucs_rr.audio.blocks.read_blocks`): the first
+computes the statistics of the mono mix for the model's whole-track normalisation
+(``model.normalization``), the second feeds the normalised blocks to the engine's
+:class:`~demucs_rr.separate.passes.SlidingApplier` (the same chunk planning, weights and model calls
+as the in-memory engine) and writes every finished block of every stem to staged files, renamed into
+place all together at the end. The ``rescale`` clip mode needs each stem's peak, so those stems are
+staged as float32 wav and encoded in a second, block-wise pass once the peak is known.
 
 Dimension letters: S sources, C audio channels, T time in samples.
 """
@@ -23,7 +23,8 @@ import torch
 from demucs_rr.audio import WriteOptions, prepare_for_write
 from demucs_rr.audio.blocks import BLOCK, BlockResampler, BlockWriter, read_blocks
 from demucs_rr.models.base import SeparationModel
-from demucs_rr.separate.engine import check_segment, mono_stats
+from demucs_rr.separate.engine import check_segment
+from demucs_rr.separate.normalization import EPS, Scaling, TrackStats, scaling, track_stats
 from demucs_rr.separate.options import ApplyOptions
 from demucs_rr.separate.outputs import compose_stems
 from demucs_rr.separate.passes import ProgressCallback, SlidingApplier
@@ -41,12 +42,22 @@ class MixStats:
         mean: mean of the mono (channel-averaged) mix.
         std: unbiased std of the mono mix plus 1e-8, as the engine's ``normalize``.
         samplerate: the file's own sample rate.
+        m2: sum of squared deviations of the mono mix (the population std needs it).
     """
 
     length: int
     mean: float
     std: float
     samplerate: int
+    m2: float = 0.0
+
+    def track(self) -> TrackStats:
+        """The statistics as :class:`~demucs_rr.separate.normalization.TrackStats`."""
+        return TrackStats(self.length, self.mean, self.m2)
+
+    def scaling(self, model: SeparationModel) -> Scaling:
+        """The model's normalisation for this track."""
+        return scaling(model.normalization, self.track(), len(model.sources))
 
 
 def mixture_stats(
@@ -56,14 +67,14 @@ def mixture_stats(
     block: int = BLOCK,
     max_seconds: float | None = None,
 ) -> MixStats:
-    """First streaming pass: length, mean and std of the mono mix (:func:`mono_stats`).
+    """First streaming pass: the statistics of the mono mix (:func:`track_stats`).
 
     ``max_seconds`` refuses a longer file before it is decoded past that length
     (:func:`~demucs_rr.audio.blocks.read_blocks`), so nothing is staged for it.
     """
     rate, blocks = read_blocks(path, channels, samplerate, block, max_seconds=max_seconds)
-    n, mean, std = mono_stats(blocks)
-    return MixStats(n, mean, std, rate)
+    stats = track_stats(blocks)
+    return MixStats(stats.length, stats.mean, stats.unbiased_std() + EPS, rate, stats.m2)
 
 
 class StagedStems:
@@ -175,6 +186,7 @@ class _Emitter:
         self, model: SeparationModel, stats: MixStats, job: FileJob, staged: StagedStems
     ) -> None:
         self.sources, self.stats, self.job, self.staged = list(model.sources), stats, job, staged
+        self.scale = stats.scaling(model)
         self.pending = torch.zeros(model.audio_channels, 0)  # raw mix not yet emitted
         rate = stats.samplerate if job.keep_sample_rate else model.samplerate
         self.resamplers = {n: BlockResampler(model.samplerate, rate) for n in job.targets}
@@ -189,7 +201,7 @@ class _Emitter:
         if m == 0:
             return
         mix, self.pending = self.pending[:, :m], self.pending[:, m:]
-        out = out * self.stats.std + self.stats.mean / out.shape[0]
+        out = self.scale.backward(out)
         stems = {name: out[i] for i, name in enumerate(self.sources)}
         names = list(self.job.targets)
         for name, wav in compose_stems(stems, mix, names, self.job.other_method).items():
@@ -234,11 +246,12 @@ def stream_file(
     try:
         emitter = _Emitter(model, stats, job, staged)
         with torch.inference_mode():
-            applier = SlidingApplier(model, options, device, progress)
+            applier = SlidingApplier(model, options, device, progress, stats.track())
+            scale = stats.scaling(model)
             _, mixes = read_blocks(path, model.audio_channels, model.samplerate, block, warn=False)
             for mix in mixes:  # the first pass (mixture_stats) logged any warning
                 emitter.mix(mix)
-                emitter.emit(applier.push((mix - stats.mean) / stats.std))
+                emitter.emit(applier.push(scale.forward(mix)))
             emitter.emit(applier.finish())
         emitter.finish()
         staged.commit()

@@ -27,7 +27,6 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from demucs_rr.errors import ConfigError, one_line
 from demucs_rr.runtime import check_device
-from demucs_rr.separate.options import ApplyOptions
 from demucs_rr.sources import MUSDB_SOURCES
 
 __all__ = [
@@ -130,7 +129,7 @@ class ValidConfig:
     every: int = 1
     split: bool = True
     segment: Optional[float] = None  # noqa: UP045
-    overlap: float = ApplyOptions.overlap
+    overlap: Optional[float] = None  # noqa: UP045 (None: the model's own overlap)
     batch_size: int = 1
     max_seconds: Optional[float] = None  # noqa: UP045
     best_on: str = "loss"
@@ -348,7 +347,7 @@ def _check_numbers(config: TrainConfig) -> None:
         (opt.warmup_steps >= 0 and opt.clip_grad >= 0, "warmup_steps/clip_grad must be >= 0"),
         (0 <= opt.ema_decay < 1, "optim.ema_decay must be in [0, 1) (0 disables EMA)"),
         (val.every >= 1 and val.batch_size >= 1, "valid.every/batch_size must be >= 1"),
-        (0 <= val.overlap < 1, "valid.overlap must be in [0, 1)"),
+        (val.overlap is None or 0 <= val.overlap < 1, "valid.overlap must be in [0, 1)"),
         (val.segment is None or val.segment > 0, "valid.segment must be > 0 or null"),
         (val.max_seconds is None or val.max_seconds > 0, "valid.max_seconds must be > 0"),
         (config.dset.samplerate > 0 and config.dset.channels >= 1, "bad dset rate/channels"),

@@ -154,7 +154,7 @@ def test_sliding_memory_does_not_hold_the_track(
 
     def spy(self: sliding.SlidingApplier, block: torch.Tensor) -> torch.Tensor:
         out = real(self, block)
-        seen.append((self._buf.shape[-1], out.shape[-1]))
+        seen.append((self.feed.buf.shape[-1], out.shape[-1]))
         return out
 
     monkeypatch.setattr(sliding.SlidingApplier, "push", spy)
