@@ -20,6 +20,7 @@ from demucs_rr.hub.loader import list_models, load_model
 from demucs_rr.hub.msst_releases import MSST_RELEASES, MsstRelease
 from demucs_rr.separate.api import Separator
 from tests.conftest import SHARED
+from tests.helpers.checks import assert_matches
 from tests.hub.test_pretrained import Server
 
 CASE = SHARED / "fixtures" / "msst" / "bs_roformer_vocals"
@@ -136,3 +137,20 @@ def test_released_name_files_from_a_repo_folder(
     assert server.handler.requests == [] and not release.checkpoint_path.exists()
     assert torch.equal(_forward(model), _forward(load_model(ckpt, config=repo / "voc_config.yaml")))
     assert msst_releases.load_msst_release(release, repo).name == "tiny_voc"
+
+
+def test_cli_from_the_checkpoint_gives_msst_demix(
+    ckpt: Path, tmp_path: Path, one_thread: None
+) -> None:
+    """``separate -n voc.ckpt --model-config`` end to end (float32 wav) against MSST's demix:
+    the target and ``no_vocals`` (MSST's ``instrumental``)."""
+    data = np.load(CASE / "demix.npz")
+    song = tmp_path / "mix.wav"
+    sf.write(song, data["mix"].T, 44100, subtype="FLOAT")
+    argv = ["separate", "-q", str(song), "-n", str(ckpt), "--float32", "-o", str(tmp_path / "o")]
+    argv += ["--model-config", str(tmp_path / "config.yaml"), "--filename", "{stem}.{ext}"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.wav")) == ["no_vocals.wav", "vocals.wav"]
+    for name, key in (("vocals", "vocals"), ("no_vocals", "instrumental")):
+        written, _ = sf.read(tmp_path / "o" / f"{name}.wav", dtype="float32")
+        assert_matches(written.T, data[key], f"{name} through the CLI")
