@@ -235,6 +235,7 @@ def _make_synthetic(config: TrainConfig, dist: Group) -> None:
             seconds=syn.seconds,
             samplerate=config.dset.samplerate,
             seed=syn.seed,
+            sources=config.dset.sources,
         )
     dist.barrier()
 
