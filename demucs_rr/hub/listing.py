@@ -93,6 +93,8 @@ def _safetensors_row(file: Path, row: ModelRow) -> None:
         row["description"] += _training_summary(
             training.epochs, training.best_epoch, training.weights
         )
+        if training.lineage is not None:
+            row["description"] += f"; {training.lineage.summary()}"
 
 
 def _training_summary(epochs: int, best_epoch: int | None, weights: str) -> str:
