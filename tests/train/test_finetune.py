@@ -141,6 +141,45 @@ def test_other_stems_need_a_declaration(five_synth: Path, tmp_path: Path) -> Non
         load_run_config(finetune_overrides(package, five_synth, *ADD_PIANO))
 
 
+def test_init_accepts_what_separate_accepts(
+    official_fixtures: Path, five_synth: Path, tmp_path: Path
+) -> None:
+    """Official pickled packages (v2, v3, v4), an official bag YAML (with a member) and a
+    released name whose member file comes from init_repo: the class, the stems, the rate and
+    HT Demucs's training length come from the file; new stems start from init_new_from."""
+    from demucs_rr.hub.releases import OFFICIAL_BAGS
+    from tests.helpers.models import tiny_htdemucs
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (sig,) = OFFICIAL_BAGS["htdemucs"].spec.models
+    save_package(tiny_htdemucs(seed=3), repo / f"{sig}.safetensors")
+    cases = [
+        ("v4_htdemucs/package.th", (), "HTDemucs", 0.39, None),
+        ("v3_demucs/package.th", (), "DemucsV3", 10.0, None),
+        ("v2_demucs/package.th", (), "Demucs", 10.0, None),
+        ("bag/tinybag_a.yaml", ("init_member=1",), "HDemucs", 10.0, "ec76c682"),
+        ("htdemucs", (f"init_repo={repo}",), "HTDemucs", 1.0, None),
+    ]
+    for init, extra, arch, segment, member in cases:
+        path = init if "/" not in init else official_fixtures / init
+        overrides = [f"init={path}", "dset=synthetic", f"dset.root={five_synth}", *extra]
+        config, initial = load_run_config([*overrides, "dset.samplerate=44100", *ADD_PIANO])
+        assert initial is not None
+        assert (config.model.arch, config.segment, config.base.member) == (arch, segment, member)
+        assert (config.dset.samplerate, config.base.sources) == (44100, FOUR)
+        if arch != "HTDemucs":
+            continue
+        model = make_model(config)
+        adapt_model(config, model, initial)
+        mix = 0.1 * torch.randn(1, 2, int(segment * 44100))
+        with torch.no_grad():
+            before, after = initial.model.eval()(mix), model.eval()(mix)
+        scale = float(before.abs().max())
+        assert float((after[:, :4] - before).abs().max()) <= 1e-5 * scale
+        assert float((after[:, 4] - before[:, 2]).abs().max()) <= 1e-5 * scale
+
+
 # --------------------------------------------------------------------------- the network
 
 
