@@ -22,6 +22,8 @@ from demucs_rr.process import Terminated
 
 # Commands that run models: malloc keeps freed memory for them (see demucs_rr.process).
 MODEL_COMMANDS = frozenset({"separate", "evaluate", "serve", "train"})
+TEMP_FOLDER = ".tmp"
+"""Folder of ``serve``'s temporary files inside its jobs folder (emptied at start)."""
 
 EXTRA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     # name: (module, add-arguments function, run function, help)

@@ -21,6 +21,11 @@ What it sets:
   ``DEMUCS_RR_MALLOC=system`` turns it off. Only glibc on Linux; elsewhere it does nothing;
 * signals: SIGTERM unwinds like Ctrl-C (:class:`Terminated`, exit 143), so that staged files are
   removed on the way out; a serve worker ignores SIGINT (its server stops it);
+* parent death: a serve worker asks the kernel for SIGTERM when its parent process ends
+  (``prctl(PR_SET_PDEATHSIG)``, Linux only; :func:`die_with_parent`);
+* temporary files: ``serve`` puts its own and its children's (multiprocessing's folder, decoder
+  scratch files) under its jobs folder, which it empties at start: a server killed with SIGKILL
+  leaves nothing in the system's temporary folder;
 * logging: the root logger's level and format for the command line.
 """
 
@@ -37,6 +42,7 @@ __all__ = [
     "WAIT_POLICY_ENV",
     "Terminated",
     "configure_process",
+    "die_with_parent",
     "reuse_freed_memory",
     "set_threads",
     "set_wait_policy",
@@ -50,6 +56,7 @@ logger = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _KEEP_BYTES = 2**31 - 1  # mallopt takes a C int
+_PR_SET_PDEATHSIG = 1
 
 
 def _glibc() -> bool:
@@ -112,6 +119,28 @@ def set_threads(threads: int) -> None:
         logger.debug("inter-op threads already fixed at %d", torch.get_num_interop_threads())
 
 
+def die_with_parent(signum: int = signal.SIGTERM) -> bool:
+    """Have the kernel send ``signum`` to this process when its parent ends; returns whether it
+    will (Linux only: ``prctl(PR_SET_PDEATHSIG)``).
+
+    The kernel does not notice a parent that ended before the call: a process already
+    re-parented to init (parent id 1), or whose parent changed during the call, sends itself
+    the signal.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if parent == 1 or os.getppid() != parent:
+        os.kill(os.getpid(), signum)
+    return True
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so that staged files are removed on the way out."""
 
@@ -126,6 +155,8 @@ def configure_process(
     keep_freed_memory: bool = False,
     signals: bool = False,
     ignore_interrupt: bool = False,
+    parent_death: bool = False,
+    temp_dir: os.PathLike[str] | str | None = None,
     verbose: bool | None = None,
 ) -> None:
     """Set the process-wide state of an entry point (see the module docstring).
@@ -136,6 +167,9 @@ def configure_process(
         keep_freed_memory: keep freed memory for reuse (:func:`reuse_freed_memory`).
         signals: SIGTERM raises :class:`Terminated` in the main thread.
         ignore_interrupt: ignore SIGINT (a worker process stopped by its parent).
+        parent_death: SIGTERM when the parent process ends (:func:`die_with_parent`).
+        temp_dir: folder (created) for the temporary files of this process and its children
+            (``tempfile.tempdir`` and ``$TMPDIR``).
         verbose: configure command-line logging, DEBUG when True, WARNING when False;
             None leaves logging alone.
     """
@@ -153,3 +187,10 @@ def configure_process(
         signal.signal(signal.SIGTERM, _on_sigterm)
     if ignore_interrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_death:
+        die_with_parent(signal.SIGTERM)
+    if temp_dir is not None:
+        import tempfile
+
+        os.makedirs(temp_dir, exist_ok=True)
+        os.environ["TMPDIR"] = tempfile.tempdir = os.path.abspath(temp_dir)

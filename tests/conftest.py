@@ -47,3 +47,15 @@ def small_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 train + 2 valid synthetic tracks of 6 s at 16 kHz."""
     root = tmp_path_factory.mktemp("synth_small")
     return make_synthetic_dataset(root, {"train": 4, "valid": 2}, seconds=6.0, samplerate=RATE)
+
+
+@pytest.fixture(autouse=True)
+def _torch_state_restored() -> Iterator[None]:
+    """Fail a test that leaves autograd off or a torch function mode pushed (it would make
+    later tests in the same process fail far from the cause)."""
+    yield
+    from torch.overrides import _get_current_function_mode_stack
+
+    assert torch.is_grad_enabled(), "the test left autograd disabled"
+    assert not torch.is_inference_mode_enabled(), "the test left inference mode on"
+    assert not _get_current_function_mode_stack(), "the test left a torch function mode pushed"

@@ -49,9 +49,19 @@ class MixStats:
     samplerate: int
 
 
-def mixture_stats(path: Path, samplerate: int, channels: int, block: int = BLOCK) -> MixStats:
-    """First streaming pass: length, mean and std of the mono mix (:func:`mono_stats`)."""
-    rate, blocks = read_blocks(path, channels, samplerate, block)
+def mixture_stats(
+    path: Path,
+    samplerate: int,
+    channels: int,
+    block: int = BLOCK,
+    max_seconds: float | None = None,
+) -> MixStats:
+    """First streaming pass: length, mean and std of the mono mix (:func:`mono_stats`).
+
+    ``max_seconds`` refuses a longer file before it is decoded past that length
+    (:func:`~demucs_rr.audio.blocks.read_blocks`), so nothing is staged for it.
+    """
+    rate, blocks = read_blocks(path, channels, samplerate, block, max_seconds=max_seconds)
     n, mean, std = mono_stats(blocks)
     return MixStats(n, mean, std, rate)
 

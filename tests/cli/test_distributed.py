@@ -18,6 +18,7 @@ from demucs_rr.cli import main
 from demucs_rr.distributed import Group
 from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
+from demucs_rr.separate.model_labels import RECORD_NAME
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 TRACKS = ("a", "b", "sub/c", "sub/d", "e")
@@ -82,7 +83,8 @@ def test_two_ranks_write_what_one_process_writes(
     one = tmp_path / "one"
     assert separate([str(library), "-r", "-n", str(package), "-o", str(one), "-q"], capsys)[0] == 0
     ours, theirs = files(tmp_path / "two"), files(one)
-    assert len(theirs) == len(TRACKS) * len(SOURCES)
+    assert RECORD_NAME in theirs  # the model label record (each rank adds it under a lock)
+    assert len(theirs) == len(TRACKS) * len(SOURCES) + 1
     assert sorted(ours) == sorted(theirs)
     assert all(ours[name] == theirs[name] for name in theirs), "stems differ"
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,21 @@ import torch
 print(os.environ.get("OMP_WAIT_POLICY"))
 """
 
+_ORPHAN = """
+import os, sys, time
+from demucs_rr.process import die_with_parent
+pid = os.fork()
+if pid == 0:
+    armed = die_with_parent()
+    with open(sys.argv[1], "w") as handle:
+        handle.write(f"{os.getpid()} {armed}")
+    time.sleep(60)
+    os._exit(0)
+while not os.path.exists(sys.argv[1]) or not open(sys.argv[1]).read():
+    time.sleep(0.01)
+os._exit(0)  # the parent ends first, as a killed server does
+"""
+
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
@@ -170,3 +186,18 @@ def test_wait_policy_is_set_before_torch(env: dict[str, str], order: str, policy
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == policy
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_process_that_asked_dies_with_its_parent(tmp_path: Path) -> None:
+    marker = tmp_path / "child"
+    subprocess.run([sys.executable, "-c", _ORPHAN, str(marker)], check=True, timeout=60)
+    pid, armed = marker.read_text().split()
+    assert armed == "True"
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text():
+            return
+        time.sleep(0.05)
+    os.kill(int(pid), 9)
+    raise AssertionError("the child outlived its parent")

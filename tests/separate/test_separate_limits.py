@@ -21,6 +21,7 @@ from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.separate import api
 from demucs_rr.separate.api import Separator
+from demucs_rr.separate.model_labels import RECORD_NAME
 from tests.helpers.audio import make_tone_mix
 
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -39,7 +40,9 @@ def write_song(path: Path, seconds: float = 0.3) -> Path:
 
 
 def files_below(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    """Files under ``folder`` but the model label record (tested in test_model_labels)."""
+    found = (p for p in folder.rglob("*") if p.is_file() and p.name != RECORD_NAME)
+    return sorted(p.relative_to(folder).as_posix() for p in found)
 
 
 # --------------------------------------------------------------------------- out of memory

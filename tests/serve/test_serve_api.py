@@ -5,9 +5,8 @@ limited while they stream, jobs survive a restart, concurrent uploads stay apart
 from __future__ import annotations
 
 import io
+import subprocess
 import threading
-import time
-import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,34 +18,25 @@ import soundfile as sf
 pytest.importorskip("fastapi", reason="needs the [serve] extra")
 pytest.importorskip("httpx", reason="needs the [serve] extra")
 
-with warnings.catch_warnings():  # new Starlette prefers httpx2 to httpx; both work
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
-
-from demucs_rr.audio import load_for_model
+from demucs_rr.audio import ffmpeg_available, load_for_model
 from demucs_rr.cli import main
 from demucs_rr.errors import AudioIOError
-from demucs_rr.hub.package import save_package
-from demucs_rr.models.testing import FractionModel
-from demucs_rr.serve.app import ServeConfig, create_app
 from demucs_rr.serve.store import JobStore
-from tests.helpers.audio import make_tone_mix
-
-SOURCES = ["drums", "bass", "other", "vocals"]
-FRACTIONS = [0.1, 0.2, 0.3, 0.4]
-DEADLINE = 60.0
+from tests.helpers.serve import (
+    DEADLINE,
+    SOURCES,
+    TestClient,
+    make_client,
+    make_package,
+    upload,
+    wait,
+    write_song,
+)
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
-    model = FractionModel(SOURCES, FRACTIONS, segment_length=20000, crop=13)
-    return save_package(model, tmp_path_factory.mktemp("models") / "frac.safetensors")
-
-
-def write_song(path: Path, seconds: float = 1.5, channels: int = 2) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, make_tone_mix(seconds, channels=channels).T.numpy(), 44100, subtype="PCM_16")
-    return path
+    return make_package(tmp_path_factory.mktemp("models") / "frac.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -54,33 +44,11 @@ def song(tmp_path_factory) -> Path:
     return write_song(tmp_path_factory.mktemp("songs") / "my song.wav")
 
 
-def make_client(package: Path, jobs: Path, workers: int, **kwargs) -> TestClient:
-    config = ServeConfig(jobs, str(package), workers=workers, threads=1, **kwargs)
-    return TestClient(create_app(config), raise_server_exceptions=False)
-
-
 @pytest.fixture(scope="module")
 def client(package, tmp_path_factory) -> Iterator[TestClient]:
     """One server with two worker processes for the module."""
     with make_client(package, tmp_path_factory.mktemp("jobs"), workers=2) as test_client:
         yield test_client
-
-
-def upload(client: TestClient, path: Path, name: str | None = None, **fields) -> dict:
-    files = {"file": (name or path.name, path.read_bytes())}
-    response = client.post("/api/jobs", files=files, data=fields)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def wait(client: TestClient, job_id: str, states=("done", "failed")) -> dict:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} still {job['state']} after {DEADLINE} s")
 
 
 def cli_stems(package: Path, song: Path, out: Path, *options: str) -> Path:
@@ -153,10 +121,21 @@ def test_a_non_audio_upload_fails_with_the_reader_message(client, tmp_path):
     assert client.get(f"/api/jobs/{job['id']}/zip").status_code == 404
 
 
-def test_an_unknown_stem_fails_the_job_in_one_line(client, song):
-    job = wait(client, upload(client, song, stems="guitar")["id"])
-    assert job["state"] == "failed"
-    assert job["error"] == "unknown stem 'guitar': this model has drums, bass, other, vocals"
+@pytest.mark.integration
+@pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg/ffprobe not on PATH")
+def test_a_playlist_upload_reads_nothing_of_the_server(client, song, tmp_path):
+    secret = tmp_path / "private" / "server-only.mp3"
+    secret.parent.mkdir()
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(song), str(secret)]
+    subprocess.run(cmd, check=True)
+    playlist = tmp_path / "list.m3u8"
+    playlist.write_text(
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{secret}\n#EXT-X-ENDLIST\n"
+    )
+    job = wait(client, upload(client, playlist)["id"])
+    assert job["state"] == "failed" and job["stems"] == []
+    assert job["error"].startswith("cannot decode list.m3u8: ")
+    assert "private" not in job["error"] and "/" not in job["error"]
 
 
 @pytest.mark.parametrize(

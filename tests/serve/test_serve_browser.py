@@ -164,6 +164,8 @@ def test_separate_a_song_in_the_browser(browser, server, tmp_path):
     song = demo_song(tmp_path / "demo song.wav")
     page = browser.new_page(viewport={"width": 1100, "height": 760})
     page.set_default_timeout(TIMEOUT_MS)
+    console: list[str] = []  # a Content-Security-Policy refusal shows here
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
     page.goto(server)
     page.wait_for_selector("#server:has-text('model tiny-demucs on cpu')")
     page.set_input_files("#file", str(song))
@@ -194,10 +196,16 @@ def test_separate_a_song_in_the_browser(browser, server, tmp_path):
     page.set_input_files("#file", str(notes))
     failed = page.wait_for_selector(".job[data-state=failed]")
     assert failed.query_selector(".error").inner_text().startswith("cannot decode notes.txt")
+    page.once("dialog", lambda dialog: dialog.dismiss())  # Delete asks first: "no" keeps it
+    failed.query_selector("button.delete").click()
+    page.wait_for_timeout(500)
+    assert page.query_selector(".job[data-state=failed]") is not None
+    page.once("dialog", lambda dialog: dialog.accept())
     failed.query_selector("button.delete").click()
     page.wait_for_selector(".job[data-state=failed]", state="detached")
 
     page.goto(f"{server}/docs")  # the API list, rendered locally from /openapi.json
     upload_doc = page.locator("li", has_text="POST /api/jobs").first.inner_text()
     assert "multipart form: file, model, two_stems" in upload_doc
+    assert [m for m in console if "Content Security Policy" in m] == []
     page.close()
