@@ -17,7 +17,7 @@ from demucs_rr.models.hdemucs import HDemucs
 from demucs_rr.models.htdemucs import HTDemucs
 from demucs_rr.models.tasnet import ConvTasNet
 from demucs_rr.train.stems import plan_stems, remap_state
-from tests.helpers.models import TINY_HT
+from tests.helpers.models import TINY_BAND_SPLIT, TINY_HT, tiny_band_split
 
 Factory = Callable[[list[str]], PackagedModel]
 
@@ -31,6 +31,10 @@ FAMILIES: dict[str, Factory] = {
     "hdemucs_bands": lambda s: HDemucs(s, channels=4, multi_freqs=[0.25, 0.5], norm_starts=999),
     "hdemucs_spectrogram_only": lambda s: HDemucs(s, channels=4, hybrid=False),
     "htdemucs": lambda s: HTDemucs(**{**TINY_HT, "sources": s}),
+    **{
+        arch: (lambda s, arch=arch: tiny_band_split(arch, s))  # type: ignore[misc]
+        for arch in TINY_BAND_SPLIT
+    },
 }
 
 FOUR = ["drums", "bass", "other", "vocals"]
@@ -41,27 +45,46 @@ def _on_meta(factory: Factory, sources: list[str]) -> PackagedModel:
         return factory(sources)
 
 
+def _template(layout: StemLayout, name: str) -> str:
+    """``name`` with the stem index of a per-stem module list replaced by ``*``."""
+    stem = layout.stem_of(name)
+    if stem is None:
+        return name
+    prefix = next(p for p in layout.modules if name.startswith(f"{p}.{stem}."))
+    return f"{prefix}.*." + name[len(f"{prefix}.{stem}.") :]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_declared_weights_are_those_that_depend_on_the_stems(family: str) -> None:
-    """Built with 1, 4 and 5 stems: a declared weight has ``S * block`` rows along its dim and
-    is otherwise the same; every undeclared weight has the same shape whatever S is."""
+    """Built with 1, 4 and 5 stems: a declared block weight has ``S * block`` rows along its
+    dim and is otherwise the same; a declared module list has one entry per stem, each of the
+    same shapes; every undeclared weight has the same shape whatever S is."""
     reference = _on_meta(FAMILIES[family], FOUR)
     assert isinstance(reference, StemDeclaring)
     layout = reference.stem_layout()
-    assert layout.blocks and not layout.modules
-    shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert layout.blocks or layout.modules
+    shapes = {_template(layout, k): tuple(v.shape) for k, v in reference.state_dict().items()}
     for count in (1, 4, 5):
         model = _on_meta(FAMILIES[family], [f"s{i}" for i in range(count)])
         assert isinstance(model, StemDeclaring)
-        assert {k: b for k, (_, b) in model.stem_layout().blocks.items()} == {
+        declared = model.stem_layout()
+        assert {k: b for k, (_, b) in declared.blocks.items()} == {
             k: b for k, (_, b) in layout.blocks.items()
         }
+        assert declared.modules == layout.modules
+        seen: dict[str, set[int]] = {}
         for name, value in model.state_dict().items():
-            expected = list(shapes[name])
+            key = _template(declared, name)
+            expected = list(shapes[key])
             if name in layout.blocks:
                 dim, block = layout.blocks[name]
                 expected[dim] = count * block
+            stem = declared.stem_of(name)
+            seen.setdefault(key, set()).add(-1 if stem is None else stem)
             assert tuple(value.shape) == tuple(expected), (name, count)
+        assert set(seen) == set(shapes), count
+        for key, stems in seen.items():
+            assert stems == ({-1} if "*" not in key else set(range(count))), (key, count)
 
 
 def _outputs(model: PackagedModel, mix: torch.Tensor) -> torch.Tensor:
