@@ -462,7 +462,9 @@ def segment_samples(config: TrainConfig) -> int:
 
 
 def model_kwargs(config: TrainConfig) -> dict[str, Any]:
-    """Constructor kwargs: ``model.kwargs`` + sources, channels, samplerate from ``dset``.
+    """Constructor kwargs: ``model.kwargs`` + sources, channels, samplerate from ``dset``
+    (channels as ``stereo`` for a class that takes that instead, and ``num_stems``, when
+    given, as the number of sources).
 
     Unless ``model.kwargs`` sets it, the model's default inference chunk comes from the training
     segment: ``segment_length`` (samples, v2 classes) or ``segment`` (seconds, Demucs 3/4) is
@@ -480,11 +482,13 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
             kwargs.setdefault("segment", 4 * samples / config.dset.samplerate)
     else:
         kwargs.setdefault("segment_length", 4 * samples)
-    kwargs.update(
-        sources=list(config.dset.sources),
-        audio_channels=config.dset.channels,
-        samplerate=config.dset.samplerate,
-    )
+    kwargs.update(sources=list(config.dset.sources), samplerate=config.dset.samplerate)
+    if "stereo" in params and "audio_channels" not in params:  # the RoFormers
+        kwargs["stereo"] = config.dset.channels == 2
+    else:
+        kwargs["audio_channels"] = config.dset.channels
+    if kwargs.get("num_stems") is not None:  # MSST's repetition of the stem count
+        kwargs["num_stems"] = len(config.dset.sources)
     return kwargs
 
 

@@ -215,6 +215,9 @@ def check_overrides(config: TrainConfig, initial: InitialModel, keys: Sequence[s
             f"of the initial model {initial.source}: resample the stems instead"
         )
     reference = {**model.init_kwargs, "sources": list(config.dset.sources)}
+    if reference.get("num_stems") is not None:  # MSST's repetition of the stem count
+        reference["num_stems"] = len(config.dset.sources)
+    channels_arg = "stereo" if "stereo" in reference else "audio_channels"
     shapes = _shapes(initial.arch, reference)
     final = model_kwargs(config)
     changed = _first_change(shapes, _shapes(config.model.arch, final))
@@ -224,7 +227,7 @@ def check_overrides(config: TrainConfig, initial: InitialModel, keys: Sequence[s
         name = key.removeprefix("model.kwargs.")
         if name == key and key != "dset.channels":
             continue
-        arg = "audio_channels" if key == "dset.channels" else name
+        arg = channels_arg if key == "dset.channels" else name
         one = _first_change(shapes, _shapes(initial.arch, {**reference, arg: final.get(arg)}))
         if one is not None:
             raise ConfigError(
