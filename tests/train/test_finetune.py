@@ -344,3 +344,24 @@ def test_export_merges_adapters_and_records_the_lineage(
     assert row["description"].endswith(
         f"fine-tuned from base.safetensors (sha256 {config.base.sha256[:8]}), +piano, LoRA rank 2"
     )
+
+
+def test_the_optimiser_starts_fresh_and_the_ema_from_the_initial_weights(
+    base_package: Path, five_synth: Path
+) -> None:
+    from demucs_rr.distributed import Group
+    from demucs_rr.train.state import build_state
+
+    config, initial = load_run_config(
+        finetune_overrides(base_package, five_synth, *ADD_PIANO, "optim.ema_decay=0.9")
+    )
+    model = make_model(config)
+    adapt_model(config, model, initial)
+    state = build_state(config, model, Group(), steps_per_epoch=2)
+    assert state.ema is not None and not state.optimizer.state
+    base = load_model(base_package).state_dict()
+    for key, value in state.ema.state.items():
+        if key.startswith("decoder.3.2."):  # the per-stem output layer: piano from other
+            continue
+        assert torch.equal(value, base[key]), key
+    assert torch.equal(state.ema.state["decoder.3.2.bias"], model.state_dict()["decoder.3.2.bias"])
