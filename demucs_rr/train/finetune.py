@@ -229,9 +229,10 @@ def check_overrides(config: TrainConfig, initial: InitialModel, keys: Sequence[s
             continue
         arg = channels_arg if key == "dset.channels" else name
         one = _first_change(shapes, _shapes(initial.arch, {**reference, arg: final.get(arg)}))
+        shown = config.dset.channels if key == "dset.channels" else final.get(arg)
         if one is not None:
             raise ConfigError(
-                f"{key}={final.get(arg)} changes the shape of {one} in the initial model "
+                f"{key}={shown} changes the shape of {one} in the initial model "
                 f"{initial.source}; a fine-tuning run keeps every weight's shape"
             )
     raise ConfigError(f"the overrides change the shape of {changed} in {initial.source}")

@@ -87,3 +87,13 @@ def test_band_split_finetuning_keeps_stems_by_name(
     info = read_training_info(read_package_metadata(exported))
     assert info is not None and info.lineage is not None
     assert (info.lineage.base_class, info.lineage.stems_dropped) == (arch, ["bass", "other"])
+
+
+def test_a_roformer_keeps_its_channels(five_synth: Path, tmp_path: Path) -> None:
+    """The RoFormers take ``stereo`` rather than a channel count: a mono override of a stereo
+    model is refused naming the command-line key and its value."""
+    from demucs_rr.errors import ConfigError
+
+    package = _package("BSRoformer", tmp_path)
+    with pytest.raises(ConfigError, match=r"^dset\.channels=1 changes the shape of band_split"):
+        load_run_config(finetune_overrides(package, five_synth, "dset.channels=1"))
