@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import hashlib
 import logging
 import os
@@ -32,15 +31,15 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch import nn
 
 from demucs_rr.errors import ConfigError, PackageFormatError, one_line
 from demucs_rr.hub.training_info import Lineage
 from demucs_rr.models.base import PackagedModel, StemDeclaring, as_module
 from demucs_rr.models.registry import build_model, class_name_of
 from demucs_rr.train.config import BaseRecord, TrainConfig, load_config, model_kwargs
-from demucs_rr.train.lora import ADAPTER_MARK, add_lora, merge_lora
+from demucs_rr.train.lora import add_lora, merge_lora
 from demucs_rr.train.stems import StemPlan, plan_stems, remap_state
+from demucs_rr.train.trainable import counts, freeze
 
 __all__ = [
     "InitialModel",
@@ -310,27 +309,6 @@ def _check_stems(initial: InitialModel, plan: StemPlan) -> None:
         )
 
 
-def freeze(module: nn.Module, patterns: Sequence[str]) -> int:
-    """Freeze the parameters whose names match a glob of ``patterns``; returns how many.
-
-    Raises:
-        ConfigError: a pattern matches no parameter (a typo would silently train everything).
-    """
-    names = [name for name, _ in module.named_parameters()]
-    for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            raise ConfigError(
-                f"freeze pattern {pattern!r} matches no parameter of {type(module).__name__} "
-                f"(its names look like {names[0]}, ..., {names[-1]})"
-            )
-    count = 0
-    for name, param in module.named_parameters():
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
-            param.requires_grad_(False)
-            count += 1
-    return count
-
-
 def lineage(config: TrainConfig, steps: int) -> Lineage | None:
     """The lineage a fine-tuned run's package records (None when ``config`` has no init)."""
     if config.init is None:
@@ -373,17 +351,6 @@ def packaged_model(
     return model
 
 
-def _counts(module: nn.Module) -> str:
-    """``parameters: N trainable, M frozen`` (with the adapters' share)."""
-    params = list(module.named_parameters())
-    trainable = sum(p.numel() for _, p in params if p.requires_grad)
-    frozen = sum(p.numel() for _, p in params if not p.requires_grad)
-    adapters = sum(p.numel() for n, p in params if ADAPTER_MARK in f".{n}")
-    tensors = sum(1 for _, p in params if p.requires_grad)
-    line = f"parameters: {trainable:,} trainable in {tensors} tensors, {frozen:,} frozen"
-    return line + (f" ({adapters:,} of the trainable ones in LoRA adapters)" if adapters else "")
-
-
 def adapt_model(
     config: TrainConfig,
     model: PackagedModel,
@@ -413,4 +380,4 @@ def adapt_model(
         say(f"LoRA rank {config.lora.rank} on {layers} linear and 1x1 convolution layers")
     if not any(p.requires_grad for p in module.parameters()):
         raise ConfigError(f"nothing to train: freeze={list(config.freeze)} matches every weight")
-    say(_counts(module) + (f"; freeze matched {frozen} tensors" if config.freeze else ""))
+    say(counts(module) + (f"; freeze matched {frozen} tensors" if config.freeze else ""))
