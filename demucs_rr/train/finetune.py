@@ -6,8 +6,9 @@
    bag needs ``init_member`` (index or signature);
 2. the run's model section (class and constructor arguments) comes from it, and so do the
    defaults of ``dset.sources``, ``dset.samplerate``, ``dset.channels`` and, for a model trained
-   on a fixed length (HT Demucs), ``segment``; an override that would change the shape of a
-   weight is refused, naming the key;
+   on a fixed length (HT Demucs), ``segment``; a package exported here also passes on its
+   training recipe (:data:`RECIPE_KEYS`); an override that would change the shape of a weight
+   is refused, naming the key;
 3. the resolved config records what ``init`` was (``base``: class, stems, member, sha256 of
    the weights), so the run folder says where it started;
 4. the run's network gets the initial weights, its stems rearranged by name
@@ -58,6 +59,10 @@ logger = logging.getLogger(__name__)
 DATASET_KEYS = {"sources": "sources", "audio_channels": "channels", "samplerate": "samplerate"}
 """Constructor arguments that come from ``dset`` rather than ``model.kwargs``."""
 
+RECIPE_KEYS = ("segment", "batch_size", "optim", "augment", "data")
+"""Config sections a package exported here passes on to a run starting from it (the number of
+epochs, the loss and the dataset are the new run's own)."""
+
 
 def weights_sha256(model: PackagedModel) -> str:
     """sha256 of the model's state (names, dtypes, shapes, bytes) in hex; its first 16 digits
@@ -79,12 +84,15 @@ class InitialModel:
         member: the signature of the chosen bag member, or None for a single model.
         model: the network (CPU, eval mode).
         sha256: :func:`weights_sha256` of ``model``.
+        recipe: the :data:`RECIPE_KEYS` of the run that trained it (a package exported here);
+            empty for other models.
     """
 
     source: str
     member: str | None
     model: PackagedModel
     sha256: str
+    recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def arch(self) -> str:
@@ -96,6 +104,7 @@ class InitialModel:
         model = self.model
         kwargs = {k: v for k, v in model.init_kwargs.items() if k not in DATASET_KEYS}
         start: dict[str, Any] = {
+            **self.recipe,
             "model": {"arch": self.arch, "kwargs": kwargs},
             "dset": {
                 "sources": list(model.sources),
@@ -141,7 +150,22 @@ def load_initial(source: str, member: str | None = None, repo: str | None = None
     loaded = resolve(source, Path(repo).expanduser() if repo else None)
     model, signature = _pick_member(loaded.members, loaded.signatures, member, source)
     model = model.to("cpu").eval()
-    return InitialModel(source, signature, model, weights_sha256(model))
+    recipe = _recipe_of(Path(source).expanduser()) if signature is None else {}
+    return InitialModel(source, signature, model, weights_sha256(model), recipe)
+
+
+def _recipe_of(path: Path) -> dict[str, Any]:
+    """The :data:`RECIPE_KEYS` of the training block of the package at ``path``, if any."""
+    from demucs_rr.hub.package import read_package_metadata, read_training_info
+
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    try:
+        info = read_training_info(read_package_metadata(path), str(path))
+    except PackageFormatError:
+        return {}
+    config = info.config if info is not None else {}
+    return {key: config[key] for key in RECIPE_KEYS if key in config}
 
 
 def _command_line_values(overrides: Sequence[str], keys: Sequence[str]) -> dict[str, Any]:

@@ -365,3 +365,19 @@ def test_the_optimiser_starts_fresh_and_the_ema_from_the_initial_weights(
             continue
         assert torch.equal(value, base[key]), key
     assert torch.equal(state.ema.state["decoder.3.2.bias"], model.state_dict()["decoder.3.2.bias"])
+
+
+def test_a_package_trained_here_passes_on_its_recipe(base_package: Path, five_synth: Path) -> None:
+    """segment, batch, optimiser, augmentations and data settings of the run that made the
+    package; epochs, loss and dataset are the new run's; the command line wins. An official
+    package has no recipe: the defaults apply."""
+    plain = [f"init={base_package}", "dset=synthetic", f"dset.root={five_synth}"]
+    config, initial = load_run_config(plain)
+    assert initial is not None and set(initial.recipe) == {
+        "segment", "batch_size", "optim", "augment", "data"
+    }  # fmt: skip
+    assert (config.segment, config.batch_size, config.optim.lr) == (1.0, 8, 3e-3)
+    assert (config.data.workers, config.data.repitch, config.augment.shift) == (0, 0.0, 0.25)
+    assert config.epochs == load_config(["dset.root=/data"]).epochs
+    config, _ = load_run_config([*plain, "batch_size=4", "optim.lr=1e-4"])
+    assert (config.batch_size, config.optim.lr, config.segment) == (4, 1e-4, 1.0)
