@@ -155,8 +155,9 @@ def _run(args: argparse.Namespace, work: Path, precision: str, argv: list[str]) 
     cmd = [sys.executable, argv[0], *argv[1:], "--worker", precision, "--work", str(work)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"precision": precision, "error": done.stderr.strip().splitlines()[-1][:200]}
+    if done.returncode != 0:  # a negative code: killed by that signal (9: out of memory?)
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return {"precision": precision, "error": last[:200]}
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
