@@ -208,10 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--repo", help="folder searched first for SRC and for bag members")
     conv.add_argument("--name", help="model name stored in the package (default: SRC's name)")
     conv.add_argument("--model-config", help=MODEL_CONFIG_HELP)
+    bag = models_sub.add_parser(
+        "bag", help="write several models as one bag package (e.g. one fine-tuned per stem)"
+    )
+    importlib.import_module("demucs_rr.hub.make_bag").add_bag_arguments(bag)
     sub.add_parser("doctor", help="versions, devices, tools and cached models, for bug reports")
     for name, (module, add, _, help_text) in EXTRA_COMMANDS.items():
         getattr(importlib.import_module(module), add)(sub.add_parser(name, help=help_text))
-    for sub_parser in (*sub.choices.values(), lst, conv):
+    for sub_parser in (*sub.choices.values(), lst, conv, bag):
         add_threads_argument(sub_parser)
     return parser
 
@@ -232,6 +236,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if getattr(args, "models_command", None) == "convert":
         return run_models_convert(args)
+    if getattr(args, "models_command", None) == "bag":
+        from demucs_rr.hub.make_bag import run_models_bag
+
+        return run_models_bag(args)
     return run_models_list(args)
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Write the procedural 4-stem dataset (MUSDB18-HQ layout) used for tests and smoke training.
+"""Write the procedural stem dataset (MUSDB18-HQ layout) used for tests and smoke training.
 
 Example: ``python tools/make_synthetic_dataset.py /tmp/synth --train 8 --valid 2 --test 2``
-writes ``/tmp/synth/{train,valid,test}/<split>-NNN/{mixture,drums,bass,other,vocals}.wav``.
+writes ``/tmp/synth/{train,valid,test}/<split>-NNN/{mixture,drums,bass,other,vocals}.wav``;
+``--sources drums,bass,other,vocals,piano`` adds a fifth instrument (the same four stems, plus
+piano in the mixture).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import time
 
 from demucs_rr import argtypes
-from demucs_rr.data.synthetic import make_synthetic_dataset
+from demucs_rr.data.synthetic import SYNTHETIC_SOURCES, make_synthetic_dataset
 from demucs_rr.errors import DemucsRRError
 
 
@@ -28,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--samplerate", type=int, default=44100, help="sample rate (default 44100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--sources",
+        default="drums,bass,other,vocals",
+        help=f"comma-separated stems among {','.join(SYNTHETIC_SOURCES)} (default the 4 MUSDB "
+        "stems)",
+    )
     args = parser.parse_args(argv)
     begin = time.perf_counter()
     try:
@@ -37,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds=args.seconds,
             samplerate=args.samplerate,
             seed=args.seed,
+            sources=[name.strip() for name in args.sources.split(",") if name.strip()],
         )
     except DemucsRRError as err:
         print(f"error: {err}", file=sys.stderr)

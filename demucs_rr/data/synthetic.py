@@ -1,4 +1,4 @@
-"""A procedurally generated 4-stem dataset in the MUSDB18-HQ layout, for tests and smoke training.
+"""A procedurally generated stem dataset in the MUSDB18-HQ layout, for tests and smoke training.
 
 Each track gets its own tempo, key, scale, stereo placement and timbres from
 ``numpy.random.default_rng([seed, crc32(split), index])``, so a seed always writes the same
@@ -9,17 +9,24 @@ files. The stems are easy to tell apart, so a tiny model can learn to separate t
 * ``bass``: notes of 40-120 Hz (fundamental-heavy, a few harmonics) with attack/decay envelopes;
 * ``other``: chords of 2-4 harmonic tones between 196 and 990 Hz with slow swells, one per bar;
 * ``vocals``: a voice-like harmonic tone (150-600 Hz) with vibrato, portamento and vowel
-  formants, sung in phrases separated by rests.
+  formants, sung in phrases separated by rests;
+* ``piano`` (a fifth instrument, only when asked for): struck-string notes of 520-2100 Hz
+  (C5 to C7) with slightly stretched partials that decay faster the higher they are, in
+  arpeggios on an eighth-note grid: a new instrument to fine-tune a 4-stem model on.
+
+The four MUSDB stems of a track are drawn first, so asking for ``piano`` as well leaves them as
+they were (up to the track's overall scale).
 
 Files are 16-bit PCM wav. The stems are quantised first and ``mixture.wav`` is their exact
-integer sum, so ``mixture == drums + bass + other + vocals`` holds bit for bit after reading;
+integer sum, so ``mixture == drums + bass + other + vocals`` (``+ piano``) holds bit for bit
+after reading;
 the whole track is scaled so that no stem and no mixture sample exceeds 0.9.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +36,10 @@ from demucs_rr.errors import ConfigError
 from demucs_rr.sources import MUSDB_SOURCES
 from demucs_rr.staging import atomic_write
 
-__all__ = ["make_synthetic_dataset", "synth_track"]
+__all__ = ["SYNTHETIC_SOURCES", "make_synthetic_dataset", "synth_track"]
+
+SYNTHETIC_SOURCES = (*MUSDB_SOURCES, "piano")
+"""Every stem the generator can write: the four MUSDB stems and the extra ``piano``."""
 
 _PEAK = 0.9
 _INT16 = 32767
@@ -194,8 +204,38 @@ def _vocals(
     return _pan(mono * gate, rng.uniform(-0.15, 0.15))
 
 
-def synth_track(seconds: float, samplerate: int, rng: np.random.Generator) -> np.ndarray:
-    """One track's stems as float64 (4, 2, T), unscaled, in the order of ``MUSDB_SOURCES``."""
+def _piano(
+    rng: np.random.Generator, n: int, sr: int, beat: float, root: int, scale: tuple[int, ...]
+) -> np.ndarray:
+    """Struck-string arpeggios in C5-C7 on an eighth-note grid; (2, T)."""
+    mono = np.zeros(n)
+    step = beat / 2
+    decay = rng.uniform(0.25, 0.5)  # seconds, of the fundamental
+    stretch = rng.uniform(2e-4, 6e-4)  # inharmonicity: partial k at k * f0 * sqrt(1 + B k^2)
+    pattern = rng.integers(0, 10, size=4)  # scale degrees of the arpeggio, repeated
+    top = min(0.45 * sr, 9000.0)
+    t = np.arange(int(min(1.5, 5 * decay) * sr)) / sr
+    attack = np.minimum(1.0, t / 0.002)
+    for k in range(int(n / (step * sr)) + 1):
+        if rng.random() < 0.25:  # a rest
+            continue
+        degree = int(pattern[k % 4]) + (7 if k % 16 >= 8 else 0)
+        midi = 72 + (root % 12) + 12 * (degree // 7) + scale[degree % 7]
+        f0 = float(_hz(min(midi, 96)))
+        note = np.zeros_like(t)
+        for h in range(1, 7):
+            freq = h * f0 * np.sqrt(1 + stretch * h * h)
+            if freq < top:
+                note += np.sin(2 * np.pi * freq * t) * np.exp(-t * h / decay) / h**1.2
+        _place(mono, note * attack, int(round(k * step * sr)), rng.uniform(0.6, 1.0))
+    return _pan(mono, rng.uniform(-0.6, 0.6))
+
+
+def synth_track(
+    seconds: float, samplerate: int, rng: np.random.Generator, piano: bool = False
+) -> np.ndarray:
+    """One track's stems as float64 (S, 2, T), unscaled: the four ``MUSDB_SOURCES`` in order,
+    then ``piano`` when asked for (drawn after the others, which it leaves unchanged)."""
     n = int(round(seconds * samplerate))
     beat = 60.0 / rng.uniform(90, 150)
     root = int(rng.integers(0, 12))
@@ -213,7 +253,12 @@ def synth_track(seconds: float, samplerate: int, rng: np.random.Generator) -> np
         10 ** (rng.uniform(-3, 3, size=(4, 1, 1)) / 20)
         * np.array([1.0, 0.8, 0.6, 0.8])[:, None, None]
     )
-    return stems / rms * gains
+    stems = stems / rms * gains
+    if not piano:
+        return stems
+    extra = _piano(rng, n, samplerate, beat, root, scale)
+    extra *= 10 ** (rng.uniform(-3, 3) / 20) * 0.7 / (np.sqrt((extra**2).mean()) + 1e-12)
+    return np.concatenate([stems, extra[None]])
 
 
 def _quantise(stems: np.ndarray) -> np.ndarray:
@@ -234,8 +279,9 @@ def make_synthetic_dataset(
     seconds: float = 8.0,
     samplerate: int = 44100,
     seed: int = 0,
+    sources: Sequence[str] = MUSDB_SOURCES,
 ) -> Path:
-    """Write ``root/<split>/<split>-NNN/{mixture,drums,bass,other,vocals}.wav``.
+    """Write ``root/<split>/<split>-NNN/{mixture,<source>...}.wav``.
 
     Args:
         root: output folder (created; existing track folders of the same names are
@@ -245,26 +291,37 @@ def make_synthetic_dataset(
         seconds: length of every track.
         samplerate: sample rate of the files.
         seed: base seed; the same seed always writes the same files.
+        sources: the stems to write, any of :data:`SYNTHETIC_SOURCES` in any order (default the
+            four MUSDB stems); ``mixture.wav`` is the sum of these.
 
     Returns:
         ``root`` as a Path.
 
     Raises:
-        ConfigError: a non-positive length or sample rate, or a negative track count.
+        ConfigError: a non-positive length or sample rate, a negative track count, or an
+            unknown or repeated source name.
     """
     splits = dict(tracks_per_split or {"train": 8, "valid": 2, "test": 2})
     if seconds <= 0 or samplerate <= 0:
         raise ConfigError(f"seconds and samplerate must be positive, got {seconds}, {samplerate}")
     if any(count < 0 for count in splits.values()):
         raise ConfigError(f"track counts must be >= 0, got {splits}")
+    unknown = [name for name in sources if name not in SYNTHETIC_SOURCES]
+    if unknown or not sources or len(set(sources)) != len(sources):
+        raise ConfigError(
+            f"synthetic sources must be distinct names among {', '.join(SYNTHETIC_SOURCES)}, "
+            f"got {list(sources)}"
+        )
+    rows = [SYNTHETIC_SOURCES.index(name) for name in sources]
     out = Path(root).expanduser()
     for split, count in splits.items():
         for index in range(count):
             rng = np.random.default_rng([seed, zlib.crc32(split.encode("utf-8")), index])
-            stems = _quantise(synth_track(seconds, samplerate, rng))
+            track = synth_track(seconds, samplerate, rng, piano="piano" in sources)
+            stems = _quantise(track[rows])
             folder = out / split / f"{split}-{index:03d}"
             folder.mkdir(parents=True, exist_ok=True)
-            for name, stem in zip(MUSDB_SOURCES, stems, strict=True):
+            for name, stem in zip(sources, stems, strict=True):
                 _write_int16(folder / f"{name}.wav", stem, samplerate)
             _write_int16(folder / "mixture.wav", stems.sum(axis=0), samplerate)
     return out

@@ -84,6 +84,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="re-score tracks already scored")
     p.add_argument("--no-plot", action="store_true", help="no SDR box plot (no matplotlib)")
+    p.add_argument(
+        "--before",
+        metavar="DIR",
+        help="also print a before/after table against the results in DIR (e.g. the model "
+        "this one was fine-tuned from, evaluated on the same tracks)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -155,6 +161,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from demucs_rr.evaluate.run import run_evaluation
 
     _check_options(args)
+    if args.before and not Path(args.before).is_dir():
+        raise ConfigError(f"--before {args.before}: no such results folder")
     if not args.no_plot:
         require_matplotlib()
     group = Group.from_env(args.device)
@@ -176,6 +184,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"no track could be scored; results folder {out}")
         if group.is_main:
             _report(result.scores, out, f"{label} on {trackset.label}", not args.no_plot)
+            if args.before:
+                from demucs_rr.evaluate.before_after import before_after_table
+
+                print(before_after_table(args.before, out), end="")
         group.barrier()  # no rank exits (torchrun stops the others) before rank 0 has reported
     return 1 if result.failed else 0
 

@@ -9,7 +9,8 @@ Layout (package format version 2, ``"kind": "bag"``):
     {"format_version": 2, "kind": "bag", "name": "htdemucs_ft",
      "sources": [...], "samplerate": 44100, "audio_channels": 2,
      "members": [{"model_class": "HTDemucs", "kwargs": {...}, "sources": [...],
-                  "samplerate": 44100, "audio_channels": 2, "segment_length": N}, ...],
+                  "samplerate": 44100, "audio_channels": 2, "segment_length": N,
+                  "training": {...}}, ...],   # optional: how a member was trained
      "models": [0, 1, 2, 3],          # member index of each bag entry (entries may repeat)
      "signatures": ["f7e0c4bc", ...],  # official signature of each entry (or a name)
      "weights": [[1, 0, 0, 0], ...] | null, "segment": 44.0 | null}
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from demucs_rr.hub.package import (
     write_package_file,
 )
 from demucs_rr.hub.safety import load_weights, read_declared_shapes
+from demucs_rr.hub.training_info import TrainingInfo
 from demucs_rr.models.base import PackagedModel
 
 __all__ = ["BAG_FORMAT_VERSION", "load_bag_package", "save_bag_package"]
@@ -66,7 +68,12 @@ def _distinct(members: list[PackagedModel]) -> tuple[list[PackagedModel], list[i
 
 
 def save_bag_package(
-    bag: LoadedModel, path: str | os.PathLike[str], *, name: str | None = None, half: bool = False
+    bag: LoadedModel,
+    path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    half: bool = False,
+    training: Sequence[TrainingInfo | None] | None = None,
 ) -> Path:
     """Write ``bag`` as one bag package at ``path`` (atomically).
 
@@ -76,6 +83,7 @@ def save_bag_package(
         path: destination, conventionally ``NAME.safetensors``.
         name: model name stored in the metadata (default: the bag's name).
         half: store floating tensors as float16 (exact for official float16 weights).
+        training: per bag entry, how that member was trained (kept in its member entry).
 
     Returns:
         The destination path.
@@ -94,7 +102,7 @@ def save_bag_package(
         "sources": list(first.sources),
         "samplerate": int(first.samplerate),
         "audio_channels": int(first.audio_channels),
-        "members": [model_entry(model) for model in distinct],
+        "members": [_entry(model, bag.members, training) for model in distinct],
         "models": index,
         "signatures": list(bag.signatures),
         "weights": bag.weights,
@@ -108,6 +116,21 @@ def save_bag_package(
     write_package_file(path, tensors, json.dumps(meta))
     logger.info("saved bag package %s (%d members)", path, len(distinct))
     return path
+
+
+def _entry(
+    model: PackagedModel,
+    entries: list[PackagedModel],
+    training: Sequence[TrainingInfo | None] | None,
+) -> dict[str, Any]:
+    """The member entry of ``model`` (with the training block of its first bag entry)."""
+    entry = model_entry(model)
+    info = None
+    if training is not None:
+        info = training[next(i for i, m in enumerate(entries) if m is model)]
+    if info is not None:
+        entry["training"] = info.to_json()
+    return entry
 
 
 def load_bag_package(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> LoadedModel:

@@ -102,6 +102,13 @@ def _safetensors_row(file: Path, row: ModelRow) -> None:
     if package_kind(meta) == "bag":
         row["class"] = "bag"
         row["description"] += f" (bag of {len(meta['models'])})"
+        lineages = [
+            info.lineage.summary()
+            for j, entry in enumerate(meta["members"])
+            if (info := read_training_info(entry, f"{file} (member {j})")) and info.lineage
+        ]
+        if lineages:
+            row["description"] += "; members " + "; ".join(dict.fromkeys(lineages))
         return
     row["class"] = meta["model_class"]
     training = read_training_info(meta, str(file))
@@ -110,6 +117,8 @@ def _safetensors_row(file: Path, row: ModelRow) -> None:
         row["description"] += _training_summary(
             training.epochs, training.best_epoch, training.weights
         )
+        if training.lineage is not None:
+            row["description"] += f"; {training.lineage.summary()}"
 
 
 def _training_summary(epochs: int, best_epoch: int | None, weights: str) -> str:

@@ -312,6 +312,8 @@ def check_bag_metadata(meta: Mapping[str, Any], origin: str) -> None:
         if not isinstance(entry, dict):
             raise PackageFormatError(f"{origin}: bag member {j} is not a JSON object")
         check_model_metadata(entry, f"{origin} (member {j})")
+        if entry.get("training") is not None:
+            TrainingInfo.from_json(entry["training"], f"{origin} (member {j})")
     index = meta.get("models")
     ok = isinstance(index, list) and bool(index)
     ok = ok and all(isinstance(i, int) and 0 <= i < len(members) for i in index or [])

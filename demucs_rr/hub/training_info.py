@@ -5,9 +5,15 @@
 
     {"epochs": 40, "best_epoch": 37, "weights": "ema",
      "metrics": {"valid_loss": 0.081, "valid_nsdr": 5.39, "valid_nsdr_drums": 6.1, ...},
-     "config": {...}, "train_tracks": [...], "valid_tracks": [...]}
+     "config": {...}, "train_tracks": [...], "valid_tracks": [...],
+     "lineage": {"base": "htdemucs", "base_sha256": "...", "base_class": "HTDemucs",
+                 "base_sources": [...], "member": null, "stems_kept": [...],
+                 "stems_added": {"piano": "other"}, "stems_dropped": [], "frozen": ["encoder.*"],
+                 "lora_rank": 0, "lora_alpha": null,
+                 "dataset": {"kind": "folder", "root": "...", "sources": [...]}, "steps": 1200}}
 
-Every key is optional when read (absent: the default below); a present key of the wrong type
+``lineage`` is present for a fine-tuned model only (:class:`Lineage`). Every key is optional
+when read (absent: the default below); a present key of the wrong type
 is a :class:`~demucs_rr.errors.PackageFormatError`. Unknown keys are ignored.
 """
 
@@ -20,7 +26,7 @@ from typing import Any
 
 from demucs_rr.errors import PackageFormatError
 
-__all__ = ["CHECKPOINT_FORMAT", "VALID_LOSS", "VALID_NSDR", "WEIGHTS", "TrainingInfo"]
+__all__ = ["CHECKPOINT_FORMAT", "VALID_LOSS", "VALID_NSDR", "WEIGHTS", "Lineage", "TrainingInfo"]
 
 CHECKPOINT_FORMAT = "demucs_rr.train.checkpoint"
 """``format`` of a training checkpoint (``RUN/checkpoint.th``): not a model file, its run's
@@ -37,6 +43,83 @@ WEIGHTS = ("model", "ema", "last")
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """Where a fine-tuned model started and what its fine-tuning changed.
+
+    Attributes:
+        base: the initial model as given to ``init=`` (a released name or a path).
+        base_sha256: sha256 of the initial weights (names, dtypes, shapes, bytes).
+        base_class: registry class of the initial network.
+        base_sources: its stems.
+        member: signature of the bag member started from, or None.
+        stems_kept: stems of both, in the fine-tuned model's order.
+        stems_added: new stem -> the stem whose weights it started from (None: zeros).
+        stems_dropped: stems of the initial model left out.
+        frozen: the ``freeze`` globs.
+        lora_rank: rank of the adapters merged into the weights (0: none).
+        lora_alpha: their ``alpha`` (None: equal to the rank).
+        dataset: ``{"kind", "root", "sources"}`` of the fine-tuning data.
+        steps: optimiser steps of the fine-tuning.
+    """
+
+    base: str
+    base_sha256: str
+    base_class: str = ""
+    base_sources: list[str] = field(default_factory=list)
+    member: str | None = None
+    stems_kept: list[str] = field(default_factory=list)
+    stems_added: dict[str, str | None] = field(default_factory=dict)
+    stems_dropped: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    dataset: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+
+    def summary(self) -> str:
+        """``fine-tuned from htdemucs (sha256 0123abcd), +piano -bass, LoRA rank 8``."""
+        name = self.base.rstrip("/").rsplit("/", 1)[-1]
+        text = f"fine-tuned from {name} (sha256 {self.base_sha256[:8]})"
+        stems = [f"+{s}" for s in self.stems_added] + [f"-{s}" for s in self.stems_dropped]
+        changes = [" ".join(stems)] if stems else []
+        if self.lora_rank:
+            changes.append(f"LoRA rank {self.lora_rank}")
+        return ", ".join([text, *changes])
+
+    @classmethod
+    def from_json(cls, data: object, origin: str) -> Lineage:
+        """Validate and read a ``lineage`` JSON object.
+
+        Raises:
+            PackageFormatError: not an object, a missing base, or an entry of the wrong type.
+        """
+        if not isinstance(data, Mapping) or not isinstance(data.get("base"), str):
+            raise PackageFormatError(f"{origin}: training.lineage must be an object with a base")
+        added = _get(data, "stems_added", Mapping, origin, "lineage.") or {}
+        if not all(isinstance(v, (str, type(None))) for v in added.values()):
+            raise PackageFormatError(f"{origin}: training.lineage.stems_added: stem -> stem")
+        alpha = data.get("lora_alpha")
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
+            raise PackageFormatError(f"{origin}: training.lineage.lora_alpha must be a number")
+        member = _get(data, "member", str, origin, "lineage.")
+        return cls(
+            base=data["base"],
+            base_sha256=str(_get(data, "base_sha256", str, origin, "lineage.") or ""),
+            base_class=str(_get(data, "base_class", str, origin, "lineage.") or ""),
+            base_sources=_names(data, "base_sources", origin, "lineage."),
+            member=member,
+            stems_kept=_names(data, "stems_kept", origin, "lineage."),
+            stems_added={str(k): v for k, v in added.items()},
+            stems_dropped=_names(data, "stems_dropped", origin, "lineage."),
+            frozen=_names(data, "frozen", origin, "lineage."),
+            lora_rank=_int(data.get("lora_rank", 0), "lineage.lora_rank", origin),
+            lora_alpha=None if alpha is None else float(alpha),
+            dataset=dict(_get(data, "dataset", Mapping, origin, "lineage.") or {}),
+            steps=_int(data.get("steps", 0), "lineage.steps", origin),
+        )
+
+
+@dataclass(frozen=True)
 class TrainingInfo:
     """How a packaged model was trained.
 
@@ -49,6 +132,7 @@ class TrainingInfo:
         config: the resolved training config, as plain JSON values.
         train_tracks: names of the training tracks (evaluation refuses to score them).
         valid_tracks: names of the validation tracks.
+        lineage: where a fine-tuned model started (None: trained from scratch).
     """
 
     epochs: int = 0
@@ -58,6 +142,7 @@ class TrainingInfo:
     config: dict[str, Any] = field(default_factory=dict)
     train_tracks: list[str] = field(default_factory=list)
     valid_tracks: list[str] = field(default_factory=list)
+    lineage: Lineage | None = None
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHTS:
@@ -101,15 +186,19 @@ class TrainingInfo:
             config=dict(_get(data, "config", Mapping, origin) or {}),
             train_tracks=_names(data, "train_tracks", origin),
             valid_tracks=_names(data, "valid_tracks", origin),
+            lineage=None
+            if data.get("lineage") is None
+            else Lineage.from_json(data["lineage"], origin),
         )
 
 
-def _get(data: Mapping[str, Any], key: str, kind: type, origin: str) -> Any:
+def _get(data: Mapping[str, Any], key: str, kind: type, origin: str, within: str = "") -> Any:
     """``data[key]`` if present and of type ``kind``, None if absent."""
     value = data.get(key)
     if value is not None and not isinstance(value, kind):
         raise PackageFormatError(
-            f"{origin}: training.{key} must be a {kind.__name__}, got {type(value).__name__}"
+            f"{origin}: training.{within}{key} must be a {kind.__name__}, "
+            f"got {type(value).__name__}"
         )
     return value
 
@@ -143,8 +232,8 @@ def _metrics(metrics: dict[str, Any], origin: str) -> dict[str, float]:
     return out
 
 
-def _names(data: Mapping[str, Any], key: str, origin: str) -> list[str]:
-    names = _get(data, key, list, origin) or []
+def _names(data: Mapping[str, Any], key: str, origin: str, within: str = "") -> list[str]:
+    names = _get(data, key, list, origin, within) or []
     if not all(isinstance(name, str) for name in names):
-        raise PackageFormatError(f"{origin}: training.{key} must be a list of track names")
+        raise PackageFormatError(f"{origin}: training.{within}{key} must be a list of names")
     return list(names)

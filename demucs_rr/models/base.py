@@ -25,6 +25,10 @@ What differs between models is said through the contract, never by the engine te
 - ``normalization``: what is done to the mixture around the model (:class:`Normalization`:
   Demucs' whole-track normalisation, MSST's ``normalize_audio`` or nothing).
 
+Models that can change their stem set (fine-tuning to other stems) say which weights belong
+to which stem: ``stem_layout()`` returns a :class:`StemLayout` (:class:`StemDeclaring`). The
+declaration is optional; a model without it can be fine-tuned on its own stems only.
+
 Two structural types (``typing.Protocol``) describe it:
 
 - :class:`SeparationModel`: what separation needs (engine, streaming, validation);
@@ -40,7 +44,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
@@ -57,10 +61,13 @@ __all__ = [
     "PackagedModel",
     "SeparationModel",
     "SingleModelDefaults",
+    "StemDeclaring",
+    "StemLayout",
     "WeightedMember",
     "as_module",
     "check_num_overlap",
     "center_trim",
+    "stem_blocks",
 ]
 
 _Model = TypeVar("_Model", bound="SeparationModel")
@@ -290,6 +297,69 @@ class PackagedModel(SeparationModel, Protocol):
     ) -> Any:
         """Copy ``state_dict`` into the model's parameters and buffers."""
         ...
+
+
+@dataclass(frozen=True)
+class StemLayout:
+    """Which weights of a network belong to which stem (in practice its output layers).
+
+    Stem ``s`` is the ``s``-th entry of the model's ``sources``; with S stems:
+
+    Attributes:
+        blocks: parameter name -> ``(dim, block)``: dimension ``dim`` of that parameter holds
+            ``S * block`` entries, stem-major, stem ``s`` owning ``[s * block, (s + 1) * block)``
+            (Demucs: the channels ``s * C + c`` of its last transposed convolution).
+        modules: prefixes of module lists with one entry per stem: every parameter named
+            ``{prefix}.{s}.<rest>`` belongs to stem ``s`` (per-stem mask estimators).
+
+    Every other parameter is shared by all stems and has the same shape whatever S is.
+    """
+
+    blocks: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    modules: tuple[str, ...] = ()
+
+    def stem_of(self, name: str) -> int | None:
+        """The stem that parameter ``name`` of a :attr:`modules` list belongs to, else None."""
+        for prefix in self.modules:
+            head, _, rest = name.removeprefix(prefix + ".").partition(".")
+            if name.startswith(prefix + ".") and head.isdigit() and rest:
+                return int(head)
+        return None
+
+
+@runtime_checkable
+class StemDeclaring(Protocol):
+    """A model that declares its per-stem weights (see :class:`StemLayout`)."""
+
+    def stem_layout(self) -> StemLayout:
+        """The per-stem weights of this model, for its current ``sources``."""
+        ...
+
+
+def stem_blocks(
+    model: nn.Module, module: nn.Module, dims: Mapping[str, int], sources: int
+) -> dict[str, tuple[int, int]]:
+    """:attr:`StemLayout.blocks` entries for the parameters of ``module``, a submodule of
+    ``model``, whose last name part is a key of ``dims`` (e.g. ``{"weight": 1, "bias": 0}`` for
+    a transposed convolution producing ``S * C`` channels).
+
+    Raises:
+        ValueError: ``module`` is not part of ``model``, or a size is not a multiple of
+            ``sources``.
+    """
+    prefix = next((name for name, sub in model.named_modules() if sub is module), None)
+    if prefix is None:
+        raise ValueError(f"{type(module).__name__} is not a submodule of {type(model).__name__}")
+    found: dict[str, tuple[int, int]] = {}
+    for name, param in module.named_parameters():
+        dim = dims.get(name.rpartition(".")[2])
+        if dim is None:
+            continue
+        size = param.shape[dim]
+        if size % sources:
+            raise ValueError(f"{prefix}.{name}: {size} rows are not {sources} stem blocks")
+        found[f"{prefix}.{name}" if prefix else name] = (dim, size // sources)
+    return found
 
 
 def as_module(model: SeparationModel) -> nn.Module:

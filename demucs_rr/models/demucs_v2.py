@@ -21,7 +21,7 @@ import julius
 import torch
 from torch import nn
 
-from demucs_rr.models.base import SingleModelDefaults, center_trim
+from demucs_rr.models.base import SingleModelDefaults, StemLayout, center_trim, stem_blocks
 from demucs_rr.sources import MUSDB_SOURCES
 
 __all__ = [
@@ -213,6 +213,12 @@ class Demucs(SingleModelDefaults, nn.Module):
         if self.resample:
             length = math.ceil(length / 2)
         return int(length)
+
+    def stem_layout(self) -> StemLayout:
+        """Per-stem weights: the last transposed convolution, whose ``S * C`` output channels
+        are the stems, stem-major (weight dim 1, bias dim 0)."""
+        last = [m for m in self.decoder[-1].modules() if isinstance(m, nn.ConvTranspose1d)][-1]
+        return StemLayout(stem_blocks(self, last, {"weight": 1, "bias": 0}, len(self.sources)))
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """Separate a mixture.

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from julius.resample import resample_frac
 from torch import nn
 
-from demucs_rr.models.base import SingleModelDefaults, center_trim
+from demucs_rr.models.base import SingleModelDefaults, StemLayout, center_trim, stem_blocks
 from demucs_rr.models.dconv import DConv, WindowedBLSTM, rescale_convs
 from demucs_rr.models.hybrid_base import SegmentLike, parse_segment, segment_json
 
@@ -197,6 +197,12 @@ class DemucsV3(SingleModelDefaults, nn.Module):
         if self.resample:
             length = math.ceil(length / 2)
         return int(length)
+
+    def stem_layout(self) -> StemLayout:
+        """Per-stem weights: the last transposed convolution, whose ``S * C`` output channels
+        are the stems, stem-major (weight dim 1, bias dim 0)."""
+        last = [m for m in self.decoder[-1].modules() if isinstance(m, nn.ConvTranspose1d)][-1]
+        return StemLayout(stem_blocks(self, last, {"weight": 1, "bias": 0}, len(self.sources)))
 
     def upgrade_state(self, state: Mapping[str, _Tensor]) -> dict[str, _Tensor]:
         """Rename ``{encoder,decoder}.{i}.2.*`` keys of early checkpoints to ``.3.``."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from demucs_rr.models import spec
-from demucs_rr.models.base import SingleModelDefaults
+from demucs_rr.models.base import SingleModelDefaults, StemLayout, stem_blocks
 from demucs_rr.models.hybrid_layers import HDecLayer, HEncLayer, MultiWrap, ScaledEmbedding
 
 __all__ = [
@@ -282,6 +282,23 @@ class HybridUNet(SingleModelDefaults, nn.Module):
         return MultiWrap(
             partial(klass, chin, chout, dconv=dconv, **{**kw, "pad": False}), plan.multi_freqs
         )
+
+    def stem_layout(self) -> StemLayout:
+        """Per-stem weights: the outermost decoder layer of each branch (every band's layer of
+        a per-band level): its transposed convolution (weight dim 1, bias dim 0) and the norm
+        after it when it has one (dim 0), whose ``S * C`` channels (``S * 2C`` for a
+        complex-as-channels spectrogram) are the stems, stem-major."""
+        outer = [self.decoder[-1]]
+        if hasattr(self, "tdecoder"):
+            outer.append(self.tdecoder[-1])
+        sources = len(self.sources)
+        blocks: dict[str, tuple[int, int]] = {}
+        for top in outer:
+            for layer in top.modules():
+                if isinstance(layer, HDecLayer):
+                    blocks |= stem_blocks(self, layer.conv_tr, {"weight": 1, "bias": 0}, sources)
+                    blocks |= stem_blocks(self, layer.norm2, {"weight": 0, "bias": 0}, sources)
+        return StemLayout(blocks)
 
     # ---------------------------------------------------------------------------- forward
 

@@ -36,7 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.base import FadedChunkingDefaults, check_num_overlap
+from demucs_rr.models.base import (
+    FadedChunkingDefaults,
+    StemLayout,
+    check_num_overlap,
+    stem_blocks,
+)
 from demucs_rr.models.mdx23c_layers import (
     TFC_TDF,
     DecoderBlock,
@@ -137,6 +142,11 @@ class MDX23C(FadedChunkingDefaults, nn.Module):
     def valid_length(self, length: int) -> int:
         """Any length is valid: the model pads internally and returns ``length`` samples."""
         return length
+
+    def stem_layout(self) -> StemLayout:
+        """Per-stem weights: the last 1x1 convolution (``final_conv.2``, no bias), whose
+        ``S * dim_c`` output channels are the stems, stem-major (weight dim 0)."""
+        return StemLayout(stem_blocks(self, self.final_conv[2], {"weight": 0}, len(self.sources)))
 
     def padded_length(self, length: int) -> int:
         """Samples the STFT runs on: frames divisible by ``scale[0] ** num_scales``."""

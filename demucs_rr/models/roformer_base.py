@@ -23,7 +23,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.base import FadedChunkingDefaults, check_num_overlap
+from demucs_rr.models.base import (
+    FadedChunkingDefaults,
+    StemLayout,
+    check_num_overlap,
+)
 from demucs_rr.models.roformer_layers import RotaryEmbedding, Transformer
 
 __all__ = [
@@ -151,6 +155,11 @@ class RoformerBase(FadedChunkingDefaults, nn.Module):
     def valid_length(self, length: int) -> int:
         """Any length is valid: the output always has the input's length."""
         return length
+
+    def stem_layout(self) -> StemLayout:
+        """Per-stem weights: the mask estimator of each stem (``mask_estimators.{s}``, in
+        ``sources`` order); the band split and the axial trunk are shared."""
+        return StemLayout(modules=("mask_estimators",))
 
     def band_input(self, spec: torch.Tensor) -> torch.Tensor:
         """(B, N, Q*C) complex spectrogram -> (B, N, sum K) real band-split input."""

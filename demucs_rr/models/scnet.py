@@ -38,7 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.base import FadedChunkingDefaults, check_num_overlap
+from demucs_rr.models.base import (
+    FadedChunkingDefaults,
+    StemLayout,
+    check_num_overlap,
+    stem_blocks,
+)
 from demucs_rr.models.scnet_layers import DecoderBlock, SDblock
 from demucs_rr.models.scnet_separation import SeparationNet
 
@@ -129,6 +134,14 @@ class SCNet(FadedChunkingDefaults, nn.Module):
     def valid_length(self, length: int) -> int:
         """Any length is valid: the model pads internally and returns ``length`` samples."""
         return length
+
+    def stem_layout(self) -> StemLayout:
+        """Per-stem weights: the band up-sampling convolutions of the last decoder block
+        (``decoder.{last}.1.convtrs.{band}``), whose ``dims[0] * S`` output channels are, stem
+        by stem, the real and imaginary parts of the stem's C spectrograms (weight dim 1, bias
+        dim 0)."""
+        upsample = cast(DecoderBlock, self.decoder[-1])[1]
+        return StemLayout(stem_blocks(self, upsample, {"weight": 1, "bias": 0}, len(self.sources)))
 
     def padding(self, length: int) -> int:
         """Zeros appended to ``length`` samples before the STFT (at least one)."""

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from demucs_rr.models.base import SingleModelDefaults
+from demucs_rr.models.base import SingleModelDefaults, StemLayout, stem_blocks
 from demucs_rr.models.tasnet_layers import (
     EPS,
     NORM_TYPES,
@@ -182,6 +182,12 @@ class ConvTasNet(SingleModelDefaults, nn.Module):
     def valid_length(self, length: int) -> int:
         """Any length is valid: the output is zero-padded back to the input length."""
         return length
+
+    def stem_layout(self) -> StemLayout:
+        """Per-stem weights: the 1x1 mask convolution, whose ``S * N`` output channels are one
+        mask per stem, stem-major (weight dim 0; it has no bias)."""
+        mask = self.separator.mask_conv
+        return StemLayout(stem_blocks(self, mask, {"weight": 0}, self.num_sources))
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """Separate a mixture.

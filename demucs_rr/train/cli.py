@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from demucs_rr.errors import ConfigError
 from demucs_rr.hub.training_info import VALID_LOSS, VALID_NSDR, TrainingInfo
+from demucs_rr.train.config import TrainConfig
 
 __all__ = ["add_export_arguments", "add_train_arguments", "run_export", "run_train"]
 
@@ -84,6 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
     """Resolve the config and train; returns the exit code."""
     from demucs_rr.distributed import torchrun_ranks
     from demucs_rr.train.config import config_to_yaml, load_config
+    from demucs_rr.train.finetune import load_run_config
     from demucs_rr.train.loop import CONFIG_NAME, fit
 
     if args.resume and args.run_dir is None:
@@ -91,13 +92,14 @@ def run_train(args: argparse.Namespace) -> int:
             "--resume needs --run-dir RUN_DIR, the folder of the run to continue" + _runs_hint()
         )
     run_dir = args.run_dir or default_run_dir(args.overrides)
+    initial = None
     if args.resume:
         saved = run_dir / CONFIG_NAME
         if not saved.is_file():
             raise ConfigError(f"nothing to resume: {saved} does not exist{_runs_hint()}")
         config = load_config(args.overrides, base=saved)
     else:
-        config = load_config(args.overrides, conf_dir=args.conf_dir)
+        config, initial = load_run_config(args.overrides, conf_dir=args.conf_dir)
     if args.quiet:
         config = dataclasses.replace(config, log=dataclasses.replace(config.log, progress=False))
     if args.print_config:
@@ -115,6 +117,7 @@ def run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         restart=args.restart,
         echo=lambda line: print(line, flush=True),
+        initial=initial,
     )
     best = history[-1].get("best_epoch", 0) if history else 0
     if best:
@@ -146,15 +149,19 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _training_info(
-    saved: dict[str, Any], best: dict[str, Any] | None, sources: Sequence[str]
+    saved: dict[str, Any], best: dict[str, Any] | None, config: TrainConfig
 ) -> TrainingInfo:
     """The package's training block; validation metrics only when ``best`` weights are kept."""
+    from demucs_rr.train.finetune import lineage
+
     info = TrainingInfo(
         epochs=int(saved["epoch"]),
         config=dict(saved["config"]),
         train_tracks=list(saved["train_tracks"]),
         valid_tracks=list(saved["valid_tracks"]),
+        lineage=lineage(config, int(saved["step"])),
     )
+    sources = config.dset.sources
     if best is None:
         return info
     found = best["metrics"]
@@ -168,26 +175,26 @@ def _training_info(
 def run_export(args: argparse.Namespace) -> int:
     """Write the release package of a run; returns the exit code."""
     from demucs_rr.hub.package import save_package
-    from demucs_rr.hub.safety import load_weights
     from demucs_rr.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from demucs_rr.train.config import load_config
-    from demucs_rr.train.state import make_model
+    from demucs_rr.train.finetune import packaged_model
 
     run_dir: Path = args.run_dir
     checkpoint = run_dir / CHECKPOINT_NAME
     saved = load_checkpoint(checkpoint)
     config = load_config(base=saved["config"])
-    model = make_model(config)
     best = None if args.last else saved.get("best")
     if best is None:
-        load_weights(model, saved["model"], f"{checkpoint} (last weights)")
+        model = packaged_model(config, saved["model"], f"{checkpoint} (last weights)")
         which = "last weights"
     else:
-        load_weights(model, best["state"], f"{checkpoint} (best weights)")
+        model = packaged_model(config, best["state"], f"{checkpoint} (best weights)")
         which = f"best weights: epoch {best['epoch']}, {best['weights']}"
+    if config.lora.rank:
+        which += f"; LoRA rank {config.lora.rank} adapters merged"
     name = args.name or run_dir.resolve().name
     out = args.out or run_dir / f"{name}.safetensors"
-    training = _training_info(saved, best, config.dset.sources)
+    training = _training_info(saved, best, config)
     save_package(model.eval(), out, name=name, training=training, half=args.half)
     print(f"wrote {out} ({which}); use it with `demucs-rr separate -n {out} SONG`")
     return 0

@@ -9,6 +9,10 @@ an unknown key (in a file or on the command line) or a value of the wrong type i
    a preset's optional ``recipe:`` block sets top-level keys (e.g. Conv-TasNet's batch of 32);
 3. command-line overrides: ``model=NAME`` / ``dset=NAME`` pick presets, ``a.b=value`` sets keys.
 
+A fine-tuning run (``init=NAME_OR_PATH``) gets its model section, and the defaults of its
+dataset's stems, rate and channels, from the initial model (:mod:`demucs_rr.train.finetune`
+passes them as ``start``, between 2 and 3).
+
 Only the CLI and :mod:`demucs_rr.train` use this module; models and data get plain values.
 """
 
@@ -22,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, cast
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from demucs_rr.errors import ConfigError, one_line
@@ -144,6 +149,25 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on the linear and 1x1 convolution layers (rank 0: none)."""
+
+    rank: int = 0
+    alpha: Optional[float] = None  # noqa: UP045  (scale alpha / rank; null: alpha = rank)
+
+
+@dataclass(frozen=True)
+class BaseRecord:
+    """What ``init`` resolved to, recorded when a fine-tuning run starts (a ``sha256`` given
+    on the command line pins it: another file is refused)."""
+
+    sha256: Optional[str] = None  # noqa: UP045
+    arch: Optional[str] = None  # noqa: UP045
+    sources: list[str] = field(default_factory=list)
+    member: Optional[str] = None  # noqa: UP045
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The whole resolved training configuration (see ``conf/config.yaml`` for the meanings)."""
 
@@ -161,6 +185,13 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     valid: ValidConfig = field(default_factory=ValidConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    init: Optional[str] = None  # noqa: UP045
+    init_member: Optional[str] = None  # noqa: UP045
+    init_repo: Optional[str] = None  # noqa: UP045
+    init_new_from: Optional[str] = None  # noqa: UP045
+    freeze: list[str] = field(default_factory=list)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    base: BaseRecord = field(default_factory=BaseRecord)
 
 
 def default_conf_dir() -> Path:
@@ -269,6 +300,7 @@ def load_config(
     overrides: Sequence[str] = (),
     conf_dir: str | os.PathLike[str] | None = None,
     base: str | os.PathLike[str] | dict[str, Any] | None = None,
+    start: dict[str, Any] | None = None,
 ) -> TrainConfig:
     """Compose and validate a training configuration.
 
@@ -278,6 +310,8 @@ def load_config(
             :func:`default_conf_dir`.
         base: a saved resolved config (``RUN_DIR/config.yaml``, or the dict of a checkpoint)
             to start from instead of the presets; then only dotted overrides are allowed.
+        start: keys set over the presets and under the command line (fine-tuning: the
+            initial model's section); its ``model`` section replaces the preset's.
 
     Returns:
         The frozen, checked configuration.
@@ -297,11 +331,19 @@ def load_config(
         cfg = _merge(_schema(), data, where)
     else:
         cfg = _compose(Path(conf_dir) if conf_dir else default_conf_dir(), groups)
+    if start is not None:
+        if "model" in start:  # replaces the preset's section, key by key included
+            with read_write(cfg.model):
+                cfg.model.kwargs = {}
+        cfg = _merge(cfg, start, "the initial model")
     OmegaConf.set_struct(cfg.model.kwargs, True)  # model.kwargs.<typo>=... is an error too
     try:
         cli = OmegaConf.from_dotlist(dotted)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot parse overrides {dotted}: {one_line(exc)}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:  # freeze=[*]: a YAML alias
+        raise ConfigError(
+            f"cannot parse overrides {dotted}: {one_line(exc)} (quote values that start "
+            "with * or &, e.g. freeze=['*.bias'])"
+        ) from None
     cfg = _merge(cfg, cli, "the command line")
     try:
         config = OmegaConf.to_object(cfg)
@@ -351,6 +393,13 @@ def _check_numbers(config: TrainConfig) -> None:
         (val.segment is None or val.segment > 0, "valid.segment must be > 0 or null"),
         (val.max_seconds is None or val.max_seconds > 0, "valid.max_seconds must be > 0"),
         (config.dset.samplerate > 0 and config.dset.channels >= 1, "bad dset rate/channels"),
+        (config.lora.rank >= 0, "lora.rank must be >= 0 (0: no adapters)"),
+        (config.lora.alpha is None or config.lora.alpha > 0, "lora.alpha must be > 0 or null"),
+        (
+            config.init is not None
+            or (config.init_member, config.init_repo, config.init_new_from) == (None,) * 3,
+            "init_member, init_repo and init_new_from need init=NAME_OR_PATH",
+        ),
     ]
     for ok, message in checks:
         _require(ok, message)
@@ -412,7 +461,9 @@ def segment_samples(config: TrainConfig) -> int:
 
 
 def model_kwargs(config: TrainConfig) -> dict[str, Any]:
-    """Constructor kwargs: ``model.kwargs`` + sources, channels, samplerate from ``dset``.
+    """Constructor kwargs: ``model.kwargs`` + sources, channels, samplerate from ``dset``
+    (channels as ``stereo`` for a class that takes that instead, and ``num_stems``, when
+    given, as the number of sources).
 
     Unless ``model.kwargs`` sets it, the model's default inference chunk comes from the training
     segment: ``segment_length`` (samples, v2 classes) or ``segment`` (seconds, Demucs 3/4) is
@@ -430,11 +481,13 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
             kwargs.setdefault("segment", 4 * samples / config.dset.samplerate)
     else:
         kwargs.setdefault("segment_length", 4 * samples)
-    kwargs.update(
-        sources=list(config.dset.sources),
-        audio_channels=config.dset.channels,
-        samplerate=config.dset.samplerate,
-    )
+    kwargs.update(sources=list(config.dset.sources), samplerate=config.dset.samplerate)
+    if "stereo" in params and "audio_channels" not in params:  # the RoFormers
+        kwargs["stereo"] = config.dset.channels == 2
+    else:
+        kwargs["audio_channels"] = config.dset.channels
+    if kwargs.get("num_stems") is not None:  # MSST's repetition of the stem count
+        kwargs["num_stems"] = len(config.dset.sources)
     return kwargs
 
 

@@ -47,6 +47,7 @@ from demucs_rr.train.checkpoint import (
     save_checkpoint,
 )
 from demucs_rr.train.config import TrainConfig, config_to_dict, config_to_yaml, segment_samples
+from demucs_rr.train.finetune import InitialModel, adapt_model, initial_of
 from demucs_rr.train.state import TrainState, build_state, make_model
 from demucs_rr.train.validate import (
     ValidOptions,
@@ -235,6 +236,7 @@ def _make_synthetic(config: TrainConfig, dist: Group) -> None:
             seconds=syn.seconds,
             samplerate=config.dset.samplerate,
             seed=syn.seed,
+            sources=config.dset.sources,
         )
     dist.barrier()
 
@@ -456,6 +458,7 @@ def fit(
     restart: bool = False,
     stop_after: int | None = None,
     echo: Callable[[str], None] | None = None,
+    initial: InitialModel | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``config`` in ``run_dir`` (one process, or one of the processes of ``torchrun``).
 
@@ -471,6 +474,9 @@ def fit(
             end of the first epoch).
         stop_after: stop after this many epochs in this call (as if interrupted).
         echo: receives the one-line summary of each epoch (default: the logger).
+        initial: the initial model of a fine-tuning run (``config.init``), when the caller
+            has loaded it already (:func:`~demucs_rr.train.finetune.load_run_config`); else it
+            is loaded here. Ignored when resuming: the weights come from the checkpoint.
 
     Returns:
         The metrics history, one flat dict per epoch (the resumed ones included).
@@ -481,6 +487,8 @@ def fit(
     log: RunLog | None = None
     try:
         model = make_model(config)
+        say = (echo or logger.info) if dist.is_main else (lambda _: None)
+        adapt_model(config, model, None if resume else initial_of(config, initial), say)
         data = prepare_data(config, model, dist)
         sampler = GlobalBatchSampler(
             len(data.train), config.batch_size, dist.rank, dist.world_size, config.seed

@@ -155,8 +155,9 @@ def build_state(
     device and wrapped in DDP when distributed)."""
     model = model.to(dist.device)
     opt = config.optim
+    trainable = [p for p in model.parameters() if p.requires_grad]  # freeze, LoRA
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), weight_decay=opt.weight_decay
+        trainable, lr=opt.lr, betas=(opt.beta1, opt.beta2), weight_decay=opt.weight_decay
     )
     dtype = amp_dtype(config.amp, dist.device)
     rate = config.dset.samplerate

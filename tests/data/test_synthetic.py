@@ -1,4 +1,5 @@
-"""The procedural 4-stem dataset: determinism, exact mixtures, distinct stems, CLI."""
+"""The procedural stem dataset: determinism, exact mixtures, distinct stems, the fifth
+instrument, CLI."""
 
 from __future__ import annotations
 
@@ -92,6 +93,46 @@ def test_rejects_bad_arguments(tmp_path: Path) -> None:
         make_synthetic_dataset(tmp_path, {"train": 1}, seconds=0)
     with pytest.raises(ConfigError, match=">= 0"):
         make_synthetic_dataset(tmp_path, {"train": -1})
+    for sources in (["drums", "guitar"], ["bass", "bass"], []):
+        with pytest.raises(ConfigError, match="synthetic sources"):
+            make_synthetic_dataset(tmp_path, {"train": 1}, sources=sources)
+
+
+FIVE = [*STEMS, "piano"]
+
+
+def test_piano_is_a_fifth_instrument_that_leaves_the_others(synth: Path, tmp_path: Path) -> None:
+    """The 5-stem set holds the same four stems as the 4-stem set (up to the track's scale,
+    within the 16-bit quantisation), plus a struck, decaying instrument above C5."""
+    five = make_synthetic_dataset(
+        tmp_path / "five", SPLITS, seconds=3.0, samplerate=RATE, seed=0, sources=FIVE
+    )
+    for track in sorted(synth.glob("*/*-*")):
+        other = five / track.relative_to(synth)
+        old = {n: soundfile.read(track / f"{n}.wav", dtype="float64")[0] for n in STEMS}
+        new = {n: soundfile.read(other / f"{n}.wav", dtype="float64")[0] for n in FIVE}
+        mix = soundfile.read(other / "mixture.wav", dtype="float32")[0]
+        np.testing.assert_array_equal(sum(new[n] for n in FIVE).astype(np.float32), mix)
+        ratios = {n: (new[n] * old[n]).sum() / (old[n] ** 2).sum() for n in STEMS}
+        scale = ratios["drums"]
+        assert 0.3 < scale <= 1.0 and all(abs(r / scale - 1) < 1e-3 for r in ratios.values())
+        for n in STEMS:  # one scale for the track; the rest is rounding to 16 bits
+            assert np.abs(new[n] - scale * old[n]).max() < 2 / 32767
+        piano = new["piano"]
+        assert np.sqrt((piano**2).mean()) > 0.01
+        assert _band_fraction(piano, 0, 480) < 0.01 and _band_fraction(piano, 480, 2200) > 0.8
+        envelope = np.abs(piano).max(axis=1)
+        assert np.mean(envelope < 0.1 * envelope.max()) > 0.2  # notes decay between strikes
+
+
+def test_sources_pick_and_order_the_stems(tmp_path: Path) -> None:
+    root = make_synthetic_dataset(
+        tmp_path, {"train": 1}, seconds=1.0, samplerate=8000, sources=["piano", "bass"]
+    )
+    track = root / "train" / "train-000"
+    assert sorted(p.stem for p in track.glob("*.wav")) == ["bass", "mixture", "piano"]
+    wavs = {n: soundfile.read(track / f"{n}.wav")[0] for n in ("bass", "piano", "mixture")}
+    np.testing.assert_array_equal(wavs["bass"] + wavs["piano"], wavs["mixture"])
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -114,10 +155,13 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
             "8000",
             "--seed",
             "3",
+            "--sources",
+            "drums,bass,other,vocals,piano",
         ]
     )
     assert code == 0 and "wrote 2 tracks" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train", "valid"]
+    assert (tmp_path / "train" / "train-000" / "piano.wav").is_file()
     info = soundfile.info(tmp_path / "valid" / "valid-000" / "vocals.wav")
     assert (info.samplerate, info.frames, info.channels) == (8000, 4000, 2)
     with pytest.raises(SystemExit) as exit_info:

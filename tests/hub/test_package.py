@@ -24,7 +24,7 @@ from demucs_rr.hub.package import (
     read_training_info,
     save_package,
 )
-from demucs_rr.hub.training_info import TrainingInfo
+from demucs_rr.hub.training_info import Lineage, TrainingInfo
 from demucs_rr.models.registry import MODEL_CLASSES, build_model, register_model_class
 
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -328,6 +328,36 @@ def test_training_block_of_the_first_exporter_is_read() -> None:
     assert (info.best_epoch, info.weights, info.valid_nsdr) == (4, "ema", 3.25)
     assert info.metrics == {"valid_loss": 0.1, "valid_nsdr": 3.25}
     assert TrainingInfo.from_json(info.to_json()) == info
+
+
+def test_lineage_block_round_trips_and_is_validated() -> None:
+    lineage = Lineage(
+        base="htdemucs",
+        base_sha256="ab" * 32,
+        base_class="HTDemucs",
+        base_sources=["drums", "bass", "other", "vocals"],
+        stems_kept=["drums", "bass"],
+        stems_added={"piano": "other", "guitar": None},
+        stems_dropped=["other", "vocals"],
+        frozen=["encoder.*"],
+        lora_rank=8,
+        dataset={"kind": "folder", "root": "/data/mine", "sources": ["drums", "bass"]},
+        steps=1200,
+    )
+    info = TrainingInfo(epochs=3, lineage=lineage)
+    assert TrainingInfo.from_json(json.loads(json.dumps(info.to_json()))) == info
+    assert lineage.summary() == (
+        "fine-tuned from htdemucs (sha256 abababab), +piano +guitar -other -vocals, LoRA rank 8"
+    )
+    for bad, words in (
+        ({"base_sha256": "x"}, "lineage must be an object with a base"),
+        ({"base": "h", "stems_added": {"piano": 3}}, "lineage.stems_added"),
+        ({"base": "h", "frozen": "encoder.*"}, "lineage.frozen must be a list"),
+        ({"base": "h", "steps": -1}, "lineage.steps must be a non-negative integer"),
+        ({"base": "h", "lora_alpha": "8"}, "lineage.lora_alpha must be a number"),
+    ):
+        with pytest.raises(PackageFormatError, match=words):
+            TrainingInfo.from_json({"lineage": bad}, "p")
 
 
 def test_models_list_shows_the_exported_valid_nsdr(tmp_path, capsys) -> None:
