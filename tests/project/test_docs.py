@@ -169,3 +169,16 @@ def test_readme_names_the_ci_system_packages() -> None:
     packages = [w for w in shlex.split(install.group(1).split(">")[0]) if not w.startswith("-")]
     assert packages, install.group(0)
     assert f"apt-get install {' '.join(packages)}" in README.read_text(encoding="utf-8")
+
+
+def test_readme_states_the_serve_limits_as_they_are() -> None:
+    """The serve limits and defaults the README names are the parser's defaults."""
+    from demucs_rr.serve.cli import add_serve_arguments
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    defaults = {a.option_strings[0]: a.default for a in parser._actions if a.option_strings}
+    stated = re.findall(r"`(--(?:max|keep)-[\w-]+) (\d+)`", (REPO / "README.md").read_text())
+    assert len(stated) == 4, stated
+    for option, value in stated:
+        assert float(defaults[option]) == float(value), option
