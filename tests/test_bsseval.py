@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.evaluate import bsseval
+from demucs_rr.evaluate import solvers
 from demucs_rr.evaluate.bsseval import (
     block_levinson,
     bss_eval,
@@ -272,7 +272,7 @@ def test_redundant_channels_keep_the_projection():
 
 @pytest.mark.parametrize("solver", ["cholesky", "lu"])
 def test_solvers_agree(solver: str, monkeypatch):
-    monkeypatch.setattr(bsseval, "_LEVINSON_MIN", 0)  # use the recursion on small systems too
+    monkeypatch.setattr(solvers, "LEVINSON_MIN", 0)  # use the recursion on small systems too
     refs, ests = _signals(seconds=2.0)
     a = bss_eval(refs, ests, 8000, 8000, filters_len=L)  # levinson
     b = bss_eval(refs, ests, 8000, 8000, filters_len=L, solver=solver)

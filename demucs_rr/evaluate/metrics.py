@@ -23,8 +23,22 @@ import numpy as np
 import torch
 
 from demucs_rr.errors import ConfigError, DemucsRRError
-from demucs_rr.evaluate.bsseval import bss_eval, db, frame_layout
+from demucs_rr.evaluate.bsseval import bss_eval
+from demucs_rr.evaluate.frames import float32_sdr_bound, framewise_sdr
 from demucs_rr.staging import atomic_write
+
+__all__ = [
+    "METRICS",
+    "TrackScores",
+    "aggregate",
+    "float32_sdr_bound",
+    "framewise_sdr",
+    "nsdr",
+    "pad_or_truncate",
+    "read_track_json",
+    "score_track",
+    "write_track_json",
+]
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
 NSDR_EPS = 1e-7
@@ -56,86 +70,6 @@ def nsdr(refs: torch.Tensor, ests: torch.Tensor, eps: float = NSDR_EPS) -> torch
     num = refs.square().sum(dim=(-2, -1)) + eps
     den = (refs - ests).square().sum(dim=(-2, -1)) + eps
     return 10 * torch.log10(num / den)
-
-
-#: Frames upcast to float64 at a time by :func:`framewise_sdr`: its temporaries take
-#: ``FRAME_BLOCK * S * C * window * 8`` bytes (0.7 MB each for 4 stereo stems of 1 s), which
-#: stay in the CPU caches (blocks of 16 frames were 4x slower).
-FRAME_BLOCK = 1
-
-
-def _silent_frames(frames: torch.Tensor) -> torch.Tensor:
-    """(F,) museval silence of (S, C, F, W) frames: some source's channel sum is all zero.
-
-    Only frames whose channel sum is zero at their first sample can be silent; those few are
-    checked sample by sample (in float64, as museval).
-    """
-    first = frames[..., 0].to(torch.float64).sum(dim=1) == 0  # (S, F) candidates
-    out = torch.zeros(frames.shape[2], dtype=torch.bool, device=frames.device)
-    for s, f in first.nonzero().tolist():
-        if not out[f]:
-            out[f] = bool((frames[s, :, f].to(torch.float64).sum(dim=0) == 0).all())
-    return out
-
-
-def framewise_sdr(
-    refs: torch.Tensor, ests: torch.Tensor, window: int | None = 44100, hop: int | None = 44100
-) -> torch.Tensor:
-    """BSSEval v4 images SDR per frame without any filter: the frame's SNR.
-
-    ``10 log10(sum s^2 / sum (s_hat - s)^2)`` per source and frame, sums over channels and
-    samples, computed in float64 from the samples as given (whatever their dtype), a block of
-    frames at a time. Error budget, against museval on the same samples:
-
-    * float64 arithmetic: the difference is formed exactly per sample up to one rounding and
-      each sum of n = C * window terms carries a relative error below n * 2^-53 (1e-11 for
-      two channels of 1 s at 44.1 kHz), so the SDR is within 1e-9 dB;
-    * float32 inputs are the float64 signals rounded to 2^-24 relative per sample; this moves
-      a frame's SDR by at most ``float32_sdr_bound(sdr)`` = 17.4 * 2^-24 * (1 + 10^(SDR/20))
-      dB (3.4e-5 dB at 30 dB SDR), whatever the CPU or BLAS.
-
-    Args:
-        refs: (S, C, T) references.
-        ests: (S, C, T) estimates (same shape).
-        window: frame length in samples (None: one frame).
-        hop: hop in samples.
-
-    Returns:
-        (S, F) float64 SDR in dB; NaN in frames where any source is silent (museval's rule:
-        the channel sum of a reference or an estimate is all zero in the frame).
-    """
-    if refs.dim() != 3 or refs.shape != ests.shape or refs.numel() == 0:
-        raise ConfigError(
-            f"references and estimates must both be non-empty (S, C, T), got "
-            f"{tuple(refs.shape)} and {tuple(ests.shape)}"
-        )
-    n_frames, win, hop_ = frame_layout(refs.shape[-1], window, hop)
-    r_all = refs.unfold(-1, win, hop_)[:, :, :n_frames]  # (S, C, F, W) views, input dtype
-    e_all = ests.to(refs.device).unfold(-1, win, hop_)[:, :, :n_frames]
-    num = torch.empty(refs.shape[0], n_frames, dtype=torch.float64, device=refs.device)
-    den, silent = torch.empty_like(num), torch.zeros(n_frames, dtype=torch.bool, device=refs.device)
-    for start in range(0, n_frames, FRAME_BLOCK):  # small blocks stay in the CPU caches
-        part = slice(start, start + FRAME_BLOCK)
-        r = r_all[:, :, part].to(torch.float64)  # (S, C, Fb, W)
-        d = e_all[:, :, part].to(torch.float64) - r  # new tensor: float64 inputs stay intact
-        num[:, part] = r.square().sum(dim=(1, 3))
-        den[:, part] = d.square_().sum(dim=(1, 3))
-    for x in (r_all, e_all):
-        silent |= _silent_frames(x)
-    sdr = db(num, den)
-    sdr[:, silent] = float("nan")
-    return sdr
-
-
-def float32_sdr_bound(sdr: torch.Tensor | np.ndarray | float) -> torch.Tensor | np.ndarray | float:
-    """Largest change (dB) of a frame SDR when its float64 signals are rounded to float32.
-
-    Rounding moves every sample by at most 2^-24 of itself, so the error energy changes by at
-    most ``2 * 2^-24 * (|s_hat| + |s|) / |s_hat - s|`` relative and the reference energy by
-    ``2 * 2^-24``; with ``|s_hat| <= |s| + |s_hat - s|`` and 10/ln(10) = 4.343 dB per unit
-    of relative change this gives ``17.4 * 2^-24 * (1 + 10^(SDR/20))`` dB (first order).
-    """
-    return 17.4 * 2.0**-24 * (1 + 10 ** (sdr / 20))
 
 
 @dataclass
@@ -214,14 +148,13 @@ def score_track(
     if backend == "museval":
         values = _museval_frames(refs, ests, window, step)
     elif backend == "torch":
-        sdr = framewise_sdr(refs, ests, window, step).cpu().numpy()
-        values = {m: np.full_like(sdr, np.nan) for m in METRICS}
-        if not sdr_only:
+        if sdr_only:
+            sdr = framewise_sdr(refs, ests, window, step).cpu().numpy()
+            values = {m: np.full_like(sdr, np.nan) for m in METRICS}
+            values["SDR"] = sdr
+        else:  # its SDR is framewise_sdr's
             res = bss_eval(refs, ests, window, step, solver=solver)
-            values.update(
-                ISR=res.isr.cpu().numpy(), SIR=res.sir.cpu().numpy(), SAR=res.sar.cpu().numpy()
-            )
-        values["SDR"] = sdr
+            values = {m: getattr(res, m.lower()).cpu().numpy() for m in METRICS}
     else:
         raise ConfigError(f"unknown metrics backend {backend!r}: use 'torch' or 'museval'")
     frames = {m: np.vectorize(_museval_value, otypes=[np.float64])(values[m]) for m in METRICS}
