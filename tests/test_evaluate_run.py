@@ -17,16 +17,17 @@ import torch
 
 from demucs_rr.data.tracks import load_track
 from demucs_rr.data.trackset import open_tracks
-from demucs_rr.errors import ConfigError
 from demucs_rr.evaluate.cli import (
     add_evaluate_arguments,
     add_leaderboard_arguments,
     run_evaluate,
     run_leaderboard,
 )
-from demucs_rr.evaluate.leaderboard import load_results, write_summary
-from demucs_rr.evaluate.metrics import framewise_sdr, read_track_json
+from demucs_rr.evaluate.groups import load_results
+from demucs_rr.evaluate.metrics import framewise_sdr
 from demucs_rr.evaluate.run import EvalOptions, run_evaluation
+from demucs_rr.evaluate.summary import write_summary
+from demucs_rr.evaluate.trackjson import read_track_json
 from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.separate.api import Separator
@@ -140,21 +141,36 @@ def test_summary_files(tmp_path):
     paths = write_summary(result.scores, out, "fraction model")
     text = paths["markdown"].read_text()
     assert "| lead |" in text and "| All |" in text
-    assert paths["csv"].read_text().splitlines()[0].startswith("target,SDR (median)")
+    assert paths["csv"].read_text().splitlines()[0] == (
+        "target,SDR museval (median),ISR museval (median),SIR museval (median),"
+        "SAR museval (median),SDR global eps=1e-07 (mean),tracks"
+    )
+    assert "then median over tracks" in text and "eps = 1e-07" in text  # the definitions
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_refuses_training_tracks(tmp_path):
+def test_marks_training_tracks(tmp_path):
+    """Tracks the package lists as training tracks are scored, marked and announced once."""
     tracks = _folder(_write_dataset(tmp_path / "data"))
     package = save_package(
         _model(), tmp_path / "m.safetensors", training={"train_tracks": ["song2", "other"]}
     )
     options = EvalOptions(model=str(package), out=tmp_path / "out", device="cpu", sdr_only=True)
-    with pytest.raises(ConfigError, match="trained on"):
-        run_evaluation(tracks, options)
-    assert not (tmp_path / "out").exists()
-    ok = run_evaluation(replace(tracks, tracks=tracks.tracks[:1]), options)  # not trained on
-    assert len(ok.scores) == 1
+    told: list[str] = []
+    result = run_evaluation(tracks, options, notify=told.append)
+    marks = {s.name: s.extra.get("training_overlap") for s in result.scores}
+    assert marks["song1"] is None and "song2" in marks["song2"]
+    assert [t for t in told if "training tracks" in t] == [
+        "note: the package lists 1 evaluated track(s) as training tracks (song2); "
+        "their scores are marked and left out of rankings"
+    ]
+    assert all(s.extra["training_data"] == "2 listed tracks" for s in result.scores)
+    ok = run_evaluation(
+        replace(tracks, tracks=tracks.tracks[:1]),
+        replace(options, out=tmp_path / "out1"),
+        notify=told.append,
+    )
+    assert "training_overlap" not in ok.scores[0].extra and len(told) == 1
 
 
 @pytest.mark.slow
