@@ -147,6 +147,34 @@ def test_musdb_excerpt_expectations(eval_data, excerpt, name: str):
         assert float(ours_nsdr[i]) == pytest.approx(want["nsdr"], abs=1e-9)
 
 
+def test_float32_inputs_are_upcast_exactly(excerpt):
+    """Inputs keep their dtype and each block or frame is upcast when transformed: float32
+    references and estimates score exactly like their float64 copies."""
+    refs, mix = excerpt
+    r = torch.from_numpy(refs[:, :, : 3 * 44100 + 1000]).float()
+    e = r + 0.25 * r.roll(1, dims=0) + 0.05 * torch.from_numpy(mix[:, : r.shape[-1]]).float()
+    a, b = bss_eval(r, e), bss_eval(r.double(), e.double())
+    for x, y in zip((a.sdr, a.isr, a.sir, a.sar), (b.sdr, b.isr, b.sir, b.sar), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-9, rtol=0)
+
+
+def test_global_sdr_matches_the_msst_and_mdx_formulas(excerpt):
+    """Global SDR of the real excerpt with each convention's epsilon, against the formula
+    written out in numpy (float64, sums over channels and samples)."""
+    from demucs_rr.evaluate.conventions import GLOBAL_EPS
+
+    refs, mix = excerpt
+    est = np.stack([refs[j] + 0.25 * refs[(j + 1) % 4] + 0.05 * mix for j in range(4)])
+    for eps in GLOBAL_EPS.values():
+        num = np.sum(np.square(refs), axis=(1, 2)) + eps
+        den = np.sum(np.square(refs - est), axis=(1, 2)) + eps
+        want = 10 * np.log10(num / den)
+        got = nsdr(torch.from_numpy(refs), torch.from_numpy(est), eps).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-9)  # float64 sums in another order
+        got32 = nsdr(torch.from_numpy(refs).float(), torch.from_numpy(est).float(), eps).numpy()
+        assert (np.abs(got32 - want) <= float32_sdr_bound(want) + 1e-9).all()
+
+
 def test_sigsep_regression_json(eval_data, excerpt):
     """museval's own regression output: random estimates of vocals and accompaniment."""
     refs, _ = excerpt

@@ -251,6 +251,37 @@ def test_musdb_hq_layout_end_to_end(eval_data, tmp_path):
         assert result.scores[0].nsdr[target] == pytest.approx(expected[target]["nsdr"], abs=1e-3)
 
 
+def test_estimate_files_match_museval_on_the_real_excerpt(eval_data, tmp_path):
+    """The "leak" estimates written as float32 wav files by another tool, scored through
+    ``--estimates`` with full metrics: every frame of every metric matches museval 0.4.1."""
+    from demucs_rr.evaluate.frames import float32_sdr_bound
+
+    folder = tmp_path / "musdbhq" / "test" / EXCERPT
+    folder.mkdir(parents=True)
+    source = eval_data / "musdb18-excerpts" / EXCERPT
+    for name in ["mixture", *MUSDB]:
+        (folder / f"{name}.wav").symlink_to(source / f"{name}.wav")
+    refs = {n: sf.read(source / f"{n}.wav")[0] for n in ["mixture", *MUSDB]}
+    (tmp_path / "tool" / EXCERPT).mkdir(parents=True)
+    for j, name in enumerate(MUSDB):
+        est = refs[name] + 0.25 * refs[MUSDB[(j + 1) % 4]] + 0.05 * refs["mixture"]
+        sf.write(tmp_path / "tool" / EXCERPT / f"{name}.wav", est, 44100, subtype="FLOAT")
+    tracks = open_tracks("musdb-hq", tmp_path / "musdbhq", "test")
+    options = EvalOptions(None, tmp_path / "out", estimates=tmp_path / "tool", jobs=1)
+    scores = run_evaluation(tracks, options).scores[0]
+    expected = json.loads(
+        (eval_data / "expected" / "musdb18-excerpts_museval-0.4.1_v4.json").read_text()
+    )["tracks"][EXCERPT]["results"]["leak"]
+    for i, target in enumerate(MUSDB):
+        want = {m: np.array(expected[target][m], dtype=float) for m in ("SDR", "ISR", "SIR", "SAR")}
+        bound = float32_sdr_bound(want["SDR"]) + 1e-5  # float32 files; values stored to 1e-5
+        assert (np.abs(scores.frames["SDR"][i] - want["SDR"]) <= bound).all()
+        for metric in ("ISR", "SIR", "SAR"):  # projections: the parity tolerance of test_bsseval
+            np.testing.assert_allclose(scores.frames[metric][i], want[metric], atol=1e-3)
+        want_nsdr = expected[target]["nsdr"]
+        assert abs(scores.nsdr[target] - want_nsdr) <= float32_sdr_bound(want_nsdr) + 1e-9
+
+
 def test_musdb_stem_mp4_decodes_like_the_wavs(eval_data):
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg not installed: compressed MUSDB18 cannot be decoded")
