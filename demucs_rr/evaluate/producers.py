@@ -112,10 +112,11 @@ class ModelProducer:
                 f"the model's sources {sep.sources} match none of "
                 f"the track's stems {sorted(track.stems)}"
             )
-        mixture, stems = load_track(track, list(track.stems))  # (C, T), (S, C, T)
         start = time.perf_counter()
+        mixture, stems = load_track(track, list(track.stems))  # (C, T), (S, C, T)
+        decoded = time.perf_counter()
         estimates = sep.separate_tensor(mixture, track.samplerate)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - decoded
         names = list(track.stems)
         ests = [
             convert_audio(
@@ -125,6 +126,7 @@ class ModelProducer:
         ]
         extra = {
             "model_params": self.params,
+            "seconds_decode": round(decoded - start, 3),
             "seconds_separation": round(seconds, 3),
             "batch_size": int(sep.options.batch_size),
             "device": str(sep.device),
@@ -156,9 +158,13 @@ class FolderProducer:
         missing = [t for t in targets if t not in track.stems]
         if missing:
             raise ConfigError(f"the reference track has no stem {', '.join(missing)}")
+        start = time.perf_counter()
         ests, notes = self.folder.load(track)
         refs = torch.stack([read_frames(track.stems[t])[:, : track.length] for t in targets])
-        extra = {"estimate_files": self.folder.signature(track.name)}
+        extra = {
+            "estimate_files": self.folder.signature(track.name),
+            "seconds_decode": round(time.perf_counter() - start, 3),
+        }
         return Produced(list(targets), refs, ests, extra, notes)
 
 
