@@ -72,7 +72,7 @@ class EvalOptions:
         backend: ``torch`` or ``museval`` (reference implementation, slow).
         solver: normal-equation solver of the torch backend (levinson, cholesky, lu).
         jobs: worker processes on this rank; None: 1 for a model, one per CPU core for
-            estimate files.
+            estimate files when no torchrun ranks share the machine.
         overwrite: re-score tracks whose JSON already exists.
         estimates: score the stems in this folder (``<track>/<stem>.<ext>``) instead of
             separating.
@@ -99,11 +99,11 @@ class EvalOptions:
             return estimates_label(Path(str(self.estimates)))
         return model_label(self.model)
 
-    def worker_count(self) -> int:
-        """:attr:`jobs`, or its default."""
+    def worker_count(self, ranks: int = 1) -> int:
+        """:attr:`jobs`, or its default with ``ranks`` torchrun processes in the job."""
         if self.jobs is not None:
             return self.jobs
-        return (os.cpu_count() or 1) if self.estimates is not None else 1
+        return (os.cpu_count() or 1) if self.estimates is not None and ranks == 1 else 1
 
 
 def evaluate_track(
@@ -309,7 +309,8 @@ def run_evaluation(
     mine = list(trackset.tracks) if group is None else group.shard(trackset.tracks)
     skipped = [t.name for t in mine if t.name in kept]
     todo = [t for t in mine if t.name not in kept]
-    failed = _run_tracks(todo, producer, job, progress, notify)
+    ranks = 1 if group is None else group.world_size
+    failed = _run_tracks(todo, producer, job, job.options.worker_count(ranks), progress, notify)
     if group is not None:  # every rank waits here until all have written their results
         failed = {name: error for part in group.gather(failed) for name, error in part.items()}
     files = result_files(options.out)
@@ -323,6 +324,7 @@ def _run_tracks(
     todo: list[Track],
     producer: Producer,
     job: _Job,
+    workers: int,
     progress: bool,
     notify: Callable[[str], None] | None,
 ) -> dict[str, str]:
@@ -341,7 +343,7 @@ def _run_tracks(
             bar.update(1)
             bar.set_postfix_str(name[:30])
 
-    jobs = min(job.options.worker_count(), len(todo))
+    jobs = min(workers, len(todo))
     try:
         if jobs > 1:
             _run_pool(todo, job, jobs, report)
