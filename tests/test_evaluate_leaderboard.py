@@ -304,3 +304,27 @@ def test_estimates_in_worker_processes(tmp_path: Path) -> None:
     for a, b in zip(serial.scores, pool.scores, strict=True):
         np.testing.assert_array_equal(a.frames["SDR"], b.frames["SDR"])
         assert a.energies == b.energies
+
+
+def test_estimates_at_another_rate_and_channel_count(tmp_path: Path) -> None:
+    """Stems written at 16 kHz (references: 8 kHz), one of them mono: scored exactly as the
+    samples the decoder's conversion gives (resampled to 8 kHz, mono spread to both channels)."""
+    from demucs_rr.audio import convert_audio
+
+    refs = _references(tmp_path / "hq", ("a",))
+    est = tmp_path / "tool" / "a"
+    est.mkdir(parents=True)
+    ref, want = [], []
+    for j, stem in enumerate(STEMS):
+        wav = _read(refs / "test" / "a" / f"{stem}.wav")
+        up = convert_audio(wav + 0.3 * wav.roll(j + 1, dims=-1), RATE, 2 * RATE, 1 + (j < 3))
+        sf.write(est / f"{stem}.wav", up.T.numpy(), 2 * RATE, subtype="FLOAT")  # lossless
+        ref.append(wav)
+        want.append(convert_audio(up, 2 * RATE, RATE, 2)[:, : wav.shape[-1]])
+    options = EvalOptions(None, tmp_path / "out", estimates=tmp_path / "tool", sdr_only=True)
+    scores = run_evaluation(open_tracks("musdb-hq", refs, "test"), options).scores[0]
+    r, e = torch.stack(ref), torch.stack(want)
+    assert e.shape == r.shape  # 2x up then down: the same length
+    np.testing.assert_allclose(scores.frames["SDR"], framewise_sdr(r, e, RATE, RATE), atol=1e-5)
+    for i, stem in enumerate(STEMS):
+        assert scores.global_sdr()[stem] == pytest.approx(float(nsdr(r, e)[i]), abs=1e-9)
