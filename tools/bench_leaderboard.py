@@ -8,10 +8,10 @@ Run on the output of tools/make_leaderboard_set.py (or a real MUSDB18-HQ root ho
 1. ``demucs-rr evaluate --estimates`` on every track, full metrics (SDR/ISR/SIR/SAR + global
    SDR), as a user runs it (one worker process per core, decoding included): wall and CPU time;
 2. the same with ``--sdr-only`` (museval SDR + global SDR);
-3. per track of the subset, in this process with one thread: museval 0.4.1
-   (``museval.evaluate``, the MUSDB18 call) and ours on the same decoded samples, alternately;
-   time of each, the ratio, and the largest difference of any frame value (after museval's
-   storage rounding).
+3. per track of the subset (the tracks closest to the mean length), in this process with one
+   thread: museval 0.4.1 (``museval.evaluate``, the MUSDB18 call) and ours on the same decoded
+   samples, alternately; time of each, the ratio, and the largest difference of any frame
+   value (after museval's storage rounding).
 
 The load average (``uptime``) is recorded with every measurement: on a shared machine absolute
 times vary; the side-by-side ratios are the figures to compare.
@@ -218,7 +218,9 @@ def main() -> None:
         result["sdr"] = evaluate_all(root, estimates, work / "sdr", sdr_only=True)
         print(json.dumps(result["sdr"]), flush=True)
     result["side_by_side"] = []
-    for name in names[: args.museval_tracks]:
+    lengths = {n: _frames(root / "musdb" / "test" / n / "drums.wav") for n in names}
+    middle = sorted(names, key=lambda n: abs(lengths[n] - seconds * 44100 / len(names)))
+    for name in sorted(middle[: args.museval_tracks]):  # the tracks of about the mean length
         row = side_by_side(root, estimates, name, args.repeats)
         print(json.dumps(row), flush=True)
         result["side_by_side"].append(row)
