@@ -258,6 +258,32 @@ def _kept(
     return kept
 
 
+def _make_job(
+    trackset: TrackSet,
+    options: EvalOptions,
+    folder: EstimateFolder | None,
+    producer: Producer,
+    notify: Callable[[str], None] | None,
+) -> _Job:
+    """The run's record and what it knows of the model's training data (said once)."""
+    if options.estimates is None:
+        overlap = training_overlap(options.model, trackset, options.repo)
+        training = training_summary(options.model, options.repo)
+    else:  # the files go by their label (named after a release: its training data counts)
+        overlap = training_overlap(None, trackset, label=options.label)
+        training = training_summary(options.label)
+    if overlap is not None and notify is not None:
+        notify(f"note: {overlap.reason}; their scores are marked and left out of rankings")
+    return _Job(
+        options,
+        RunRecord(trackset.describe(), producer.settings()),
+        trackset.subset,
+        folder,
+        {} if overlap is None else dict.fromkeys(overlap.tracks, overlap.reason),
+        training,
+    )
+
+
 def run_evaluation(
     trackset: TrackSet,
     options: EvalOptions,
@@ -284,23 +310,7 @@ def run_evaluation(
     options = replace(options, out=Path(options.out))
     folder = _open_folder(trackset, options, notify)
     producer = make_producer(options, options.label, folder)
-    if options.estimates is None:
-        overlap = training_overlap(options.model, trackset, options.repo)
-        training = training_summary(options.model, options.repo)
-    else:  # the files go by their label (named after a release: its training data counts)
-        overlap = training_overlap(None, trackset, label=options.label)
-        training = training_summary(options.label)
-    if overlap is not None and notify is not None:
-        notify(f"note: {overlap.reason}; their scores are marked and left out of rankings")
-    record = RunRecord(trackset.describe(), producer.settings())
-    job = _Job(
-        options,
-        record,
-        trackset.subset,
-        folder,
-        {} if overlap is None else dict.fromkeys(overlap.tracks, overlap.reason),
-        training,
-    )
+    job = _make_job(trackset, options, folder, producer, notify)
     earlier = check_reuse(options.out, job.record)
     kept = _kept(earlier, trackset, options, folder)
     reused = sorted({p.stem for p in earlier} & kept)
