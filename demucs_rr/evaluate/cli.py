@@ -54,6 +54,16 @@ def _add_definitions(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_estimate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--estimates",
+        metavar="DIR",
+        help="score the stems another tool wrote, DIR/<track>/<stem>.<ext> (any format and "
+        "rate), instead of separating",
+    )
+    p.add_argument("--stems", type=_stems, help="with --estimates: stems to score, comma-separated")
+
+
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``demucs-rr evaluate``."""
     from demucs_rr.hub.catalogue import DEFAULT_MODEL
@@ -68,13 +78,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "also marks its training data)",
     )
     p.add_argument("--repo", help="folder searched first for model files")
-    p.add_argument(
-        "--estimates",
-        metavar="DIR",
-        help="score the stems another tool wrote, DIR/<track>/<stem>.<ext> (any format and "
-        "rate), instead of separating",
-    )
-    p.add_argument("--stems", type=_stems, help="with --estimates: stems to score, comma-separated")
+    _add_estimate_arguments(p)
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--musdb", metavar="ROOT", help="MUSDB18 root (train/ and test/)")
     data.add_argument(
