@@ -328,3 +328,24 @@ def test_estimates_at_another_rate_and_channel_count(tmp_path: Path) -> None:
     np.testing.assert_allclose(scores.frames["SDR"], framewise_sdr(r, e, RATE, RATE), atol=1e-5)
     for i, stem in enumerate(STEMS):
         assert scores.global_sdr()[stem] == pytest.approx(float(nsdr(r, e)[i]), abs=1e-9)
+
+
+def test_rows_on_fewer_tracks_are_not_ranked(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tool scored on 2 of the 3 tracks scores best but is not comparable: marked, unranked."""
+    monkeypatch.chdir(tmp_path)
+    refs = _references(tmp_path / "hq", ("a", "b", "c"))
+    base = ["--musdb", str(refs), "--is-wav", "--sdr-only"]
+    good = _estimates(refs, tmp_path / "partial", leak=0.05)
+    assert _evaluate("--estimates", str(good), *base, "--tracks", "a", "b", "-o", "r1") == 0
+    fair = _estimates(refs, tmp_path / "fair", leak=0.3)
+    assert _evaluate("--estimates", str(fair), *base, "-o", "r2") == 0
+    board = tmp_path / "board.csv"
+    capsys.readouterr()
+    assert _leaderboard("r1", "r2", "--no-reference", "--csv", str(board)) == 0
+    assert "‡ partial (musdb-hq-test): scored on 2 of 3 tracks" in capsys.readouterr().out
+    ranks = {r["model"]: r["rank"] for r in _csv(board)}
+    assert ranks == {"partial ‡": "incompl.", "fair": "1"}
+    assert _leaderboard("r1", "r2", "--no-reference", "--rank-incomplete", "--csv", str(board)) == 0
+    assert {r["model"]: r["rank"] for r in _csv(board)} == {"partial ‡": "1", "fair": "2"}

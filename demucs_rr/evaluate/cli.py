@@ -292,6 +292,11 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
         help="also rank models trained with evaluated tracks (still marked)",
     )
     p.add_argument(
+        "--rank-incomplete",
+        action="store_true",
+        help="also rank rows scored on fewer tracks than their dataset has (still marked)",
+    )
+    p.add_argument(
         "--no-reference", action="store_true", help="leave out the published reference rows"
     )
     p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
@@ -340,7 +345,12 @@ def run_leaderboard(args: argparse.Namespace) -> int:
     if not args.no_reference:
         entries += reference_entries()
     header, rows, notes = leaderboard(
-        entries, agg, conv, sort=args.sort, rank_contaminated=args.rank_contaminated
+        entries,
+        agg,
+        conv,
+        sort=args.sort,
+        rank_contaminated=args.rank_contaminated,
+        rank_incomplete=args.rank_incomplete,
     )
     lines = [*notes, legend(agg, conv)]
     if not args.no_reference:

@@ -72,6 +72,7 @@ class Entry:
         params: parameter count, when recorded.
         speed: seconds of audio separated per second, when recorded.
         device: where it was separated, when recorded.
+        dataset_tracks: tracks of the evaluated dataset, when recorded.
         folder: result folder the row comes from (None for published rows).
         reference: a published row.
     """
@@ -86,6 +87,7 @@ class Entry:
     params: int | None = None
     speed: float | None = None
     device: str | None = None
+    dataset_tracks: int | None = None
     folder: Path | None = None
     reference: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -150,6 +152,7 @@ def entry_from(group: ResultGroup, tracks_agg: str = "median", convention: str =
         params=int(params) if isinstance(params, (int, float)) else None,
         speed=speed,
         device=device,
+        dataset_tracks=int(first["dataset_tracks"]) if "dataset_tracks" in first else None,
         folder=group.folder,
     )
 
@@ -228,6 +231,22 @@ def _score(e: Entry, sort: str) -> float:
     return -value if not math.isnan(value) else math.inf
 
 
+#: Tracks of the MUSDB18 test set: a row of a MUSDB18 test dataset with fewer is incomplete.
+MUSDB_TEST_TRACKS = 50
+#: Marker of rows scored on fewer tracks than their dataset has.
+INCOMPLETE = "‡"
+
+
+def _full_size(dataset: str, entries: list[Entry]) -> int:
+    """Tracks a complete row of ``dataset`` has: the most any row scored or recorded as the
+    dataset's size; 50 for a MUSDB18 test set when no row recorded it (other tools' files)."""
+    rows = [e for e in entries if not e.reference]
+    recorded = [e.dataset_tracks for e in rows if e.dataset_tracks is not None]
+    if not recorded and dataset in ("musdb-test", "musdb-hq-test"):
+        recorded = [MUSDB_TEST_TRACKS]
+    return max([e.tracks for e in rows] + recorded, default=0)
+
+
 def leaderboard(
     entries: list[Entry],
     tracks_agg: str = "median",
@@ -235,12 +254,14 @@ def leaderboard(
     *,
     sort: str = "museval",
     rank_contaminated: bool = False,
+    rank_incomplete: bool = False,
 ) -> tuple[list[str], list[list[str]], list[str]]:
     """The table: rows by dataset, best first within each.
 
-    Published rows are marked ``ref`` and rows with training-data overlap ``excl.`` (and
-    :data:`CONTAMINATED` after the name); neither takes a rank, unless ``rank_contaminated``
-    for the latter.
+    Published rows are marked ``ref``; rows with training-data overlap ``excl.`` (and
+    :data:`CONTAMINATED` after the name) and rows scored on fewer tracks than their dataset has
+    ``incompl.`` (and :data:`INCOMPLETE`): scores on different track sets are not comparable.
+    None of them takes a rank, unless ``rank_contaminated`` / ``rank_incomplete``.
 
     Returns:
         (header, rows, notes): notes are one line per marked row, saying why.
@@ -250,16 +271,25 @@ def leaderboard(
     targets = order_targets({t for e in entries for t in (*e.museval, *e.global_sdr)})
     rows, notes = [], []
     for dataset in sorted({e.dataset for e in entries}):
-        rank = 0
-        for e in sorted(
-            (e for e in entries if e.dataset == dataset), key=lambda e: _score(e, sort)
-        ):
+        group = sorted((e for e in entries if e.dataset == dataset), key=lambda e: _score(e, sort))
+        full, rank = _full_size(dataset, group), 0
+        for e in group:
+            short = not e.reference and e.tracks < full
             ranked = not e.reference and (rank_contaminated or not e.contamination)
+            ranked = ranked and (rank_incomplete or not short)
             rank += ranked
-            label = "ref" if e.reference else (str(rank) if ranked else "excl.")
-            rows.append(_row(e, label, targets))
+            label = (
+                "ref" if e.reference else str(rank) if ranked else "incompl." if short else "excl."
+            )
+            row = _row(e, label, targets)
+            row[1] += f" {INCOMPLETE}" if short else ""
+            rows.append(row)
             if e.contamination:
                 notes.append(f"{CONTAMINATED} {e.name} ({e.dataset}): {e.contamination}")
+            if short:
+                notes.append(
+                    f"{INCOMPLETE} {e.name} ({e.dataset}): scored on {e.tracks} of {full} tracks"
+                )
     return _header(targets, tracks_agg, convention), rows, notes
 
 

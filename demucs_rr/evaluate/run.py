@@ -148,11 +148,13 @@ class _Job:
     folder: EstimateFolder | None
     overlap: dict[str, str]
     training: str
+    dataset_tracks: int
 
 
 def _score_and_write(track: Track, producer: Producer, job: _Job) -> list[str]:
     scores, notes = evaluate_track(track, producer, job.options, job.record)
     scores.extra["training_data"] = job.training
+    scores.extra["dataset_tracks"] = job.dataset_tracks
     if track.name in job.overlap:
         scores.extra["training_overlap"] = job.overlap[track.name]
     write_track_json(scores, result_path(job.options.out, job.subset, track.name))
@@ -281,6 +283,7 @@ def _make_job(
         folder,
         {} if overlap is None else dict.fromkeys(overlap.tracks, overlap.reason),
         training,
+        len(trackset.tracks),
     )
 
 
