@@ -158,6 +158,19 @@ def test_float32_inputs_are_upcast_exactly(excerpt):
         torch.testing.assert_close(x, y, atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize(("window", "hop"), [(8000, 8000), (6000, 4000), (None, None)])
+def test_frame_pass_gives_the_track_energies(window, hop):
+    """The one-pass frame SDR and whole-track energies equal the separate computations, with
+    frames that tile the track (plus a partial tail), overlap, or cover it in one."""
+    from demucs_rr.evaluate.frames import framewise_sdr_and_energies, track_energies
+
+    refs, ests = _signals(seconds=2.3, sources=3)
+    sdr, energy = framewise_sdr_and_energies(refs.float(), ests.float(), window, hop)
+    torch.testing.assert_close(sdr, framewise_sdr(refs.float(), ests.float(), window, hop))
+    want = track_energies(refs.float(), ests.float())
+    torch.testing.assert_close(energy, want, rtol=1e-12, atol=0)  # float64 sums, other order
+
+
 def test_global_sdr_matches_the_msst_and_mdx_formulas(excerpt):
     """Global SDR of the real excerpt with each convention's epsilon, against the formula
     written out in numpy (float64, sums over channels and samples)."""

@@ -284,6 +284,7 @@ def bss_eval(
     sources_version: bool = False,
     compute_permutation: bool = False,
     solver: str = "levinson",
+    framewise: torch.Tensor | None = None,
 ) -> BSSEvalResult:
     """BSSEval v4 (default) or v3 framewise metrics, numerically matching museval.
 
@@ -307,6 +308,8 @@ def bss_eval(
         solver: ``levinson`` (default: block-Toeplitz recursion, Cholesky fallback),
             ``cholesky`` or ``lu`` (museval's algorithm); all match museval equally well on
             the reference data, Levinson is O(L^2) instead of O(L^3).
+        framewise: (S, F) ``framewise_sdr(refs, ests, window, hop)`` when the caller has it
+            already (used as the images SDR).
 
     Returns:
         :class:`BSSEvalResult` with (S, F) float64 tensors.
@@ -327,7 +330,9 @@ def bss_eval(
         filt = compute_filters(refs, ests, filters_len, compute_permutation, solver)
         scores = _score_frames(refs, ests, layout, filt, opts)
     if not opts.spectral_sdr:
-        scores[0, :, :, 0] = framewise_sdr(refs, ests, window, hop)
+        scores[0, :, :, 0] = (
+            framewise_sdr(refs, ests, window, hop) if framewise is None else framewise
+        )
     scores[:, :, silent] = float("nan")
     if compute_permutation:
         chosen, perm = _pick_permutation(scores, framewise_filters)

@@ -28,7 +28,12 @@ import torch
 from demucs_rr.errors import ConfigError
 from demucs_rr.evaluate.bsseval import bss_eval
 from demucs_rr.evaluate.conventions import GLOBAL_EPS, TRACK_AGGREGATIONS, global_sdr
-from demucs_rr.evaluate.frames import float32_sdr_bound, framewise_sdr
+from demucs_rr.evaluate.frames import (
+    float32_sdr_bound,
+    framewise_sdr,
+    framewise_sdr_and_energies,
+    track_energies,
+)
 
 __all__ = [
     "METRICS",
@@ -44,7 +49,6 @@ __all__ = [
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
 NSDR_EPS = GLOBAL_EPS["mdx"]
-_ENERGY_BLOCK = 1 << 18  # samples upcast to float64 at a time by track_energies
 
 
 def pad_or_truncate(refs: torch.Tensor, ests: torch.Tensor) -> torch.Tensor:
@@ -53,25 +57,6 @@ def pad_or_truncate(refs: torch.Tensor, ests: torch.Tensor) -> torch.Tensor:
     if ests.shape[-1] >= length:
         return ests[..., :length]
     return torch.nn.functional.pad(ests, (0, length - ests.shape[-1]))
-
-
-def track_energies(refs: torch.Tensor, ests: torch.Tensor) -> torch.Tensor:
-    """Whole-track energies of each reference and of its error, summed in float64.
-
-    Args:
-        refs: (S, C, T) references.
-        ests: (S, C, T) estimates.
-
-    Returns:
-        (S, 2) float64: ``sum s^2`` and ``sum (s - s_hat)^2`` over channels and samples.
-    """
-    out = torch.zeros(refs.shape[0], 2, dtype=torch.float64, device=refs.device)
-    for start in range(0, refs.shape[-1], _ENERGY_BLOCK):  # no float64 copy of the whole track
-        r = refs[..., start : start + _ENERGY_BLOCK].to(torch.float64)
-        e = ests[..., start : start + _ENERGY_BLOCK].to(refs.device, torch.float64)
-        out[:, 0] += r.square().sum(dim=(-2, -1))
-        out[:, 1] += (r - e).square_().sum(dim=(-2, -1))
-    return out
 
 
 def nsdr(refs: torch.Tensor, ests: torch.Tensor, eps: float = NSDR_EPS) -> torch.Tensor:
@@ -180,20 +165,19 @@ def score_track(
         )
     ests = pad_or_truncate(refs, ests.to(refs.device))
     window, step = int(win * samplerate), int(hop * samplerate)
+    if backend not in ("torch", "museval"):
+        raise ConfigError(f"unknown metrics backend {backend!r}: use 'torch' or 'museval'")
+    sdr, energies = framewise_sdr_and_energies(refs, ests, window, step)  # one pass for both
     if backend == "museval":
         values = _museval_frames(refs, ests, window, step)
-    elif backend == "torch":
-        if sdr_only:
-            sdr = framewise_sdr(refs, ests, window, step).cpu().numpy()
-            values = {m: np.full_like(sdr, np.nan) for m in METRICS}
-            values["SDR"] = sdr
-        else:  # its SDR is framewise_sdr's
-            res = bss_eval(refs, ests, window, step, solver=solver)
-            values = {m: getattr(res, m.lower()).cpu().numpy() for m in METRICS}
+    elif sdr_only:
+        values = {m: np.full(tuple(sdr.shape), np.nan) for m in METRICS}
+        values["SDR"] = sdr.cpu().numpy()
     else:
-        raise ConfigError(f"unknown metrics backend {backend!r}: use 'torch' or 'museval'")
+        res = bss_eval(refs, ests, window, step, solver=solver, framewise=sdr)
+        values = {m: getattr(res, m.lower()).cpu().numpy() for m in METRICS}
     frames = {m: np.vectorize(_museval_value, otypes=[np.float64])(values[m]) for m in METRICS}
-    energy = track_energies(refs, ests).cpu().tolist()
+    energy = energies.cpu().tolist()
     return TrackScores(
         name=name,
         targets=list(targets),
