@@ -10,10 +10,10 @@ labels every evaluation output uses for them.
   ``10 log10((sum s^2 + eps) / (sum (s - s_hat)^2 + eps))`` over the whole track (all samples
   and channels), averaged over tracks. Papers call it **uSDR** (utterance SDR). The MDX 2021 and
   SDX 2023 evaluators and Demucs use ``eps = 1e-7``; Music-Source-Separation-Training
-  (``utils/metrics.py``, ``sdr``) used 1e-7 until its 2025 refactor and 1e-8 since. The two
-  agree to within 1e-6 dB unless a reference stem or its error is (nearly) silent over the
-  whole track, where they differ by up to 10 dB on that track; both are kept exactly, since
-  each result stores the two energies.
+  (``utils/metrics.py``, ``sdr``) used 1e-7 until its December 2024 refactor and 1e-8 since.
+  The two agree to within 1e-6 dB unless a reference stem or its error has almost no energy
+  over the whole track (a sum of squares below about 1), and differ by up to 10 dB on a track
+  whose stem is silent; both are kept exactly, since each result stores the two energies.
 
 Estimates are zero-padded or cut to the reference length (museval's rule; the MDX evaluators
 require equal lengths, MSST cuts both to the shorter).
