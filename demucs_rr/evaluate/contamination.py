@@ -19,11 +19,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from demucs_rr.data.trackset import TrackSet
 
-__all__ = ["Overlap", "training_overlap", "training_summary", "training_tracks"]
+if TYPE_CHECKING:
+    from demucs_rr.hub.training_data import TrainingData
+
+__all__ = [
+    "Overlap",
+    "release_training",
+    "training_overlap",
+    "training_summary",
+    "training_tracks",
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,18 @@ class Overlap:
     def to_json(self) -> dict[str, Any]:
         """What results record (``contamination`` key)."""
         return {"tracks": len(self.tracks), "reason": self.reason}
+
+
+def release_training(name: str) -> TrainingData | None:
+    """The training data of a released model name (v2 catalogue or v3/v4 bag), or None."""
+    from demucs_rr.hub.catalogue import PRETRAINED
+    from demucs_rr.hub.releases import OFFICIAL_BAGS
+
+    if name in PRETRAINED:
+        return PRETRAINED[name].training
+    if name in OFFICIAL_BAGS:
+        return OFFICIAL_BAGS[name].training
+    return None
 
 
 def training_tracks(model: object, repo: Path | None = None) -> set[str]:
@@ -62,8 +83,6 @@ def training_tracks(model: object, repo: Path | None = None) -> set[str]:
 def training_summary(model: object, repo: Path | None = None) -> str:
     """One line on a model's training data: a release's, a package's track count, or
     ``unknown``."""
-    from demucs_rr.hub.training_data import release_training
-
     if isinstance(model, str):
         release = release_training(model)
         if release is not None:
@@ -87,8 +106,6 @@ def training_overlap(
     Returns:
         None when no evaluated track is known to be in the training data.
     """
-    from demucs_rr.hub.training_data import release_training
-
     names = [t.name for t in trackset.tracks]
     name = model if isinstance(model, str) and release_training(model) else label
     release = release_training(name) if isinstance(name, str) else None

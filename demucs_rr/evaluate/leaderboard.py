@@ -106,7 +106,7 @@ class Entry:
 def _contamination(group: ResultGroup) -> str | None:
     """Why some tracks of ``group`` are in the model's training data (recorded per track, or
     known from the released model's name for MUSDB18 results of older versions/other tools)."""
-    from demucs_rr.hub.training_data import release_training
+    from demucs_rr.evaluate.contamination import release_training
 
     marked = [s for s in group.scores if s.extra.get("training_overlap")]
     if marked:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -19,7 +18,7 @@ from demucs_rr.errors import ConfigError
 
 if TYPE_CHECKING:
     from demucs_rr.evaluate.estimates import EstimateFolder
-    from demucs_rr.evaluate.run import EvalOptions
+    from demucs_rr.evaluate.options import EvalOptions
     from demucs_rr.separate.api import Separator
 
 __all__ = ["FolderProducer", "ModelProducer", "Produced", "Producer", "make_producer"]
@@ -182,8 +181,3 @@ def make_producer(options: EvalOptions, label: str, folder: EstimateFolder | Non
     if folder is not None:
         return FolderProducer(options, folder, label)
     return ModelProducer(options, label)
-
-
-def estimates_label(root: Path) -> str:
-    """Default label of an estimates folder: its name (``separated/htdemucs`` -> htdemucs)."""
-    return Path(root).resolve().name

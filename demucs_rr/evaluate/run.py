@@ -34,18 +34,16 @@ from demucs_rr.data.trackset import TrackSet
 from demucs_rr.errors import ConfigError, DemucsRRError
 from demucs_rr.evaluate.contamination import training_overlap, training_summary
 from demucs_rr.evaluate.metrics import TrackScores, score_track
-from demucs_rr.evaluate.producers import Producer, estimates_label, make_producer
+from demucs_rr.evaluate.options import EvalOptions
+from demucs_rr.evaluate.producers import Producer, make_producer
 from demucs_rr.evaluate.results import (
     RunRecord,
     check_reuse,
-    model_label,
     read_record,
     result_files,
     result_path,
 )
 from demucs_rr.evaluate.trackjson import read_track_json, write_track_json
-from demucs_rr.models.base import SeparationModel
-from demucs_rr.separate.options import ApplyOptions
 
 if TYPE_CHECKING:
     from demucs_rr.distributed import Group
@@ -54,56 +52,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Report = Callable[[str, "str | None", "list[str]"], None]
-
-
-@dataclass
-class EvalOptions:
-    """How to separate (or read) and score.
-
-    Attributes:
-        model: pretrained name, package/model file, or a built model; with ``estimates``, the
-            name the results go by (a released name marks its training data), or None.
-        out: results folder (``<out>/<subset>/<track>.json`` + summary files).
-        repo: folder searched first for model files.
-        device: separation device (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); with
-            ``estimates``, where the metrics run (CUDA or the CPU).
-        engine: how the engine applies the model (chunks, overlap, shifts, precision).
-        sdr_only: score SDR only (milliseconds per track) instead of SDR/ISR/SIR/SAR.
-        backend: ``torch`` or ``museval`` (reference implementation, slow).
-        solver: normal-equation solver of the torch backend (levinson, cholesky, lu).
-        jobs: worker processes on this rank; None: 1 for a model, one per CPU core for
-            estimate files when no torchrun ranks share the machine.
-        overwrite: re-score tracks whose JSON already exists.
-        estimates: score the stems in this folder (``<track>/<stem>.<ext>``) instead of
-            separating.
-        stems: with ``estimates``, the stems to score (default: every reference stem found).
-    """
-
-    model: str | Path | SeparationModel | None
-    out: Path
-    repo: Path | None = None
-    device: str = "auto"
-    engine: ApplyOptions = field(default_factory=ApplyOptions)
-    sdr_only: bool = False
-    backend: str = "torch"
-    solver: str = "levinson"
-    jobs: int | None = None
-    overwrite: bool = False
-    estimates: Path | None = None
-    stems: list[str] | None = None
-
-    @property
-    def label(self) -> str:
-        """The name results go by: the model's, or the estimates folder's."""
-        if self.model is None:
-            return estimates_label(Path(str(self.estimates)))
-        return model_label(self.model)
-
-    def worker_count(self, ranks: int = 1) -> int:
-        """:attr:`jobs`, or its default with ``ranks`` torchrun processes in the job."""
-        if self.jobs is not None:
-            return self.jobs
-        return (os.cpu_count() or 1) if self.estimates is not None and ranks == 1 else 1
 
 
 def evaluate_track(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MUSDB_SUBSETS", "TRAIN", "TRAIN_TEST", "TrainingData", "release_training"]
+__all__ = ["MDX_DOCS", "MUSDB_SUBSETS", "TRAIN", "TRAIN_TEST", "V2_DOCS", "V4_DOCS", "TrainingData"]
 
 #: MUSDB18 subsets a release can have been trained with: ``train`` (the 100 tracks of the
 #: official train split, whose 14 validation tracks included) and ``test`` (50 tracks).
@@ -51,15 +51,3 @@ TRAIN_TEST = frozenset({"train", "test"})
 V2_DOCS = "Demucs v2 README and demucs/pretrained.py"
 V4_DOCS = "Demucs v4 README (list of pre-trained models)"
 MDX_DOCS = "Demucs v4 README and docs/training.md (MDX 2021 track B)"
-
-
-def release_training(name: str) -> TrainingData | None:
-    """The training data of a released model name (v2 catalogue or v3/v4 bag), or None."""
-    from demucs_rr.hub.catalogue import PRETRAINED
-    from demucs_rr.hub.releases import OFFICIAL_BAGS
-
-    if name in PRETRAINED:
-        return PRETRAINED[name].training
-    if name in OFFICIAL_BAGS:
-        return OFFICIAL_BAGS[name].training
-    return None
