@@ -10,17 +10,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from demucs_rr.cli import MODEL_COMMANDS, build_parser, run, separate_argv
+from demucs_rr.cli import MODEL_COMMANDS, TEMP_FOLDER, build_parser, run, separate_argv
 from demucs_rr.process import configure_process
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``demucs-rr ARGS``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    serving = args.command == "serve"
     configure_process(
         threads=args.threads,
         keep_freed_memory=args.command in MODEL_COMMANDS,
         signals=True,
+        temp_dir=args.jobs_dir / TEMP_FOLDER if serving else None,
         verbose=args.verbose,
     )
     return run(args)

@@ -22,6 +22,8 @@ from demucs_rr.process import Terminated
 
 # Commands that run models: malloc keeps freed memory for them (see demucs_rr.process).
 MODEL_COMMANDS = frozenset({"separate", "evaluate", "serve", "train"})
+TEMP_FOLDER = ".tmp"
+"""Folder of ``serve``'s temporary files inside its jobs folder (emptied at start)."""
 
 EXTRA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     # name: (module, add-arguments function, run function, help)
@@ -75,7 +77,7 @@ def _stem_list(text: str) -> list[str]:
 
 def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``separate`` (shared by ``demucs-rr separate`` and the ``separate`` script)."""
-    from demucs_rr.audio.options import WriteOptions
+    from demucs_rr.audio.options import MP3_BITRATES, WriteOptions
     from demucs_rr.hub.catalogue import DEFAULT_MODEL
     from demucs_rr.separate.defaults import DEFAULT_TEMPLATE, OTHER_METHODS
     from demucs_rr.separate.options import add_engine_arguments
@@ -126,8 +128,11 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
     fmt.add_argument("--mp3", action="store_true", help="write mp3 instead of wav")
     p.add_argument(
         "--mp3-bitrate",
-        type=argtypes.positive_int,
-        help=f"mp3 bitrate in kbps (default {d.mp3_bitrate})",
+        type=int,
+        choices=MP3_BITRATES,
+        metavar="KBPS",
+        help=f"mp3 constant bit rate in kbps: {', '.join(map(str, MP3_BITRATES))} (default "
+        f"{d.mp3_bitrate}); the stems keep their sample rate at every bit rate",
     )
     p.add_argument(
         "--mp3-preset",

@@ -4,7 +4,7 @@
 The model has the released size (N256 L20 B256 H512 P3 X10 R4) made causal (``causal=True``,
 ``norm_type='cLN'``) with random weights (speed does not depend on the weights). A synthetic
 stereo signal at 44.1 kHz is streamed in fixed blocks through
-:class:`demucs_rr.separate.stream.StreamingSeparator`, timing every block; the same model then
+:class:`demucs_rr.separate.causal.StreamingSeparator`, timing every block; the same model then
 separates the whole signal in one offline pass for comparison.
 
 Two phases, because the machine may be shared:
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from demucs_rr.models.tasnet import ConvTasNet
-from demucs_rr.separate.stream import StreamingSeparator
+from demucs_rr.separate.causal import StreamingSeparator
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 CONFIG = dict(N=256, L=20, B=256, H=512, P=3, X=10, R=4, causal=True, norm_type="cLN")

@@ -40,8 +40,8 @@ def worker(
     """Run ``warmup + steps`` training steps of ``preset``; return timing and peak memory."""
     import torch
 
+    from demucs_rr.distributed import Group
     from demucs_rr.train.config import load_config
-    from demucs_rr.train.distributed import DistContext
     from demucs_rr.train.loop import train_step
     from demucs_rr.train.state import build_state, make_model
 
@@ -58,7 +58,7 @@ def worker(
         overrides.append(f"segment={segment}")
     config = load_config(overrides)
     model = make_model(config)
-    dist = DistContext.from_env(config.device, env={})
+    dist = Group.from_env(config.device, env={}, allow_mps=False)
     state = build_state(config, model, dist, steps_per_epoch=steps + warmup)
     rate = config.dset.samplerate
     out_length = round(config.segment * rate)

@@ -14,7 +14,7 @@ wheel="$(ls "$work"/dist/demucs_rr-*.whl)"
 python3 -m venv "$work/venv"
 py="$work/venv/bin/python"
 "$py" -m pip install -q --disable-pip-version-check torch==2.13.0
-"$py" -m pip install -q --disable-pip-version-check "${wheel}[train]"
+"$py" -m pip install -q --disable-pip-version-check "${wheel}"  # no extra: train works too
 export PATH="$work/venv/bin:$PATH"
 
 [[ "$(command -v demucs-rr)" == "$work/venv/bin/demucs-rr" ]]

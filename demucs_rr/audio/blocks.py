@@ -1,10 +1,10 @@
 """Block-wise audio: decoding a file in blocks, seamless resampling, and incremental writers.
 
-Decoding uses soundfile block reads (wav, flac, ogg, mp3, aiff) and an ``ffmpeg`` pipe for any
-file soundfile rejects; :class:`BlockResampler` gives the same samples as
-:func:`~demucs_rr.audio.dsp.resample` on the whole signal; :class:`BlockWriter` appends (C, n)
-blocks to a wav, flac or mp3 file with exactly the quantisation of
-:func:`~demucs_rr.audio.write.write_audio`.
+Decoding uses soundfile block reads (wav, flac, ogg, mp3, aiff) and an ``ffmpeg`` pipe for a
+file soundfile rejects (only the audio and video containers of :mod:`demucs_rr.audio.ffmpeg`);
+:class:`BlockResampler` gives the same samples as :func:`~demucs_rr.audio.dsp.resample` on the
+whole signal; :class:`BlockWriter` appends (C, n) blocks to a wav, flac or mp3 file with exactly
+the quantisation of :func:`~demucs_rr.audio.write.write_audio`.
 
 Dimension letters: C audio channels, T time in samples.
 """
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,15 +24,8 @@ import torch
 
 from demucs_rr.audio.decode import BLOCK, DecodeReport, open_soundfile
 from demucs_rr.audio.dsp import convert_channels
-from demucs_rr.audio.io import (
-    _BackendError,
-    _check_input_file,
-    _no_ffmpeg_error,
-    _one_line,
-    _probe,
-    check_resampling,
-    ffmpeg_available,
-)
+from demucs_rr.audio.ffmpeg import BackendError, ffmpeg_available, ffmpeg_blocks
+from demucs_rr.audio.io import _check_input_file, _no_ffmpeg_error, check_resampling
 from demucs_rr.audio.write import _SUBTYPES, WriteOptions, to_pcm
 from demucs_rr.errors import AudioIOError
 
@@ -99,54 +90,34 @@ class BlockResampler:
 
 def _ffmpeg_blocks(
     path: Path, block: int, soundfile_reason: str
-) -> tuple[int, Iterator[np.ndarray], DecodeReport]:
-    """(rate, (n, C) float32 blocks, report) decoded by an ffmpeg pipe (raw f32le).
-
-    The report gets ffmpeg's ``-v error`` text of a run that succeeded once the blocks are
-    exhausted.
-    """
+) -> tuple[int, Iterator[np.ndarray], DecodeReport, float | None]:
+    """(rate, (n, C) float32 blocks, report, probed seconds) decoded by an ffmpeg pipe (raw
+    f32le), for a file soundfile rejected with ``soundfile_reason``
+    (see :mod:`demucs_rr.audio.ffmpeg`)."""
     if not ffmpeg_available():
         raise _no_ffmpeg_error(path, soundfile_reason)
-    target = "file:" + str(path.resolve())
     try:
-        channels, rate = _probe(target)
-    except _BackendError as err:
+        _, rate, seconds, blocks, report = ffmpeg_blocks(path, block)
+    except BackendError as err:
         raise AudioIOError(
             f"cannot decode {path}: soundfile: {soundfile_reason}; ffmpeg: {err}"
         ) from None
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", target, "-map", "0:a:0"]
-    cmd += ["-ac", str(channels), "-ar", str(rate), "-f", "f32le", "-"]
-    report = DecodeReport()
+    return rate, blocks, report, seconds
 
-    def blocks() -> Iterator[np.ndarray]:
-        with tempfile.TemporaryFile() as errors:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors
-            )
-            assert proc.stdout is not None
-            try:
-                while data := proc.stdout.read(4 * channels * block):
-                    frames = len(data) // (4 * channels)
-                    raw = bytearray(data[: frames * 4 * channels])  # writable for torch
-                    yield np.frombuffer(raw, "<f4").reshape(frames, channels)
-            except BaseException:  # closed early (an error downstream, Ctrl-C): stop quietly
-                proc.kill()
-                raise
-            finally:
-                proc.stdout.close()
-                proc.wait()
-            errors.seek(0)
-            text = errors.read().decode("utf-8", "replace")
-            if proc.returncode > 0:
-                reason = _one_line(text) or "failed"
-                raise AudioIOError(f"cannot decode {path}: ffmpeg: {reason}")
-            report.note(text)
 
-    return rate, blocks(), report
+def _too_long(path: Path, limit: float, seconds: float | None = None) -> AudioIOError:
+    """The error for a file longer than ``limit`` seconds (``seconds``: its length, if known)."""
+    lasts = f"lasts {seconds / 60:.1f} minutes, more than" if seconds else "lasts more than"
+    return AudioIOError(f"cannot use {path}: it {lasts} the limit of {limit / 60:g} minutes")
 
 
 def read_blocks(
-    path: str | Path, channels: int, samplerate: int, block: int = BLOCK, warn: bool = True
+    path: str | Path,
+    channels: int,
+    samplerate: int,
+    block: int = BLOCK,
+    warn: bool = True,
+    max_seconds: float | None = None,
 ) -> tuple[int, Iterator[torch.Tensor]]:
     """Decode ``path`` in blocks converted to ``channels`` and ``samplerate``.
 
@@ -162,6 +133,8 @@ def read_blocks(
         samplerate: sample rate of the blocks.
         block: frames per decoded block.
         warn: log the warning line (a second pass over the same file passes False).
+        max_seconds: refuse a longer file: by its header (or ffprobe) before decoding, and
+            while decoding (a header may lie), before more than that much audio is decoded.
 
     Returns:
         (the file's own sample rate, iterator of (channels, n) float32 blocks).
@@ -170,10 +143,22 @@ def read_blocks(
     _check_input_file(path)
     source = open_soundfile(path)
     if isinstance(source, str):
-        rate, raw, report = _ffmpeg_blocks(path, block, source)
+        rate, raw, report, seconds = _ffmpeg_blocks(path, block, source)  # ffmpeg starts lazily
     else:
+        declared = source.report.declared
+        seconds = declared / source.rate if declared else None
+        if max_seconds is not None and seconds is not None and seconds > max_seconds:
+            source.close()
         rate, raw, report = source.rate, source.blocks(block), source.report
-    check_resampling(path, rate, samplerate)
+    if max_seconds is not None and seconds is not None and seconds > max_seconds:
+        raise _too_long(path, max_seconds, seconds)
+    try:
+        check_resampling(path, rate, samplerate)
+    except AudioIOError:
+        if not isinstance(source, str):
+            source.close()
+        raise
+    limit = None if max_seconds is None else int(max_seconds * rate)
 
     def converted() -> Iterator[torch.Tensor]:
         resampler = BlockResampler(rate, samplerate)
@@ -184,6 +169,8 @@ def read_blocks(
                     f"cannot read {path}: the audio contains NaN or infinite samples"
                 )
             seen += data.shape[0]
+            if limit is not None and seen > limit:
+                raise _too_long(path, max_seconds or 0.0)
             try:
                 wav = convert_channels(torch.from_numpy(np.ascontiguousarray(data.T)), channels)
             except AudioIOError as err:

@@ -280,6 +280,7 @@ class SoundfileSource:
     Attributes:
         rate: sample rate in Hz.
         channels: channel count C.
+        frames: the frame count its header declares.
         report: filled while decoding; read it once :meth:`blocks` is exhausted.
     """
 
@@ -288,6 +289,7 @@ class SoundfileSource:
     ) -> None:
         self.path, self._handle, self._noise = path, handle, noise
         self.rate, self.channels = int(handle.samplerate), int(handle.channels)
+        self.frames = int(handle.frames)  # what the header says (exact for wav, flac, aiff)
         self.report = noise.report
         self.report.declared = declared
         self._mpeg = handle.format == "MP3"  # libmpg123 prints while decoding
@@ -311,6 +313,37 @@ class SoundfileSource:
                     yield data
         finally:
             self._noise.close()
+
+    def region(self, start: int, frames: int) -> np.ndarray:
+        """(n, C) float32 frames from ``start`` (``frames`` -1: to the end), then the file is
+        closed; fewer frames past the end.
+
+        Raises:
+            AudioIOError: the decoder fails (one line), or a sample is NaN or infinite.
+        """
+        try:
+            noise = self._noise.capture() if self._mpeg else contextlib.nullcontext()
+            with self._handle, noise:
+                if 0 < self.frames <= start:  # libsndfile refuses to seek past the end
+                    return np.zeros((0, self.channels), dtype=np.float32)
+                self._handle.seek(start)
+                data = self._handle.read(frames, dtype="float32", always_2d=True)
+        except AudioIOError:
+            raise
+        except Exception as err:
+            raise AudioIOError(self._failure(err)) from None
+        finally:
+            self._noise.close()
+        if not np.isfinite(data).all():
+            raise AudioIOError(
+                f"cannot read {self.path}: the audio contains NaN or infinite samples"
+            )
+        return data
+
+    def close(self) -> None:
+        """Close the file without decoding (a source whose blocks are never read)."""
+        self._handle.close()
+        self._noise.close()
 
     def _failure(self, err: Exception) -> str:
         """The one-line error for a decoder that failed midway (where depends on the block

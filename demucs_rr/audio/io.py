@@ -3,18 +3,17 @@
 wav, flac, ogg/vorbis/opus, mp3 and aiff are decoded in-process by soundfile (libsndfile), with
 the checks of :mod:`demucs_rr.audio.decode` (wav headers, truncation, decoder noise on fd 2). Any
 file soundfile cannot open is handed to an ``ffmpeg`` subprocess when ``ffmpeg`` and ``ffprobe``
-are on PATH. Every failure is raised as a one-line :class:`~demucs_rr.errors.AudioIOError` naming
-the file; a file decoded only in part gets one warning line instead.
+are on PATH and the file is one of the audio or video containers ffmpeg may read
+(:mod:`demucs_rr.audio.ffmpeg`: never a playlist or anything else that names other files).
+Every failure is raised as a one-line :class:`~demucs_rr.errors.AudioIOError` naming the file; a
+file decoded only in part gets one warning line instead.
 Writing lives in :mod:`demucs_rr.audio.write` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,17 @@ import torch
 from demucs_rr.audio.decode import BLOCK, DecodeReport, open_soundfile
 from demucs_rr.audio.decode import one_line as _one_line
 from demucs_rr.audio.dsp import convert_audio
+from demucs_rr.audio.ffmpeg import BackendError, ffmpeg_available, probe, read_ffmpeg
 from demucs_rr.audio.write import WriteOptions, prepare_for_write, write_audio
 from demucs_rr.errors import AudioIOError
 
 __all__ = [
     "AUDIO_EXTENSIONS",
     "WriteOptions",
+    "ffmpeg_available",
     "load_for_model",
     "prepare_for_write",
+    "probe_seconds",
     "read_audio",
     "write_audio",
 ]
@@ -53,84 +55,21 @@ _MIN_RATE, _MAX_RATE = 1000, 768_000
 _MAX_RATIO_TERM = 2048
 
 
-class _BackendError(Exception):
-    """A decoding backend rejected a file; the message is the backend's one-line reason."""
-
-
 def _read_soundfile(path: Path) -> tuple[np.ndarray, int, DecodeReport]:
     """Decode with soundfile; returns a (T, C) float32 array, the sample rate and the report.
 
     Raises:
-        _BackendError: soundfile cannot open the file (another decoder may).
+        BackendError: soundfile cannot open the file (another decoder may).
         AudioIOError: a refused wav header, or a decoder that fails midway.
     """
     source = open_soundfile(path)
     if isinstance(source, str):
-        raise _BackendError(source)
+        raise BackendError(source)
     blocks = list(source.blocks(BLOCK))  # the reads of read_blocks: the same failures
     if not blocks:
         raise AudioIOError(f"cannot read {path}: no audio samples decoded")
     data = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     return data, source.rate, source.report
-
-
-def ffmpeg_available() -> bool:
-    """Whether both ``ffmpeg`` and ``ffprobe`` are found on PATH."""
-    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
-    """Run an ffmpeg tool, capturing its output; a non-zero exit becomes a _BackendError."""
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    except OSError as err:
-        raise _BackendError(f"cannot run {cmd[0]}: {_one_line(str(err))}") from err
-    if proc.returncode != 0:
-        message = _one_line(proc.stderr.decode("utf-8", "replace"))
-        message = message or f"{cmd[0]} exited with status {proc.returncode}"
-        raise _BackendError(message)
-    return proc
-
-
-def _probe(target: str) -> tuple[int, int]:
-    """Channels and sample rate of the first audio stream of ``target`` (an ffmpeg URL)."""
-    options = "-v error -select_streams a:0 -show_entries stream=channels,sample_rate -of json"
-    proc = _run(["ffprobe", *options.split(), "-i", target])
-    try:
-        streams = json.loads(proc.stdout.decode("utf-8", "replace")).get("streams", [])
-    except ValueError as err:
-        raise _BackendError("unreadable ffprobe output") from err
-    if not streams:
-        raise _BackendError("no audio stream")
-    try:
-        channels, samplerate = int(streams[0]["channels"]), int(streams[0]["sample_rate"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise _BackendError("ffprobe reports no channel count or sample rate") from err
-    if channels < 1 or samplerate < 1:
-        raise _BackendError(f"invalid stream: {channels} channels at {samplerate} Hz")
-    return channels, samplerate
-
-
-def _read_ffmpeg(path: Path) -> tuple[np.ndarray, int, DecodeReport]:
-    """Decode the first audio stream with ffmpeg at its native rate and channel count.
-
-    ffmpeg's ``-v error`` text of a run that succeeded goes into the report (decoding errors it
-    skipped over).
-
-    ``-ac``/``-ar`` repeat the probed values so the raw f32le output has a known layout even if
-    the stream changes parameters midway (ffmpeg then converts instead of switching layout).
-    """
-    target = "file:" + str(path.resolve())
-    channels, samplerate = _probe(target)
-    output = f"-map 0:a:0 -ac {channels} -ar {samplerate} -f f32le -"
-    proc = _run(["ffmpeg", "-nostdin", "-v", "error", "-i", target, *output.split()])
-    frames = len(proc.stdout) // (4 * channels)
-    if frames == 0:
-        raise _BackendError("no audio samples decoded")
-    data = np.frombuffer(proc.stdout, dtype="<f4", count=frames * channels)
-    report = DecodeReport()
-    report.note(proc.stderr.decode("utf-8", "replace"))
-    return data.reshape(frames, channels).astype(np.float32), samplerate, report
 
 
 def _no_ffmpeg_error(path: Path, soundfile_reason: str) -> AudioIOError:
@@ -168,18 +107,39 @@ def _decode(path: Path) -> tuple[np.ndarray, int, DecodeReport]:
         decoded = _read_soundfile(path)
         logger.debug("decoded %s with soundfile", path)
         return decoded
-    except _BackendError as err:
+    except BackendError as err:
         soundfile_reason = str(err)
     if not ffmpeg_available():
         raise _no_ffmpeg_error(path, soundfile_reason)
     try:
-        decoded = _read_ffmpeg(path)
-    except _BackendError as err:
+        decoded = read_ffmpeg(path)
+    except BackendError as err:
         raise AudioIOError(
             f"cannot decode {path}: soundfile: {soundfile_reason}; ffmpeg: {err}"
         ) from None
     logger.debug("decoded %s with ffmpeg (soundfile: %s)", path, soundfile_reason)
     return decoded
+
+
+def probe_seconds(path: str | Path) -> float | None:
+    """The length of an audio file in seconds as its header tells it (soundfile, else ffprobe
+    for the containers the ffmpeg fallback reads), without decoding; None when unknown or not
+    readable (decoding says why)."""
+    path = Path(path)
+    try:
+        source = open_soundfile(path)
+    except (AudioIOError, OSError):
+        return None
+    if not isinstance(source, str):
+        declared, rate = source.report.declared, source.rate
+        source.close()
+        return declared / rate if declared else None
+    if not ffmpeg_available():
+        return None
+    try:
+        return probe(path)[2]
+    except (BackendError, OSError):
+        return None
 
 
 def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile
 import torch
 
-from demucs_rr.audio.options import CLIP_MODES, WriteOptions
+from demucs_rr.audio.options import CLIP_MODES, MP3_SAMPLERATES, WriteOptions, mp3_bitrates
 from demucs_rr.errors import AudioIOError, ConfigError, one_line
 from demucs_rr.staging import atomic_write, is_disk_full
 
@@ -85,9 +85,18 @@ def _encode_mp3(wav: torch.Tensor, samplerate: int, options: WriteOptions) -> by
     channels = wav.shape[0]
     if channels not in (1, 2):
         raise AudioIOError(f"mp3 supports 1 or 2 channels, got {channels}")
+    allowed = mp3_bitrates(samplerate)
+    if options.mp3_bitrate not in allowed:
+        rates = f"bit rates at {samplerate} Hz: {', '.join(map(str, allowed))}" if allowed else ""
+        raise AudioIOError(
+            f"an mp3 cannot hold {samplerate} Hz audio at {options.mp3_bitrate} kbps"
+            + (f" ({rates})" if rates else f" (mp3 rates: {', '.join(map(str, MP3_SAMPLERATES))})")
+            + "; use wav or flac, or another --mp3-bitrate"
+        )
     encoder = lameenc.Encoder()
     encoder.set_bit_rate(options.mp3_bitrate)
     encoder.set_in_sample_rate(samplerate)
+    encoder.set_out_sample_rate(samplerate)  # lame would lower it for low bit rates
     encoder.set_channels(channels)
     encoder.set_quality(options.mp3_preset)
     pcm = to_pcm(wav, "int16")

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile
 import torch
 
 from demucs_rr.audio import AUDIO_EXTENSIONS, read_audio
+from demucs_rr.audio.decode import open_soundfile
 from demucs_rr.errors import AudioIOError, ConfigError
 from demucs_rr.runtime import cache_dir
 from demucs_rr.staging import atomic_write
@@ -81,32 +81,30 @@ class Track:
 def read_frames(path: Path, start: int = 0, frames: int = -1) -> torch.Tensor:
     """Read ``frames`` samples from ``start`` (all remaining when -1) as float32 (C, T).
 
-    soundfile seeks and reads only the requested frames; files soundfile cannot open (m4a, ...)
-    are decoded whole with :func:`read_audio` and sliced. Reading past the end returns fewer
-    frames.
+    The checked reader of every command (:func:`demucs_rr.audio.decode.open_soundfile`: wav
+    header checks, decoder messages captured) seeks and reads only the requested frames; files
+    soundfile cannot open (m4a, ...) are decoded whole with :func:`read_audio` and sliced.
+    Reading past the end returns fewer frames.
 
     Raises:
-        AudioIOError: the file cannot be read.
+        AudioIOError: the file cannot be read, or holds NaN or infinite samples.
     """
-    try:
-        data = soundfile.read(
-            str(path), start=start, frames=frames, dtype="float32", always_2d=True
-        )[0]
-    except Exception:  # libsndfile raises several types; fall back to ffmpeg
+    source = open_soundfile(path)
+    if isinstance(source, str):  # not for libsndfile: the ffmpeg reader decodes it whole
         wav, _ = read_audio(path)
         end = wav.shape[-1] if frames < 0 else start + frames
         return wav[:, start:end].contiguous()
+    data = source.region(start, frames)
     return torch.from_numpy(np.ascontiguousarray(data.T))
 
 
 def _file_info(path: Path) -> tuple[int, int, int]:
     """(length, samplerate, channels); decodes the file unless its header length is exact."""
     if path.suffix.lower() in _EXACT_HEADER:
-        try:
-            info = soundfile.info(str(path))
-            return int(info.frames), int(info.samplerate), int(info.channels)
-        except Exception:  # unreadable header: let read_audio report it
-            pass
+        source = open_soundfile(path)  # header checks; unreadable: read_audio reports it
+        if not isinstance(source, str):
+            source.close()
+            return source.frames, source.rate, source.channels
     wav, samplerate = read_audio(path)
     return wav.shape[-1], samplerate, wav.shape[0]
 

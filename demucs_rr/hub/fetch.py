@@ -111,7 +111,8 @@ def download(
                     "different file"
                 )
     except urllib.error.HTTPError as exc:
-        raise DownloadError(hint(dest, url, f"HTTP {exc.code} {exc.reason}")) from exc
+        exc.close()  # it holds the response's socket
+        raise DownloadError(hint(dest, url, f"HTTP {exc.code} {exc.reason}")) from None
     except urllib.error.URLError as exc:
         raise DownloadError(hint(dest, url, str(exc.reason))) from exc
     except (http.client.HTTPException, OSError) as exc:  # reset, timeout, disk full...

@@ -33,6 +33,7 @@ from demucs_rr.hub.catalogue import PRETRAINED, PretrainedInfo
 from demucs_rr.hub.loaded import LoadedModel
 from demucs_rr.hub.package import load_single_package, package_kind, read_package_metadata
 from demucs_rr.hub.safety import build_checked, load_weights
+from demucs_rr.hub.training_info import CHECKPOINT_FORMAT
 from demucs_rr.models.base import PackagedModel
 from demucs_rr.models.registry import build_model
 
@@ -41,6 +42,7 @@ __all__ = [
     "HUB_NAME",
     "MODEL_SUFFIXES",
     "is_official_package",
+    "is_training_checkpoint",
     "load_bag",
     "load_file",
     "load_member",
@@ -55,15 +57,28 @@ MODEL_SUFFIXES = (".safetensors", ".th", ".pt", *BAG_SUFFIXES)
 """File suffixes ``-n`` accepts."""
 
 
-def _pickle_has_klass(data: bytes) -> bool:
-    """Whether a pickle stream mentions the string ``'klass'`` (official package marker)."""
+def _pickle_strings(data: bytes) -> set[str]:
+    """The strings a pickle stream holds (opcodes only: nothing is unpickled)."""
     try:
-        for opcode, arg, _ in pickletools.genops(data):
-            if arg == "klass" and "UNICODE" in opcode.name:
-                return True
+        return {str(arg) for op, arg, _ in pickletools.genops(data) if "UNICODE" in op.name}
     except Exception:  # not a pickle: let the real loader produce the error
-        return False
-    return False
+        return set()
+
+
+def _torch_file_strings(path: Path) -> set[str]:
+    """The strings of the pickled object of a ``torch.save`` file; tensor data are not read."""
+    if zipfile.is_zipfile(path):  # torch >= 1.6 format: archive/data.pkl
+        with zipfile.ZipFile(path) as archive:
+            pkl = next((n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"), None)
+            return _pickle_strings(archive.read(pkl)) if pkl is not None else set()
+    found: set[str] = set()  # legacy format: magic number, protocol, sys info, then the object
+    with open(path, "rb") as fh:
+        for _ in range(4):
+            try:
+                found |= {str(a) for op, a, _ in pickletools.genops(fh) if "UNICODE" in op.name}
+            except Exception:
+                break
+    return found
 
 
 def is_official_package(path: Path) -> bool:
@@ -71,20 +86,12 @@ def is_official_package(path: Path) -> bool:
 
     Only the pickle opcodes are scanned (nothing is unpickled); tensor data are not read.
     """
-    if zipfile.is_zipfile(path):  # torch >= 1.6 format: archive/data.pkl
-        with zipfile.ZipFile(path) as archive:
-            pkl = next((n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"), None)
-            return pkl is not None and _pickle_has_klass(archive.read(pkl))
-    # legacy torch format: magic number, protocol, sys info, then the object's pickle
-    with open(path, "rb") as fh:
-        for _ in range(4):
-            try:
-                ops = list(pickletools.genops(fh))
-            except Exception:
-                return False
-            if any(arg == "klass" and "UNICODE" in op.name for op, arg, _ in ops):
-                return True
-    return False
+    return "klass" in _torch_file_strings(path)
+
+
+def is_training_checkpoint(path: Path) -> bool:
+    """True for a demucs_rr training checkpoint (``RUN/checkpoint.th``), by its opcodes."""
+    return CHECKPOINT_FORMAT in _torch_file_strings(path)
 
 
 def preset_from_filename(path: Path) -> PretrainedInfo | None:
@@ -172,7 +179,13 @@ def _load_safetensors(path: Path) -> LoadedModel:
 
 
 def _load_pickle(path: Path, preset: PretrainedInfo | None) -> LoadedModel:
-    if is_official_package(path):
+    strings = _torch_file_strings(path)
+    if CHECKPOINT_FORMAT in strings:
+        raise PackageFormatError(
+            f"{path} is a training checkpoint, not a model: write its package with "
+            f"`demucs-rr export {path.parent}` and separate with the .safetensors it names"
+        )
+    if "klass" in strings:
         model = official_th.model_from_official_package(path).eval()
         return LoadedModel.single(model, path.stem)
     preset = preset or preset_from_filename(path)

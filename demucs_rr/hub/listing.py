@@ -9,7 +9,7 @@ from demucs_rr.errors import ModelNotFoundError, PackageFormatError
 from demucs_rr.hub.bag_yaml import read_bag_yaml
 from demucs_rr.hub.catalogue import PRETRAINED, cached_path
 from demucs_rr.hub.fetch import checksum_state
-from demucs_rr.hub.formats import HUB_NAME, preset_from_filename
+from demucs_rr.hub.formats import HUB_NAME, is_training_checkpoint, preset_from_filename
 from demucs_rr.hub.official_safetensors import is_hub_file, read_safetensors_header
 from demucs_rr.hub.package import package_kind, read_package_metadata, read_training_info
 from demucs_rr.hub.releases import OFFICIAL_BAGS
@@ -57,6 +57,12 @@ def repo_row(file: Path) -> ModelRow:
             spec = read_bag_yaml(file)
             row["class"] = "bag"
             row["description"] = f"bag of {len(spec.models)}: {', '.join(spec.models)}"
+        elif is_training_checkpoint(file):
+            row["class"] = "checkpoint"
+            row["description"] = (
+                f"training checkpoint, not a model: `demucs-rr export {file.parent}` "
+                "writes its package"
+            )
         else:
             preset = preset_from_filename(file)
             match = HUB_NAME.match(file.name)
@@ -98,9 +104,23 @@ def _training_summary(epochs: int, best_epoch: int | None, weights: str) -> str:
     return f" (trained {epochs} epochs; best epoch {best_epoch}, {weights} weights)"
 
 
+def _is_bag(file: Path) -> bool:
+    """Whether a YAML file is a bag (a mapping with ``models``), not another kind of YAML (a
+    training run's ``config.yaml``); only the text is parsed."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return True  # a broken bag: its row says why
+    return isinstance(data, dict) and "models" in data
+
+
 def folder_rows(folder: Path) -> list[ModelRow]:
     """A row per ``*.safetensors``, ``*.th`` and ``*.yaml`` file of ``folder``."""
-    files = sorted(Path(folder).expanduser().glob("*"))
+    files = [
+        f for f in sorted(Path(folder).expanduser().glob("*")) if f.suffix != ".yaml" or _is_bag(f)
+    ]
     return [
         repo_row(f) for f in files if f.suffix in (".safetensors", ".th", ".yaml") and f.is_file()
     ]

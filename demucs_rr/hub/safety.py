@@ -223,8 +223,12 @@ def build_checked(
     Raises:
         PackageFormatError: a constructor error or a state that does not match, on one line.
     """
-    with torch.device("meta"), _CallLimit(64 * len(stored) + 10_000, source):
-        model = _construct(factory, args, kwargs, what, source)
+    grad = torch.is_grad_enabled()
+    try:
+        with torch.device("meta"), _CallLimit(64 * len(stored) + 10_000, source):
+            model = _construct(factory, args, kwargs, what, source)
+    finally:  # the limit can strike inside a no_grad() exit, before it restored autograd
+        torch.set_grad_enabled(grad)
     if rename is not None:
         stored = rename(model, stored)
     check_shapes(model, stored, source)

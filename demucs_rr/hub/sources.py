@@ -94,7 +94,9 @@ class FolderSource:
         if not self.folder.is_dir():
             raise ModelNotFoundError(f"model repository {self.folder} is not a folder")
 
-    def _find(self, name: str) -> Path | None:
+    def find(self, name: str) -> Path | None:
+        """The file of ``name`` in the folder (the first of ``NAME.safetensors``, ``NAME-*.th``,
+        ``NAME.th``, ``NAME.yaml``, ``NAME.yml``), or None."""
         folder = self.folder
         candidates = [folder / f"{name}.safetensors"]
         candidates += sorted(Path(p) for p in glob.glob(str(folder / f"{glob.escape(name)}-*.th")))
@@ -103,11 +105,11 @@ class FolderSource:
 
     def has(self, name: str) -> bool:
         """Whether the folder holds a file for ``name``."""
-        return self._find(name) is not None
+        return self.find(name) is not None
 
     def get(self, name: str) -> LoadedModel:
         """Load ``name``'s file (a ``{sig}-{hash}.th`` name is checked against its hash)."""
-        found = self._find(name)
+        found = self.find(name)
         if found is None:
             raise ModelNotFoundError(f"no model {name!r} in {self.folder}")
         return load_file(check_member_hash(found), PRETRAINED.get(name))

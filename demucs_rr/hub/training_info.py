@@ -20,7 +20,11 @@ from typing import Any
 
 from demucs_rr.errors import PackageFormatError
 
-__all__ = ["VALID_LOSS", "VALID_NSDR", "WEIGHTS", "TrainingInfo"]
+__all__ = ["CHECKPOINT_FORMAT", "VALID_LOSS", "VALID_NSDR", "WEIGHTS", "TrainingInfo"]
+
+CHECKPOINT_FORMAT = "demucs_rr.train.checkpoint"
+"""``format`` of a training checkpoint (``RUN/checkpoint.th``): not a model file, its run's
+package is written by ``demucs-rr export RUN``."""
 
 VALID_NSDR = "valid_nsdr"
 """Metrics key of the validation nSDR (dB, mean over tracks then sources)."""

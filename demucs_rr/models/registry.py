@@ -25,7 +25,11 @@ _BUILTIN: dict[str, str] = {
     "DemucsV3": "demucs_rr.models.demucs_v3:DemucsV3",
     "HDemucs": "demucs_rr.models.hdemucs:HDemucs",
     "HTDemucs": "demucs_rr.models.htdemucs:HTDemucs",
+    "BSRoformer": "demucs_rr.models.bs_roformer:BSRoformer",
+    "MelBandRoformer": "demucs_rr.models.mel_band_roformer:MelBandRoformer",
     "FractionModel": "demucs_rr.models.testing:FractionModel",
+    "SCNet": "demucs_rr.models.scnet:SCNet",
+    "MDX23C": "demucs_rr.models.mdx23c:MDX23C",
 }
 
 

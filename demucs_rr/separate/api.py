@@ -176,6 +176,7 @@ class Separator:
         keep_sample_rate: bool = False,
         callback: Callable[[int], None] | None = None,
         on_start: Callable[[int], None] | None = None,
+        max_seconds: float | None = None,
     ) -> list[Path]:
         """Separate a file straight into stem files, streaming: memory does not grow with the
         track length (except with ``split=False``).
@@ -191,14 +192,16 @@ class Separator:
             callback: progress, called with the number of samples just processed.
             on_start: called once, before separating, with the total that ``callback`` will
                 count (every pass over the track: shifts and bag members included).
+            max_seconds: refuse a file longer than this (by its header, then while decoding
+                the first pass), before anything is written.
 
         Returns:
             The written paths; either all of them are written or none is.
         """
-        from demucs_rr.separate.files import FileJob, mixture_stats, stream_file
+        from demucs_rr.separate.to_files import FileJob, mixture_stats, stream_file
 
         path = Path(path)
-        stats = mixture_stats(path, self.samplerate, self.audio_channels)
+        stats = mixture_stats(path, self.samplerate, self.audio_channels, max_seconds=max_seconds)
         job = FileJob(dict(targets), write, other_method, keep_sample_rate)
         if on_start is not None:
             on_start(count_passes(self.model, self.options) * stats.length)

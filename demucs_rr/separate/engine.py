@@ -10,8 +10,8 @@ normalisation of the official tool). It relies only on the model contract of
 - a single model is applied with the shift trick outermost, then chunking: each chunk of the
   grid is centred in ``chunk_input_length(chunk, segment)`` samples of real audio;
 - every (member, shift) pass runs side by side over a sliding buffer
-  (:class:`~demucs_rr.separate.sliding.SlidingApplier`), which the in-memory path feeds in large
-  blocks and :mod:`demucs_rr.separate.files` feeds from a file being decoded, so the work per
+  (:class:`~demucs_rr.separate.passes.SlidingApplier`), which the in-memory path feeds in large
+  blocks and :mod:`demucs_rr.separate.to_files` feeds from a file being decoded, so the work per
   chunk is constant and a file never needs to fit in memory;
 - segments longer than ``max_segment_length`` (and unsplit tracks that do not fit in it) are
   refused with a :class:`~demucs_rr.errors.ConfigError` before anything runs.
@@ -33,7 +33,7 @@ import torch
 from demucs_rr.errors import ConfigError
 from demucs_rr.models.base import SeparationModel
 from demucs_rr.separate.options import ApplyOptions
-from demucs_rr.separate.sliding import ProgressCallback, SlidingApplier, draw_offsets
+from demucs_rr.separate.passes import ProgressCallback, SlidingApplier, draw_offsets
 
 DEFAULT_OPTIONS = ApplyOptions()
 """The engine's default options (chunked, 25 % overlap, no shifts, batch 1)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from demucs_rr.audio import WriteOptions, load_for_model, resample
 from demucs_rr.distributed import Group, process_group, torchrun_ranks
 from demucs_rr.errors import ConfigError, DemucsRRError
 from demucs_rr.separate.api import Separator
+from demucs_rr.separate.model_labels import check_label, model_identity, record_label
 from demucs_rr.separate.options import check_separate_options, engine_options
 from demucs_rr.separate.outputs import (
     InputFile,
@@ -45,10 +47,13 @@ def _write_options(args: argparse.Namespace) -> WriteOptions:
 
 
 def _check_out_dir(out: Path) -> None:
-    """Fail early when the output root cannot be created or written."""
+    """Fail early when the output root cannot be created or written, without creating it: the
+    folders of a track appear with its stems (a run that writes nothing leaves nothing)."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".demucs_rr_write_test_{os.getpid()}_{time.monotonic_ns()}"
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        probe = existing / f".demucs_rr_write_test_{os.getpid()}_{time.monotonic_ns()}"
         probe.touch()
         probe.unlink()
     except OSError as exc:
@@ -84,7 +89,7 @@ def _separate_track(
 
 def _stream(sep: Separator, mix: torch.Tensor, block_size: int) -> dict[str, torch.Tensor]:
     """Separate (C, T) block by block with a causal model; reports latency on stderr."""
-    from demucs_rr.separate.stream import stream_separate
+    from demucs_rr.separate.causal import stream_separate
 
     out, report = stream_separate(sep.model, mix, block_size)
     block_ms = 1000 * block_size / sep.samplerate
@@ -169,6 +174,8 @@ def _separate_all(
     )
     names = select_stems(sep.sources, args.stems, args.two_stems, args.other_method)
     _check_distinct_outputs(tracks, args.filename, names, wopts, out, sep.model_name)
+    identity = model_identity(args.name, args.repo)
+    check_label(out, args.filename, sep.model_name, identity)
     if group.distributed:
         tracks = group.shard(sorted(tracks, key=lambda t: (t.name, t.path.as_posix())))
     prefix = f"[rank {group.rank}] " if group.distributed else ""
@@ -192,6 +199,8 @@ def _separate_all(
             where = "" if str(track.path) in text else f"{track.path}: "
             print(f"error: {where}{text}", file=sys.stderr)
             continue
+        if not tally.done:
+            record_label(out, args.filename, sep.model_name, identity)
         tally.done += 1
         if not args.quiet:
             took = time.perf_counter() - start
@@ -231,7 +240,7 @@ def _finish(group: Group, tally: _Tally, errors: list[str]) -> int:
     if group.is_main:
         for line in errors:
             print(f"error: {line}", file=sys.stderr)
-        if failed or skipped or group.distributed:
+        if total > 1 or skipped or group.distributed:  # one input: its own line says it all
             ranks = f" on {group.world_size} ranks" if group.distributed else ""
             print(
                 f"{done} separated, {skipped} skipped, {failed} of {total} inputs failed{ranks}",

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from demucs_rr import argtypes
 from demucs_rr.errors import ConfigError
@@ -32,11 +34,66 @@ def _megabytes(text: str) -> float:
     return value
 
 
+def _limit(kind: Callable[[str], float]) -> Callable[[str], float | None]:
+    """Parser of a non-negative number of type ``kind``; 0 means no limit (None)."""
+
+    def parse(text: str) -> float | None:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0 (0: no limit), got {value}")
+        return value or None
+
+    return parse
+
+
 def _port(text: str) -> int:
     value = argtypes.non_negative_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be within 0..65535, got {value}")
     return value
+
+
+def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """The limits of :mod:`demucs_rr.serve.limits` (defaults: :class:`Limits`'s)."""
+    p.add_argument(
+        "--max-upload-mb",
+        type=_megabytes,
+        default=500.0,
+        help="largest accepted upload in MB (default 500)",
+    )
+    p.add_argument(
+        "--max-audio-minutes",
+        type=_limit(float),
+        default=60.0,
+        metavar="MIN",
+        help="longest accepted audio, checked on upload and while decoding (default 60; 0: any)",
+    )
+    p.add_argument(
+        "--max-queued-jobs",
+        type=_limit(int),
+        default=50,
+        metavar="N",
+        help="uploads are refused (429) while N jobs wait (default 50; 0: no limit)",
+    )
+    p.add_argument(
+        "--max-disk-gb",
+        type=_limit(float),
+        default=20.0,
+        metavar="GB",
+        help="quota of the jobs folder: uploads whose stems would not fit are refused (507) "
+        "(default 20; 0: only the free disk space)",
+    )
+    p.add_argument(
+        "--keep-hours",
+        type=_limit(float),
+        default=72.0,
+        metavar="H",
+        help="finished jobs are deleted with their files H hours after they ended "
+        "(default 72; 0: kept until deleted)",
+    )
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,12 +118,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=cache_dir() / "serve",
         help="job database, uploads and stems (default: the cache folder's serve/)",
     )
-    p.add_argument(
-        "--max-upload-mb",
-        type=_megabytes,
-        default=500.0,
-        help="largest accepted upload in MB (default 500)",
-    )
+    _add_limit_arguments(p)
     p.add_argument(
         "--workers",
         type=argtypes.positive_int,
@@ -100,12 +152,16 @@ def _check_precision(device: str, precision: str) -> None:
 
 
 def _check_model(model: str, repo: str | None) -> None:
-    """Refuse a model that is neither a file nor a name of ``demucs-rr models list``."""
-    from demucs_rr.hub.loader import list_models
+    """Refuse a model that is neither a file nor a name of ``demucs-rr models list``, and the
+    released names demucs_rr cannot load (with the reason)."""
+    from demucs_rr.hub.releases import OFFICIAL_BAGS
+    from demucs_rr.serve.files import offered_models
 
-    known = {row["name"] for row in list_models(Path(repo) if repo else None)}
-    if model in known or Path(model).expanduser().is_file():
+    if Path(model).expanduser().is_file() or model in offered_models(repo):
         return
+    refused = OFFICIAL_BAGS[model].refused if model in OFFICIAL_BAGS else None
+    if refused is not None:
+        raise ConfigError(refused)
     raise ConfigError(
         f"unknown model {model!r}: not a pretrained name (see `demucs-rr models list`) "
         "and no such file"
@@ -142,11 +198,7 @@ def _lock(jobs_dir: Path) -> IO[str] | None:
 def run_serve(args: argparse.Namespace) -> int:
     """Check the options, then serve until interrupted."""
     _check_extra()
-    import uvicorn
-
-    from demucs_rr.separate.options import engine_options
-    from demucs_rr.serve.app import create_app
-    from demucs_rr.serve.config import ServeConfig
+    from demucs_rr.serve.security import MIN_TOKEN_LENGTH
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     local = args.host in LOCAL_HOSTS
@@ -155,11 +207,33 @@ def run_serve(args: argparse.Namespace) -> int:
             f"--host {args.host} exposes the server to the network: "
             f"give an access token with --token or ${TOKEN_ENV}"
         )
+    if not local and token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"the access token is {len(token)} characters long: a server on the network needs "
+            f"at least {MIN_TOKEN_LENGTH} (python -c 'import secrets; print(secrets.token_hex())')"
+        )
     _check_model(args.model, args.repo)
     argtypes.refuse_conflicts(argtypes.chunking_conflicts(args))
     _check_precision(args.device, args.precision)
     _check_port(args.host, args.port)
     lock = _lock(args.jobs_dir)
+    try:
+        _run_locked(args, token, local)
+    finally:
+        if lock is not None:
+            lock.close()
+    return 0
+
+
+def _run_locked(args: argparse.Namespace, token: str | None, local: bool) -> None:
+    """Build the app and serve it (the jobs folder is locked)."""
+    import uvicorn
+
+    from demucs_rr.separate.options import engine_options
+    from demucs_rr.serve.app import create_app
+    from demucs_rr.serve.config import ServeConfig
+    from demucs_rr.serve.limits import Limits
+
     threads = getattr(args, "threads", None) or max(1, (os.cpu_count() or 1) // args.workers)
     config = ServeConfig(
         jobs_dir=args.jobs_dir.resolve(),
@@ -172,6 +246,9 @@ def run_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         token=token,
         allowed_hosts=LOCAL_HOSTS + ("[::1]",) if local and token is None else None,
+        limits=Limits(
+            args.max_audio_minutes, args.max_queued_jobs, args.max_disk_gb, args.keep_hours
+        ),
     )
     app = create_app(config)
     info = app.state.serve.info
@@ -183,11 +260,33 @@ def run_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    try:
-        uvicorn.run(
-            app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3
-        )
-    finally:
-        if lock is not None:
-            lock.close()
-    return 0
+    _serve(uvicorn, app, args.host, args.port)
+
+
+def _serve(uvicorn: Any, app: Any, host: str, port: int) -> None:
+    """Run uvicorn until a signal stops it; SIGINT then ends like Ctrl-C elsewhere (exit 130).
+
+    When the shutdown begins, the open event streams are ended, so that only real requests can
+    hold it (for 3 s at most: uvicorn then cancels them).
+
+    uvicorn handles SIGINT and SIGTERM itself (a graceful shutdown) and raises the signal again
+    once it is done: SIGTERM then reaches the entry point's handler (exit 143), but SIGINT
+    reaches asyncio's, which ends quietly; it is raised here instead.
+    """
+    stopped_by: list[int] = []
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            stopped_by.append(sig)
+            super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            app.state.end_streams()  # open event streams end now, not at the 3 s timeout
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3
+    )
+    Server(config).run()
+    if signal.SIGINT in stopped_by:
+        raise KeyboardInterrupt

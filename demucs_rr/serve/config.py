@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from demucs_rr.separate.options import ApplyOptions
+from demucs_rr.serve.limits import Limits
 from demucs_rr.serve.worker import WorkerConfig
 
 __all__ = ["ServeConfig"]
@@ -27,6 +28,7 @@ class ServeConfig:
         max_upload_mb: largest accepted upload in MiB.
         token: required on every API request when set (``Authorization: Bearer`` or cookie).
         allowed_hosts: accepted ``Host`` header names (None: any), against DNS rebinding.
+        limits: audio length, queue, disk quota and expiry (:mod:`demucs_rr.serve.limits`).
     """
 
     jobs_dir: Path
@@ -39,9 +41,17 @@ class ServeConfig:
     max_upload_mb: float = 500.0
     token: str | None = None
     allowed_hosts: tuple[str, ...] | None = None
+    limits: Limits = field(default_factory=Limits)
 
     def worker_config(self) -> WorkerConfig:
         """What each worker process needs."""
+        minutes = self.limits.max_audio_minutes
         return WorkerConfig(
-            self.jobs_dir, self.model, self.device, self.repo, self.threads, self.engine
+            self.jobs_dir,
+            self.model,
+            self.device,
+            self.repo,
+            self.threads,
+            self.engine,
+            max_seconds=None if minutes is None else minutes * 60,
         )

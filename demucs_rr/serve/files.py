@@ -25,22 +25,50 @@ if TYPE_CHECKING:
     from demucs_rr.serve.config import ServeConfig
 
 
-def model_sources(model: str) -> list[str]:
-    """Stem names of a model without loading it (MUSDB's four when they cannot be read); the
-    workers report the real ones once the model is loaded (:func:`loaded_model_facts`)."""
+SIX_SOURCES = (*MUSDB_SOURCES, "guitar", "piano")
+"""Stems of the released ``htdemucs_6s``; the other released models have MUSDB's four."""
+
+
+def known_sources(model: str, repo: str | None = None) -> list[str] | None:
+    """Stem names of a model without loading it (a released name, or a demucs_rr package given
+    by path or found in ``repo``); None when they cannot be told without loading it."""
     from demucs_rr.hub.catalogue import PRETRAINED
     from demucs_rr.hub.package import read_package_metadata
+    from demucs_rr.hub.releases import OFFICIAL_BAGS
+    from demucs_rr.hub.sources import FolderSource
 
+    path = Path(model)
     try:
-        if model in PRETRAINED:
+        if not path.is_file() and repo is not None:
+            path = FolderSource(Path(repo)).find(model) or path
+        if path.suffix == ".safetensors" and path.is_file():
+            sources = read_package_metadata(path)["kwargs"].get("sources")
+        elif model in PRETRAINED:
             sources = PRETRAINED[model].kwargs.get("sources")
-        elif Path(model).suffix == ".safetensors":
-            sources = read_package_metadata(model)["kwargs"].get("sources")
+        elif model in OFFICIAL_BAGS:
+            sources = list(SIX_SOURCES if model == "htdemucs_6s" else MUSDB_SOURCES)
         else:
             sources = None
-    except DemucsRRError:
+    except (DemucsRRError, KeyError, OSError):
         sources = None
-    return [str(s) for s in sources] if isinstance(sources, list) else list(MUSDB_SOURCES)
+    return [str(s) for s in sources] if isinstance(sources, list) else None
+
+
+def model_sources(model: str, repo: str | None = None) -> list[str]:
+    """Stem names of a model without loading it (MUSDB's four when they cannot be told); the
+    workers report the real ones once the model is loaded (:func:`loaded_model_facts`)."""
+    return known_sources(model, repo) or list(MUSDB_SOURCES)
+
+
+def offered_models(repo: str | None = None) -> list[str]:
+    """The names ``demucs-rr models list`` shows, less the released ones demucs_rr refuses to
+    load (the DiffQ-quantized ``mdx_q`` and ``mdx_extra_q``)."""
+    from demucs_rr.hub.loader import list_models
+    from demucs_rr.hub.releases import OFFICIAL_BAGS
+
+    refused = {name for name, info in OFFICIAL_BAGS.items() if info.refused is not None}
+    rows = list_models(Path(repo) if repo else None)
+    return [row["name"] for row in rows if row["name"] not in refused]
 
 
 def loaded_model_facts(config: ServeConfig) -> dict[str, Any]:
@@ -60,16 +88,14 @@ def server_info(config: ServeConfig, version: str) -> dict[str, Any]:
     Raises:
         ConfigError: the device is unknown or not available.
     """
-    from demucs_rr.hub.loader import list_models
-
     label = model_label(config.model)
-    known = [row["name"] for row in list_models(Path(config.repo) if config.repo else None)]
+    known = offered_models(config.repo)
     return {
         "version": version,
         "model": label,
         "device": str(resolve_device(config.device)),
         "models": [label, *(name for name in known if name != label)],
-        "sources": model_sources(config.model),
+        "sources": model_sources(config.model, config.repo),
         "workers": config.workers,
         "max_upload_mb": config.max_upload_mb,
         "max_shifts": MAX_SHIFTS,
@@ -107,6 +133,7 @@ def build_zip(job: Job, root: Path) -> Path:
 def add_file_routes(app: FastAPI, find: Callable[[str], Job], root: Path) -> None:
     """Routes that return a job's files; ``find`` gives the job of an id (or raises 404)."""
 
+    @app.head("/api/jobs/{job_id}/stems/{stem}", include_in_schema=False)
     @app.get("/api/jobs/{job_id}/stems/{stem}", summary="A stem (supports HTTP Range)")
     def stem_file(job_id: str, stem: str, download: bool = False) -> FileResponse:
         job = find(job_id)
@@ -119,6 +146,7 @@ def add_file_routes(app: FastAPI, find: Callable[[str], Job], root: Path) -> Non
             content_disposition_type="attachment" if download else "inline",
         )
 
+    @app.head("/api/jobs/{job_id}/stems/{stem}/waveform.png", include_in_schema=False)
     @app.get("/api/jobs/{job_id}/stems/{stem}/waveform.png", summary="A stem's waveform")
     def waveform(job_id: str, stem: str) -> FileResponse:
         job = find(job_id)
@@ -128,6 +156,7 @@ def add_file_routes(app: FastAPI, find: Callable[[str], Job], root: Path) -> Non
             raise HTTPProblem(404, f"job {job.id} has no waveform of {stem!r}")
         return FileResponse(path, media_type="image/png")
 
+    @app.head("/api/jobs/{job_id}/zip", include_in_schema=False)
     @app.get("/api/jobs/{job_id}/zip", summary="Every stem of a job in one zip")
     def zip_file(job_id: str) -> FileResponse:
         job = find(job_id)

@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from demucs_rr.audio.ffmpeg import container_of
 from demucs_rr.audio.options import FORMATS
 from demucs_rr.errors import ConfigError
+from demucs_rr.staging import clean_stale
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 STEM_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
@@ -56,6 +58,14 @@ def model_label(model: str) -> str:
     """The name a model is shown under: a file's stem (as ``separate`` names its folder), so
     that no server path reaches a client."""
     return Path(model).stem if Path(model).suffix else model
+
+
+def clean_job_folder(folder: Path) -> None:
+    """Remove what dead processes left in a job's folder (staged stems, scratch files, a
+    staged zip or waveform: :func:`~demucs_rr.staging.clean_stale`)."""
+    for sub in (folder, folder / "stems", folder / "waveforms"):
+        if sub.is_dir():
+            clean_stale(sub)
 
 
 def job_dir(root: Path, job_id: str) -> Path:
@@ -151,24 +161,10 @@ def file_stem(name: str) -> str:
 
 
 def sniff_extension(head: bytes) -> str | None:
-    """Audio container from the first bytes of a file (``wav``, ``flac``, ...), or None."""
-    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
-        return "wav"
-    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
-        return "aiff"
-    if head[:4] == b"fLaC":
-        return "flac"
-    if head[:4] == b"OggS":
-        return "ogg"
-    if head[4:8] == b"ftyp":
-        return "m4a"
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "webm"
-    if head[:3] == b"ID3":
-        return "mp3"
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        return "mp3" if head[1] & 0x06 else "aac"  # layer bits 00: AAC ADTS
-    return None
+    """Extension of the audio or video container the first bytes of a file belong to
+    (``wav``, ``flac``, ``m4a``, ...; :func:`~demucs_rr.audio.ffmpeg.container_of`), or None."""
+    container = container_of(head)
+    return container.extension if container else None
 
 
 def input_extension(head: bytes, filename: str | None) -> str:

@@ -99,7 +99,7 @@ class _FormReader:
                 raise HTTPProblem(400, "one file per upload: send several requests")
             self.upload.filename = params.get(b"filename", b"").decode("utf-8", "replace")
             self.upload.path = self.folder / f"{secrets.token_hex(8)}.part"
-            self._file = self.upload.path.open("wb")
+            self._file = _open_part(self.upload.path)
             self._in_file = True
         elif len(self.upload.fields) >= MAX_FIELDS:
             raise HTTPProblem(400, f"too many form fields (at most {MAX_FIELDS})")
@@ -138,6 +138,12 @@ class _FormReader:
         self.close()
         if self.upload.path is not None:
             self.upload.path.unlink(missing_ok=True)
+
+
+def _open_part(path: Path) -> IO[bytes]:
+    """Create the temporary file of an upload (unbuffered: a full disk fails the first write
+    past the free space, not a later flush)."""
+    return path.open("wb", buffering=0)
 
 
 def _too_large(limit: int) -> str:

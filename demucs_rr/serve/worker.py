@@ -11,15 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import sys
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
 
 from demucs_rr.audio import WriteOptions
-from demucs_rr.errors import DemucsRRError
+from demucs_rr.errors import DemucsRRError, DownloadError
+from demucs_rr.hub.identity import model_identity
 from demucs_rr.separate.api import Separator
 from demucs_rr.separate.options import ApplyOptions
 from demucs_rr.separate.outputs import (
@@ -28,7 +33,7 @@ from demucs_rr.separate.outputs import (
     select_stems,
 )
 from demucs_rr.serve.jobs import JobOptions, job_dir, model_label
-from demucs_rr.serve.store import Job, JobStore
+from demucs_rr.serve.store import Job, JobStore, StoreUnavailable
 from demucs_rr.serve.waveform import write_waveform_file
 from demucs_rr.staging import atomic_write
 
@@ -38,14 +43,50 @@ MODEL_FACTS = "model.json"
 """File in the jobs folder where a worker records the server model's stems and device."""
 MODELS_KEPT = 2
 """Separators a worker keeps loaded (the server's model and the last other one asked for)."""
+STORE_EXIT = 75
+"""Exit status of a worker that cannot use the job database (EX_TEMPFAIL): its server starts
+another one after a delay, and fails the job it was running once the database works again."""
 
 
 class StopFlag(Protocol):
-    """What a worker needs of its stop event (``multiprocessing.Event`` or ``threading.Event``)."""
+    """What a worker needs of its stop signal (a :class:`StopPipe`, or a ``threading.Event``)."""
 
     def is_set(self) -> bool: ...
 
     def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class StopPipe:
+    """A worker's end of its stop pipe, watched by a thread.
+
+    The server writes to the pipe to ask the worker to stop (the running job goes back to the
+    queue at its next progress step). The server holds the only write end, so the pipe reaches
+    end-of-file when the server process ends, however it ends: the worker then exits at once,
+    whatever it is doing (a job it was running stays ``running`` until the next server puts
+    it back in the queue). No lock is shared with the server, so a worker killed at any moment
+    cannot block the server's stop.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._event = threading.Event()
+        threading.Thread(target=self._watch, name="demucs-rr-stop", daemon=True).start()
+
+    def _watch(self) -> None:
+        try:
+            while True:
+                self._conn.recv_bytes()
+                self._event.set()
+        except (EOFError, OSError):
+            os._exit(0)  # the server is gone: no one is left to report to
+
+    def is_set(self) -> bool:
+        """Whether the server asked this worker to stop."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for a stop request; returns :meth:`is_set`."""
+        return self._event.wait(timeout)
 
 
 @dataclass(frozen=True)
@@ -61,6 +102,7 @@ class WorkerConfig:
         engine: how models are applied (segment, overlap, batch, precision); each job
             sets its shifts.
         poll_interval: seconds between looks at an empty queue.
+        max_seconds: longest audio a job may have (checked while decoding; None: any).
     """
 
     jobs_dir: Path
@@ -70,6 +112,7 @@ class WorkerConfig:
     threads: int | None = None
     engine: ApplyOptions = field(default_factory=ApplyOptions)
     poll_interval: float = 0.2
+    max_seconds: float | None = None
 
 
 class _Stopped(Exception):
@@ -80,27 +123,56 @@ class _Deleted(Exception):
     """The job was deleted while it ran."""
 
 
+class ModelChangedError(DemucsRRError):
+    """The model a job was submitted for is no longer the one its name designates."""
+
+
 class ModelCache:
-    """Separators by model name, loaded on first use, the least recently used dropped."""
+    """Separators by model name, loaded on first use, the least recently used dropped; each
+    with the identity (:func:`~demucs_rr.hub.identity.model_identity`) of what was loaded."""
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self._items: OrderedDict[str, Separator] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Separator, str | None]] = OrderedDict()
 
-    def get(self, name: str) -> Separator:
-        """The separator of ``name``, a pretrained name or the server model's label."""
+    def get(self, name: str, expected: str | None = None) -> Separator:
+        """The separator of ``name``, a pretrained name or the server model's label.
+
+        Args:
+            name: the model's name.
+            expected: the identity a job was submitted for; a model loaded earlier under
+                another identity (its file was replaced since) is loaded again.
+
+        Raises:
+            ModelChangedError: ``name`` designates another model than ``expected`` now.
+        """
         if name == model_label(self.config.model):
             name = self.config.model
-        if name in self._items:
+        cached = self._items.get(name)
+        if cached is not None and expected in (None, cached[1]):
             self._items.move_to_end(name)
-            return self._items[name]
+            return cached[0]
+        identity = self._identity(name)
+        if None not in (expected, identity) and identity != expected:
+            raise ModelChangedError(
+                f"the model {model_label(name)!r} was replaced on the server after this job was "
+                "submitted; upload the song again to separate it with the new model"
+            )
         sep = Separator(
             name, device=self.config.device, repo=self.config.repo, options=self.config.engine
         )
-        self._items[name] = sep
+        self._items[name] = (sep, identity)
+        self._items.move_to_end(name)
         while len(self._items) > MODELS_KEPT:
             self._items.popitem(last=False)
         return sep
+
+    def _identity(self, name: str) -> str | None:
+        """The identity of ``name`` now (None when it cannot be read: loading will say why)."""
+        try:
+            return model_identity(name, self.config.repo)
+        except (DemucsRRError, OSError):
+            return None
 
 
 class _Progress:
@@ -126,7 +198,7 @@ class _Progress:
 
 
 def separate_job(
-    job: Job, folder: Path, sep: Separator, progress: _Progress
+    job: Job, folder: Path, sep: Separator, progress: _Progress, max_seconds: float | None = None
 ) -> list[dict[str, str]]:
     """Separate a job's upload into its stems and their waveforms; returns the stem list.
 
@@ -150,17 +222,33 @@ def separate_job(
     def start(total: int) -> None:
         progress.total = max(1, total)
 
-    sep.separate_file_to(path, paths, wopts, "add", callback=progress, on_start=start)
+    sep.separate_file_to(
+        path, paths, wopts, "add", callback=progress, on_start=start, max_seconds=max_seconds
+    )
     progress.set(0.92)
     for name, stem in paths.items():
         write_waveform_file(stem, folder / "waveforms" / f"{name}.png")
     return [{"name": name, "file": paths[name].name} for name in names]
 
 
+_SERVER_PATH = re.compile(r"(?<![\w:/.~-])(?:/[^\s/'\"(),;]+)+/?")
+"""An absolute path (not inside a URL), as it appears in error messages."""
+
+
 def _one_line(message: str, job: Job, folder: Path) -> str:
-    """An error for the client: one line, the upload named by its display name, no paths."""
+    """An error for the client: one line, the upload named by its display name, and no server
+    path (any other absolute path is cut to its last part: ``.../cache/x.th`` -> ``x.th``)."""
     message = message.replace(str(folder / job.input), job.name).replace(f"{folder}{os.sep}", "")
+    message = _SERVER_PATH.sub(lambda m: Path(m.group()).name or "/", message)
     return " ".join(message.split())[:500]
+
+
+def _download_reason(err: DownloadError) -> str:
+    """Why a model could not be downloaded, without the server's paths."""
+    text = str(err)
+    if "checksum mismatch" in text:
+        return "its download failed the checksum (see the server log)"
+    return "it could not be downloaded (see the server log)"
 
 
 def run_job(job: Job, store: JobStore, models: ModelCache, stop: StopFlag) -> None:
@@ -168,14 +256,22 @@ def run_job(job: Job, store: JobStore, models: ModelCache, stop: StopFlag) -> No
     folder = job_dir(store.path.parent, job.id)
     progress = _Progress(store, job.id, 1, stop)
     try:
-        sep = models.get(JobOptions.from_json(job.options).model)
-        stems = separate_job(job, folder, sep, progress)
-    except _Stopped:
+        sep = models.get(JobOptions.from_json(job.options).model, job.model_id)
+        stems = separate_job(job, folder, sep, progress, models.config.max_seconds)
+    except (_Stopped, KeyboardInterrupt) as exc:  # KeyboardInterrupt: SIGTERM (Terminated)
         store.requeue(job.id)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         return
+    except StoreUnavailable:  # not the job's fault: the worker ends, its server handles it
+        raise
     except _Deleted:
         shutil.rmtree(folder, ignore_errors=True)
         return
+    except DownloadError as exc:  # the remedy is the operator's: the whole text goes to the log
+        logger.warning("job %s: %s", job.id, exc)
+        label = JobOptions.from_json(job.options).model
+        error = f"the model {label!r} is not available on this server: {_download_reason(exc)}"
     except DemucsRRError as exc:
         error = _one_line(str(exc), job, folder)
     except Exception as exc:  # a bug or an engine failure: logged here, one line to the client
@@ -196,18 +292,47 @@ def report_model(sep: Separator, config: WorkerConfig) -> None:
         tmp.write_text(json.dumps(facts))
 
 
-def worker_main(config: WorkerConfig, stop: StopFlag) -> None:
-    """Process entry point: load the model, then run queued jobs until ``stop`` is set."""
+def worker_main(config: WorkerConfig, stop: Connection | StopFlag) -> None:
+    """Process entry point: load the model, then run queued jobs until stopped.
+
+    Args:
+        config: the workers' settings.
+        stop: the read end of this worker's stop pipe (see :class:`StopPipe`), or a stop flag
+            (a worker run in a thread).
+
+    SIGTERM (a process-group SIGTERM, or the server's escalation) puts the running job back in
+    the queue and ends the worker; SIGINT is ignored (the server stops its workers); the
+    worker gets SIGTERM when its parent process ends.
+    """
     from demucs_rr.process import configure_process
 
-    configure_process(  # the server stops workers through ``stop``, not SIGINT
-        threads=config.threads, keep_freed_memory=True, ignore_interrupt=True, verbose=False
+    configure_process(
+        threads=config.threads,
+        keep_freed_memory=True,
+        signals=True,
+        ignore_interrupt=True,
+        parent_death=True,
+        verbose=False,
     )
+    flag = StopPipe(stop) if isinstance(stop, Connection) else stop
+    try:
+        run_worker(config, flag)
+    except KeyboardInterrupt:  # SIGTERM: the running job is back in the queue
+        return
+    except StoreUnavailable as exc:
+        logger.error("worker %d: %s; exiting", os.getpid(), exc)
+        sys.exit(STORE_EXIT)
+
+
+def run_worker(config: WorkerConfig, stop: StopFlag) -> None:
+    """Load the server model, then claim and run queued jobs until ``stop`` is set."""
     store = JobStore(config.jobs_dir)
     models = ModelCache(config)
     try:
         report_model(models.get(config.model), config)
-    except DemucsRRError as exc:  # reported again by every job that needs this model
+    except StoreUnavailable:
+        raise
+    except (DemucsRRError, OSError) as exc:  # reported again by every job that needs it
         logger.warning("worker %d: cannot load model %s: %s", os.getpid(), config.model, exc)
     while not stop.is_set():
         job = store.claim(os.getpid())

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from demucs_rr.errors import OutputError, PackageFormatError, one_line
+from demucs_rr.hub.training_info import CHECKPOINT_FORMAT
 from demucs_rr.staging import atomic_write, is_disk_full
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.th"
-CHECKPOINT_FORMAT = "demucs_rr.train.checkpoint"
 CHECKPOINT_VERSION = 1
 
 
@@ -79,7 +79,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda_states)
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``path`` atomically (temporary file in the same folder + rename).
 
     ``format`` and ``version`` keys are added. A crash leaves either the previous checkpoint
@@ -108,7 +108,7 @@ def _save_error(path: Path, exc: BaseException) -> OutputError:
     return OutputError(f"cannot write checkpoint {path}: {one_line(exc)}{kept}")
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
 
     Raises:

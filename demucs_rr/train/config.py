@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -193,7 +193,7 @@ def _merge(cfg: DictConfig, other: Any, where: str) -> DictConfig:
     return merged
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -204,10 +204,10 @@ def _read_yaml(path: Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys")
-    return data
+    return {str(k): v for k, v in data.items()}
 
 
-def _preset(conf_dir: Path, group: str, name: str) -> tuple[dict, dict, Path]:
+def _preset(conf_dir: Path, group: str, name: str) -> tuple[dict[str, Any], dict[str, Any], Path]:
     """(group body, recipe of top-level keys, path) of preset ``name`` of ``group``."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else conf_dir / group / f"{name}.yaml"
     if not path.is_file():
@@ -236,7 +236,7 @@ def _split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str
 
 
 def _schema() -> DictConfig:
-    cfg = OmegaConf.structured(TrainConfig)
+    cfg = cast(DictConfig, OmegaConf.structured(TrainConfig))
     OmegaConf.set_readonly(cfg, False)
     return cfg
 
@@ -253,7 +253,7 @@ def _compose(conf_dir: Path, groups: dict[str, str]) -> DictConfig:
     if not isinstance(defaults, dict):
         raise ConfigError(f"{base_path}: `defaults` must map group names to preset names")
     cfg = _merge(_schema(), base, str(base_path))
-    recipes: list[tuple[dict, Path]] = []
+    recipes: list[tuple[dict[str, Any], Path]] = []
     for group in GROUPS:
         name = groups.get(group, defaults.get(group))
         if name is None:
@@ -268,8 +268,8 @@ def _compose(conf_dir: Path, groups: dict[str, str]) -> DictConfig:
 
 def load_config(
     overrides: Sequence[str] = (),
-    conf_dir: str | os.PathLike | None = None,
-    base: str | os.PathLike | dict | None = None,
+    conf_dir: str | os.PathLike[str] | None = None,
+    base: str | os.PathLike[str] | dict[str, Any] | None = None,
 ) -> TrainConfig:
     """Compose and validate a training configuration.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -58,7 +59,7 @@ class EMA:
         finally:
             model.load_state_dict(own)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Plain state (tensors on the CPU, floats) for a ``weights_only`` checkpoint."""
         return {
             "decay": self.decay,
@@ -66,7 +67,7 @@ class EMA:
             "state": {key: value.cpu() for key, value in self.state.items()},
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (tensors are copied onto the current devices)."""
         self.decay = float(state["decay"])
         self.count = float(state["count"])

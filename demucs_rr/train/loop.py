@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,8 +108,8 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
 
 def make_loader(
-    dataset: Dataset, sampler: GlobalBatchSampler, workers: int, pin_memory: bool
-) -> DataLoader:
+    dataset: Dataset[torch.Tensor], sampler: GlobalBatchSampler, workers: int, pin_memory: bool
+) -> DataLoader[torch.Tensor]:
     """DataLoader yielding (b, S, C, T) batches in ``sampler``'s order."""
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory)
 
@@ -117,10 +118,10 @@ def _backward_and_step(state: TrainState, loss: torch.Tensor) -> float:
     """Backward, optional unscale/clip, optimiser and scheduler steps; returns the grad norm."""
     state.optimizer.zero_grad(set_to_none=True)
     if state.scaler is not None:
-        state.scaler.scale(loss).backward()
+        state.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         state.scaler.unscale_(state.optimizer)
     else:
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
     max_norm = state.clip_grad if state.clip_grad > 0 else math.inf
     grad_norm = float(nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
     if state.scaler is not None:
@@ -170,7 +171,7 @@ def train_step(state: TrainState, batch: torch.Tensor) -> dict[str, float]:
 
 
 def run_epoch(
-    state: TrainState, loader: DataLoader, progress: bool = False, desc: str = "train"
+    state: TrainState, loader: DataLoader[torch.Tensor], progress: bool = False, desc: str = "train"
 ) -> dict[str, float]:
     """Train on every batch of ``loader``; returns the metrics averaged over steps and ranks."""
     from tqdm import tqdm
@@ -306,7 +307,11 @@ class RunLog:
     """Per-epoch outputs of rank 0: ``metrics.jsonl``, optional TensorBoard, summary line."""
 
     def __init__(
-        self, run_dir: Path, tensorboard: bool, echo: Callable[[str], None], history: list[dict]
+        self,
+        run_dir: Path,
+        tensorboard: bool,
+        echo: Callable[[str], None],
+        history: list[dict[str, Any]],
     ) -> None:
         self.path = run_dir / METRICS_NAME
         self.echo = echo
@@ -324,7 +329,7 @@ class RunLog:
         if tensorboard:
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
-    def write(self, record: dict, epochs: int) -> None:
+    def write(self, record: dict[str, Any], epochs: int) -> None:
         """Append ``record`` to the JSONL file, TensorBoard, and echo its summary."""
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -340,7 +345,7 @@ class RunLog:
             self.writer.close()
 
 
-def summary_line(record: dict, epochs: int) -> str:
+def summary_line(record: dict[str, Any], epochs: int) -> str:
     """One line: epoch, train loss, validation loss and nSDR, best epoch, time."""
     parts = [f"epoch {record['epoch']}/{epochs}", f"train loss {record['train/loss']:.4f}"]
     if "valid/loss" in record:
@@ -371,7 +376,7 @@ def _valid_options(config: TrainConfig) -> ValidOptions:
 
 def _end_epoch(
     state: TrainState, config: TrainConfig, data: TrainData, train: dict[str, float], started: float
-) -> dict:
+) -> dict[str, Any]:
     """Validate when due, track the best state; returns the epoch's flat record."""
     groups: dict[str, dict[str, float]] = {"train": train}
     if state.epoch % config.valid.every == 0 or state.epoch == config.epochs:
@@ -386,7 +391,7 @@ def _end_epoch(
     return record
 
 
-def _checkpoint_payload(state: TrainState, config: TrainConfig, data: TrainData) -> dict:
+def _checkpoint_payload(state: TrainState, config: TrainConfig, data: TrainData) -> dict[str, Any]:
     return {
         **state.state_dict(),
         "config": config_to_dict(config),
@@ -419,7 +424,7 @@ def _train_epochs(
     state: TrainState,
     config: TrainConfig,
     data: TrainData,
-    loader: DataLoader,
+    loader: DataLoader[torch.Tensor],
     run_dir: Path,
     log: RunLog | None,
     last: int,
@@ -451,7 +456,7 @@ def fit(
     restart: bool = False,
     stop_after: int | None = None,
     echo: Callable[[str], None] | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Train ``config`` in ``run_dir`` (one process, or one of the processes of ``torchrun``).
 
     Writes ``config.yaml``, ``metrics.jsonl`` and, after every epoch, ``checkpoint.th``

@@ -108,9 +108,12 @@ function stemRow(stem) {
 
 function newCard(job) {
   const remove = el("button", { class: "delete", type: "button", text: "Delete" });
-  remove.onclick = () => api(job.url, { method: "DELETE" })
-    .then(() => { cards.get(job.id)?.remove(); cards.delete(job.id); updateEmpty(); })
-    .catch((err) => showMessage(err.message));
+  remove.onclick = () => {
+    if (!window.confirm(`Delete ${job.name} and its stems?`)) return;
+    api(job.url, { method: "DELETE" })
+      .then(() => { removeCard(job.id); updateEmpty(); })
+      .catch((err) => showMessage(err.message));
+  };
   const card = el("li", { class: "job", "data-id": job.id },
     el("div", { class: "row" },
       el("span", { class: "name", text: job.name }),
@@ -143,18 +146,31 @@ function updateEmpty() {
   $("#empty").hidden = $("#jobs").childElementCount > 0;
 }
 
+function removeCard(id) {
+  cards.get(id)?.remove();
+  cards.delete(id);
+}
+
 function sync(jobs) {
   const seen = new Set(jobs.map((job) => job.id));
-  for (const [id, card] of cards) {
-    if (!seen.has(id)) { card.remove(); cards.delete(id); }
-  }
+  for (const id of [...cards.keys()]) if (!seen.has(id)) removeCard(id);
   jobs.forEach(renderJob);
   updateEmpty();
 }
 
 function listen() {
+  // "snapshot": every job (on each connection); "change": the jobs that changed and the
+  // ids of deleted ones
   const events = new EventSource("/api/events");
-  events.onmessage = (e) => { $("#server").classList.remove("offline"); sync(JSON.parse(e.data)); };
+  const online = () => $("#server").classList.remove("offline");
+  events.addEventListener("snapshot", (e) => { online(); sync(JSON.parse(e.data).jobs); });
+  events.addEventListener("change", (e) => {
+    online();
+    const change = JSON.parse(e.data);
+    change.jobs.forEach(renderJob);
+    change.deleted.forEach(removeCard);
+    updateEmpty();
+  });
   events.onerror = () => $("#server").classList.add("offline");
 }
 
