@@ -3,10 +3,10 @@
 A model scores higher on its own training tracks than on unseen music, so such scores must not
 be ranked with the others. Two sources of truth:
 
-* released models (``-n htdemucs``, ``mdx_extra``, ...): the MUSDB18 subsets their official
-  documentation says they were trained with (:mod:`demucs_rr.hub.training_data`), checked
-  against a MUSDB18 / MUSDB18-HQ dataset and subset; ``mdx_extra`` and ``mdx_extra_q`` were
-  trained with the MUSDB18 test set;
+* released models (``-n htdemucs``, ``mdx_extra``, ``scnet_musdb18``, ...): the MUSDB18
+  subsets their official documentation says they were trained with
+  (:mod:`demucs_rr.hub.training_data`), checked against a MUSDB18 / MUSDB18-HQ dataset and
+  subset; ``mdx_extra`` and ``mdx_extra_q`` were trained with the MUSDB18 test set;
 * packages trained here: the ``train_tracks`` of their ``training`` block, checked track by
   track against the evaluated track names (any dataset).
 
@@ -53,14 +53,19 @@ class Overlap:
 
 
 def release_training(name: str) -> TrainingData | None:
-    """The training data of a released model name (v2 catalogue or v3/v4 bag), or None."""
+    """The training data of a released model name (v2 catalogue, v3/v4 bag or band-split
+    release), or None."""
     from demucs_rr.hub.catalogue import PRETRAINED
+    from demucs_rr.hub.msst_releases import MSST_RELEASES
     from demucs_rr.hub.releases import OFFICIAL_BAGS
+    from demucs_rr.hub.training_data import published_training
 
     if name in PRETRAINED:
         return PRETRAINED[name].training
     if name in OFFICIAL_BAGS:
         return OFFICIAL_BAGS[name].training
+    if name in MSST_RELEASES:
+        return published_training(MSST_RELEASES[name].trained_on)
     return None
 
 

@@ -11,13 +11,25 @@ Sources: the Demucs v2 README and ``demucs/pretrained.py`` (MUSDB18 train only; 
 more songs), the Demucs v4 README ("`mdx_extra`: trained with extra training data (including
 MusDB test set)", "`htdemucs`: Trained on MusDB + 800 songs") and ``docs/training.md``
 (Track A of MDX 2021 = MusDB HQ only; Track B models add the MUSDB18 test set and extra data).
+The band-split releases (:data:`~demucs_rr.hub.msst_releases.MSST_RELEASES`) carry the words of
+MSST's table of pre-trained models (``trained_on``), read by :func:`published_training`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MDX_DOCS", "MUSDB_SUBSETS", "TRAIN", "TRAIN_TEST", "V2_DOCS", "V4_DOCS", "TrainingData"]
+__all__ = [
+    "MDX_DOCS",
+    "MSST_DOCS",
+    "MUSDB_SUBSETS",
+    "TRAIN",
+    "TRAIN_TEST",
+    "V2_DOCS",
+    "V4_DOCS",
+    "TrainingData",
+    "published_training",
+]
 
 #: MUSDB18 subsets a release can have been trained with: ``train`` (the 100 tracks of the
 #: official train split, whose 14 validation tracks included) and ``test`` (50 tracks).
@@ -51,3 +63,22 @@ TRAIN_TEST = frozenset({"train", "test"})
 V2_DOCS = "Demucs v2 README and demucs/pretrained.py"
 V4_DOCS = "Demucs v4 README (list of pre-trained models)"
 MDX_DOCS = "Demucs v4 README and docs/training.md (MDX 2021 track B)"
+MSST_DOCS = "MSST README (table of pre-trained models)"
+
+PUBLISHED_MUSDB: dict[str, frozenset[str]] = {
+    "MUSDB18-HQ train": TRAIN,
+    "not published": frozenset(),
+}
+"""The MUSDB18 subsets in each ``trained_on`` wording of the band-split releases. "not
+published" (the community vocal models) marks nothing: like a package that lists no tracks,
+its overlap is unknown, and the leaderboard says so in its training-data column."""
+
+
+def published_training(trained_on: str, source: str = MSST_DOCS) -> TrainingData:
+    """The :class:`TrainingData` of a release whose training data is one published wording.
+
+    Raises:
+        KeyError: a wording not in :data:`PUBLISHED_MUSDB` (a new release must be read and
+            added there, not guessed).
+    """
+    return TrainingData(trained_on, PUBLISHED_MUSDB[trained_on], source)
