@@ -11,6 +11,8 @@ Cholesky when its residual is not small.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from demucs_rr.errors import ConfigError
@@ -120,6 +122,17 @@ def _toeplitz_residual(rlag: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> 
     return (tx - y).flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp_min(1e-300)
 
 
+def _workers_spin(device: torch.device) -> bool:
+    """Whether several CPU threads wait for work by spinning (libgomp's default; the command
+    line sets ``OMP_WAIT_POLICY=PASSIVE`` before torch starts, see
+    :func:`demucs_rr.process.set_wait_policy`). The recursion's thousands of small operations
+    then pay a barrier each: on a busy 2-core machine it took 19.6 s against 4.3 s for Cholesky
+    and 0.33 s with sleeping workers (tools/results/bench_solvers.md), so Cholesky is used."""
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        return False
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().lower() != "passive"
+
+
 def solve_normal(r: torch.Tensor, d: torch.Tensor, solver: str) -> torch.Tensor:
     """Solve the (eps-regularised) normal equations of the delayed copies of some signals.
 
@@ -127,14 +140,15 @@ def solve_normal(r: torch.Tensor, d: torch.Tensor, solver: str) -> torch.Tensor:
         r: (B, P, P, L) correlations of the signals (see :func:`correlations`).
         d: (B, P * L, m) right-hand sides, rows ordered (signal, delay).
         solver: ``levinson`` (block-Toeplitz recursion, O(L^2 P^3); used above
-            ``LEVINSON_MIN`` unknowns, where it beats the O((PL)^3) factorisation, and falling
-            back to Cholesky when its residual exceeds 1e-9), ``cholesky`` (LU fallback), ``lu``.
+            ``LEVINSON_MIN`` unknowns, where it beats the O((PL)^3) factorisation, unless idle
+            OpenMP workers spin (see :func:`_workers_spin`), and falling back to Cholesky when
+            its residual exceeds 1e-9), ``cholesky`` (LU fallback), ``lu``.
 
     Returns:
         (B, P * L, m) filters.
     """
     bsz, n_sig, _, lags = r.shape
-    if solver == "levinson" and n_sig * lags > LEVINSON_MIN:
+    if solver == "levinson" and n_sig * lags > LEVINSON_MIN and not _workers_spin(r.device):
         rlag = lag_table(r).flip(-1).permute(0, 3, 1, 2).contiguous()  # T[i, j] at j - i
         rlag[:, lags - 1] += EPS * torch.eye(n_sig, dtype=r.dtype, device=r.device)
         y = d.view(bsz, n_sig, lags, -1).transpose(1, 2)

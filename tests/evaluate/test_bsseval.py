@@ -350,6 +350,45 @@ def test_block_levinson_solves_block_toeplitz():
     torch.testing.assert_close(x, torch.linalg.solve(t, y), atol=1e-12, rtol=1e-9)
 
 
+@pytest.mark.parametrize(
+    ("threads", "policy", "recursion"),
+    [
+        (1, None, True),
+        (2, "PASSIVE", True),
+        (2, "passive", True),
+        (2, None, False),
+        (2, "ACTIVE", False),
+    ],
+)
+def test_levinson_only_where_its_small_operations_pay(
+    threads: int, policy: str | None, recursion: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several threads whose idle workers spin, the recursion's small operations are
+    several times slower than a dense Cholesky (tools/results/bench_solvers.md): Cholesky is
+    used; the solution is the same either way."""
+    calls: list[int] = []
+    real = solvers.block_levinson
+
+    def counted(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(solvers, "block_levinson", counted)
+    monkeypatch.setattr(solvers, "LEVINSON_MIN", 0)
+    monkeypatch.setattr(solvers.torch, "get_num_threads", lambda: threads)
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    gen = torch.Generator().manual_seed(1)
+    sig = torch.randn(3, 3000, generator=gen, dtype=torch.float64)
+    r = correlations(sig, sig[:0], 40)[None]  # (1, P, P, L)
+    d = torch.randn(1, 3 * 40, 2, generator=gen, dtype=torch.float64)
+    x = solvers.solve_normal(r, d, "levinson")
+    assert bool(calls) == recursion
+    torch.testing.assert_close(x, solvers.solve_normal(r, d, "cholesky"), atol=1e-10, rtol=1e-8)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu():
     refs, ests = _signals(seconds=3.0)
