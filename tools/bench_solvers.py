@@ -6,7 +6,8 @@ Toeplitz), 4 right-hand sides, from 5 s of noise (the system's size does not dep
 track length). Each configuration runs in its own process (the OpenMP wait policy is fixed when
 torch starts): 1 and 2 threads, with OpenMP's idle workers sleeping (``OMP_WAIT_POLICY=PASSIVE``,
 what the command line sets) and, for 2 threads, spinning (libgomp's default, what a Python
-program that imports torch itself gets). Best of 3 wall and CPU times, and the load average.
+program that imports torch itself gets; ``solve_normal`` then uses Cholesky instead of the
+recursion, which is timed here anyway). Best of 3 wall and CPU times, and the load average.
 
     python tools/bench_solvers.py --out tools/results/bench_solvers.md
 """
@@ -29,8 +30,11 @@ def worker(threads: int) -> list[dict]:
     """Time every solver in this process (torch started with the inherited wait policy)."""
     import torch
 
+    from demucs_rr.evaluate import solvers
     from demucs_rr.evaluate.solvers import solve_normal
     from demucs_rr.evaluate.spectral import fast_len
+
+    solvers._workers_spin = lambda device: False  # time the recursion itself, never its fallback
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

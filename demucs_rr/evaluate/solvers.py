@@ -126,8 +126,9 @@ def _workers_spin(device: torch.device) -> bool:
     """Whether several CPU threads wait for work by spinning (libgomp's default; the command
     line sets ``OMP_WAIT_POLICY=PASSIVE`` before torch starts, see
     :func:`demucs_rr.process.set_wait_policy`). The recursion's thousands of small operations
-    then pay a barrier each: on a busy 2-core machine it took 19.6 s against 4.3 s for Cholesky
-    and 0.33 s with sleeping workers (tools/results/bench_solvers.md), so Cholesky is used."""
+    then pay a barrier each: on a busy 2-core machine (load 9-11) it took 7-20 s against 2.3-4.3 s
+    for Cholesky, and 0.4-1.0 s with sleeping workers (tools/results/bench_solvers.md), so
+    Cholesky is used."""
     if device.type != "cpu" or torch.get_num_threads() == 1:
         return False
     return os.environ.get("OMP_WAIT_POLICY", "").strip().lower() != "passive"
