@@ -305,9 +305,11 @@ def bss_eval(
         sources_version: ``bss_eval_sources`` ratios (SDR against the filtered reference,
             no ISR) instead of the images ones.
         compute_permutation: search the estimate order that maximises the mean SIR.
-        solver: ``levinson`` (default: block-Toeplitz recursion, Cholesky fallback),
-            ``cholesky`` or ``lu`` (museval's algorithm); all match museval equally well on
-            the reference data, Levinson is O(L^2) instead of O(L^3).
+        solver: ``levinson`` (default: block-Toeplitz recursion, Cholesky fallback; Cholesky
+            too where several CPU threads spin while idle, see
+            :func:`~demucs_rr.evaluate.solvers.solve_normal`), ``cholesky`` or ``lu``
+            (museval's algorithm); all match museval equally well on the reference data,
+            Levinson is O(L^2) instead of O(L^3).
         framewise: (S, F) ``framewise_sdr(refs, ests, window, hop)`` when the caller has it
             already (used as the images SDR).
 

@@ -119,8 +119,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--solver",
         choices=("levinson", "cholesky", "lu"),
-        help="normal-equation solver of the torch backend: levinson (default, "
-        "block-Toeplitz, fastest), cholesky, or lu (museval's); same parity",
+        help="normal-equation solver of the torch backend: levinson (default; block-Toeplitz "
+        "recursion, about half the CPU time per track of the others), cholesky, or lu "
+        "(museval's); same parity with museval",
     )
     _add_definitions(p)
     p.add_argument("--overwrite", action="store_true", help="re-score tracks already scored")
