@@ -7,6 +7,9 @@ of the next source + noise, float32 like decoded audio and model outputs), score
 (:func:`framewise_sdr`) and in full mode (:func:`bss_eval`; Levinson, Cholesky and LU solvers;
 CPU and CUDA when present). Reports the best wall and CPU time of several runs, speed-ups, and
 the largest difference to museval's values. Results go to Markdown and JSON.
+OpenMP's idle workers sleep (``OMP_WAIT_POLICY=PASSIVE``), as under the command line: with
+libgomp's default spinning, the Levinson solver's many small operations run ~10x slower on two
+threads of a busy machine.
 
     python tools/bench_metrics.py --seconds 30 240 --out tools/results/bench_metrics.md
 """
@@ -25,10 +28,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from demucs_rr.evaluate.bsseval import SOLVERS, bss_eval
-from demucs_rr.evaluate.metrics import framewise_sdr
+from demucs_rr.process import set_wait_policy
+
+set_wait_policy()  # as the command line does before torch starts: idle OpenMP workers sleep
+import torch  # noqa: E402
+
+from demucs_rr.evaluate.bsseval import SOLVERS, bss_eval  # noqa: E402
+from demucs_rr.evaluate.metrics import framewise_sdr  # noqa: E402
 
 RATE = 44100
 
