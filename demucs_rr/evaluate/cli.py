@@ -120,7 +120,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--solver",
         choices=("levinson", "cholesky", "lu"),
         help="normal-equation solver of the torch backend: levinson (default; block-Toeplitz "
-        "recursion, about half the CPU time per track of the others), cholesky, or lu "
+        "recursion, about 1 CPU-s less per track than the others), cholesky, or lu "
         "(museval's); same parity with museval",
     )
     _add_definitions(p)
