@@ -43,13 +43,14 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "demucs_rr.evaluate.cli",
         "add_evaluate_arguments",
         "run_evaluate",
-        "score a model on MUSDB18 or a folder of stems (SDR, nSDR)",
+        "score a model or another tool's stems on MUSDB18 or a folder of stems "
+        "(museval SDR/ISR/SIR/SAR and global SDR)",
     ),
     "leaderboard": (
         "demucs_rr.evaluate.cli",
         "add_leaderboard_arguments",
         "run_leaderboard",
-        "merge evaluation folders into one ranked table",
+        "merge evaluation folders into one ranked table, or --compare two",
     ),
     "serve": (
         "demucs_rr.serve.cli",

@@ -4,9 +4,12 @@
 For each track length: 4 stereo stems at 44.1 kHz (tones + noise; estimates = reference + 10 %
 of the next source + noise, float32 like decoded audio and model outputs), scored by
 ``museval.evaluate`` (v4, 1 s windows: the MUSDB18 call) and by ours in SDR-only mode
-(:func:`framewise_sdr`) and in full mode (:func:`bss_eval`, LU and Cholesky solvers, CPU and
-CUDA when present). Reports the best wall time of several runs, speed-ups, and the largest
-difference to museval's values. Results go to Markdown and JSON.
+(:func:`framewise_sdr`) and in full mode (:func:`bss_eval`; Levinson, Cholesky and LU solvers;
+CPU and CUDA when present). Reports the best wall and CPU time of several runs, speed-ups, and
+the largest difference to museval's values. Results go to Markdown and JSON.
+OpenMP's idle workers sleep (``OMP_WAIT_POLICY=PASSIVE``), as under the command line: with
+libgomp's default spinning, the Levinson solver's many small operations run ~10x slower on two
+threads of a busy machine.
 
     python tools/bench_metrics.py --seconds 30 240 --out tools/results/bench_metrics.md
 """
@@ -25,10 +28,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from demucs_rr.evaluate.bsseval import SOLVERS, bss_eval
-from demucs_rr.evaluate.metrics import framewise_sdr
+from demucs_rr.process import set_wait_policy
+
+set_wait_policy()  # as the command line does before torch starts: idle OpenMP workers sleep
+import torch  # noqa: E402
+
+from demucs_rr.evaluate.bsseval import SOLVERS, bss_eval  # noqa: E402
+from demucs_rr.evaluate.metrics import framewise_sdr  # noqa: E402
 
 RATE = 44100
 
@@ -58,30 +65,33 @@ def signals(seconds: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return r.float(), e.float()
 
 
-def best_time(fn, repeats: int, sync: bool = False) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls (after one warm-up call) and the last result."""
+def best_time(fn, repeats: int, sync: bool = False) -> tuple[float, float, object]:
+    """Best wall time and best CPU time (this process, all threads) of ``repeats`` calls (after
+    one warm-up call) and the last result."""
     out = fn()
-    best = math.inf
+    best = best_cpu = math.inf
     for _ in range(repeats):
         if sync:
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = fn()
         if sync:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
-    return best, out
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+    return best, best_cpu, out
 
 
-def run_museval(refs: torch.Tensor, ests: torch.Tensor) -> tuple[float, dict]:
-    """One museval.evaluate call (its cost makes repeats expensive)."""
+def run_museval(refs: torch.Tensor, ests: torch.Tensor) -> tuple[float, float, dict]:
+    """One museval.evaluate call (its cost makes repeats expensive): wall s, CPU s, values."""
     import museval
 
     r = refs.permute(0, 2, 1).double().numpy()
     e = ests.permute(0, 2, 1).double().numpy()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     sdr, isr, sir, sar = museval.evaluate(r, e, win=RATE, hop=RATE)
-    return time.perf_counter() - start, {"SDR": sdr, "ISR": isr, "SIR": sir, "SAR": sar}
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return wall, cpu, {"SDR": sdr, "ISR": isr, "SIR": sir, "SAR": sar}
 
 
 def max_diff(ours: dict, theirs: dict) -> dict:
@@ -94,10 +104,10 @@ def _ours(
     device: str,
     threads: int,
     args: argparse.Namespace,
-    museval_run: tuple[float, dict],
+    museval_run: tuple[float, float, dict],
 ) -> list[dict]:
     """Our SDR-only and full modes on one device / thread count."""
-    museval_time, museval_values = museval_run
+    museval_time, museval_cpu, museval_values = museval_run
     if device == "cpu":
         torch.set_num_threads(threads)
     r, e = refs.to(device), ests.to(device)
@@ -105,18 +115,22 @@ def _ours(
     base = dict(
         seconds=refs.shape[-1] / RATE, device=device, threads=threads if device == "cpu" else None
     )
-    t_sdr, sdr = best_time(lambda: framewise_sdr(r, e), args.repeats_fast, sync)
+    t_sdr, c_sdr, sdr = best_time(lambda: framewise_sdr(r, e), args.repeats_fast, sync)
     rows = [
         dict(
             base,
             impl="ours SDR-only",
             time_s=t_sdr,
+            cpu_s=c_sdr,
             speedup=museval_time / t_sdr,
+            cpu_speedup=museval_cpu / c_sdr,
             max_abs_diff_db=max_diff({"SDR": sdr.cpu().numpy()}, museval_values),
         )
     ]
     for solver in args.solvers:
-        t_full, res = best_time(lambda s=solver: bss_eval(r, e, solver=s), args.repeats, sync)
+        t_full, c_full, res = best_time(
+            lambda s=solver: bss_eval(r, e, solver=s), args.repeats, sync
+        )
         values = {
             "SDR": res.sdr.cpu().numpy(),
             "ISR": res.isr.cpu().numpy(),
@@ -128,7 +142,9 @@ def _ours(
                 base,
                 impl=f"ours full ({solver})",
                 time_s=t_full,
+                cpu_s=c_full,
                 speedup=museval_time / t_full,
+                cpu_speedup=museval_cpu / c_full,
                 max_abs_diff_db=max_diff(values, museval_values),
             )
         )
@@ -140,7 +156,7 @@ def _worker(args: argparse.Namespace) -> None:
     refs, ests = signals(args.seconds[0])
     with np.load(args.worker) as data:
         museval_values = {m: data[m] for m in ("SDR", "ISR", "SIR", "SAR")}
-        museval_run = (float(data["time"]), museval_values)
+        museval_run = (float(data["time"]), float(data["cpu"]), museval_values)
     rows = []
     if args.threads[0] > 0:
         rows = _ours(refs, ests, "cpu", args.threads[0], args, museval_run)
@@ -152,7 +168,7 @@ def _worker(args: argparse.Namespace) -> None:
 def bench_length(seconds: float, args: argparse.Namespace) -> list[dict]:
     """museval once, then ours in one subprocess per configuration, on the same signals."""
     refs, ests = signals(seconds)
-    elapsed, values = run_museval(refs, ests)
+    elapsed, cpu, values = run_museval(refs, ests)
     rows = [
         dict(
             seconds=seconds,
@@ -160,7 +176,9 @@ def bench_length(seconds: float, args: argparse.Namespace) -> list[dict]:
             device="cpu",
             threads=None,
             time_s=elapsed,
+            cpu_s=cpu,
             speedup=1.0,
+            cpu_speedup=1.0,
             max_abs_diff_db=None,
         )
     ]
@@ -168,7 +186,7 @@ def bench_length(seconds: float, args: argparse.Namespace) -> list[dict]:
     configs = list(args.threads) + ([0] if torch.cuda.is_available() and not args.no_cuda else [])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "museval.npz"
-        np.savez(path, time=elapsed, **values)
+        np.savez(path, time=elapsed, cpu=cpu, **values)
         for threads in configs:
             cmd = [
                 sys.executable,
@@ -206,8 +224,10 @@ def markdown(rows: list[dict], env: dict) -> str:
         f"{env['loadavg']} (shared machine: absolute times vary, ratios are side by "
         "side).",
         "",
-        "| track | implementation | device (threads) | time | speed-up vs museval | "
-        "max abs diff SDR / ISR / SIR / SAR (dB) |",
+        "Time: wall; CPU: this process, all its threads (less sensitive to other jobs).",
+        "",
+        "| track | implementation | device (threads) | time / CPU | speed-up vs museval, "
+        "wall / CPU | max abs diff SDR / ISR / SIR / SAR (dB) |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -217,14 +237,17 @@ def markdown(rows: list[dict], env: dict) -> str:
             if not diff
             else " / ".join(f"{diff[m]:.1e}" for m in ("SDR", "ISR", "SIR", "SAR") if m in diff)
         )
-        t = r["time_s"]
-        ttext = f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"
         dev = r["device"] + (f" ({r['threads']})" if r.get("threads") else "")
         lines.append(
-            f"| {r['seconds']:g} s | {r['impl']} | {dev} | {ttext} | "
-            f"{r['speedup']:.0f}x | {dtext} |"
+            f"| {r['seconds']:g} s | {r['impl']} | {dev} | {_seconds(r['time_s'])} / "
+            f"{_seconds(r['cpu_s'])} | {r['speedup']:.0f}x / {r['cpu_speedup']:.0f}x | {dtext} |"
         )
+    lines += ["", f"Load average at the end: {env['loadavg_end']}."]
     return "\n".join(lines) + "\n"
+
+
+def _seconds(t: float) -> str:
+    return f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"
 
 
 def main() -> None:
@@ -257,6 +280,7 @@ def main() -> None:
         repeats_fast=args.repeats_fast,
     )
     rows = [row for s in args.seconds for row in bench_length(s, args)]
+    env["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(rows, env))

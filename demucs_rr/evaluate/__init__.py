@@ -1,4 +1,4 @@
-"""Evaluation: BSSEval v4 / nSDR metrics in torch, dataset evaluation and leaderboards.
+"""Evaluation: BSSEval v4 and global SDR in torch, dataset evaluation and leaderboards.
 
 Example:
     >>> from demucs_rr.evaluate import bss_eval, nsdr
@@ -23,10 +23,9 @@ if TYPE_CHECKING:
         framewise_sdr,
         nsdr,
         pad_or_truncate,
-        read_track_json,
         score_track,
-        write_track_json,
     )
+    from demucs_rr.evaluate.trackjson import read_track_json, write_track_json
 
 __all__ = [
     "BSSEvalResult",
@@ -54,10 +53,10 @@ __getattr__, __dir__ = lazy_exports(
                 "framewise_sdr",
                 "nsdr",
                 "pad_or_truncate",
-                "read_track_json",
                 "score_track",
-                "write_track_json",
             )
         },
+        "read_track_json": "trackjson",
+        "write_track_json": "trackjson",
     },
 )

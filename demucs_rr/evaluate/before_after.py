@@ -14,7 +14,8 @@ import statistics
 from pathlib import Path
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.evaluate.metrics import TrackScores, read_track_json
+from demucs_rr.evaluate.metrics import TrackScores
+from demucs_rr.evaluate.trackjson import read_track_json
 from demucs_rr.evaluate.results import result_files
 
 __all__ = ["before_after_table"]

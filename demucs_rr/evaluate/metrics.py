@@ -1,34 +1,54 @@
-"""Track scores: museval-compatible BSSEval v4, MDX nSDR, aggregation and museval-format JSON.
+"""Track scores: museval-compatible BSSEval v4, the global SDR, and their aggregation.
 
 Dimension letters: S sources, C channels, T samples, F frames.
 
-Conventions (museval 0.4.1 / SiSEC 2018, the numbers papers report as "SDR on MUSDB18"):
+Conventions (see :mod:`demucs_rr.evaluate.conventions` for the two SDR definitions):
 
-* per track: BSSEval v4 on 1 s windows and hops, all targets evaluated jointly, estimates
-  zero-padded or truncated to the reference length;
-* stored per frame rounded to 5 decimals, +-inf stored as NaN (museval's ``TrackStore``);
-* track score: median over frames ignoring NaN; dataset score: median over tracks;
-* nSDR (MDX 2021): whole-track SDR with epsilon 1e-7, averaged over tracks.
+* museval (0.4.1 / SiSEC 2018, the numbers papers report as "SDR on MUSDB18"): BSSEval v4 on
+  1 s windows and hops, all targets evaluated jointly, estimates zero-padded or truncated to
+  the reference length; stored per frame rounded to 5 decimals, +-inf stored as NaN (museval's
+  ``TrackStore``); track score: median over frames ignoring NaN; dataset score: median (or
+  mean) over tracks;
+* global SDR (MDX 2021 / SDX 2023 / MSST): the whole-track energies of each reference and of
+  its error are kept, so the score of either epsilon is exact; averaged over tracks.
+
+Result files: :mod:`demucs_rr.evaluate.trackjson`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from demucs_rr.errors import ConfigError, DemucsRRError
-from demucs_rr.evaluate.bsseval import bss_eval, db, frame_layout
-from demucs_rr.staging import atomic_write
+from demucs_rr.errors import ConfigError
+from demucs_rr.evaluate.bsseval import bss_eval
+from demucs_rr.evaluate.conventions import GLOBAL_EPS, TRACK_AGGREGATIONS, global_sdr
+from demucs_rr.evaluate.frames import (
+    float32_sdr_bound,
+    framewise_sdr,
+    framewise_sdr_and_energies,
+    track_energies,
+)
+
+__all__ = [
+    "METRICS",
+    "TrackScores",
+    "aggregate",
+    "float32_sdr_bound",
+    "framewise_sdr",
+    "nsdr",
+    "pad_or_truncate",
+    "score_track",
+    "track_energies",
+]
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
-NSDR_EPS = 1e-7
-JSON_FORMAT = "museval"
+NSDR_EPS = GLOBAL_EPS["mdx"]
 
 
 def pad_or_truncate(refs: torch.Tensor, ests: torch.Tensor) -> torch.Tensor:
@@ -40,102 +60,21 @@ def pad_or_truncate(refs: torch.Tensor, ests: torch.Tensor) -> torch.Tensor:
 
 
 def nsdr(refs: torch.Tensor, ests: torch.Tensor, eps: float = NSDR_EPS) -> torch.Tensor:
-    """MDX "new SDR" of each source over the whole track (float64).
+    """Global SDR of each source over the whole track (MDX "new SDR"), in float64.
 
     ``10 log10((sum s^2 + eps) / (sum (s - s_hat)^2 + eps))``, sums over channels and samples.
 
     Args:
         refs: (S, C, T) references.
         ests: (S, C, T) estimates.
-        eps: stabiliser added to numerator and denominator (1e-7 in MDX 2021 and Demucs).
+        eps: stabiliser added to numerator and denominator (1e-7 in MDX 2021, SDX 2023 and
+            Demucs; 1e-8 in MSST).
 
     Returns:
-        (S,) nSDR in dB.
+        (S,) global SDR in dB.
     """
-    refs, ests = refs.to(torch.float64), ests.to(refs.device, torch.float64)
-    num = refs.square().sum(dim=(-2, -1)) + eps
-    den = (refs - ests).square().sum(dim=(-2, -1)) + eps
-    return 10 * torch.log10(num / den)
-
-
-#: Frames upcast to float64 at a time by :func:`framewise_sdr`: its temporaries take
-#: ``FRAME_BLOCK * S * C * window * 8`` bytes (0.7 MB each for 4 stereo stems of 1 s), which
-#: stay in the CPU caches (blocks of 16 frames were 4x slower).
-FRAME_BLOCK = 1
-
-
-def _silent_frames(frames: torch.Tensor) -> torch.Tensor:
-    """(F,) museval silence of (S, C, F, W) frames: some source's channel sum is all zero.
-
-    Only frames whose channel sum is zero at their first sample can be silent; those few are
-    checked sample by sample (in float64, as museval).
-    """
-    first = frames[..., 0].to(torch.float64).sum(dim=1) == 0  # (S, F) candidates
-    out = torch.zeros(frames.shape[2], dtype=torch.bool, device=frames.device)
-    for s, f in first.nonzero().tolist():
-        if not out[f]:
-            out[f] = bool((frames[s, :, f].to(torch.float64).sum(dim=0) == 0).all())
-    return out
-
-
-def framewise_sdr(
-    refs: torch.Tensor, ests: torch.Tensor, window: int | None = 44100, hop: int | None = 44100
-) -> torch.Tensor:
-    """BSSEval v4 images SDR per frame without any filter: the frame's SNR.
-
-    ``10 log10(sum s^2 / sum (s_hat - s)^2)`` per source and frame, sums over channels and
-    samples, computed in float64 from the samples as given (whatever their dtype), a block of
-    frames at a time. Error budget, against museval on the same samples:
-
-    * float64 arithmetic: the difference is formed exactly per sample up to one rounding and
-      each sum of n = C * window terms carries a relative error below n * 2^-53 (1e-11 for
-      two channels of 1 s at 44.1 kHz), so the SDR is within 1e-9 dB;
-    * float32 inputs are the float64 signals rounded to 2^-24 relative per sample; this moves
-      a frame's SDR by at most ``float32_sdr_bound(sdr)`` = 17.4 * 2^-24 * (1 + 10^(SDR/20))
-      dB (3.4e-5 dB at 30 dB SDR), whatever the CPU or BLAS.
-
-    Args:
-        refs: (S, C, T) references.
-        ests: (S, C, T) estimates (same shape).
-        window: frame length in samples (None: one frame).
-        hop: hop in samples.
-
-    Returns:
-        (S, F) float64 SDR in dB; NaN in frames where any source is silent (museval's rule:
-        the channel sum of a reference or an estimate is all zero in the frame).
-    """
-    if refs.dim() != 3 or refs.shape != ests.shape or refs.numel() == 0:
-        raise ConfigError(
-            f"references and estimates must both be non-empty (S, C, T), got "
-            f"{tuple(refs.shape)} and {tuple(ests.shape)}"
-        )
-    n_frames, win, hop_ = frame_layout(refs.shape[-1], window, hop)
-    r_all = refs.unfold(-1, win, hop_)[:, :, :n_frames]  # (S, C, F, W) views, input dtype
-    e_all = ests.to(refs.device).unfold(-1, win, hop_)[:, :, :n_frames]
-    num = torch.empty(refs.shape[0], n_frames, dtype=torch.float64, device=refs.device)
-    den, silent = torch.empty_like(num), torch.zeros(n_frames, dtype=torch.bool, device=refs.device)
-    for start in range(0, n_frames, FRAME_BLOCK):  # small blocks stay in the CPU caches
-        part = slice(start, start + FRAME_BLOCK)
-        r = r_all[:, :, part].to(torch.float64)  # (S, C, Fb, W)
-        d = e_all[:, :, part].to(torch.float64) - r  # new tensor: float64 inputs stay intact
-        num[:, part] = r.square().sum(dim=(1, 3))
-        den[:, part] = d.square_().sum(dim=(1, 3))
-    for x in (r_all, e_all):
-        silent |= _silent_frames(x)
-    sdr = db(num, den)
-    sdr[:, silent] = float("nan")
-    return sdr
-
-
-def float32_sdr_bound(sdr: torch.Tensor | np.ndarray | float) -> torch.Tensor | np.ndarray | float:
-    """Largest change (dB) of a frame SDR when its float64 signals are rounded to float32.
-
-    Rounding moves every sample by at most 2^-24 of itself, so the error energy changes by at
-    most ``2 * 2^-24 * (|s_hat| + |s|) / |s_hat - s|`` relative and the reference energy by
-    ``2 * 2^-24``; with ``|s_hat| <= |s| + |s_hat - s|`` and 10/ln(10) = 4.343 dB per unit
-    of relative change this gives ``17.4 * 2^-24 * (1 + 10^(SDR/20))`` dB (first order).
-    """
-    return 17.4 * 2.0**-24 * (1 + 10 ** (sdr / 20))
+    energy = track_energies(refs, ests)
+    return 10 * torch.log10((energy[:, 0] + eps) / (energy[:, 1] + eps))
 
 
 @dataclass
@@ -146,7 +85,9 @@ class TrackScores:
         name: track name.
         targets: source names, in evaluation order.
         frames: metric name -> (S, F) float64 array of frame values (NaN: not scored).
-        nsdr: target -> whole-track nSDR.
+        nsdr: target -> whole-track global SDR with the MDX epsilon (1e-7).
+        energies: target -> (``sum s^2``, ``sum (s - s_hat)^2``) over the whole track (empty
+            for results written by museval or by older versions).
         win: window in seconds; hop: hop in seconds.
         extra: free metadata written next to the scores (model, options, ...).
     """
@@ -155,15 +96,28 @@ class TrackScores:
     targets: list[str]
     frames: dict[str, np.ndarray]
     nsdr: dict[str, float]
+    energies: dict[str, tuple[float, float]] = field(default_factory=dict)
     win: float = 1.0
     hop: float = 1.0
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def medians(self) -> dict[str, dict[str, float]]:
         """target -> metric -> median over frames ignoring NaN (NaN when no frame is scored)."""
         out: dict[str, dict[str, float]] = {}
         for i, target in enumerate(self.targets):
             out[target] = {m: _nanmedian(self.frames[m][i]) for m in METRICS}
+        return out
+
+    def global_sdr(self, convention: str = "mdx") -> dict[str, float]:
+        """target -> whole-track global SDR with the epsilon of ``convention`` (``mdx`` or
+        ``msst``); NaN when the energies were not stored (only the MDX value was)."""
+        eps = GLOBAL_EPS[convention]
+        out = {}
+        for target in self.targets:
+            if target in self.energies:
+                out[target] = global_sdr(*self.energies[target], eps)
+            else:
+                out[target] = self.nsdr.get(target, math.nan) if convention == "mdx" else math.nan
         return out
 
 
@@ -191,7 +145,7 @@ def score_track(
     win: float = 1.0,
     hop: float = 1.0,
 ) -> TrackScores:
-    """BSSEval v4 and nSDR of one track, with museval's storage rules applied to the frames.
+    """BSSEval v4 and global SDR of one track, with museval's storage rules for the frames.
 
     Args:
         name: track name.
@@ -211,26 +165,25 @@ def score_track(
         )
     ests = pad_or_truncate(refs, ests.to(refs.device))
     window, step = int(win * samplerate), int(hop * samplerate)
+    if backend not in ("torch", "museval"):
+        raise ConfigError(f"unknown metrics backend {backend!r}: use 'torch' or 'museval'")
+    sdr, energies = framewise_sdr_and_energies(refs, ests, window, step)  # one pass for both
     if backend == "museval":
         values = _museval_frames(refs, ests, window, step)
-    elif backend == "torch":
-        sdr = framewise_sdr(refs, ests, window, step).cpu().numpy()
-        values = {m: np.full_like(sdr, np.nan) for m in METRICS}
-        if not sdr_only:
-            res = bss_eval(refs, ests, window, step, solver=solver)
-            values.update(
-                ISR=res.isr.cpu().numpy(), SIR=res.sir.cpu().numpy(), SAR=res.sar.cpu().numpy()
-            )
-        values["SDR"] = sdr
+    elif sdr_only:
+        values = {m: np.full(tuple(sdr.shape), np.nan) for m in METRICS}
+        values["SDR"] = sdr.cpu().numpy()
     else:
-        raise ConfigError(f"unknown metrics backend {backend!r}: use 'torch' or 'museval'")
+        res = bss_eval(refs, ests, window, step, solver=solver, framewise=sdr)
+        values = {m: getattr(res, m.lower()).cpu().numpy() for m in METRICS}
     frames = {m: np.vectorize(_museval_value, otypes=[np.float64])(values[m]) for m in METRICS}
-    track_nsdr = nsdr(refs, ests).cpu().tolist()
+    energy = energies.cpu().tolist()
     return TrackScores(
         name=name,
         targets=list(targets),
         frames=frames,
-        nsdr=dict(zip(targets, track_nsdr, strict=True)),
+        nsdr={t: global_sdr(e[0], e[1], NSDR_EPS) for t, e in zip(targets, energy, strict=True)},
+        energies={t: (e[0], e[1]) for t, e in zip(targets, energy, strict=True)},
         win=win,
         hop=hop,
     )
@@ -252,91 +205,38 @@ def _museval_frames(
     return {"SDR": sdr, "ISR": isr, "SIR": sir, "SAR": sar}
 
 
-def track_to_json(scores: TrackScores) -> dict:
-    """museval ``TrackStore`` layout (``targets[].frames[].metrics``) plus ``nsdr`` per target."""
-    targets = []
-    for i, target in enumerate(scores.targets):
-        n_frames = scores.frames["SDR"].shape[-1]
-        frames = [
-            {
-                "time": t * scores.hop,
-                "duration": scores.win,
-                "metrics": {m: float(scores.frames[m][i, t]) for m in METRICS},
-            }
-            for t in range(n_frames)
-        ]
-        targets.append({"name": target, "nsdr": scores.nsdr[target], "frames": frames})
-    return {"targets": targets, "format": JSON_FORMAT, "demucs_rr": scores.extra}
-
-
-def write_track_json(scores: TrackScores, path: str | os.PathLike) -> Path:
-    """Write one track's JSON atomically (NaN written as ``NaN``, as museval does)."""
-    path = Path(path)
-    with atomic_write(path) as tmp, open(tmp, "w") as handle:
-        json.dump(track_to_json(scores), handle, indent=2, allow_nan=True)
-    return path
-
-
-def read_track_json(path: str | os.PathLike) -> TrackScores:
-    """Read a track JSON written by :func:`write_track_json` or by museval itself."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-        targets = [t["name"] for t in data["targets"]]
-        frames = {
-            m: np.array(
-                [[_num(f["metrics"].get(m)) for f in t["frames"]] for t in data["targets"]],
-                dtype=np.float64,
-            ).reshape(len(targets), -1)
-            for m in METRICS
-        }
-        first = data["targets"][0]["frames"] if targets and data["targets"][0]["frames"] else []
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DemucsRRError(f"cannot read scores from {path}: {exc}") from None
-    nsdr_values = {t["name"]: _num(t.get("nsdr")) for t in data["targets"]}
-    win = float(first[0]["duration"]) if first else 1.0
-    hop = float(first[1]["time"] - first[0]["time"]) if len(first) > 1 else win
-    return TrackScores(
-        name=path.stem,
-        targets=targets,
-        frames=frames,
-        nsdr=nsdr_values,
-        win=win,
-        hop=hop,
-        extra=data.get("demucs_rr") or {},
-    )
-
-
-def _num(value: object) -> float:
-    return math.nan if value is None else float(value)  # type: ignore[arg-type]
-
-
-def aggregate(tracks: list[TrackScores], tracks_agg: str = "median") -> dict[str, dict]:
-    """Dataset scores per target: metric medians over tracks of per-track frame medians (museval
-    ``EvalStore`` default) and the mean nSDR over tracks (MDX).
+def aggregate(
+    tracks: list[TrackScores], tracks_agg: str = "median", convention: str = "mdx"
+) -> dict[str, dict[str, Any]]:
+    """Dataset scores per target: museval metrics reduced over tracks (median by default, as
+    museval's ``EvalStore`` and SiSEC) of the per-track frame medians, and the global SDR of
+    ``convention`` averaged over tracks.
 
     Returns:
-        target -> {"SDR": ..., "SIR": ..., "ISR": ..., "SAR": ..., "nSDR": ..., "tracks": n}.
+        target -> {"SDR", "SIR", "ISR", "SAR", "global", "tracks"}.
     """
-    if tracks_agg not in ("median", "mean"):
+    if tracks_agg not in TRACK_AGGREGATIONS:
         raise ConfigError(f"tracks_agg must be 'median' or 'mean', got {tracks_agg!r}")
+    if convention not in GLOBAL_EPS:
+        raise ConfigError(f"unknown global SDR convention {convention!r}: use mdx or msst")
     reduce = np.nanmedian if tracks_agg == "median" else np.nanmean
     per_target: dict[str, dict[str, list[float]]] = {}
     for track in tracks:
+        track_global = track.global_sdr(convention)
         for target, values in track.medians().items():
-            entry = per_target.setdefault(target, {m: [] for m in (*METRICS, "nSDR")})
+            entry = per_target.setdefault(target, {m: [] for m in (*METRICS, "global")})
             for m in METRICS:
                 entry[m].append(values[m])
-            entry["nSDR"].append(track.nsdr.get(target, math.nan))
-    out: dict[str, dict] = {}
+            entry["global"].append(track_global[target])
+    out: dict[str, dict[str, Any]] = {}
     for target, entry in per_target.items():
-        row = {m: _reduce(reduce, entry[m]) for m in METRICS}
-        row["nSDR"] = _reduce(np.nanmean, entry["nSDR"])
+        row: dict[str, Any] = {m: _reduce(reduce, entry[m]) for m in METRICS}
+        row["global"] = _reduce(np.nanmean, entry["global"])
         row["tracks"] = len(entry["SDR"])
         out[target] = row
     return out
 
 
-def _reduce(fn, values: list[float]) -> float:
+def _reduce(fn: Callable[[np.ndarray], Any], values: list[float]) -> float:
     arr = np.asarray(values, dtype=np.float64)
     return float(fn(arr)) if np.isfinite(arr).any() else math.nan

@@ -6,10 +6,12 @@ Layout (museval's): ``<out>/<subset>/<track>.json`` per track, and ``summary.md`
 ``folder-<folder name>-<subset>``), so different datasets and subsets never share a folder.
 
 Every track JSON records, under its ``demucs_rr`` key, the dataset (``kind``, ``root``,
-``subset``) and the settings that change the numbers (:class:`RunRecord`): model name and
-signature (a hash of its weights), segment, overlap, split, shifts, seed, transition power and
-SDR-only scoring. Batch size, jobs, device, metric backend and solver are recorded too, but do
-not take part in the comparison. A run reuses the JSON of a track scored earlier only when
+``subset``) and the settings that change the numbers (:class:`RunRecord`): for a model, its
+name and signature (a hash of its weights), segment, overlap, split, shifts, seed, transition
+power and SDR-only scoring; for estimate files, their label, folder and scored stems (and, per
+track, each file's size and modification time: changed files are scored again). Batch size,
+jobs, device, metric backend and solver are recorded too, but do not take part in the
+comparison. A run reuses the JSON of a track scored earlier only when
 every result already in ``<out>`` records the same dataset and settings; otherwise it stops with
 a one-line :class:`~demucs_rr.errors.ConfigError` before separating anything.
 """

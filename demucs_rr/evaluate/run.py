@@ -1,14 +1,18 @@
-"""Evaluate a model on a dataset: separate each track with the one engine, score it, write
-museval-format JSON per track and, on rank 0, gather every result of the folder for the summary.
+"""Evaluate a dataset subset: separate each track with the one engine (or read another tool's
+stems), score it, write museval-format JSON per track and, on rank 0, gather every result of
+the folder for the summary.
 
-Tracks come from the data layer (:func:`demucs_rr.data.open_tracks`); results are laid out and
-checked for reuse by :mod:`demucs_rr.evaluate.results` (a folder never mixes datasets or
-settings).
+Tracks come from the data layer (:func:`demucs_rr.data.open_tracks`); estimates from a
+:mod:`~demucs_rr.evaluate.producers` producer; results are laid out and checked for reuse by
+:mod:`demucs_rr.evaluate.results` (a folder never mixes datasets or settings). Tracks a model
+was trained with are scored, marked (``training_overlap``) and said so once
+(:mod:`demucs_rr.evaluate.contamination`).
 
-Parallelism: ``jobs`` worker processes per rank (each with its own :class:`Separator`), and
-``torchrun`` ranks (one machine or several sharing ``out``; :mod:`demucs_rr.distributed`) that
-each take every ``world_size``-th track; after every rank has finished (a collective, no marker
-files), rank 0 merges the track JSONs of the folder.
+Parallelism: ``jobs`` worker processes per rank (each with its own producer: a
+:class:`Separator`, or the estimate files), and ``torchrun`` ranks (one machine or several
+sharing ``out``; :mod:`demucs_rr.distributed`) that each take every ``world_size``-th track;
+after every rank has finished (a collective, no marker files), rank 0 merges the track JSONs of
+the folder.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,154 +29,43 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from demucs_rr.audio import convert_audio
-from demucs_rr.data.tracks import Track, load_track
+from demucs_rr.data.tracks import Track
 from demucs_rr.data.trackset import TrackSet
 from demucs_rr.errors import ConfigError, DemucsRRError
-from demucs_rr.evaluate.metrics import TrackScores, read_track_json, score_track, write_track_json
+from demucs_rr.evaluate.contamination import training_overlap, training_summary
+from demucs_rr.evaluate.metrics import TrackScores, score_track
+from demucs_rr.evaluate.options import EvalOptions
+from demucs_rr.evaluate.producers import Producer, make_producer
 from demucs_rr.evaluate.results import (
     RunRecord,
     check_reuse,
-    model_label,
-    model_signature,
+    read_record,
     result_files,
     result_path,
 )
-from demucs_rr.models.base import SeparationModel
-from demucs_rr.separate.options import ApplyOptions
+from demucs_rr.evaluate.trackjson import read_track_json, write_track_json
 
 if TYPE_CHECKING:
     from demucs_rr.distributed import Group
-    from demucs_rr.separate.api import Separator
+    from demucs_rr.evaluate.estimates import EstimateFolder
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class EvalOptions:
-    """How to separate and score.
-
-    Attributes:
-        model: pretrained name, package/model file, or a built model.
-        out: results folder (``<out>/<subset>/<track>.json`` + summary files).
-        repo: folder searched first for model files.
-        device: separation device (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
-        engine: how the engine applies the model (chunks, overlap, shifts, precision).
-        sdr_only: score SDR only (milliseconds per track) instead of SDR/ISR/SIR/SAR.
-        backend: ``torch`` or ``museval`` (reference implementation, slow).
-        solver: normal-equation solver of the torch backend (levinson, cholesky, lu).
-        jobs: worker processes on this rank.
-        overwrite: re-score tracks whose JSON already exists.
-    """
-
-    model: str | Path | SeparationModel
-    out: Path
-    repo: Path | None = None
-    device: str = "auto"
-    engine: ApplyOptions = field(default_factory=ApplyOptions)
-    sdr_only: bool = False
-    backend: str = "torch"
-    solver: str = "levinson"
-    jobs: int = 1
-    overwrite: bool = False
-
-
-def training_tracks(model: str | Path | SeparationModel, repo: Path | None = None) -> set[str]:
-    """Track names the model's package records as its training split (empty when unknown)."""
-    from demucs_rr.hub.package import read_package_metadata
-
-    if not isinstance(model, (str, Path)):
-        return set()
-    candidates = [Path(model).expanduser()]
-    if repo is not None:
-        candidates.append(Path(repo).expanduser() / f"{model}.safetensors")
-    for path in candidates:
-        if path.is_file() and path.suffix == ".safetensors":
-            training = read_package_metadata(path).get("training") or {}
-            return set(training.get("train_tracks") or ())
-    return set()
-
-
-def check_not_training(tracks: Sequence[Track], options: EvalOptions) -> None:
-    """Refuse to score tracks of the model's recorded training split."""
-    seen = training_tracks(options.model, options.repo)
-    overlap = sorted(t.name for t in tracks if t.name in seen)
-    if overlap:
-        more = f" and {len(overlap) - 3} more" if len(overlap) > 3 else ""
-        raise ConfigError(
-            f"refusing to score {len(overlap)} track(s) the model was trained on "
-            f"({', '.join(overlap[:3])}{more}): evaluate on held-out tracks"
-        )
-
-
-def make_separator(options: EvalOptions) -> Separator:
-    """The engine the CLI uses (a :class:`Separator`), configured from ``options``."""
-    from demucs_rr.separate.api import Separator
-
-    return Separator(
-        options.model, device=options.device, repo=options.repo, options=options.engine
-    )
-
-
-def run_record(trackset: TrackSet, options: EvalOptions, separator: Separator) -> RunRecord:
-    """Dataset and number-changing settings of this run (engine values after defaults)."""
-    apply = separator.options
-    segment = apply.segment_samples(separator.samplerate) or separator.model.segment_length
-    settings = {
-        "model": model_label(options.model),
-        "model_signature": model_signature(separator.model),
-        "segment": int(segment),
-        "overlap": float(
-            separator.model.chunking.overlap if apply.overlap is None else apply.overlap
-        ),
-        "split": bool(apply.split),
-        "shifts": int(apply.shifts),
-        "seed": int(apply.seed),
-        "transition_power": float(apply.transition_power),
-        "precision": apply.precision,
-        "sdr_only": bool(options.sdr_only),
-    }
-    return RunRecord(trackset.describe(), settings)
-
-
-def _metrics_device(separator: Separator) -> torch.device:
-    """float64 metrics run on CUDA when separation does, else on the CPU (MPS has no float64)."""
-    return separator.device if separator.device.type == "cuda" else torch.device("cpu")
+Report = Callable[[str, "str | None", "list[str]"], None]
 
 
 def evaluate_track(
-    track: Track, separator: Separator, options: EvalOptions, record: RunRecord
-) -> TrackScores:
-    """Separate and score one track (estimates converted back to the references' rate).
-
-    The references are every stem of the track the model also outputs; the mixture is the
-    track's mixture file, or the sum of all its stems.
-    """
+    track: Track, producer: Producer, options: EvalOptions, record: RunRecord
+) -> tuple[TrackScores, list[str]]:
+    """Produce and score one track; returns the scores and the notes of the producer."""
     start = time.perf_counter()
-    targets = [s for s in separator.sources if s in track.stems]
-    if not targets:
-        raise ConfigError(
-            f"the model's sources {separator.sources} match none of "
-            f"the track's stems {sorted(track.stems)}"
-        )
-    mixture, stems = load_track(track, list(track.stems))  # (C, T), (S, C, T)
-    estimates = separator.separate_tensor(mixture, track.samplerate)
-    device = _metrics_device(separator)
-    names = list(track.stems)
-    refs = stems[[names.index(t) for t in targets]].to(device)
-    ests = torch.stack(
-        [
-            convert_audio(
-                estimates[t].float().cpu(), separator.samplerate, track.samplerate, track.channels
-            )
-            for t in targets
-        ]
-    ).to(device)
+    item = producer.produce(track)
+    dev = producer.device
     scores = score_track(
         track.name,
-        targets,
-        refs,
-        ests,
+        item.targets,
+        item.refs.to(dev),
+        item.ests.to(dev),
         track.samplerate,
         sdr_only=options.sdr_only,
         backend=options.backend,
@@ -183,15 +76,14 @@ def evaluate_track(
         "dataset": record.dataset,
         "settings": record.settings,
         "samplerate": track.samplerate,
-        "seconds_audio": refs.shape[-1] / track.samplerate,
+        "seconds_audio": item.refs.shape[-1] / track.samplerate,
         "seconds_wall": round(time.perf_counter() - start, 3),
         "metrics": "SDR" if options.sdr_only else "SDR/ISR/SIR/SAR",
         "backend": options.backend,
         "solver": options.solver,
-        "batch_size": int(separator.options.batch_size),
-        "device": str(separator.device),
+        **item.extra,
     }
-    return scores
+    return scores, item.notes
 
 
 @dataclass(frozen=True)
@@ -201,43 +93,48 @@ class _Job:
     options: EvalOptions
     record: RunRecord
     subset: str
+    folder: EstimateFolder | None
+    overlap: dict[str, str]
+    training: str
+    dataset_tracks: int
 
 
-def _score_and_write(track: Track, separator: Separator, job: _Job) -> None:
-    scores = evaluate_track(track, separator, job.options, job.record)
+def _score_and_write(track: Track, producer: Producer, job: _Job) -> list[str]:
+    scores, notes = evaluate_track(track, producer, job.options, job.record)
+    scores.extra["training_data"] = job.training
+    scores.extra["dataset_tracks"] = job.dataset_tracks
+    if track.name in job.overlap:
+        scores.extra["training_overlap"] = job.overlap[track.name]
     write_track_json(scores, result_path(job.options.out, job.subset, track.name))
+    return notes
 
 
-_WORKER: dict = {}
+_WORKER: dict[str, Any] = {}
 
 
 def _init_worker(job: _Job, threads: int) -> None:
     torch.set_num_threads(threads)
     _WORKER["job"] = job
-    _WORKER["separator"] = make_separator(job.options)
+    _WORKER["producer"] = make_producer(job.options, job.record.settings["model"], job.folder)
 
 
-def _work(track: Track) -> tuple[str, str | None]:
+def _work(track: Track) -> tuple[str, str | None, list[str]]:
     try:
-        _score_and_write(track, _WORKER["separator"], _WORKER["job"])
-        return track.name, None
+        notes = _score_and_write(track, _WORKER["producer"], _WORKER["job"])
+        return track.name, None, notes
     except DemucsRRError as exc:
-        return track.name, str(exc)
+        return track.name, str(exc), []
 
 
-def _run_serial(
-    tracks: list[Track], separator: Separator, job: _Job, report: Callable[[str, str | None], None]
-) -> None:
+def _run_serial(tracks: list[Track], producer: Producer, job: _Job, report: Report) -> None:
     for track in tracks:
         try:
-            _score_and_write(track, separator, job)
-            report(track.name, None)
+            report(track.name, None, _score_and_write(track, producer, job))
         except DemucsRRError as exc:
-            report(track.name, str(exc))
+            report(track.name, str(exc), [])
 
 
-def _run_pool(tracks: list[Track], job: _Job, report: Callable[[str, str | None], None]) -> None:
-    jobs = job.options.jobs
+def _run_pool(tracks: list[Track], job: _Job, jobs: int, report: Report) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no fork of a threaded torch process
     with ProcessPoolExecutor(
@@ -269,8 +166,73 @@ class RunResult:
 
 
 def _check_run(options: EvalOptions) -> None:
-    if options.jobs < 1:
+    if options.jobs is not None and options.jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {options.jobs}")
+    if options.model is None and options.estimates is None:
+        raise ConfigError("nothing to evaluate: give a model, or a folder of estimates")
+
+
+def _open_folder(
+    trackset: TrackSet, options: EvalOptions, notify: Callable[[str], None] | None
+) -> EstimateFolder | None:
+    if options.estimates is None:
+        return None
+    from demucs_rr.evaluate.estimates import open_estimates
+
+    folder, notes = open_estimates(options.estimates, trackset, options.stems)
+    if notify is not None:
+        for note in notes:
+            notify(note)
+    return folder
+
+
+def _kept(
+    earlier: list[Path], trackset: TrackSet, options: EvalOptions, folder: EstimateFolder | None
+) -> set[str]:
+    """Earlier results not scored again: all unless overwriting; for estimate files, those
+    whose files did not change since."""
+    if options.overwrite:
+        return set()
+    kept = {p.stem for p in earlier}
+    if folder is None:
+        return kept
+    names = {t.name for t in trackset.tracks}
+    for path in earlier:
+        if path.stem in names:
+            try:
+                same = read_record(path).get("estimate_files") == folder.signature(path.stem)
+            except DemucsRRError:  # the files are gone: the track will fail with its reason
+                same = False
+            if not same:
+                kept.discard(path.stem)
+    return kept
+
+
+def _make_job(
+    trackset: TrackSet,
+    options: EvalOptions,
+    folder: EstimateFolder | None,
+    producer: Producer,
+    notify: Callable[[str], None] | None,
+) -> _Job:
+    """The run's record and what it knows of the model's training data (said once)."""
+    if options.estimates is None:
+        overlap = training_overlap(options.model, trackset, options.repo)
+        training = training_summary(options.model, options.repo)
+    else:  # the files go by their label (named after a release: its training data counts)
+        overlap = training_overlap(None, trackset, label=options.label)
+        training = training_summary(options.label)
+    if overlap is not None and notify is not None:
+        notify(f"note: {overlap.reason}; their scores are marked and left out of rankings")
+    return _Job(
+        options,
+        RunRecord(trackset.describe(), producer.settings()),
+        trackset.subset,
+        folder,
+        {} if overlap is None else dict.fromkeys(overlap.tracks, overlap.reason),
+        training,
+        len(trackset.tracks),
+    )
 
 
 def run_evaluation(
@@ -287,26 +249,29 @@ def run_evaluation(
     record the same dataset and settings; ``options.overwrite`` scores the tracks again.
     With a ``group`` of several ranks (:func:`demucs_rr.distributed.process_group`), each
     scores every ``world_size``-th track and every rank waits for all before rank 0 reads
-    the results; without one, this process scores every track.
+    the results; without one, this process scores every track. ``notify`` also gets one line
+    per note: tracks the model was trained with, estimates of another length, estimate
+    folders that match no track.
 
     Raises:
-        ConfigError: a track is in the model's training split, bad options, or earlier
-            results in ``options.out`` made from another dataset or with other settings.
+        ConfigError: bad options, no estimate named like a reference stem, or earlier results
+            in ``options.out`` made from another dataset or with other settings.
     """
     _check_run(options)
-    check_not_training(trackset.tracks, options)
     options = replace(options, out=Path(options.out))
-    separator = make_separator(options)
-    job = _Job(options, run_record(trackset, options, separator), trackset.subset)
-    earlier = {p.stem for p in check_reuse(options.out, job.record)}
-    kept = set() if options.overwrite else earlier
-    reused = sorted(earlier - {t.name for t in trackset.tracks if t.name not in kept})
+    folder = _open_folder(trackset, options, notify)
+    producer = make_producer(options, options.label, folder)
+    job = _make_job(trackset, options, folder, producer, notify)
+    earlier = check_reuse(options.out, job.record)
+    kept = _kept(earlier, trackset, options, folder)
+    reused = sorted({p.stem for p in earlier} & kept)
     if reused and notify is not None:
         notify(f"reusing {len(reused)} earlier results from {options.out}")
     mine = list(trackset.tracks) if group is None else group.shard(trackset.tracks)
     skipped = [t.name for t in mine if t.name in kept]
     todo = [t for t in mine if t.name not in kept]
-    failed = _run_tracks(todo, separator, job, progress)
+    ranks = 1 if group is None else group.world_size
+    failed = _run_tracks(todo, producer, job, job.options.worker_count(ranks), progress, notify)
     if group is not None:  # every rank waits here until all have written their results
         failed = {name: error for part in group.gather(failed) for name, error in part.items()}
     files = result_files(options.out)
@@ -317,25 +282,34 @@ def run_evaluation(
 
 
 def _run_tracks(
-    todo: list[Track], separator: Separator, job: _Job, progress: bool
+    todo: list[Track],
+    producer: Producer,
+    job: _Job,
+    workers: int,
+    progress: bool,
+    notify: Callable[[str], None] | None,
 ) -> dict[str, str]:
     """Score ``todo`` serially or in worker processes; returns name -> error of failures."""
     failed: dict[str, str] = {}
     bar = _progress_bar(len(todo), progress)
 
-    def report(name: str, error: str | None) -> None:
+    def report(name: str, error: str | None, notes: list[str]) -> None:
         if error is not None:
             failed[name] = error
             logger.error("%s: %s", name, error)
+        if notify is not None:
+            for note in notes:
+                notify(f"{name}: {note}")
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(name[:30])
 
+    jobs = min(workers, len(todo))
     try:
-        if job.options.jobs > 1 and len(todo) > 1:
-            _run_pool(todo, job, report)
+        if jobs > 1:
+            _run_pool(todo, job, jobs, report)
         elif todo:
-            _run_serial(todo, separator, job, report)
+            _run_serial(todo, producer, job, report)
     finally:
         if bar is not None:
             bar.close()

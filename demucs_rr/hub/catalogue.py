@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from demucs_rr.hub.training_data import TRAIN, V2_DOCS, TrainingData
 from demucs_rr.runtime import cache_dir
 from demucs_rr.sources import MUSDB_SOURCES
 
@@ -48,6 +49,7 @@ class PretrainedInfo:
         kwargs: constructor kwargs (JSON-able); copied before use.
         description: one line for ``demucs-rr models list``.
         sdr: reported MUSDB18 test SDR (dB), or None when none was published.
+        training: what the model was trained on (official documentation).
     """
 
     name: str
@@ -57,6 +59,7 @@ class PretrainedInfo:
     kwargs: dict[str, Any]
     description: str
     sdr: float | None = None
+    training: TrainingData | None = None
 
     @property
     def filename(self) -> str:
@@ -84,8 +87,21 @@ _CATALOGUE: list[tuple[str, str, str, dict[str, Any], float | None, str]] = [
      "Conv-TasNet (X=10), MUSDB18 + 150 extra tracks"),
 ]  # fmt: skip
 
+_MUSDB = TrainingData("MUSDB18 train", TRAIN, V2_DOCS)
+_EXTRA = TrainingData("MUSDB18 train + 150 extra songs", TRAIN, V2_DOCS)
+_TRAINING = {
+    "demucs": _MUSDB,
+    "demucs_extra": _EXTRA,
+    "demucs48_hq": TrainingData("MUSDB18-HQ train", TRAIN, V2_DOCS),
+    "demucs_unittest": TrainingData("untrained (a test model)", frozenset(), V2_DOCS),
+    "tasnet": _MUSDB,
+    "tasnet_extra": _EXTRA,
+}
+
 PRETRAINED: dict[str, PretrainedInfo] = {
-    name: PretrainedInfo(name, f"{REMOTE_ROOT}{name}-{sig}.th", sig, cls, kwargs, desc, sdr)
+    name: PretrainedInfo(
+        name, f"{REMOTE_ROOT}{name}-{sig}.th", sig, cls, kwargs, desc, sdr, _TRAINING[name]
+    )
     for name, sig, cls, kwargs, sdr, desc in _CATALOGUE
 }
 """Known pretrained names. ``demucs_quantized`` is absent on purpose (see :data:`UNSUPPORTED`)."""

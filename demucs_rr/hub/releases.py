@@ -24,6 +24,7 @@ from demucs_rr.hub.bag_yaml import BagSpec, builtin_bag, check_member_hash, find
 from demucs_rr.hub.fetch import download, verify_cached
 from demucs_rr.hub.formats import load_bag
 from demucs_rr.hub.loaded import LoadedModel
+from demucs_rr.hub.training_data import MDX_DOCS, TRAIN, TRAIN_TEST, V4_DOCS, TrainingData
 from demucs_rr.runtime import cache_dir
 
 __all__ = [
@@ -117,6 +118,7 @@ class OfficialBagInfo:
         sdr: published MUSDB18-HQ test SDR in dB (museval, median over frames and tracks), or
             None when none was published for the released weights.
         refused: why demucs_rr does not load it, or None.
+        training: what the model was trained on (official documentation).
     """
 
     name: str
@@ -124,6 +126,7 @@ class OfficialBagInfo:
     description: str
     sdr: float | None = None
     refused: str | None = None
+    training: TrainingData | None = None
 
     @property
     def spec(self) -> BagSpec:
@@ -139,6 +142,10 @@ class OfficialBagInfo:
         return [OFFICIAL_FILES[sig] for sig in dict.fromkeys(self.spec.models)]
 
 
+_HT_DATA = TrainingData("MUSDB18-HQ train + 800 extra songs", TRAIN, V4_DOCS)
+_TRACK_A = TrainingData("MUSDB18-HQ train (MDX 2021 track A)", TRAIN, V4_DOCS)
+_TRACK_B = TrainingData("MUSDB18-HQ train + test + extra songs", TRAIN_TEST, MDX_DOCS)
+
 _DIFFQ = (
     "{name} is stored in DiffQ's bit-packed format, which demucs_rr does not decode; use "
     "`{instead}` (the same models, unquantized)"
@@ -148,44 +155,58 @@ OFFICIAL_BAGS: dict[str, OfficialBagInfo] = {
     info.name: info
     for info in [
         OfficialBagInfo(
-            "htdemucs", "HTDemucs", "Hybrid Transformer Demucs v4, MUSDB18-HQ + 800 songs", 8.80
+            "htdemucs",
+            "HTDemucs",
+            "Hybrid Transformer Demucs v4, MUSDB18-HQ + 800 songs",
+            8.80,
+            training=_HT_DATA,
         ),
         OfficialBagInfo(
             "htdemucs_ft",
             "HTDemucs x4",
             "htdemucs fine-tuned per source: one model per stem (4x slower)",
             9.00,
+            training=_HT_DATA,
         ),
         OfficialBagInfo(
             "htdemucs_6s",
             "HTDemucs",
             "6 stems (adds guitar, piano; piano is weak), MUSDB18-HQ + extra songs",
+            training=TrainingData("MUSDB18-HQ train + extra songs (6 stems)", TRAIN, V4_DOCS),
         ),
         OfficialBagInfo(
             "hdemucs_mmi",
             "HDemucs",
             "Hybrid Demucs v3 retrained on MUSDB18-HQ + 800 songs",
             8.34,
+            training=_HT_DATA,
         ),
         OfficialBagInfo(
             "mdx",
             "DemucsV3+HDemucs",
             "Hybrid Demucs v3 bag of 4, MDX'21 track A (MUSDB18-HQ only)",
             7.68,
+            training=_TRACK_A,
         ),
         OfficialBagInfo(
             "mdx_extra",
             "HDemucs x4",
             "Hybrid Demucs v3 bag of 4, MDX'21 track B (trained with the MUSDB18 test set)",
+            training=_TRACK_B,
         ),
         OfficialBagInfo(
-            "mdx_q", "DiffQ", "quantized mdx", refused=_DIFFQ.format(name="mdx_q", instead="mdx")
+            "mdx_q",
+            "DiffQ",
+            "quantized mdx",
+            refused=_DIFFQ.format(name="mdx_q", instead="mdx"),
+            training=_TRACK_A,
         ),
         OfficialBagInfo(
             "mdx_extra_q",
             "DiffQ",
             "quantized mdx_extra",
             refused=_DIFFQ.format(name="mdx_extra_q", instead="mdx_extra"),
+            training=_TRACK_B,
         ),
     ]
 }

@@ -58,7 +58,8 @@ def test_renamed_files_get_the_umask_mode(tmp_path: Path) -> None:
     022, like every other file, not mkstemp's 0600."""
     import numpy as np
 
-    from demucs_rr.evaluate.metrics import METRICS, TrackScores, write_track_json
+    from demucs_rr.evaluate.metrics import METRICS, TrackScores
+    from demucs_rr.evaluate.trackjson import write_track_json
     from demucs_rr.train.checkpoint import save_checkpoint
 
     scores = TrackScores("t", ["a"], {m: np.zeros((1, 1)) for m in METRICS}, {"a": 1.0})

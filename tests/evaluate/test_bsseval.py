@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.evaluate import bsseval
+from demucs_rr.evaluate import solvers
 from demucs_rr.evaluate.bsseval import (
     block_levinson,
     bss_eval,
@@ -145,6 +145,47 @@ def test_musdb_excerpt_expectations(eval_data, excerpt, name: str):
         )
         assert np.nanmedian(fast[i].numpy()) == pytest.approx(want["median"]["SDR"], abs=1e-9)
         assert float(ours_nsdr[i]) == pytest.approx(want["nsdr"], abs=1e-9)
+
+
+def test_float32_inputs_are_upcast_exactly(excerpt):
+    """Inputs keep their dtype and each block or frame is upcast when transformed: float32
+    references and estimates score exactly like their float64 copies."""
+    refs, mix = excerpt
+    r = torch.from_numpy(refs[:, :, : 3 * 44100 + 1000]).float()
+    e = r + 0.25 * r.roll(1, dims=0) + 0.05 * torch.from_numpy(mix[:, : r.shape[-1]]).float()
+    a, b = bss_eval(r, e), bss_eval(r.double(), e.double())
+    for x, y in zip((a.sdr, a.isr, a.sir, a.sar), (b.sdr, b.isr, b.sir, b.sar), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize(("window", "hop"), [(8000, 8000), (6000, 4000), (None, None)])
+def test_frame_pass_gives_the_track_energies(window, hop):
+    """The one-pass frame SDR and whole-track energies equal the separate computations, with
+    frames that tile the track (plus a partial tail), overlap, or cover it in one."""
+    from demucs_rr.evaluate.frames import framewise_sdr_and_energies, track_energies
+
+    refs, ests = _signals(seconds=2.3, sources=3)
+    sdr, energy = framewise_sdr_and_energies(refs.float(), ests.float(), window, hop)
+    torch.testing.assert_close(sdr, framewise_sdr(refs.float(), ests.float(), window, hop))
+    want = track_energies(refs.float(), ests.float())
+    torch.testing.assert_close(energy, want, rtol=1e-12, atol=0)  # float64 sums, other order
+
+
+def test_global_sdr_matches_the_msst_and_mdx_formulas(excerpt):
+    """Global SDR of the real excerpt with each convention's epsilon, against the formula
+    written out in numpy (float64, sums over channels and samples)."""
+    from demucs_rr.evaluate.conventions import GLOBAL_EPS
+
+    refs, mix = excerpt
+    est = np.stack([refs[j] + 0.25 * refs[(j + 1) % 4] + 0.05 * mix for j in range(4)])
+    for eps in GLOBAL_EPS.values():
+        num = np.sum(np.square(refs), axis=(1, 2)) + eps
+        den = np.sum(np.square(refs - est), axis=(1, 2)) + eps
+        want = 10 * np.log10(num / den)
+        got = nsdr(torch.from_numpy(refs), torch.from_numpy(est), eps).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-9)  # float64 sums in another order
+        got32 = nsdr(torch.from_numpy(refs).float(), torch.from_numpy(est).float(), eps).numpy()
+        assert (np.abs(got32 - want) <= float32_sdr_bound(want) + 1e-9).all()
 
 
 def test_sigsep_regression_json(eval_data, excerpt):
@@ -272,7 +313,7 @@ def test_redundant_channels_keep_the_projection():
 
 @pytest.mark.parametrize("solver", ["cholesky", "lu"])
 def test_solvers_agree(solver: str, monkeypatch):
-    monkeypatch.setattr(bsseval, "_LEVINSON_MIN", 0)  # use the recursion on small systems too
+    monkeypatch.setattr(solvers, "LEVINSON_MIN", 0)  # use the recursion on small systems too
     refs, ests = _signals(seconds=2.0)
     a = bss_eval(refs, ests, 8000, 8000, filters_len=L)  # levinson
     b = bss_eval(refs, ests, 8000, 8000, filters_len=L, solver=solver)
@@ -307,6 +348,45 @@ def test_block_levinson_solves_block_toeplitz():
     y = torch.randn(n * p, 2, generator=gen, dtype=torch.float64)
     x = block_levinson(rlag[None], y.view(1, n, p, 2)).reshape(n * p, 2)
     torch.testing.assert_close(x, torch.linalg.solve(t, y), atol=1e-12, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("threads", "policy", "recursion"),
+    [
+        (1, None, True),
+        (2, "PASSIVE", True),
+        (2, "passive", True),
+        (2, None, False),
+        (2, "ACTIVE", False),
+    ],
+)
+def test_levinson_only_where_its_small_operations_pay(
+    threads: int, policy: str | None, recursion: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several threads whose idle workers spin, the recursion's small operations are
+    several times slower than a dense Cholesky (tools/results/bench_solvers.md): Cholesky is
+    used; the solution is the same either way."""
+    calls: list[int] = []
+    real = solvers.block_levinson
+
+    def counted(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(solvers, "block_levinson", counted)
+    monkeypatch.setattr(solvers, "LEVINSON_MIN", 0)
+    monkeypatch.setattr(solvers.torch, "get_num_threads", lambda: threads)
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    gen = torch.Generator().manual_seed(1)
+    sig = torch.randn(3, 3000, generator=gen, dtype=torch.float64)
+    r = correlations(sig, sig[:0], 40)[None]  # (1, P, P, L)
+    d = torch.randn(1, 3 * 40, 2, generator=gen, dtype=torch.float64)
+    x = solvers.solve_normal(r, d, "levinson")
+    assert bool(calls) == recursion
+    torch.testing.assert_close(x, solvers.solve_normal(r, d, "cholesky"), atol=1e-10, rtol=1e-8)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -4,6 +4,7 @@ announced reuse, refused mismatches, distinct leaderboard rows, and one MUSDB18 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from demucs_rr.evaluate.cli import (
     run_evaluate,
     run_leaderboard,
 )
-from demucs_rr.evaluate.leaderboard import load_results
+from demucs_rr.evaluate.groups import load_results
 from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.sources import MUSDB_SOURCES
@@ -72,14 +73,16 @@ def _evaluate(*argv: str) -> int:
     return run_evaluate(parser.parse_args([*argv, "--sdr-only", "--no-plot", "-q", "-d", "cpu"]))
 
 
-def _leaderboard(*argv: str) -> list[list[str]]:
+def _leaderboard(*argv: str) -> list[dict[str, str]]:
+    """The CSV rows of ``leaderboard ARGV --no-reference``, by column name."""
     parser = argparse.ArgumentParser()
     add_leaderboard_arguments(parser)
     csv_path = Path(argv[0]).parent / "board.csv"
     assert (
         run_leaderboard(parser.parse_args([*argv, "--no-reference", "--csv", str(csv_path)])) == 0
     )
-    return [row.split(",") for row in csv_path.read_text().splitlines()[1:]]
+    with csv_path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def test_second_run_reuses_and_announces(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -146,11 +149,11 @@ def test_folder_and_musdb_results_go_to_separate_folders(
     ]
     assert "reusing" not in capsys.readouterr().err
     rows = _leaderboard("evaluation")
-    assert [(r[1], r[2], r[-1]) for r in rows] == [
+    assert [(r["model"], r["dataset"], r["tracks"]) for r in rows] == [
         ("fraction", "folder-songs-test", "1"),
         ("fraction", "musdb-hq-test", "2"),
     ]
-    assert [r[0] for r in rows] == ["1", "1"]  # ranked within each dataset
+    assert [r["rank"] for r in rows] == ["1", "1"]  # ranked within each dataset
 
 
 def test_leaderboard_rows_are_told_apart(tmp_path: Path) -> None:
@@ -160,7 +163,7 @@ def test_leaderboard_rows_are_told_apart(tmp_path: Path) -> None:
     outs += [tmp_path / "x" / "same", tmp_path / "y" / "same"]
     for out, extra in zip(outs, ([], ["--shifts", "1"], ["--segment", "2"], [], []), strict=True):
         assert _evaluate("-n", model, "--folder", str(data), "-o", str(out), *extra) == 0
-    names = [r[1] for r in _leaderboard(*map(str, outs))]
+    names = [r["model"] for r in _leaderboard(*map(str, outs))]
     assert len(set(names)) == 5
     assert {"fraction (base)", "fraction (shifted)", "fraction (long)"} <= set(names)
     assert f"fraction ({outs[3]})" in names and f"fraction ({outs[4]})" in names

@@ -17,16 +17,17 @@ import torch
 
 from demucs_rr.data.tracks import load_track
 from demucs_rr.data.trackset import open_tracks
-from demucs_rr.errors import ConfigError
 from demucs_rr.evaluate.cli import (
     add_evaluate_arguments,
     add_leaderboard_arguments,
     run_evaluate,
     run_leaderboard,
 )
-from demucs_rr.evaluate.leaderboard import load_results, write_summary
-from demucs_rr.evaluate.metrics import framewise_sdr, read_track_json
+from demucs_rr.evaluate.groups import load_results
+from demucs_rr.evaluate.metrics import framewise_sdr
 from demucs_rr.evaluate.run import EvalOptions, run_evaluation
+from demucs_rr.evaluate.summary import write_summary
+from demucs_rr.evaluate.trackjson import read_track_json
 from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 from demucs_rr.separate.api import Separator
@@ -140,21 +141,36 @@ def test_summary_files(tmp_path):
     paths = write_summary(result.scores, out, "fraction model")
     text = paths["markdown"].read_text()
     assert "| lead |" in text and "| All |" in text
-    assert paths["csv"].read_text().splitlines()[0].startswith("target,SDR (median)")
+    assert paths["csv"].read_text().splitlines()[0] == (
+        "target,SDR museval (median),ISR museval (median),SIR museval (median),"
+        "SAR museval (median),SDR global eps=1e-07 (mean),tracks"
+    )
+    assert "then median over tracks" in text and "eps = 1e-07" in text  # the definitions
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_refuses_training_tracks(tmp_path):
+def test_marks_training_tracks(tmp_path):
+    """Tracks the package lists as training tracks are scored, marked and announced once."""
     tracks = _folder(_write_dataset(tmp_path / "data"))
     package = save_package(
         _model(), tmp_path / "m.safetensors", training={"train_tracks": ["song2", "other"]}
     )
     options = EvalOptions(model=str(package), out=tmp_path / "out", device="cpu", sdr_only=True)
-    with pytest.raises(ConfigError, match="trained on"):
-        run_evaluation(tracks, options)
-    assert not (tmp_path / "out").exists()
-    ok = run_evaluation(replace(tracks, tracks=tracks.tracks[:1]), options)  # not trained on
-    assert len(ok.scores) == 1
+    told: list[str] = []
+    result = run_evaluation(tracks, options, notify=told.append)
+    marks = {s.name: s.extra.get("training_overlap") for s in result.scores}
+    assert marks["song1"] is None and "song2" in marks["song2"]
+    assert [t for t in told if "training tracks" in t] == [
+        "note: the package lists 1 evaluated track(s) as training tracks (song2); "
+        "their scores are marked and left out of rankings"
+    ]
+    assert all(s.extra["training_data"] == "2 listed tracks" for s in result.scores)
+    ok = run_evaluation(
+        replace(tracks, tracks=tracks.tracks[:1]),
+        replace(options, out=tmp_path / "out1"),
+        notify=told.append,
+    )
+    assert "training_overlap" not in ok.scores[0].extra and len(told) == 1
 
 
 @pytest.mark.slow
@@ -233,6 +249,37 @@ def test_musdb_hq_layout_end_to_end(eval_data, tmp_path):
     for target in MUSDB:
         assert medians[target]["SDR"] == pytest.approx(expected[target]["median"]["SDR"], abs=1e-3)
         assert result.scores[0].nsdr[target] == pytest.approx(expected[target]["nsdr"], abs=1e-3)
+
+
+def test_estimate_files_match_museval_on_the_real_excerpt(eval_data, tmp_path):
+    """The "leak" estimates written as float32 wav files by another tool, scored through
+    ``--estimates`` with full metrics: every frame of every metric matches museval 0.4.1."""
+    from demucs_rr.evaluate.frames import float32_sdr_bound
+
+    folder = tmp_path / "musdbhq" / "test" / EXCERPT
+    folder.mkdir(parents=True)
+    source = eval_data / "musdb18-excerpts" / EXCERPT
+    for name in ["mixture", *MUSDB]:
+        (folder / f"{name}.wav").symlink_to(source / f"{name}.wav")
+    refs = {n: sf.read(source / f"{n}.wav")[0] for n in ["mixture", *MUSDB]}
+    (tmp_path / "tool" / EXCERPT).mkdir(parents=True)
+    for j, name in enumerate(MUSDB):
+        est = refs[name] + 0.25 * refs[MUSDB[(j + 1) % 4]] + 0.05 * refs["mixture"]
+        sf.write(tmp_path / "tool" / EXCERPT / f"{name}.wav", est, 44100, subtype="FLOAT")
+    tracks = open_tracks("musdb-hq", tmp_path / "musdbhq", "test")
+    options = EvalOptions(None, tmp_path / "out", estimates=tmp_path / "tool", jobs=1)
+    scores = run_evaluation(tracks, options).scores[0]
+    expected = json.loads(
+        (eval_data / "expected" / "musdb18-excerpts_museval-0.4.1_v4.json").read_text()
+    )["tracks"][EXCERPT]["results"]["leak"]
+    for i, target in enumerate(MUSDB):
+        want = {m: np.array(expected[target][m], dtype=float) for m in ("SDR", "ISR", "SIR", "SAR")}
+        bound = float32_sdr_bound(want["SDR"]) + 1e-5  # float32 files; values stored to 1e-5
+        assert (np.abs(scores.frames["SDR"][i] - want["SDR"]) <= bound).all()
+        for metric in ("ISR", "SIR", "SAR"):  # projections: the parity tolerance of test_bsseval
+            np.testing.assert_allclose(scores.frames[metric][i], want[metric], atol=1e-3)
+        want_nsdr = expected[target]["nsdr"]
+        assert abs(scores.nsdr[target] - want_nsdr) <= float32_sdr_bound(want_nsdr) + 1e-9
 
 
 def test_musdb_stem_mp4_decodes_like_the_wavs(eval_data):
