@@ -15,8 +15,8 @@ from pathlib import Path
 
 from demucs_rr.errors import ConfigError
 from demucs_rr.evaluate.metrics import TrackScores
-from demucs_rr.evaluate.trackjson import read_track_json
 from demucs_rr.evaluate.results import result_files
+from demucs_rr.evaluate.trackjson import read_track_json
 
 __all__ = ["before_after_table"]
 

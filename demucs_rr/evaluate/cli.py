@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from demucs_rr.data.trackset import TrackSet
     from demucs_rr.evaluate.groups import ResultGroup
     from demucs_rr.evaluate.metrics import TrackScores
-    from demucs_rr.evaluate.run import EvalOptions
+    from demucs_rr.evaluate.options import EvalOptions
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def _trackset(args: argparse.Namespace) -> TrackSet:
 
 
 def _options(args: argparse.Namespace, out: Path, device: str) -> EvalOptions:
-    from demucs_rr.evaluate.run import EvalOptions
+    from demucs_rr.evaluate.options import EvalOptions
     from demucs_rr.separate.options import engine_options
 
     return EvalOptions(

@@ -70,7 +70,8 @@ def chunk_frames(n_sig: int, nfft: int, device: torch.device) -> int:
 
 def _energy(z: torch.Tensor) -> torch.Tensor:
     """(..., C, K) complex -> (...) sum of squared magnitudes over channels and bins."""
-    return torch.linalg.vector_norm(torch.view_as_real(z), dim=(-3, -2, -1)).square()
+    norm: torch.Tensor = torch.linalg.vector_norm(torch.view_as_real(z), dim=(-3, -2, -1))
+    return norm.square()
 
 
 def _energy_of_difference(a: torch.Tensor, b: torch.Tensor, ws: Workspace) -> torch.Tensor:

@@ -87,7 +87,8 @@ def _lu_solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """``solve_ex`` one matrix at a time: batched LU in MKL can hang after a
     ``torch.set_num_threads`` call (illegal-parameter errors in DLASWP); single matrices work."""
     if a.dim() == 2:
-        return torch.linalg.solve_ex(a, b)
+        single: tuple[torch.Tensor, torch.Tensor] = torch.linalg.solve_ex(a, b)
+        return single
     outs = [torch.linalg.solve_ex(a_i, b_i) for a_i, b_i in zip(a, b, strict=True)]
     return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
 
@@ -119,7 +120,10 @@ def _toeplitz_residual(rlag: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> 
     nfft = fast_len(3 * n - 2)
     h = torch.fft.rfft(rlag.flip(1), n=nfft, dim=1)  # T x is the convolution of x with it
     tx = torch.fft.irfft(h @ torch.fft.rfft(x, n=nfft, dim=1), n=nfft, dim=1)[:, n - 1 : 2 * n - 1]
-    return (tx - y).flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp_min(1e-300)
+    relative: torch.Tensor = (tx - y).flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp_min(
+        1e-300
+    )
+    return relative
 
 
 def _workers_spin(device: torch.device) -> bool:

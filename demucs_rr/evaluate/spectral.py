@@ -84,7 +84,7 @@ def _blocks(sig: torch.Tensor, first: int, count: int, block: int) -> torch.Tens
     seg = sig[:, start:stop]
     if seg.shape[-1] < stop - start:
         seg = torch.nn.functional.pad(seg, (0, stop - start - seg.shape[-1]))
-    return seg.unflatten(-1, (count, block))
+    return seg.view(seg.shape[0], count, block)
 
 
 def correlations(x: torch.Tensor, y: torch.Tensor, lags: int) -> torch.Tensor:
@@ -120,7 +120,7 @@ def correlations(x: torch.Tensor, y: torch.Tensor, lags: int) -> torch.Tensor:
         bins = ws.get("bins", (nfft // 2 + 1, n_all, count), cplx, dev)
         bins.copy_(spec.permute(2, 0, 1))
         acc.baddbmm_(bins, bins[:, :n_x].mH)  # (K, P + Q, P): sum_b Z_q conj(X_p)
-    r = torch.fft.irfft(acc.permute(2, 1, 0), n=nfft)[..., :lags]
+    r: torch.Tensor = torch.fft.irfft(acc.permute(2, 1, 0), n=nfft)[..., :lags]
     edges = torch.arange(1, n_blocks, device=dev) * block
     for start in range(0, edges.numel(), 64):  # pairs (n, n + k) in neighbouring blocks
         r += _edge_terms(x, y, edges[start : start + 64], lags)
@@ -141,4 +141,5 @@ def _edge_terms(x: torch.Tensor, y: torch.Tensor, edges: torch.Tensor, lags: int
     spec_t = rfft(tail, n_small)
     spec_h = rfft(torch.nn.functional.pad(head.to(torch.float64), (lags - 1, 0)), n_small)
     cross = (spec_h.permute(2, 0, 1) @ spec_t.permute(2, 0, 1).mH).mT.permute(1, 2, 0)
-    return torch.fft.irfft(cross, n=n_small)[..., :lags]
+    terms: torch.Tensor = torch.fft.irfft(cross, n=n_small)[..., :lags]
+    return terms

@@ -13,8 +13,8 @@ from demucs_rr.cli import main
 from demucs_rr.data.synthetic import make_synthetic_dataset
 from demucs_rr.errors import ConfigError
 from demucs_rr.evaluate.before_after import before_after_table
-from demucs_rr.evaluate.trackjson import read_track_json
 from demucs_rr.evaluate.results import result_files
+from demucs_rr.evaluate.trackjson import read_track_json
 from demucs_rr.hub.package import save_package
 from demucs_rr.models.testing import FractionModel
 
