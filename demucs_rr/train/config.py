@@ -103,10 +103,17 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Per-source reconstruction loss."""
+    """Per-source reconstruction loss (see :mod:`demucs_rr.train.losses`)."""
 
     kind: str = "l1"
     weights: Optional[list[float]] = None  # noqa: UP045
+    quantile: float = 0.95
+    coarse: bool = True
+    multi_stft_weight: float = 0.0
+    multi_stft_windows: list[int] = field(default_factory=lambda: [4096, 2048, 1024, 512, 256])
+    multi_stft_hop: int = 147
+    multi_stft_min_n_fft: int = 2048
+    multi_stft_normalized: bool = False
 
 
 @dataclass(frozen=True)
@@ -321,7 +328,7 @@ def _require(ok: bool, message: str) -> None:
 def _check_choices(config: TrainConfig) -> None:
     choices = {
         "amp": (config.amp, ("auto", "fp32", "bf16", "fp16")),
-        "loss.kind": (config.loss.kind, ("l1", "mse")),
+        "loss.kind": (config.loss.kind, ("l1", "mse", "masked_mse")),
         "optim.schedule": (config.optim.schedule, ("none", "cosine")),
         "valid.best_on": (config.valid.best_on, ("loss", "nsdr")),
         "dset.kind": (config.dset.kind, ("musdb", "folder", "synthetic")),
@@ -352,6 +359,16 @@ def _check_numbers(config: TrainConfig) -> None:
         (val.segment is None or val.segment > 0, "valid.segment must be > 0 or null"),
         (val.max_seconds is None or val.max_seconds > 0, "valid.max_seconds must be > 0"),
         (config.dset.samplerate > 0 and config.dset.channels >= 1, "bad dset rate/channels"),
+        (0 < config.loss.quantile <= 1, "loss.quantile must be in (0, 1]"),
+        (config.loss.multi_stft_weight >= 0, "loss.multi_stft_weight must be >= 0"),
+        (
+            len(config.loss.multi_stft_windows) > 0
+            and min(config.loss.multi_stft_windows) > 0
+            and config.loss.multi_stft_hop > 0
+            and config.loss.multi_stft_min_n_fft > 0,
+            "loss.multi_stft_windows (non-empty), multi_stft_hop and multi_stft_min_n_fft "
+            "must be positive",
+        ),
     ]
     for ok, message in checks:
         _require(ok, message)
@@ -413,7 +430,8 @@ def segment_samples(config: TrainConfig) -> int:
 
 
 def model_kwargs(config: TrainConfig) -> dict[str, Any]:
-    """Constructor kwargs: ``model.kwargs`` + sources, channels, samplerate from ``dset``.
+    """Constructor kwargs: ``model.kwargs`` + sources, channels, samplerate from ``dset``
+    (:func:`_channel_kwargs`).
 
     Unless ``model.kwargs`` sets it, the model's default inference chunk comes from the training
     segment: ``segment_length`` (samples, v2 classes) or ``segment`` (seconds, Demucs 3/4) is
@@ -431,12 +449,28 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
             kwargs.setdefault("segment", 4 * samples / config.dset.samplerate)
     else:
         kwargs.setdefault("segment_length", 4 * samples)
-    kwargs.update(
-        sources=list(config.dset.sources),
-        audio_channels=config.dset.channels,
-        samplerate=config.dset.samplerate,
-    )
+    kwargs.update(sources=list(config.dset.sources), samplerate=config.dset.samplerate)
+    kwargs.update(_channel_kwargs(config, params))
     return kwargs
+
+
+def _channel_kwargs(config: TrainConfig, params: set[str]) -> dict[str, Any]:
+    """``audio_channels`` from ``dset.channels``, or MSST RoFormers' ``stereo`` switch (C = 2
+    when true, else 1; any other C is a config error). A Mel-Band RoFormer's ``sample_rate``
+    (its mel filter bank) also follows ``dset.samplerate``."""
+    channels = config.dset.channels
+    out: dict[str, Any] = {}
+    if "audio_channels" not in params and "stereo" in params:
+        _require(
+            channels in (1, 2),
+            f"{config.model.arch} handles mono or stereo audio, not dset.channels={channels}",
+        )
+        out["stereo"] = channels == 2
+    else:
+        out["audio_channels"] = channels
+    if "sample_rate" in params:
+        out["sample_rate"] = config.dset.samplerate
+    return out
 
 
 def _constructor_params(arch: str) -> set[str]:
