@@ -67,6 +67,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+MODEL_CONFIG_HELP = "MSST config (YAML) of an MSST .ckpt model (default: NAME.yaml beside it)"
+
+
 def _stem_list(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:
@@ -89,9 +92,10 @@ def add_separate_arguments(parser: argparse.ArgumentParser) -> None:
         "--name",
         default=DEFAULT_MODEL,
         help="pretrained model name (see `demucs-rr models list`) or a model file "
-        f"(.safetensors package or official .th); default {DEFAULT_MODEL}",
+        f"(.safetensors package, official .th, MSST .ckpt); default {DEFAULT_MODEL}",
     )
     p.add_argument("--repo", help="folder searched first for model files")
+    p.add_argument("--model-config", help=MODEL_CONFIG_HELP)
     p.add_argument("-o", "--out", default="separated", help="output root folder")
     p.add_argument(
         "--filename",
@@ -203,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("dst", help="destination .safetensors package")
     conv.add_argument("--repo", help="folder searched first for SRC and for bag members")
     conv.add_argument("--name", help="model name stored in the package (default: SRC's name)")
+    conv.add_argument("--model-config", help=MODEL_CONFIG_HELP)
     sub.add_parser("doctor", help="versions, devices, tools and cached models, for bug reports")
     for name, (module, add, _, help_text) in EXTRA_COMMANDS.items():
         getattr(importlib.import_module(module), add)(sub.add_parser(name, help=help_text))

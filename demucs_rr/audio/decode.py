@@ -36,7 +36,14 @@ import soundfile
 
 from demucs_rr.errors import AudioIOError
 
-__all__ = ["BLOCK", "DecodeReport", "SoundfileSource", "check_wav", "one_line", "open_soundfile"]
+__all__ = [
+    "BLOCK",
+    "DecodeReport",
+    "SoundfileSource",
+    "check_wav",
+    "backend_message",
+    "open_soundfile",
+]
 
 # Parts of backend messages that repeat the file name, point into ffmpeg's memory or into
 # libmpg123's sources: "Error opening 'x.wav': ", "[mp3 @ 0x55c1...] ", "file:/abs/x.mp3: ",
@@ -63,8 +70,9 @@ _NOISE_LIMIT = 1 << 16  # bytes of captured decoder text kept per collection
 _FD2_LOCK = threading.RLock()  # file descriptor 2 is process-wide: one redirection at a time
 
 
-def one_line(text: str, limit: int = 200) -> str:
-    """Collapse a backend message to one line, without the file name (the caller adds it)."""
+def backend_message(text: str, limit: int = 200) -> str:
+    """A decoder's message as one line, without its noise and file name (the caller adds the
+    name); :func:`demucs_rr.errors.one_line` is the same for exceptions."""
     text = _NOISE.sub("", text)
     text = " ".join(text.split()).strip(" .;:")
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -183,7 +191,7 @@ class DecodeReport:
 
     def note(self, text: str) -> None:
         """Record text a decoder printed."""
-        lines = [one_line(line) for line in text.splitlines()]
+        lines = [backend_message(line) for line in text.splitlines()]
         lines = [line for line in lines if line and not _HARMLESS.search(line)]
         if lines and not self.noise_count:
             self.noise_first = lines[0]
@@ -348,7 +356,7 @@ class SoundfileSource:
     def _failure(self, err: Exception) -> str:
         """The one-line error for a decoder that failed midway (where depends on the block
         size, so it is not said: both readers give the same line)."""
-        reason = one_line(str(err)) or type(err).__name__
+        reason = backend_message(str(err)) or type(err).__name__
         return f"cannot decode {self.path}: {reason} (damaged or truncated file)"
 
 
@@ -369,7 +377,7 @@ def open_soundfile(path: Path) -> SoundfileSource | str:
             handle = soundfile.SoundFile(str(path))
     except Exception as err:
         noise.close()
-        reason = one_line(str(err) or type(err).__name__)
+        reason = backend_message(str(err) or type(err).__name__)
         return "unrecognised or corrupt data" if "not a regular file" in reason else reason
     if handle.frames <= 0:
         handle.close()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from demucs_rr.audio.decode import DecodeReport, one_line
+from demucs_rr.audio.decode import DecodeReport, backend_message
 from demucs_rr.errors import AudioIOError
 
 __all__ = [
@@ -136,7 +136,7 @@ def _scrub(text: str, path: Path) -> str:
     """ffmpeg's text as one line, without any path or URL (the caller names the input)."""
     for name in (f"file:{path.resolve()}", str(path.resolve()), str(path)):
         text = text.replace(name, "")
-    return one_line(_URL.sub("", text))
+    return backend_message(_URL.sub("", text))
 
 
 def _input(path: Path) -> list[str]:
@@ -168,7 +168,9 @@ def _run(cmd: list[str], path: Path) -> subprocess.CompletedProcess[bytes]:
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     except OSError as err:
-        raise BackendError(f"cannot run {cmd[0]}: {one_line(err.strerror or str(err))}") from err
+        raise BackendError(
+            f"cannot run {cmd[0]}: {backend_message(err.strerror or str(err))}"
+        ) from err
     if proc.returncode != 0:
         message = _scrub(proc.stderr.decode("utf-8", "replace"), path)
         raise BackendError(message or f"{cmd[0]} exited with status {proc.returncode}")

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from demucs_rr.audio.decode import BLOCK, DecodeReport, open_soundfile
-from demucs_rr.audio.decode import one_line as _one_line
+from demucs_rr.audio.decode import BLOCK, DecodeReport, backend_message, open_soundfile
 from demucs_rr.audio.dsp import convert_audio
 from demucs_rr.audio.ffmpeg import BackendError, ffmpeg_available, probe, read_ffmpeg
 from demucs_rr.audio.write import WriteOptions, prepare_for_write, write_audio
@@ -96,7 +95,7 @@ def _check_input_file(path: Path) -> None:
     try:
         size = path.stat().st_size
     except OSError as err:
-        raise AudioIOError(f"cannot read {path}: {_one_line(str(err))}") from err
+        raise AudioIOError(f"cannot read {path}: {backend_message(str(err))}") from err
     if size == 0:
         raise AudioIOError(f"cannot read {path}: the file is empty")
 

@@ -69,7 +69,11 @@ def save_loaded(bag: LoadedModel, dst: Path, name: str | None = None) -> Convert
 
 
 def convert_model(
-    src: str, dst: str | Path, repo: Path | None = None, name: str | None = None
+    src: str,
+    dst: str | Path,
+    repo: Path | None = None,
+    name: str | None = None,
+    config: str | Path | None = None,
 ) -> Converted:
     """Load ``src`` (a file or a ``-n`` name) and write it as a package at ``dst``.
 
@@ -78,6 +82,7 @@ def convert_model(
         dst: destination, must end in ``.safetensors`` and differ from ``src``.
         repo: folder searched first for ``src`` and for bag members.
         name: model name stored in the package (default: the source's name).
+        config: the MSST config of a ``.ckpt`` ``src`` (default: ``NAME.yaml`` beside it).
 
     Raises:
         ConfigError: ``dst`` is not a ``.safetensors`` path or is the source itself.
@@ -89,5 +94,5 @@ def convert_model(
     source = Path(src).expanduser()
     if source.exists() and source.resolve() == dst.resolve():
         raise ConfigError(f"refusing to convert {source} onto itself")
-    bag = resolve(src, repo)
+    bag = resolve(src, repo, config=config)
     return save_loaded(bag, dst, name)

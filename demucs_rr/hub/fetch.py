@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from demucs_rr.errors import DownloadError
-from demucs_rr.staging import atomic_write
+from demucs_rr.staging import atomic_write, folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def download(
     Args:
         url: http(s) URL.
         dest: final path.
-        sha256_prefix: expected leading hex digits of the file's sha256 (non-empty).
+        sha256_prefix: expected leading hex digits of the file's sha256; empty for a file
+            whose checksum nobody published (:func:`fetch_pinned` pins it then).
         progress: show a tqdm bar (bytes) on stderr.
         timeout: socket timeout in seconds (connect and each read).
         manual_hint: builds the one-line message of a failed transfer (default: put the file
@@ -72,7 +73,7 @@ def download(
     dest = Path(dest)
     hint = manual_hint or _manual_hint
     prefix = sha256_prefix.lower()
-    if not re.fullmatch(r"[0-9a-f]+", prefix):
+    if not re.fullmatch(r"[0-9a-f]*", prefix):
         raise ValueError(f"sha256_prefix must be hex digits, got {sha256_prefix!r}")
     hasher = hashlib.sha256()
     try:
@@ -189,3 +190,53 @@ def checksum_state(path: Path, sha256_prefix: str) -> str:
     except OSError:
         return "unreadable"
     return "ok"
+
+
+# --------------------------------------------------------------------------- pinned files
+
+PINS_NAME = "pinned-sha256.json"
+"""File in the cache folder holding the sha256 pinned for files without a published one."""
+
+
+def _pins(folder: Path) -> dict[str, str]:
+    try:
+        data = json.loads((folder / PINS_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def pinned_sha256(path: Path) -> str | None:
+    """The sha256 pinned for the cached file ``path`` when it was downloaded, or None."""
+    return _pins(path.parent).get(path.name)
+
+
+def fetch_pinned(url: str, dest: Path, progress: bool = True) -> Path:
+    """``dest`` for a file whose checksum nobody published: downloaded once, its sha256 pinned
+    in the cache folder (``pinned-sha256.json``), and checked against the pin on every later
+    use, so that a file that changes after its first download is noticed.
+
+    Raises:
+        DownloadError: the download fails, or the cached file no longer matches its pin (or
+            was put there by hand without one: it is pinned then).
+    """
+    dest = Path(dest)
+    pinned = pinned_sha256(dest)
+    if dest.is_file():
+        if pinned is None:  # put there by hand: trust it from now on
+            pinned = sha256_file(dest)
+            _pin(dest, pinned)
+        verify_cached(dest, pinned, url)
+        return dest
+    download(url, dest, pinned or "", progress)
+    if pinned is None:
+        _pin(dest, json.loads(_sidecar(dest).read_text())["sha256"])
+    return dest
+
+
+def _pin(path: Path, digest: str) -> None:
+    with folder_lock(path.parent):
+        pins = _pins(path.parent)
+        pins[path.name] = digest
+        with atomic_write(path.parent / PINS_NAME) as tmp:
+            tmp.write_text(json.dumps(pins, indent=1, sort_keys=True))

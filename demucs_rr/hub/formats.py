@@ -9,7 +9,9 @@ Accepted files:
   :mod:`.official_th`), or a v2 bare state dict whose architecture comes from its file name
   (``{name}-{sig}.th`` or ``{name}.th`` of a known pretrained name);
 - ``*.yaml`` / ``*.yml``: an official bag (``models`` / ``weights`` / ``segment``) whose member
-  files sit in the same folder (:mod:`.bag_yaml`).
+  files sit in the same folder (:mod:`.bag_yaml`);
+- ``*.ckpt``: an MSST / UVR checkpoint with its MSST config (given, or beside it as
+  ``NAME.yaml``; :mod:`.msst`).
 
 Every file gives a :class:`~demucs_rr.hub.loaded.LoadedModel` (one member for a single model)
 so that the same result can be run (``.build()``), converted or fine-tuned.
@@ -31,6 +33,7 @@ from demucs_rr.hub.bag_package import load_bag_package
 from demucs_rr.hub.bag_yaml import BagSpec, check_member_hash, find_member, read_bag_yaml
 from demucs_rr.hub.catalogue import PRETRAINED, PretrainedInfo
 from demucs_rr.hub.loaded import LoadedModel
+from demucs_rr.hub.msst import CHECKPOINT_SUFFIXES, load_msst
 from demucs_rr.hub.package import load_single_package, package_kind, read_package_metadata
 from demucs_rr.hub.safety import build_checked, load_weights
 from demucs_rr.hub.training_info import CHECKPOINT_FORMAT
@@ -53,7 +56,7 @@ __all__ = [
 
 HUB_NAME = re.compile(r"^(?P<name>.+)-(?P<sig>[0-9a-f]{8})\.th$")
 BAG_SUFFIXES = (".yaml", ".yml")
-MODEL_SUFFIXES = (".safetensors", ".th", ".pt", *BAG_SUFFIXES)
+MODEL_SUFFIXES = (".safetensors", ".th", ".pt", *BAG_SUFFIXES, *CHECKPOINT_SUFFIXES)
 """File suffixes ``-n`` accepts."""
 
 
@@ -198,19 +201,30 @@ def _load_pickle(path: Path, preset: PretrainedInfo | None) -> LoadedModel:
     return LoadedModel.single(load_state_model(path, preset), preset.name)
 
 
-def load_file(path: Path, preset: PretrainedInfo | None = None) -> LoadedModel:
+def load_file(
+    path: Path, preset: PretrainedInfo | None = None, config: Path | None = None
+) -> LoadedModel:
     """Load the network(s) of a model file (see the module docstring for the formats).
 
     Args:
         path: the file.
         preset: architecture of a bare v2 state dict (default: from the file name).
+        config: the MSST config of a ``.ckpt`` (default: ``NAME.yaml`` beside it); refused for
+            other files.
 
     Raises:
-        ModelNotFoundError: a file (or a bag member) does not exist.
+        ModelNotFoundError: a file (or a bag member, or a checkpoint's config) does not exist.
         PackageFormatError: unsupported suffix, unsafe or malformed file, weights that do not
             fit.
     """
     path = Path(path)
+    if path.suffix in CHECKPOINT_SUFFIXES:
+        return load_msst(path, config)
+    if config is not None:
+        raise PackageFormatError(
+            f"{path}: a model config is only for MSST .ckpt checkpoints; this file describes "
+            "its model itself"
+        )
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     if path.suffix in BAG_SUFFIXES:
@@ -219,6 +233,6 @@ def load_file(path: Path, preset: PretrainedInfo | None = None) -> LoadedModel:
     if path.suffix not in (".th", ".pt"):
         raise PackageFormatError(
             f"{path}: unsupported model file type {path.suffix!r}; expected a .safetensors "
-            "package, an official Demucs .th/.pt file or a bag .yaml"
+            "package, an official Demucs .th/.pt file, a bag .yaml or an MSST .ckpt"
         )
     return _load_pickle(path, preset)

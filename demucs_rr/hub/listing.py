@@ -10,6 +10,10 @@ from demucs_rr.hub.bag_yaml import read_bag_yaml
 from demucs_rr.hub.catalogue import PRETRAINED, cached_path
 from demucs_rr.hub.fetch import checksum_state
 from demucs_rr.hub.formats import HUB_NAME, is_training_checkpoint, preset_from_filename
+from demucs_rr.hub.msst import config_beside, msst_kwargs, read_msst_config
+from demucs_rr.hub.msst_releases import MSST_RELEASES, pin_state
+from demucs_rr.hub.msst_roformer import ROFORMER_CLASSES
+from demucs_rr.hub.msst_tfc import TFC_CLASSES
 from demucs_rr.hub.official_safetensors import is_hub_file, read_safetensors_header
 from demucs_rr.hub.package import package_kind, read_package_metadata, read_training_info
 from demucs_rr.hub.releases import OFFICIAL_BAGS
@@ -53,6 +57,8 @@ def repo_row(file: Path) -> ModelRow:
     try:
         if file.suffix == ".safetensors":
             _safetensors_row(file, row)
+        elif file.suffix == ".ckpt":
+            _checkpoint_row(file, row)
         elif file.suffix == ".yaml":
             spec = read_bag_yaml(file)
             row["class"] = "bag"
@@ -72,6 +78,17 @@ def repo_row(file: Path) -> ModelRow:
     except (PackageFormatError, ModelNotFoundError) as exc:
         row["description"] = f"unreadable: {exc}"
     return row
+
+
+def _checkpoint_row(file: Path, row: ModelRow) -> None:
+    """An MSST checkpoint: its family from the config beside it (the weights are not read)."""
+    config = config_beside(file)
+    if not config.is_file():
+        row["description"] = f"MSST checkpoint without its config ({config.name} expected)"
+        return
+    name, _ = msst_kwargs(read_msst_config(config), str(config))
+    row["class"] = name
+    row["description"] = f"MSST checkpoint, config {config.name}"
 
 
 def _safetensors_row(file: Path, row: ModelRow) -> None:
@@ -106,8 +123,12 @@ def _training_summary(epochs: int, best_epoch: int | None, weights: str) -> str:
 
 def _is_bag(file: Path) -> bool:
     """Whether a YAML file is a bag (a mapping with ``models``), not another kind of YAML (a
-    training run's ``config.yaml``); only the text is parsed."""
+    training run's ``config.yaml``, the config beside an MSST checkpoint); only the text is
+    parsed."""
     import yaml
+
+    if file.with_suffix(".ckpt").is_file():
+        return False
 
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
@@ -122,7 +143,9 @@ def folder_rows(folder: Path) -> list[ModelRow]:
         f for f in sorted(Path(folder).expanduser().glob("*")) if f.suffix != ".yaml" or _is_bag(f)
     ]
     return [
-        repo_row(f) for f in files if f.suffix in (".safetensors", ".th", ".yaml") and f.is_file()
+        repo_row(f)
+        for f in files
+        if f.suffix in (".safetensors", ".th", ".yaml", ".ckpt") and f.is_file()
     ]
 
 
@@ -161,7 +184,9 @@ def _row(
 
 
 def released_rows() -> list[ModelRow]:
-    """A row per released name: Demucs 3/4 bags, then v2 / Conv-TasNet states."""
+    """A row per released name: Demucs 3/4 bags, v2 / Conv-TasNet states, then band-split
+    checkpoints (their published score, metric and test set in the description, since it is
+    not the museval SDR of the ``sdr`` column; their pinned sha256)."""
     rows: list[ModelRow] = []
     for info in OFFICIAL_BAGS.values():
         description = info.description
@@ -189,5 +214,21 @@ def released_rows() -> list[ModelRow]:
                 [cached_path(v2)],
                 [v2.sha256_prefix],
             )
+        )
+    for msst in MSST_RELEASES.values():
+        ckpt = msst.checkpoint_path
+        state = "yes" if ckpt.is_file() else "no"
+        rows.append(
+            {
+                "name": msst.name,
+                "class": TFC_CLASSES.get(msst.family) or ROFORMER_CLASSES[msst.family],
+                "sdr": None,
+                "valid_nsdr": None,
+                "description": f"{msst.description}; global SDR {msst.sdr:.2f} dB on "
+                f"{msst.scored_on}; licence {msst.licence or 'not stated'}; {pin_state(msst)}",
+                "cached": state == "yes",
+                "cache_state": state,
+                "path": str(ckpt),
+            }
         )
     return rows

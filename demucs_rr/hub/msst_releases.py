@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from demucs_rr.hub.fetch import fetch_pinned, pinned_sha256
+from demucs_rr.hub.loaded import LoadedModel
+from demucs_rr.hub.msst import load_msst
 from demucs_rr.runtime import cache_dir
 
-__all__ = ["MSST_RELEASES", "MsstRelease"]
+__all__ = ["MSST_RELEASES", "MsstRelease", "load_msst_release", "pin_state"]
 
 _MSST = "https://github.com/ZFTurbo/Music-Source-Separation-Training/releases/download"
 _UVR = "https://github.com/TRvlvr/model_repo/releases/download/all_public_uvr_models"
@@ -57,8 +60,8 @@ class MsstRelease:
         return cache_dir() / "msst" / self.url.rsplit("/", 1)[-1]
 
     def config_path(self) -> Path | None:
-        """The shipped config file, or None when it is downloaded (:attr:`config_url`)."""
-        if self.config.startswith("https://"):
+        """The shipped config file, or None when ``config`` is a URL (downloaded)."""
+        if "://" in self.config:
             return None
         entry: Any = importlib.resources.files("demucs_rr.hub") / "msst" / self.config
         return Path(str(entry))
@@ -145,3 +148,36 @@ MSST_RELEASES: dict[str, MsstRelease] = {
     ]
 }  # fmt: skip
 """Released band-split names, in ``models list`` order."""
+
+
+def _local(folder: Path | None, name: str) -> Path | None:
+    """``folder / name`` when a ``--repo`` folder holds that file (used as it is)."""
+    return folder / name if folder is not None and (folder / name).is_file() else None
+
+
+def load_msst_release(
+    release: MsstRelease, member_folder: Path | None = None, progress: bool = True
+) -> LoadedModel:
+    """Load a released band-split model: its checkpoint (and a config without a shipped copy)
+    from ``member_folder`` when it holds the file, else the cache, pinned on first download.
+
+    Raises:
+        DownloadError: a download fails, or a cached file no longer matches its pinned sha256.
+        PackageFormatError: the files are not a loadable checkpoint and config.
+    """
+    ckpt_name = release.url.rsplit("/", 1)[-1]
+    ckpt = _local(member_folder, ckpt_name) or fetch_pinned(
+        release.url, release.checkpoint_path, progress
+    )
+    config = release.config_path()
+    if config is None:
+        config = _local(member_folder, release.config.rsplit("/", 1)[-1]) or fetch_pinned(
+            release.config, release.cached_config_path, progress
+        )
+    return LoadedModel.single(load_msst(ckpt, config).members[0], release.name)
+
+
+def pin_state(release: MsstRelease) -> str:
+    """What ``models list`` says of the checkpoint's pinned sha256."""
+    pin = pinned_sha256(release.checkpoint_path)
+    return f"sha256 pinned {pin[:16]}" if pin else "sha256 pinned on first download"

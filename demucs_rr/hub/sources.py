@@ -7,10 +7,10 @@ for ``demucs-rr models list``). The places:
 
 - :class:`FileSource`: a name that is a path to a model file, any format (:mod:`.formats`);
 - :class:`FolderSource`: a ``--repo`` folder: ``NAME.safetensors``, ``NAME-*.th``, ``NAME.th``,
-  ``NAME.yaml`` (a bag whose members are in the folder);
+  ``NAME.yaml`` (a bag whose members are in the folder), ``NAME.ckpt`` (its config beside it);
 - :class:`ReleasedSource`: the released names (Demucs 3/4 bags and v2 states,
-  :mod:`.releases`, :mod:`.catalogue`), from an optional member folder, the verified cache or a
-  download;
+  :mod:`.releases`, :mod:`.catalogue`; band-split checkpoints, :mod:`.msst_releases`), from an
+  optional member folder, the verified cache or a download;
 - :class:`AnySource`: the first of several sources that holds a name.
 """
 
@@ -30,6 +30,7 @@ from demucs_rr.hub.fetch import download, verify_cached
 from demucs_rr.hub.formats import MODEL_SUFFIXES, load_file, load_state_model
 from demucs_rr.hub.listing import ModelRow, folder_rows, released_rows
 from demucs_rr.hub.loaded import LoadedModel
+from demucs_rr.hub.msst_releases import MSST_RELEASES, load_msst_release
 from demucs_rr.hub.releases import OFFICIAL_BAGS, load_official_bag
 
 __all__ = [
@@ -66,7 +67,10 @@ class ModelSource(Protocol):
 
 
 class FileSource:
-    """Names that are paths of model files."""
+    """Names that are paths of model files; ``config`` is the MSST config of a ``.ckpt``."""
+
+    def __init__(self, config: Path | None = None) -> None:
+        self.config = config
 
     def has(self, name: str) -> bool:
         """Whether ``name`` is an existing file."""
@@ -74,7 +78,7 @@ class FileSource:
 
     def get(self, name: str) -> LoadedModel:
         """Load the file ``name`` (any format of :mod:`demucs_rr.hub.formats`)."""
-        return load_file(Path(name).expanduser())
+        return load_file(Path(name).expanduser(), config=self.config)
 
     def rows(self) -> list[ModelRow]:
         """Files are not listed."""
@@ -82,25 +86,28 @@ class FileSource:
 
 
 class FolderSource:
-    """A folder of model files (``--repo``): ``NAME.safetensors``, ``NAME-*.th``, ``NAME.th``
-    and bag ``NAME.yaml`` files (members in the same folder).
+    """A folder of model files (``--repo``): ``NAME.safetensors``, ``NAME-*.th``, ``NAME.th``,
+    bag ``NAME.yaml`` files (members in the same folder) and ``NAME.ckpt`` checkpoints
+    (``config``, or their config beside them).
 
     Raises:
         ModelNotFoundError: ``folder`` is not a folder.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, config: Path | None = None) -> None:
         self.folder = Path(folder).expanduser()
+        self.config = config
         if not self.folder.is_dir():
             raise ModelNotFoundError(f"model repository {self.folder} is not a folder")
 
     def find(self, name: str) -> Path | None:
         """The file of ``name`` in the folder (the first of ``NAME.safetensors``, ``NAME-*.th``,
-        ``NAME.th``, ``NAME.yaml``, ``NAME.yml``), or None."""
+        ``NAME.th``, ``NAME.ckpt``, ``NAME.yaml``, ``NAME.yml``), or None."""
         folder = self.folder
         candidates = [folder / f"{name}.safetensors"]
         candidates += sorted(Path(p) for p in glob.glob(str(folder / f"{glob.escape(name)}-*.th")))
-        candidates += [folder / f"{name}.th", folder / f"{name}.yaml", folder / f"{name}.yml"]
+        candidates += [folder / f"{name}.th", folder / f"{name}.ckpt"]  # a .ckpt's NAME.yaml is
+        candidates += [folder / f"{name}.yaml", folder / f"{name}.yml"]  # its config, not a bag
         return next((c for c in candidates if c.is_file()), None)
 
     def has(self, name: str) -> bool:
@@ -112,7 +119,7 @@ class FolderSource:
         found = self.find(name)
         if found is None:
             raise ModelNotFoundError(f"no model {name!r} in {self.folder}")
-        return load_file(check_member_hash(found), PRETRAINED.get(name))
+        return load_file(check_member_hash(found), PRETRAINED.get(name), self.config)
 
     def rows(self) -> list[ModelRow]:
         """A row per model file of the folder."""
@@ -121,7 +128,8 @@ class FolderSource:
 
 class ReleasedSource:
     """The released names: Demucs 3/4 bags (members from ``member_folder``, the cache or a
-    download) and v2 / Conv-TasNet states (cache, verified once, else a download)."""
+    download), v2 / Conv-TasNet states (cache, verified once, else a download) and band-split
+    checkpoints (``member_folder``, else the cache, sha256 pinned on the first download)."""
 
     def __init__(self, member_folder: Path | None = None, progress: bool = True) -> None:
         self.member_folder = member_folder
@@ -129,12 +137,14 @@ class ReleasedSource:
 
     def has(self, name: str) -> bool:
         """Whether ``name`` is a released name (refused DiffQ names included)."""
-        return name in OFFICIAL_BAGS or name in PRETRAINED
+        return name in OFFICIAL_BAGS or name in PRETRAINED or name in MSST_RELEASES
 
     def get(self, name: str) -> LoadedModel:
         """Load the released model ``name``, fetching its files when missing."""
         if name in OFFICIAL_BAGS:
             return load_official_bag(name, self.member_folder, self.progress)
+        if name in MSST_RELEASES:
+            return load_msst_release(MSST_RELEASES[name], self.member_folder, self.progress)
         if name not in PRETRAINED:
             raise unknown_model(name)
         return self._v2(PRETRAINED[name])
@@ -177,9 +187,9 @@ class AnySource:
 
 
 def known_names() -> list[str]:
-    """Every name ``-n`` accepts without a file: Demucs 3/4 releases first, then v2."""
+    """Every name ``-n`` accepts without a file: Demucs 3/4 releases, v2, then band-split."""
     official = [name for name, info in OFFICIAL_BAGS.items() if info.refused is None]
-    return official + list(PRETRAINED)
+    return official + list(PRETRAINED) + list(MSST_RELEASES)
 
 
 def unknown_model(name: str, folder: Path | None = None) -> ModelNotFoundError:

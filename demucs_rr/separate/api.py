@@ -55,6 +55,8 @@ class Separator:
             :mod:`demucs_rr.separate.precision`). On the CPU, bf16 runs HT Demucs with its
             weights stored in bf16 (a copy when a model object is passed in).
         repo: folder searched first for model files.
+        model_config: the MSST config of a ``.ckpt`` checkpoint (default: ``NAME.yaml`` beside
+            the checkpoint).
         progress: show a tqdm bar counted in seconds of audio.
 
         The keywords ``segment`` to ``precision`` replace the same fields of ``options``.
@@ -82,6 +84,7 @@ class Separator:
         seed: int | None = None,
         precision: str | None = None,
         repo: str | Path | None = None,
+        model_config: str | Path | None = None,
         progress: bool = False,
     ) -> None:
         given: dict[str, Any] = dict(
@@ -102,7 +105,7 @@ class Separator:
         if isinstance(model, (str, Path)):
             from demucs_rr.hub.loader import load_model
 
-            self.model = load_model(str(model), repo=repo or None)
+            self.model = load_model(str(model), repo=repo or None, config=model_config)
             self.model_name = Path(str(model)).stem if Path(str(model)).suffix else str(model)
         else:
             self.model, self.model_name = model, type(model).__name__

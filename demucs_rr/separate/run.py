@@ -170,6 +170,7 @@ def _separate_all(
         device=str(group.device),
         options=engine_options(args),
         repo=args.repo,
+        model_config=args.model_config,
         progress=not args.quiet and not group.distributed,  # one bar per terminal
     )
     names = select_stems(sep.sources, args.stems, args.two_stems, args.other_method)
@@ -262,16 +263,18 @@ def run_models_list(args: argparse.Namespace) -> int:
     from demucs_rr.hub.loader import list_models
 
     rows = list_models(repo=Path(args.repo) if getattr(args, "repo", None) else None)
+    width = max([18, *(len(row["name"]) for row in rows)])
     print(
-        f"{'name':<18} {'class':<16} {'test SDR':>8} {'valid nSDR':>10}  {'cached':<12} description"
+        f"{'name':<{width}} {'class':<16} {'test SDR':>8} {'valid nSDR':>10}  {'cached':<12} "
+        "description"
     )
     for row in rows:
         sdr = _score(row["sdr"])
         nsdr = _score(row["valid_nsdr"])
         cached = row["cache_state"]  # yes, no, bad checksum, unreadable
         print(
-            f"{row['name']:<18} {row['class'] or '?':<16} {sdr:>8} {nsdr:>10}  {cached:<12} "
-            f"{row['description']}"
+            f"{row['name']:<{width}} {row['class'] or '?':<16} {sdr:>8} {nsdr:>10}  "
+            f"{cached:<12} {row['description']}"
         )
     return 0
 
@@ -281,7 +284,11 @@ def run_models_convert(args: argparse.Namespace) -> int:
     from demucs_rr.hub.convert import convert_model
 
     done = convert_model(
-        args.src, args.dst, repo=Path(args.repo) if args.repo else None, name=args.name
+        args.src,
+        args.dst,
+        repo=Path(args.repo) if args.repo else None,
+        name=args.name,
+        config=args.model_config,
     )
     kind = "model" if done.members == 1 else f"bag of {done.members} models"
     precision = "float16 (exact)" if done.half else "float32"

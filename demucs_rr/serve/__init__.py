@@ -5,7 +5,7 @@
 * :mod:`demucs_rr.serve.worker` / :mod:`demucs_rr.serve.pool`: worker processes that separate
   through the same ``Separator`` and stem writer as ``separate``.
 * :mod:`demucs_rr.serve.upload`: streaming uploads with the size limit enforced as they arrive.
-* :mod:`demucs_rr.serve.files`: stems (HTTP Range), waveform PNGs, zips.
+* :mod:`demucs_rr.serve.job_files`: stems (HTTP Range), waveform PNGs, zips.
 * ``static/``: the page (plain HTML, CSS and JavaScript; nothing is loaded from elsewhere).
 
 Only :mod:`demucs_rr.serve.cli` is imported by the command line; everything else needs the

@@ -22,11 +22,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from demucs_rr import __version__
+from demucs_rr.audio.options import FORMATS
 from demucs_rr.errors import DemucsRRError, one_line
-from demucs_rr.serve import files
+from demucs_rr.serve import job_files
 from demucs_rr.serve.config import ServeConfig
 from demucs_rr.serve.events import JobFeed, add_event_routes
-from demucs_rr.serve.jobs import FORMATS, MAX_SHIFTS
+from demucs_rr.serve.jobs import MAX_SHIFTS
 from demucs_rr.serve.routes import add_job_routes
 from demucs_rr.serve.security import COOKIE, guard, same_token
 from demucs_rr.serve.state import ServeState, job_json
@@ -113,7 +114,7 @@ def _add_page_routes(app: FastAPI, state: ServeState) -> None:
 
     @app.get("/api/info", summary="Server facts: version, model, device, options")
     def info() -> dict[str, Any]:
-        facts = files.loaded_model_facts(config)
+        facts = job_files.loaded_model_facts(config)
         alive = state.pool.alive()
         limits = asdict(config.limits)
         return {**state.info, **facts, **limits, "workers_alive": alive, "formats": list(FORMATS)}
@@ -155,7 +156,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     _add_page_routes(app, state)
     add_job_routes(app, state)
     add_event_routes(app, state, feed)
-    files.add_file_routes(app, state.job, config.jobs_dir)
+    job_files.add_file_routes(app, state.job, config.jobs_dir)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.serve = state
     app.state.end_streams = feed.close  # called when the server begins to stop

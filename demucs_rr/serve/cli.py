@@ -155,7 +155,7 @@ def _check_model(model: str, repo: str | None) -> None:
     """Refuse a model that is neither a file nor a name of ``demucs-rr models list``, and the
     released names demucs_rr cannot load (with the reason)."""
     from demucs_rr.hub.releases import OFFICIAL_BAGS
-    from demucs_rr.serve.files import offered_models
+    from demucs_rr.serve.job_files import offered_models
 
     if Path(model).expanduser().is_file() or model in offered_models(repo):
         return
@@ -275,7 +275,7 @@ def _serve(uvicorn: Any, app: Any, host: str, port: int) -> None:
     """
     stopped_by: list[int] = []
 
-    class Server(uvicorn.Server):
+    class Server(uvicorn.Server):  # type: ignore[misc]
         def handle_exit(self, sig: int, frame: Any) -> None:
             stopped_by.append(sig)
             super().handle_exit(sig, frame)

@@ -189,6 +189,8 @@ class WorkerPool:
             proc = slot.proc
             if proc.exitcode is None or self._stopping.is_set():
                 continue
+            if _pid_exists(proc.pid):  # a dead forkserver reports 255 for a worker that still
+                continue  # exists (e.g. a stopped one): it is dead once the process is gone
             if slot.died is None:
                 slot.died = now
                 young = now - slot.started < STABLE_AFTER

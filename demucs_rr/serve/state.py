@@ -7,7 +7,7 @@ from typing import Any
 from demucs_rr import __version__
 from demucs_rr.errors import DemucsRRError
 from demucs_rr.hub.identity import model_identity
-from demucs_rr.serve import files
+from demucs_rr.serve import job_files
 from demucs_rr.serve.config import ServeConfig
 from demucs_rr.serve.jobs import JOB_ID, model_label
 from demucs_rr.serve.limits import Housekeeping
@@ -62,7 +62,7 @@ class ServeState:
         self.store = JobStore(config.jobs_dir)
         self.pool = WorkerPool(config.worker_config(), config.workers)
         self.housekeeping = Housekeeping(config.jobs_dir, self.store, config.limits)
-        self.info = files.server_info(config, __version__)
+        self.info = job_files.server_info(config, __version__)
 
     def model_name(self, label: str) -> str:
         """The name to load for a model label (the server model's label: its file)."""
@@ -80,10 +80,10 @@ class ServeState:
         """Stem names of a model offered by this server (without loading it); None when they
         cannot be told before a worker loads it."""
         if label == model_label(self.config.model):
-            loaded = files.loaded_model_facts(self.config).get("sources")
+            loaded = job_files.loaded_model_facts(self.config).get("sources")
             if loaded:
                 return list(loaded)
-        return files.known_sources(self.model_name(label), self.config.repo)
+        return job_files.known_sources(self.model_name(label), self.config.repo)
 
     def job(self, job_id: str) -> Job:
         """The job with this id; 404 when there is none."""

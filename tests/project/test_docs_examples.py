@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ import soundfile as sf
 from demucs_rr.cli import build_parser
 from demucs_rr.hub.releases import OFFICIAL_BAGS
 from demucs_rr.separate.precision import cpu_has_bf16
+from tests.conftest import SHARED
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -179,6 +181,12 @@ def test_separate_examples_run(page: str, line: str, stand_in: Path, tmp_path: P
     name = argv[argv.index("-n") + 1] if "-n" in argv else "htdemucs"
     if name.endswith(".safetensors"):
         _causal_tasnet(tmp_path / name)
+    elif name.endswith(".ckpt"):  # an MSST checkpoint and its config: the parity fixture's
+        case = SHARED / "fixtures" / "msst" / "bs_roformer_vocals"
+        if not case.is_dir():
+            pytest.skip(f"MSST parity fixtures not found at {case} (present in CI only)")
+        shutil.copy(case / "model.ckpt", tmp_path / name)
+        shutil.copy(case / "config.yaml", tmp_path / "config.yaml")
     elif name not in HT_RELEASES:
         pytest.fail(f"{page}: `{line}` names {name}, which has no stand-in here")
     for token in argv[1:]:
