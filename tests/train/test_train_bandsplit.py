@@ -91,7 +91,9 @@ def test_multi_stft_loss_is_msst_roformer_loss() -> None:
     assert torch.allclose(value, 0.25 * per[2] + 0.75 * per[3], rtol=LOSS_RTOL)
 
 
-def _msst_masked_loss(estimate: torch.Tensor, target: torch.Tensor, q: float, coarse: bool):
+def _msst_masked_loss(
+    estimate: torch.Tensor, target: torch.Tensor, q: float, coarse: bool
+) -> torch.Tensor:
     """MSST's ``masked_loss`` written out directly (float64)."""
     loss = ((estimate.double() - target.double()) ** 2).transpose(0, 1)
     if coarse:
@@ -116,7 +118,7 @@ def test_masked_mse_is_msst_masked_loss(coarse: bool) -> None:
     assert torch.allclose(again, masked_error(estimate, target, 0.95, coarse=True).mean())
 
 
-def test_loss_config_reaches_the_criterion(tmp_path: Path) -> None:
+def test_loss_config_reaches_the_criterion() -> None:
     from demucs_rr.train.state import make_criterion
 
     config = load_config(["model=tiny_bs_roformer", "dset=synthetic", "loss.multi_stft_hop=64"])
