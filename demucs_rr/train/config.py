@@ -107,10 +107,17 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Per-source reconstruction loss."""
+    """Per-source reconstruction loss (see :mod:`demucs_rr.train.losses`)."""
 
     kind: str = "l1"
     weights: Optional[list[float]] = None  # noqa: UP045
+    quantile: float = 0.95
+    coarse: bool = True
+    multi_stft_weight: float = 0.0
+    multi_stft_windows: list[int] = field(default_factory=lambda: [4096, 2048, 1024, 512, 256])
+    multi_stft_hop: int = 147
+    multi_stft_min_n_fft: int = 2048
+    multi_stft_normalized: bool = False
 
 
 @dataclass(frozen=True)
@@ -362,7 +369,7 @@ def _require(ok: bool, message: str) -> None:
 def _check_choices(config: TrainConfig) -> None:
     choices = {
         "amp": (config.amp, ("auto", "fp32", "bf16", "fp16")),
-        "loss.kind": (config.loss.kind, ("l1", "mse")),
+        "loss.kind": (config.loss.kind, ("l1", "mse", "masked_mse")),
         "optim.schedule": (config.optim.schedule, ("none", "cosine")),
         "valid.best_on": (config.valid.best_on, ("loss", "nsdr")),
         "dset.kind": (config.dset.kind, ("musdb", "folder", "synthetic")),
@@ -399,6 +406,16 @@ def _check_numbers(config: TrainConfig) -> None:
             config.init is not None
             or (config.init_member, config.init_repo, config.init_new_from) == (None,) * 3,
             "init_member, init_repo and init_new_from need init=NAME_OR_PATH",
+        ),
+        (0 < config.loss.quantile <= 1, "loss.quantile must be in (0, 1]"),
+        (config.loss.multi_stft_weight >= 0, "loss.multi_stft_weight must be >= 0"),
+        (
+            len(config.loss.multi_stft_windows) > 0
+            and min(config.loss.multi_stft_windows) > 0
+            and config.loss.multi_stft_hop > 0
+            and config.loss.multi_stft_min_n_fft > 0,
+            "loss.multi_stft_windows (non-empty), multi_stft_hop and multi_stft_min_n_fft "
+            "must be positive",
         ),
     ]
     for ok, message in checks:
@@ -462,8 +479,7 @@ def segment_samples(config: TrainConfig) -> int:
 
 def model_kwargs(config: TrainConfig) -> dict[str, Any]:
     """Constructor kwargs: ``model.kwargs`` + sources, channels, samplerate from ``dset``
-    (channels as ``stereo`` for a class that takes that instead, and ``num_stems``, when
-    given, as the number of sources).
+    (:func:`_channel_kwargs`; ``num_stems``, when given, as the number of sources).
 
     Unless ``model.kwargs`` sets it, the model's default inference chunk comes from the training
     segment: ``segment_length`` (samples, v2 classes) or ``segment`` (seconds, Demucs 3/4) is
@@ -482,13 +498,29 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
     else:
         kwargs.setdefault("segment_length", 4 * samples)
     kwargs.update(sources=list(config.dset.sources), samplerate=config.dset.samplerate)
-    if "stereo" in params and "audio_channels" not in params:  # the RoFormers
-        kwargs["stereo"] = config.dset.channels == 2
-    else:
-        kwargs["audio_channels"] = config.dset.channels
+    kwargs.update(_channel_kwargs(config, params))
     if kwargs.get("num_stems") is not None:  # MSST's repetition of the stem count
         kwargs["num_stems"] = len(config.dset.sources)
     return kwargs
+
+
+def _channel_kwargs(config: TrainConfig, params: set[str]) -> dict[str, Any]:
+    """``audio_channels`` from ``dset.channels``, or MSST RoFormers' ``stereo`` switch (C = 2
+    when true, else 1; any other C is a config error). A Mel-Band RoFormer's ``sample_rate``
+    (its mel filter bank) also follows ``dset.samplerate``."""
+    channels = config.dset.channels
+    out: dict[str, Any] = {}
+    if "audio_channels" not in params and "stereo" in params:
+        _require(
+            channels in (1, 2),
+            f"{config.model.arch} handles mono or stereo audio, not dset.channels={channels}",
+        )
+        out["stereo"] = channels == 2
+    else:
+        out["audio_channels"] = channels
+    if "sample_rate" in params:
+        out["sample_rate"] = config.dset.samplerate
+    return out
 
 
 def _constructor_params(arch: str) -> set[str]:

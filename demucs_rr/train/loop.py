@@ -373,7 +373,8 @@ def _valid_options(config: TrainConfig) -> ValidOptions:
         batch_size=val.batch_size,
     )
     max_samples = round(val.max_seconds * rate) if val.max_seconds else None
-    return ValidOptions(list(config.dset.sources), apply, config.loss.kind, max_samples)
+    kind = "mse" if config.loss.kind == "masked_mse" else config.loss.kind  # no batch to mask
+    return ValidOptions(list(config.dset.sources), apply, kind, max_samples)
 
 
 def _end_epoch(

@@ -17,7 +17,7 @@ from demucs_rr.models.registry import build_model
 from demucs_rr.train.augment import AugmentPipeline, build_augment
 from demucs_rr.train.config import TrainConfig, model_kwargs
 from demucs_rr.train.ema import EMA
-from demucs_rr.train.losses import SourceLoss
+from demucs_rr.train.losses import MultiStft, SourceLoss
 
 __all__ = ["TrainState", "amp_dtype", "build_state", "make_model", "make_scheduler"]
 
@@ -148,6 +148,28 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def make_criterion(config: TrainConfig) -> SourceLoss:
+    """The loss of ``config.loss``: waveform term, source weights, optional multi-STFT term."""
+    loss = config.loss
+    multi_stft = None
+    if loss.multi_stft_weight > 0:
+        multi_stft = MultiStft(
+            weight=loss.multi_stft_weight,
+            windows=tuple(loss.multi_stft_windows),
+            hop=loss.multi_stft_hop,
+            min_n_fft=loss.multi_stft_min_n_fft,
+            normalized=loss.multi_stft_normalized,
+        )
+    return SourceLoss(
+        config.dset.sources,
+        loss.kind,
+        loss.weights,
+        quantile=loss.quantile,
+        coarse=loss.coarse,
+        multi_stft=multi_stft,
+    )
+
+
 def build_state(
     config: TrainConfig, model: PackagedModel, dist: Group, steps_per_epoch: int
 ) -> TrainState:
@@ -174,7 +196,7 @@ def build_state(
         net=dist.wrap(as_module(model)),
         optimizer=optimizer,
         augment=augment,
-        criterion=SourceLoss(config.dset.sources, config.loss.kind, config.loss.weights),
+        criterion=make_criterion(config),
         dist=dist,
         seed=config.seed,
         scheduler=make_scheduler(

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Whole process, demucs_rr against MSST: fp32 time, bf16 time and bf16 accuracy (CPU).
+
+For each config (bundled MSST configs in ``demucs_rr/hub/msst/``; default: SCNet large, then
+viperx BS-RoFormer ep_317), full-size structure with seeded random weights (see
+``tools/msst_whole.py``), ``--seconds`` of a real song, the same thread count on both sides,
+one after the other in each round:
+
+1. ``python -m demucs_rr separate`` fp32;
+2. ``python -m demucs_rr separate --precision bf16``;
+3. MSST ``inference.py`` (fp32: MSST has no other precision on the CPU).
+
+Reported: wall and CPU seconds of each process, ours / MSST (targets: fp32 <= 0.8x, bf16 <=
+0.4x MSST fp32), max |ours fp32 - MSST| / max |MSST| per stem (fixture tolerance 1e-5 when both
+chunk alike), and the SNR of every bf16 stem against our fp32 stem (target >= 40 dB). Each row
+records the ``uptime`` lines around each run and the demucs_rr commit (the engine that ran:
+its chunking rule decides how many chunk forwards our side makes).
+
+    python3 tools/bench_msst_whole.py --msst /path/to/MSST --msst-python VENV/bin/python \\
+        --seconds 60 --threads 2 --work /tmp/msst-whole --out tools/results/bench_msst_whole.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from bench_separate import write_report
+from msst_whole import (
+    MODEL_TYPES,
+    REPO,
+    SONG,
+    compare,
+    git_head,
+    make_checkpoint,
+    measure,
+    msst_command,
+    ours_command,
+    read_stems,
+    snr_db,
+    write_config,
+    write_song,
+)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--msst", type=Path, required=True, help="MSST checkout (commit ccc011a)")
+    p.add_argument("--msst-python", required=True, help="Python with MSST's requirements")
+    p.add_argument("--configs", nargs="+", choices=sorted(MODEL_TYPES),
+                   default=["msst_scnet_large_musdb18", "viperx_bs_roformer_ep_317"])  # fmt: skip
+    p.add_argument("--song", type=Path, default=SONG)
+    p.add_argument("--offset", type=float, default=30.0, help="seconds into the song")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-bf16", action="store_true", help="skip our bf16 run")
+    p.add_argument("--work", type=Path, required=True, help="scratch folder (outside the repo)")
+    p.add_argument("--out", type=Path, default=REPO / "tools/results/bench_msst_whole.md")
+    p.add_argument("--merge", action="store_true", help="keep the other configs' rows of --out")
+    return p.parse_args()
+
+
+def bench_config(args: argparse.Namespace, name: str, song: Path) -> dict[str, Any]:
+    """All rounds of one config; the measured runs and the output checks."""
+    work = args.work / name
+    model_type, _ = write_config(name, {}, work / "model.yaml")
+    ckpt = work / "model.ckpt"
+    params = make_checkpoint(
+        args.msst_python, args.msst, model_type, work / "model.yaml", args.seed, ckpt
+    )
+    runs: dict[str, list[dict[str, Any]]] = {"msst": [], "ours_fp32": [], "ours_bf16": []}
+    sides = ["ours_fp32"] + ([] if args.no_bf16 else ["ours_bf16"]) + ["msst"]
+    for _ in range(args.rounds):
+        for side in sides:
+            out = work / f"out_{side}"
+            if side == "msst":
+                cmd = msst_command(
+                    args.msst_python, args.msst, model_type, work / "model.yaml", ckpt,
+                    song.parent, out,
+                )  # fmt: skip
+                cwd = args.msst
+            else:
+                precision = side.split("_")[1]
+                cmd = ours_command(work / "model.yaml", ckpt, song, out, args.threads, precision)
+                cwd = REPO
+            run = measure(side, cmd, args.threads, work / f"{side}.log", cwd)
+            runs[side].append(run.__dict__)
+            if run.returncode != 0:
+                raise SystemExit(f"{name}: {side} failed (log: {work / f'{side}.log'})")
+    msst, ours = read_stems(work / "out_msst"), read_stems(work / "out_ours_fp32")
+    row: dict[str, Any] = {
+        "config": name, "params": params, "seconds": args.seconds, "threads": args.threads,
+        "runs": runs, "err_vs_msst": compare(ours, msst), "engine": git_head(),
+    }  # fmt: skip
+    if not args.no_bf16:
+        row["bf16_snr_db"] = snr_db(read_stems(work / "out_ours_bf16"), ours)
+    return row
+
+
+def _best(row: dict[str, Any], side: str, key: str) -> float | None:
+    values = [r[key] for r in row["runs"].get(side, [])]
+    return min(values) if values else None
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: best-of-rounds wall (CPU) seconds and ratios, checks, load."""
+    lines = [
+        "| config | audio (s) | threads | MSST fp32 s (CPU) | ours fp32 s (CPU) | fp32 ratio "
+        "wall (CPU) | ours bf16 s (CPU) | bf16 / MSST fp32 wall (CPU) | max err vs MSST | bf16 SNR "
+        "per stem (dB) | load before MSST run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        m_w, m_c = _best(row, "msst", "wall_s"), _best(row, "msst", "cpu_s")
+        o_w, o_c = _best(row, "ours_fp32", "wall_s"), _best(row, "ours_fp32", "cpu_s")
+        b_w, b_c = _best(row, "ours_bf16", "wall_s"), _best(row, "ours_bf16", "cpu_s")
+        assert m_w and m_c and o_w and o_c
+        bf16 = f"{b_w:.1f} ({b_c:.1f})" if b_w and b_c else "-"
+        bf16_ratio = f"{b_w / m_w:.2f}x ({b_c / m_c:.2f}x)" if b_w and b_c else "-"
+        err = max(row["err_vs_msst"].values()) if row["err_vs_msst"] else float("nan")
+        snr = ", ".join(f"{k} {v:.1f}" for k, v in row.get("bf16_snr_db", {}).items()) or "-"
+        load = row["runs"]["msst"][0]["load_before"].split("load average:")[-1].strip()
+        lines.append(
+            f"| {row['config']} | {row['seconds']:g} | {row['threads']} | {m_w:.1f} ({m_c:.1f}) "
+            f"| {o_w:.1f} ({o_c:.1f}) | {o_w / m_w:.2f}x ({o_c / m_c:.2f}x) | {bf16} "
+            f"| {bf16_ratio} | {err:.1e} | {snr} | {load} |"
+        )
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+    args.work = args.work.resolve()
+    song = write_song(args.song, args.offset, args.seconds, args.work / "input" / "song.wav")
+    rows = []
+    if args.merge and args.out.with_suffix(".json").exists():
+        rows = [r for r in json.loads(args.out.with_suffix(".json").read_text())["rows"]
+                if r["config"] not in args.configs]  # fmt: skip
+    for name in args.configs:
+        rows.append(bench_config(args, name, song))
+        report(args, rows)
+
+
+def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    lines = [
+        "# Whole process on the CPU: `python -m demucs_rr separate` vs MSST `inference.py`",
+        "",
+        "Full-size released structures with seeded random weights (MSST's class built after "
+        "`torch.manual_seed(0)`, saved as a `.ckpt`, loaded by both), a float WAV excerpt of "
+        f"{args.song.name} (from {args.offset:g} s), same thread count (`--threads` and "
+        "OMP/MKL threads). Seconds: best round, wall with the process's CPU seconds (all "
+        "threads) in brackets. Max err: max |ours fp32 - MSST| / max |MSST| over stems. "
+        "The `engine` field of the JSON names the demucs_rr commit that ran.",
+        "",
+        *table(rows),
+        "",
+        "Command: `python3 tools/bench_msst_whole.py --msst MSST --msst-python PY "
+        "--configs CONFIG --seconds S --threads N --work DIR --merge` (the `uptime` lines "
+        "before and after each run, CPU seconds and peak RSS are in the JSON). Median wall "
+        "of MSST runs per config: "
+        + ", ".join(
+            f"{r['config']} {median(x['wall_s'] for x in r['runs']['msst']):.1f} s" for r in rows
+        ),
+    ]
+    write_report(args.out, lines, {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()
