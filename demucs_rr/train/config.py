@@ -507,7 +507,8 @@ def model_kwargs(config: TrainConfig) -> dict[str, Any]:
 def _channel_kwargs(config: TrainConfig, params: set[str]) -> dict[str, Any]:
     """``audio_channels`` from ``dset.channels``, or MSST RoFormers' ``stereo`` switch (C = 2
     when true, else 1; any other C is a config error). A Mel-Band RoFormer's ``sample_rate``
-    (its mel filter bank) also follows ``dset.samplerate``."""
+    (its mel filter bank) also follows ``dset.samplerate`` unless ``model.kwargs`` sets it (a
+    fine-tuned base keeps its bands)."""
     channels = config.dset.channels
     out: dict[str, Any] = {}
     if "audio_channels" not in params and "stereo" in params:
@@ -518,8 +519,8 @@ def _channel_kwargs(config: TrainConfig, params: set[str]) -> dict[str, Any]:
         out["stereo"] = channels == 2
     else:
         out["audio_channels"] = channels
-    if "sample_rate" in params:
-        out["sample_rate"] = config.dset.samplerate
+    if "sample_rate" in params and "sample_rate" not in config.model.kwargs:  # init= keeps its
+        out["sample_rate"] = config.dset.samplerate  # base's bands
     return out
 
 
