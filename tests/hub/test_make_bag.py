@@ -101,11 +101,11 @@ def test_members_must_be_single_and_agree(
     assert main(["models", "bag", str(bag), *map(str, members[:2])]) == 0
     assert main(["models", "bag", str(tmp_path / "x.safetensors"), str(bag), str(members[0])]) == 2
     assert "is a bag of 2 models: a member of a bag must be one model" in capsys.readouterr().err
-    other = save_package(_tiny(9, ["vocals", "accompaniment"]), tmp_path / "two.safetensors")
+    other = save_package(_tiny(9, ["piano", "guitar"]), tmp_path / "two.safetensors")
     assert (
         main(["models", "bag", str(tmp_path / "y.safetensors"), str(members[0]), str(other)]) == 2
     )
-    assert "has sources ['vocals', 'accompaniment']" in capsys.readouterr().err
+    assert "has stems piano, guitar, none of the first member's" in capsys.readouterr().err
     assert main(["models", "bag", str(tmp_path / "z.pt"), str(members[0])]) == 2
     assert "must be a .safetensors file" in capsys.readouterr().err
 

@@ -66,7 +66,7 @@ def _hidden(folder: Path) -> list[Path]:
 def test_sigkill_while_writing_then_next_run_cleans_up(tmp_path: Path) -> None:
     package = save_package(FractionModel(SOURCES, crop=3), tmp_path / "frac.safetensors")
     song = tmp_path / "song.wav"
-    mix = _song(song, 10)
+    mix = _song(song, 60)
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "demucs_rr", "separate", "-q", str(song), "-n", str(package)]
     argv += ["-o", str(out), "--threads", "1"]
@@ -77,7 +77,8 @@ def test_sigkill_while_writing_then_next_run_cleans_up(tmp_path: Path) -> None:
         assert proc.poll() is None, "the run ended before writing stems"
         assert time.monotonic() < deadline, "no staged stem appeared"
         time.sleep(0.02)
-    time.sleep(0.2)
+    time.sleep(0.05)  # 12000 chunks of a 60 s song: far from done
+    assert proc.poll() is None, "the run ended before it could be killed while writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     left = _hidden(out)
