@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from demucs_rr.errors import ConfigError
+from demucs_rr.hub.msst import read_msst_config as read_config
 from demucs_rr.hub.msst_roformer import roformer_kwargs
 from demucs_rr.models.bs_roformer import BSRoformer
 from demucs_rr.models.mel_band_roformer import MelBandRoformer
@@ -26,21 +26,6 @@ CASES = ["bs_roformer_4stem", "bs_roformer_vocals", "mel_band_roformer_4stem",
          "mel_band_roformer_vocals"]  # fmt: skip
 RELEASED = ["viperx_bs_roformer_ep_317", "viperx_bs_roformer_ep_937",
             "viperx_mel_band_roformer_ep_3005", "kj_mel_band_roformer_vocals"]  # fmt: skip
-
-
-class _MsstLoader(yaml.SafeLoader):
-    """Safe YAML loader that also reads MSST's ``!!python/tuple`` (as a list)."""
-
-
-_MsstLoader.add_constructor(
-    "tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node)
-)
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    with path.open() as file:
-        config: dict[str, Any] = yaml.load(file, Loader=_MsstLoader)
-    return config
 
 
 @pytest.fixture(scope="session")

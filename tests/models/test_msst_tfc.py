@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from demucs_rr.errors import ConfigError
+from demucs_rr.hub.msst import read_msst_config as read_config
 from demucs_rr.hub.msst_tfc import tfc_kwargs
 from demucs_rr.models.mdx23c import MDX23C
 from demucs_rr.models.mdx23c_layers import activate_, make_act
@@ -26,21 +26,6 @@ HUB = Path(__file__).resolve().parents[2] / "demucs_rr" / "hub" / "msst"
 CASES = ["scnet_4stem", "mdx23c_4stem"]
 RELEASED = ["msst_scnet_musdb18", "msst_scnet_large_musdb18", "msst_mdx23c_musdb18",
             "msst_mdx23c_vocals"]  # fmt: skip
-
-
-class _MsstLoader(yaml.SafeLoader):
-    """Safe YAML loader that also reads MSST's ``!!python/tuple`` (as a list)."""
-
-
-_MsstLoader.add_constructor(
-    "tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node)
-)
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    with path.open() as file:
-        config: dict[str, Any] = yaml.load(file, Loader=_MsstLoader)
-    return config
 
 
 @pytest.fixture(scope="session")
