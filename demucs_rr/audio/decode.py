@@ -85,34 +85,51 @@ class WavFormat:
     Attributes:
         tag: format tag (1 PCM, 3 IEEE float; the sub-format's tag for WAVE_FORMAT_EXTENSIBLE).
         channels: channel count.
+        rate: sample rate in Hz.
         block_align: bytes per frame.
         bits: bits per sample (the container size for WAVE_FORMAT_EXTENSIBLE).
     """
 
     tag: int
     channels: int
+    rate: int
     block_align: int
     bits: int
+
+
+@dataclass(frozen=True)
+class WavHeader:
+    """What :func:`read_wav_header` found before the data chunk.
+
+    Attributes:
+        fmt: the fmt chunk; None when missing before the data chunk or too short.
+        size: the data chunk's declared size in bytes; None when missing or unknown (a
+            streamed wav's 0xFFFFFFFF).
+        offset: byte offset of the first sample; None without a data chunk.
+    """
+
+    fmt: WavFormat | None
+    size: int | None
+    offset: int | None
 
 
 def _parse_fmt(body: bytes) -> WavFormat | None:
     """A fmt chunk's body as a :class:`WavFormat`; None when too short to hold one."""
     if len(body) < 16:
         return None
-    tag, channels, _, _, block_align, bits = struct.unpack_from("<HHIIHH", body)
+    tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", body)
     if tag == _EXTENSIBLE and len(body) >= 26:
         tag = struct.unpack_from("<H", body, 24)[0]  # first two bytes of the sub-format GUID
-    return WavFormat(tag, channels, block_align, bits)
+    return WavFormat(tag, channels, rate, block_align, bits)
 
 
-def read_wav_header(path: Path) -> tuple[WavFormat | None, int | None] | None:
-    """The fmt chunk and declared data size (bytes) of a RIFF/RF64 WAVE file.
+def read_wav_header(path: Path) -> WavHeader | None:
+    """The fmt chunk, declared data size and data offset of a RIFF/RF64 WAVE file.
 
     Only chunk headers are read (seeking over bodies), at most ``_MAX_CHUNKS`` of them.
 
     Returns:
-        None when the file is not a RIFF/RF64 WAVE file; else ``(fmt, size)``, either of which
-        is None when missing (size also when unknown: a streamed wav's 0xFFFFFFFF).
+        None when the file is not a RIFF/RF64 WAVE file, else its :class:`WavHeader`.
     """
     with open(path, "rb") as f:
         head = f.read(12)
@@ -133,9 +150,9 @@ def read_wav_header(path: Path) -> tuple[WavFormat | None, int | None] | None:
             elif name == b"fmt ":
                 fmt = _parse_fmt(f.read(min(size, 40)))
             elif name == b"data":
-                return fmt, (ds64 if size == _UNKNOWN_SIZE else size)
+                return WavHeader(fmt, ds64 if size == _UNKNOWN_SIZE else size, pos + 8)
             pos += 8 + size + (size & 1)
-        return fmt, None
+        return WavHeader(fmt, None, None)
 
 
 def check_wav(path: Path) -> int | None:
@@ -155,7 +172,7 @@ def check_wav(path: Path) -> int | None:
         return None  # soundfile will report the file it cannot open
     if header is None:
         return None
-    fmt, size = header
+    fmt, size = header.fmt, header.size
     if fmt is None or fmt.tag not in _BITS:
         return None
     allowed = _BITS[fmt.tag]

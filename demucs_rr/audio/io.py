@@ -22,6 +22,7 @@ import torch
 from demucs_rr.audio.decode import BLOCK, DecodeReport, backend_message, open_soundfile
 from demucs_rr.audio.dsp import convert_audio
 from demucs_rr.audio.ffmpeg import BackendError, ffmpeg_available, probe, read_ffmpeg
+from demucs_rr.audio.pcm import open_plain_wav, read_plain_wav
 from demucs_rr.audio.write import WriteOptions, prepare_for_write, write_audio
 from demucs_rr.errors import AudioIOError
 
@@ -144,7 +145,9 @@ def probe_seconds(path: str | Path) -> float | None:
 def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     """Decode an audio file at its native sample rate and channel count.
 
-    soundfile (wav, flac, ogg, mp3, aiff, ...) is tried first; whatever it rejects goes to an
+    A complete 16/24/32-bit PCM or 32-bit float wav is read directly
+    (:mod:`demucs_rr.audio.pcm`, the samples soundfile gives). Otherwise soundfile (wav, flac,
+    ogg, mp3, aiff, ...) is tried first; whatever it rejects goes to an
     ffmpeg subprocess (first audio stream, ``-f f32le``) when ffmpeg and ffprobe are on PATH.
     A wav whose fmt chunk libsndfile would misread (bits per sample other than 8/16/24/32, or
     32/64 for float) is refused. A file that decodes to clearly less than its header declares
@@ -165,6 +168,9 @@ def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     """
     path = Path(path)
     _check_input_file(path)
+    plain = open_plain_wav(path)
+    if plain is not None:  # the common case, read directly (same samples)
+        return torch.from_numpy(read_plain_wav(plain)), plain.rate
     data, samplerate, report = _decode(path)
     if not np.isfinite(data).all():
         raise AudioIOError(f"cannot read {path}: the audio contains NaN or infinite samples")

@@ -35,11 +35,12 @@ import torch
 
 from demucs_rr.audio import AUDIO_EXTENSIONS, read_audio
 from demucs_rr.audio.decode import open_soundfile
+from demucs_rr.audio.pcm import open_plain_wav, read_plain_wav
 from demucs_rr.errors import AudioIOError, ConfigError
 from demucs_rr.runtime import cache_dir
 from demucs_rr.staging import atomic_write
 
-__all__ = ["CACHE_NAME", "Track", "load_track", "read_frames", "scan_tracks"]
+__all__ = ["CACHE_NAME", "Track", "load_track", "read_frames", "read_stems", "scan_tracks"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +82,18 @@ class Track:
 def read_frames(path: Path, start: int = 0, frames: int = -1) -> torch.Tensor:
     """Read ``frames`` samples from ``start`` (all remaining when -1) as float32 (C, T).
 
-    The checked reader of every command (:func:`demucs_rr.audio.decode.open_soundfile`: wav
-    header checks, decoder messages captured) seeks and reads only the requested frames; files
+    A plain wav is read directly (:mod:`demucs_rr.audio.pcm`); other files through the checked
+    reader of every command (:func:`demucs_rr.audio.decode.open_soundfile`: wav header checks,
+    decoder messages captured), which seeks and reads only the requested frames; files
     soundfile cannot open (m4a, ...) are decoded whole with :func:`read_audio` and sliced.
     Reading past the end returns fewer frames.
 
     Raises:
         AudioIOError: the file cannot be read, or holds NaN or infinite samples.
     """
+    plain = open_plain_wav(path)
+    if plain is not None:  # the common case, read directly (same samples)
+        return torch.from_numpy(read_plain_wav(plain, start, frames))
     source = open_soundfile(path)
     if isinstance(source, str):  # not for libsndfile: the ffmpeg reader decodes it whole
         wav, _ = read_audio(path)
@@ -387,7 +392,35 @@ def load_track(track: Track, sources: Sequence[str]) -> tuple[torch.Tensor, torc
         raise ConfigError(
             f"track {track.name!r} has no stem {missing[0]!r} (it has {', '.join(track.stems)})"
         )
-    stems = torch.stack([read_frames(track.stems[name])[:, : track.length] for name in sources])
+    stems = read_stems(track, [track.stems[name] for name in sources])
     if track.mixture is None:
         return stems.sum(dim=0), stems
-    return read_frames(track.mixture)[:, : track.length], stems
+    return read_stems(track, [track.mixture])[0], stems
+
+
+def read_stems(track: Track, files: Sequence[Path]) -> torch.Tensor:
+    """The first ``track.length`` frames of each of ``files`` (files of ``track``), stacked.
+
+    Plain wavs are read straight into their place (no per-file copy to stack).
+
+    Returns:
+        (S, C, T) float32 with S = len(files), C = track.channels, T = track.length.
+
+    Raises:
+        AudioIOError: a file cannot be read, or no longer holds the scanned frames or channels.
+    """
+    out = torch.empty((len(files), track.channels, track.length), dtype=torch.float32)
+    for slot, path in zip(out, files, strict=True):
+        plain = open_plain_wav(path)
+        if plain is not None and plain.channels == track.channels and plain.frames >= track.length:
+            read_plain_wav(plain, 0, track.length, out=slot.numpy())
+            continue
+        wav = read_frames(path, 0, track.length)
+        if wav.shape != slot.shape:
+            raise AudioIOError(
+                f"cannot read {path}: it changed since its track was scanned ({wav.shape[0]} "
+                f"channel(s) of {wav.shape[-1]} frames, not {track.channels} of {track.length}); "
+                "run again to rescan"
+            )
+        slot.copy_(wav)
+    return out

@@ -95,31 +95,42 @@ class EstimateFolder:
             ConfigError: a missing folder or stem (see :meth:`stem_files`).
             AudioIOError: a file cannot be decoded or converted.
         """
-        from demucs_rr.audio import convert_audio, read_audio
-        from demucs_rr.audio.io import check_resampling
-
-        waves, notes = [], []
-        for stem, path in self.stem_files(track.name).items():
-            wav, rate = read_audio(path)
-            check_resampling(path, rate, track.samplerate)
-            try:
-                wav = convert_audio(wav, rate, track.samplerate, track.channels)
-            except AudioIOError as err:
-                raise AudioIOError(f"cannot use {path}: {err}") from None
-            if wav.shape[-1] != track.length:
-                fix = "zero-padded" if wav.shape[-1] < track.length else "cut"
+        out = torch.empty((len(self.targets), track.channels, track.length))
+        notes = []
+        for slot, (stem, path) in zip(out, self.stem_files(track.name).items(), strict=True):
+            frames = _read_into(path, track, slot)
+            if frames != track.length:
+                fix = "zero-padded" if frames < track.length else "cut"
                 notes.append(
-                    f"{stem} has {wav.shape[-1]} samples at {track.samplerate} Hz, the "
+                    f"{stem} has {frames} samples at {track.samplerate} Hz, the "
                     f"reference {track.length}: {fix} to its length"
                 )
-            waves.append(_fit(wav, track.length))
-        return torch.stack(waves), notes
+        return out, notes
 
 
-def _fit(wav: torch.Tensor, length: int) -> torch.Tensor:
-    if wav.shape[-1] >= length:
-        return wav[:, :length]
-    return torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))
+def _read_into(path: Path, track: Track, slot: torch.Tensor) -> int:
+    """Fill ``slot`` (C, T) with ``path`` at the track's rate and channel count, cut or
+    zero-padded to its length; returns the converted file's frame count."""
+    from demucs_rr.audio import convert_audio, read_audio
+    from demucs_rr.audio.io import check_resampling
+    from demucs_rr.audio.pcm import open_plain_wav, read_plain_wav
+
+    plain = open_plain_wav(path)
+    if plain is not None and (plain.rate, plain.channels) == (track.samplerate, track.channels):
+        kept = min(plain.frames, track.length)  # read straight into place
+        read_plain_wav(plain, 0, kept, out=slot[:, :kept].numpy())
+        slot[:, kept:].zero_()
+        return plain.frames
+    wav, rate = read_audio(path)
+    check_resampling(path, rate, track.samplerate)
+    try:
+        wav = convert_audio(wav, rate, track.samplerate, track.channels)
+    except AudioIOError as err:
+        raise AudioIOError(f"cannot use {path}: {err}") from None
+    kept = min(wav.shape[-1], track.length)
+    slot[:, :kept] = wav[:, :kept]
+    slot[:, kept:].zero_()
+    return wav.shape[-1]
 
 
 def _base(root: Path, trackset: TrackSet) -> Path:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from demucs_rr.data.tracks import Track, load_track, read_frames
+from demucs_rr.data.tracks import Track, load_track, read_stems
 from demucs_rr.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class FolderProducer:
             raise ConfigError(f"the reference track has no stem {', '.join(missing)}")
         start = time.perf_counter()
         ests, notes = self.folder.load(track)
-        refs = torch.stack([read_frames(track.stems[t])[:, : track.length] for t in targets])
+        refs = read_stems(track, [track.stems[t] for t in targets])
         extra = {
             "estimate_files": self.folder.signature(track.name),
             "seconds_decode": round(time.perf_counter() - start, 3),
