@@ -19,7 +19,7 @@ from demucs_rr.data.musdb import musdb_tracks, validation_tracks
 from demucs_rr.data.repitch import draw_repitch, repitch, soundstretch_available
 from demucs_rr.data.tracks import CACHE_NAME, load_track, scan_tracks
 from demucs_rr.data.trackset import open_tracks
-from demucs_rr.errors import ConfigError
+from demucs_rr.errors import AudioIOError, ConfigError
 from demucs_rr.sources import MUSDB_SOURCES
 
 RATE = 8000
@@ -92,6 +92,25 @@ def test_scan_metadata_values(tmp_path: Path) -> None:
     np.testing.assert_array_equal(mix.numpy(), b["bass"])
     with pytest.raises(ConfigError, match="no stem 'vocals'"):
         load_track(first, ["vocals"])
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_load_track_refuses_a_stem_changed_since_the_scan(tmp_path: Path, suffix: str) -> None:
+    """A stem rewritten shorter after the scan is one line naming it, whichever reader reads
+    it (direct wav reader, soundfile)."""
+    folder = tmp_path / "set" / "Song"
+    rng = np.random.default_rng(0)
+    for name in STEMS:
+        soundfile.write(_path(folder, name, suffix), 0.1 * rng.standard_normal((1000, 2)), RATE)
+    (track,) = scan_tracks(tmp_path / "set", STEMS, mixture=None)
+    soundfile.write(_path(folder, "bass", suffix), np.zeros((600, 2)), RATE)
+    with pytest.raises(AudioIOError, match=r"bass\.\w+: it changed since its track was scanned"):
+        load_track(track, STEMS)
+
+
+def _path(folder: Path, name: str, suffix: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}{suffix}"
 
 
 def _forbid_reads(monkeypatch: pytest.MonkeyPatch) -> None:
