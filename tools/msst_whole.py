@@ -70,14 +70,17 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def write_config(name: str, changes: dict[str, Any], out: Path) -> tuple[str, dict[str, Any]]:
-    """The bundled config ``name`` with ``model:`` keys changed and ``training.model_type``
-    set, written to ``out``; returns (model type, config)."""
+def write_config(
+    name: str, changes: dict[str, Any], out: Path, inference: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The bundled config ``name`` with ``model:`` keys and ``inference:`` keys changed and
+    ``training.model_type`` set, written to ``out``; returns (model type, config)."""
     model_type = MODEL_TYPES[name]
     config = yaml.load((HUB / f"{name}.yaml").read_text(), Loader=_Loader)
     for key, value in changes.items():  # a new key is passed to MSST's constructor as is
         old = config["model"].get(key)
         config["model"][key] = tuple(value) if isinstance(old, tuple) else value
+    config.setdefault("inference", {}).update(inference or {})
     config["training"]["model_type"] = model_type
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.dump(config, Dumper=_Dumper, sort_keys=False))
