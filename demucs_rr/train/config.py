@@ -1,8 +1,9 @@
 """Training configuration: ``conf/`` YAML + ``key=value`` overrides -> frozen dataclasses.
 
-The YAML tree is merged into a structured OmegaConf schema built from the dataclasses below, so
-an unknown key (in a file or on the command line) or a value of the wrong type is a one-line
-:class:`~demucs_rr.errors.ConfigError` before anything runs. Composition, in order:
+The YAML tree is merged into a structured OmegaConf schema built from the dataclasses of
+:mod:`demucs_rr.train.schema`, so an unknown key (in a file or on the command line) or a value
+of the wrong type is a one-line :class:`~demucs_rr.errors.ConfigError` before anything runs.
+Composition, in order:
 
 1. ``conf/config.yaml`` (its ``defaults`` block names the model and dataset presets);
 2. ``conf/model/<model>.yaml`` under ``model`` and ``conf/dset/<dset>.yaml`` under ``dset``;
@@ -22,9 +23,9 @@ import inspect
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, OmegaConf, read_write
@@ -32,10 +33,11 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from demucs_rr.errors import ConfigError, one_line
 from demucs_rr.runtime import check_device
-from demucs_rr.sources import MUSDB_SOURCES
+from demucs_rr.train.schema import BaseRecord, TrainConfig
 
 __all__ = [
     "GROUPS",
+    "BaseRecord",
     "TrainConfig",
     "config_to_dict",
     "config_to_yaml",
@@ -47,158 +49,6 @@ __all__ = [
 
 GROUPS = ("model", "dset")
 """Config groups whose value on the command line (``model=tiny``) selects a preset file."""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Registry class name and constructor kwargs (sources, channels, rate come from dset)."""
-
-    arch: str = "Demucs"
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """Size of the generated dataset (``dset.kind=synthetic``)."""
-
-    train_tracks: int = 8
-    valid_tracks: int = 2
-    seconds: float = 8.0
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class DsetConfig:
-    """Where the stems are and what they are (``kind``: musdb | folder | synthetic)."""
-
-    kind: str = "musdb"
-    root: Optional[str] = None  # noqa: UP045  (OmegaConf needs Optional on 3.10)
-    is_wav: bool = True
-    train_split: str = "train"
-    valid_split: str = "valid"
-    sources: list[str] = field(default_factory=lambda: list(MUSDB_SOURCES))
-    samplerate: int = 44100
-    channels: int = 2
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """How training items are cut and loaded."""
-
-    stride: float = 1.0
-    workers: int = 4
-    repitch: float = 0.2
-    max_tempo: float = 12.0
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Batch augmentations of the Demucs v2 recipe; each can be switched off."""
-
-    shift: float = 1.0
-    flip_sign: bool = True
-    flip_channels: bool = True
-    scale: bool = True
-    scale_min: float = 0.25
-    scale_max: float = 1.25
-    remix_group_size: int = 4
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Per-source reconstruction loss (see :mod:`demucs_rr.train.losses`)."""
-
-    kind: str = "l1"
-    weights: Optional[list[float]] = None  # noqa: UP045
-    quantile: float = 0.95
-    coarse: bool = True
-    multi_stft_weight: float = 0.0
-    multi_stft_windows: list[int] = field(default_factory=lambda: [4096, 2048, 1024, 512, 256])
-    multi_stft_hop: int = 147
-    multi_stft_min_n_fft: int = 2048
-    multi_stft_normalized: bool = False
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Adam, schedule, clipping and EMA."""
-
-    lr: float = 3e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    schedule: str = "none"
-    warmup_steps: int = 0
-    clip_grad: float = 0.0
-    ema_decay: float = 0.0
-
-
-@dataclass(frozen=True)
-class ValidConfig:
-    """Validation through the separation engine."""
-
-    every: int = 1
-    split: bool = True
-    segment: Optional[float] = None  # noqa: UP045
-    overlap: Optional[float] = None  # noqa: UP045 (None: the model's own overlap)
-    batch_size: int = 1
-    max_seconds: Optional[float] = None  # noqa: UP045
-    best_on: str = "loss"
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    """Progress display and optional TensorBoard."""
-
-    progress: bool = True
-    tensorboard: bool = False
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    """Low-rank adapters on the linear and 1x1 convolution layers (rank 0: none)."""
-
-    rank: int = 0
-    alpha: Optional[float] = None  # noqa: UP045  (scale alpha / rank; null: alpha = rank)
-
-
-@dataclass(frozen=True)
-class BaseRecord:
-    """What ``init`` resolved to, recorded when a fine-tuning run starts (a ``sha256`` given
-    on the command line pins it: another file is refused)."""
-
-    sha256: Optional[str] = None  # noqa: UP045
-    arch: Optional[str] = None  # noqa: UP045
-    sources: list[str] = field(default_factory=list)
-    member: Optional[str] = None  # noqa: UP045
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The whole resolved training configuration (see ``conf/config.yaml`` for the meanings)."""
-
-    seed: int = 42
-    epochs: int = 180
-    batch_size: int = 64
-    segment: float = 10.0
-    device: str = "auto"
-    amp: str = "auto"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dset: DsetConfig = field(default_factory=DsetConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    valid: ValidConfig = field(default_factory=ValidConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    init: Optional[str] = None  # noqa: UP045
-    init_member: Optional[str] = None  # noqa: UP045
-    init_repo: Optional[str] = None  # noqa: UP045
-    init_new_from: Optional[str] = None  # noqa: UP045
-    freeze: list[str] = field(default_factory=list)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    base: BaseRecord = field(default_factory=BaseRecord)
 
 
 def default_conf_dir() -> Path:
