@@ -11,17 +11,16 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from demucs_rr.hub.package import save_package
 from demucs_rr.hub.releases import OFFICIAL_BAGS
+from tests.helpers.docs_pages import reader_environment, run_lines
 from tests.helpers.models import tiny_htdemucs
 from tests.project.test_docs_training import (
     REPO,
-    _shims,
     _train_args,
     check_run_folders,
     command_lines,
@@ -52,23 +51,11 @@ def _all_argv(block: str) -> list[list[str]]:
 def test_finetune_blocks_run(tmp_path: Path) -> None:
     """Both runnable blocks, in order, in one empty folder, as a user of this checkout would."""
     blocks = training_blocks()
-    env = _shims(tmp_path / "bin")
     work = tmp_path / "work"
     work.mkdir()
     (work / "tools").symlink_to(REPO / "tools")
-    outputs = []
-    for line in command_lines(_quick(blocks["finetune"] + blocks["finetune-per-stem"])):
-        proc = subprocess.run(
-            ["bash", "-c", f"set -eo pipefail; {line}"],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        assert "error:" not in proc.stderr, f"{line}\n{proc.stderr[-2000:]}"
-        outputs.append(proc.stdout)
+    lines = command_lines(_quick(blocks["finetune"] + blocks["finetune-per-stem"]))
+    outputs = run_lines(lines, work, reader_environment(tmp_path / "bin"))
     text = "\n".join(outputs)
     assert "stems kept: drums, bass, other, vocals; added: piano (from other); dropped: -" in text
     assert "LoRA rank 4 on " in text and "freeze matched" in text

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+from tests.helpers.docs_pages import reader_environment, run_lines
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "leaderboard.md"
@@ -93,40 +92,15 @@ def _stand_in(repo: Path) -> None:
         (repo / f"{sig}.safetensors").symlink_to(package.name)
 
 
-def _environment(folder: Path) -> dict[str, str]:
-    """PATH starting with ``demucs-rr`` and ``python`` shims that run this checkout."""
-    folder.mkdir()
-    python = shlex.quote(sys.executable)
-    for name, body in (("demucs-rr", f"{python} -m demucs_rr"), ("python", python)):
-        (folder / name).write_text(f'#!/bin/sh\nexec {body} "$@"\n')
-        (folder / name).chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PATH"] = f"{folder}{os.pathsep}{env.get('PATH', '')}"
-    env["DEMUCS_RR_CACHE"] = str(folder.parent / "cache")
-    env["DEMUCS_RR_REMOTE"] = "x:/"  # nothing is downloaded
-    return env
-
-
 def _run_page(work: Path, env: dict[str, str], repo: Path) -> dict[str, str]:
     """Run every line of the page in ``work``; stdout by line."""
-    outputs = {}
-    for line in page_lines():
-        command = line
+    lines = page_lines()
+    commands = []
+    for line in lines:
         for old, new in SUBSTITUTIONS:
-            command = command.replace(old, new)
-        command = command.replace("-n htdemucs", f"-n htdemucs --repo {shlex.quote(str(repo))}")
-        proc = subprocess.run(
-            ["bash", "-c", f"set -eo pipefail; {command}"],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        assert "Traceback" not in proc.stderr, f"{line}\n{proc.stderr[-2000:]}"
-        outputs[line] = proc.stdout
-    return outputs
+            line = line.replace(old, new)
+        commands.append(line.replace("-n htdemucs", f"-n htdemucs --repo {shlex.quote(str(repo))}"))
+    return dict(zip(lines, run_lines(commands, work, env), strict=True))
 
 
 @pytest.mark.integration
@@ -137,7 +111,8 @@ def test_every_command_of_the_page_runs(tmp_path: Path) -> None:
     _stand_in(tmp_path / "repo")
     results = REPO / "tools" / "results" / "bench_leaderboard.json"
     before = results.stat().st_mtime_ns
-    outputs = _run_page(work, _environment(tmp_path / "bin"), tmp_path / "repo")
+    env = reader_environment(tmp_path / "bin", offline=True)
+    outputs = _run_page(work, env, tmp_path / "repo")
 
     for model in ("htdemucs", "mdx23c"):  # the result files the page names
         out = work / "evaluation" / model / "musdb-hq-test"

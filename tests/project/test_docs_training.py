@@ -12,14 +12,13 @@ The page marks its command blocks with an HTML comment before the fence:
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.docs_pages import reader_environment, run_lines
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "training.md"
@@ -36,14 +35,6 @@ SUBSTITUTIONS = (
 """The only changes made to the runnable block: train 1 epoch, then resume to epoch 2, on one
 thread like the rest of the suite (2 threads on a 2-core box that runs other jobs too can make
 an epoch several times slower)."""
-
-ENTRY_POINTS = {
-    "python3": '{python} "$@"',
-    "demucs-rr": '{python} -m demucs_rr "$@"',
-    "separate": "{python} -c 'import sys; from demucs_rr.__main__ import separate; "
-    'sys.exit(separate())\' "$@"',
-}
-"""Shims so the commands run this checkout with the interpreter running the tests."""
 
 
 def training_blocks() -> dict[str, str]:
@@ -103,23 +94,6 @@ def check_run_folders(block: str) -> None:
                 assert str(Path(model).parent) in made, f"{line!r} loads a package of no run"
 
 
-def _shims(folder: Path) -> dict[str, str]:
-    """Environment whose PATH starts with the entry-point shims in ``folder``."""
-    folder.mkdir()
-    for name, body in ENTRY_POINTS.items():
-        shim = folder / name
-        shim.write_text("#!/bin/sh\nexec " + body.format(python=shlex.quote(sys.executable)) + "\n")
-        shim.chmod(0o755)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["PATH"] = f"{folder}{os.pathsep}{env.get('PATH', '')}"
-    env["DEMUCS_RR_CACHE"] = str(folder.parent / "cache")
-    return env
-
-
 def test_blocks_are_marked_and_chain() -> None:
     blocks = training_blocks()
     for name in ("needs-musdb", "run"):
@@ -161,21 +135,12 @@ def test_runnable_block_runs(tmp_path: Path) -> None:
     block = training_blocks()["run"]
     for old, new in SUBSTITUTIONS:
         block = block.replace(old, new)
-    env = _shims(tmp_path / "bin")
     work = tmp_path / "work"
     work.mkdir()
     (work / "tools").symlink_to(REPO / "tools")
-    for line in command_lines(block):
-        proc = subprocess.run(
-            ["bash", "-c", f"set -eo pipefail; {line}"],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        assert "error:" not in proc.stderr, f"{line}\n{proc.stderr[-2000:]}"
+    lines = command_lines(block)
+    outputs = run_lines(lines, work, reader_environment(tmp_path / "bin"))
+    for line, out in zip(lines, outputs, strict=True):
         if "--resume" in line:  # continued the run rather than starting it over
-            assert "epoch 2/2" in proc.stdout and "epoch 1/2" not in proc.stdout, proc.stdout
+            assert "epoch 2/2" in out and "epoch 1/2" not in out, out
     assert len(list((work / "separated").rglob("*.wav"))) == 4
