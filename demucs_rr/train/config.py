@@ -220,7 +220,7 @@ def _check_choices(config: TrainConfig) -> None:
     choices = {
         "amp": (config.amp, ("auto", "fp32", "bf16", "fp16")),
         "loss.kind": (config.loss.kind, ("l1", "mse", "masked_mse")),
-        "optim.schedule": (config.optim.schedule, ("none", "cosine")),
+        "optim.schedule": (config.optim.schedule, ("none", "cosine", "plateau")),
         "valid.best_on": (config.valid.best_on, ("loss", "nsdr")),
         "dset.kind": (config.dset.kind, ("musdb", "folder", "synthetic")),
     }
@@ -245,6 +245,12 @@ def _check_numbers(config: TrainConfig) -> None:
         (0 <= opt.beta1 < 1 and 0 <= opt.beta2 < 1, "optim.beta1/beta2 must be in [0, 1)"),
         (opt.warmup_steps >= 0 and opt.clip_grad >= 0, "warmup_steps/clip_grad must be >= 0"),
         (0 <= opt.ema_decay < 1, "optim.ema_decay must be in [0, 1) (0 disables EMA)"),
+        (0 < opt.plateau_factor < 1, "optim.plateau_factor must be in (0, 1)"),
+        (opt.plateau_patience >= 0, "optim.plateau_patience must be >= 0"),
+        (
+            opt.schedule != "plateau" or opt.warmup_steps == 0,
+            "optim.schedule=plateau has no warmup: set optim.warmup_steps=0",
+        ),
         (val.every >= 1 and val.batch_size >= 1, "valid.every/batch_size must be >= 1"),
         (val.overlap is None or 0 <= val.overlap < 1, "valid.overlap must be in [0, 1)"),
         (val.segment is None or val.segment > 0, "valid.segment must be > 0 or null"),

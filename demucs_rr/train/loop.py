@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from demucs_rr.data.datasets import StemSegments, split_tracks
@@ -130,7 +131,7 @@ def _backward_and_step(state: TrainState, loss: torch.Tensor) -> float:
         state.scaler.update()
     else:
         state.optimizer.step()
-    if state.scheduler is not None:
+    if state.scheduler is not None and not isinstance(state.scheduler, ReduceLROnPlateau):
         state.scheduler.step()
     return grad_norm
 
@@ -388,7 +389,10 @@ def _end_epoch(
         if "valid_ema" in groups:
             candidates["ema"] = groups["valid_ema"]
         update_best(state, candidates, config.valid.best_on)
+        if isinstance(state.scheduler, ReduceLROnPlateau):
+            state.scheduler.step(groups["valid"]["nsdr"])
     record = {"epoch": state.epoch, "step": state.step, **flatten(groups)}
+    record["lr"] = state.optimizer.param_groups[0]["lr"]
     record["best_epoch"] = state.best["epoch"] if state.best else 0
     record["time"] = time.perf_counter() - started
     return record

@@ -109,6 +109,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     schedule: str = "none"
     warmup_steps: int = 0
+    plateau_factor: float = 0.95
+    plateau_patience: int = 2
     clip_grad: float = 0.0
     ema_decay: float = 0.0
 

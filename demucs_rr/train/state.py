@@ -36,7 +36,8 @@ class TrainState:
         criterion: per-source loss.
         dist: this process's place in the job.
         seed: base seed of the data order and augmentation draws.
-        scheduler: per-step LR schedule, or None.
+        scheduler: per-step LR schedule, MSST's plateau schedule (stepped on each validation's
+            nSDR, see :func:`make_scheduler`), or None.
         scaler: fp16 gradient scaler, or None (fp32 and bf16 need none).
         ema: EMA of the weights, or None.
         amp_dtype: autocast dtype, or None for full precision.
@@ -128,12 +129,25 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    warmup_steps: int,
+    total_steps: int,
+    plateau: tuple[float, int] = (0.95, 2),
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Per-step LR factor: linear warmup, then constant (``none``) or cosine to 0 (``cosine``).
+    """The LR schedule of ``optim.schedule``.
+
+    ``none`` / ``cosine``: a per-step factor, linear warmup then constant or cosine to 0.
+    ``plateau``: MSST's ``ReduceLROnPlateau(mode="max", factor, patience)`` (``plateau``),
+    stepped with the validation nSDR after each validation, never per step.
 
     Returns None when there is neither warmup nor schedule (the v2 recipe).
     """
+    if schedule == "plateau":
+        reduce_by, patience = plateau
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=reduce_by, patience=patience
+        )
     if schedule == "none" and warmup_steps == 0:
         return None
 
@@ -200,8 +214,12 @@ def build_state(
         dist=dist,
         seed=config.seed,
         scheduler=make_scheduler(
-            optimizer, opt.schedule, opt.warmup_steps, config.epochs * steps_per_epoch
-        ),
+            optimizer,
+            opt.schedule,
+            opt.warmup_steps,
+            config.epochs * steps_per_epoch,
+            (opt.plateau_factor, opt.plateau_patience),
+        ),  # fmt: skip
         scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
         ema=EMA(model, opt.ema_decay) if opt.ema_decay > 0 else None,
         amp_dtype=dtype,

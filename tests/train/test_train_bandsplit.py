@@ -143,13 +143,18 @@ def _init_kwargs(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_recipe(config: TrainConfig, msst: dict[str, Any]) -> None:
-    """Batch, optimiser, clipping, EMA and loudness augmentation equal MSST's ``training`` /
-    ``augmentations`` sections."""
+    """Batch, optimiser, LR schedule, clipping, EMA and loudness augmentation equal MSST's
+    ``training`` / ``augmentations`` sections."""
     training, aug = msst["training"], msst["augmentations"]
     assert training["optimizer"] == "adam" and training["gradient_accumulation_steps"] == 1
     assert config.batch_size == training["batch_size"]
     assert config.optim.lr == training["lr"] and config.optim.clip_grad == training["grad_clip"]
     assert config.optim.ema_decay == training["ema_momentum"]
+    assert config.optim.schedule == "plateau"  # MSST's ReduceLROnPlateau, mode max
+    assert (config.optim.plateau_factor, config.optim.plateau_patience) == (
+        training["reduce_factor"],
+        training["patience"],
+    )
     assert (config.augment.scale_min, config.augment.scale_max) == (
         aug["loudness_min"],
         aug["loudness_max"],
