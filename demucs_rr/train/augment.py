@@ -29,6 +29,7 @@ __all__ = [
     "Remix",
     "Scale",
     "Shift",
+    "StemMixup",
     "step_generator",
 ]
 
@@ -188,11 +189,7 @@ class Remix(nn.Module):
             return wav
         batch, sources = wav.shape[:2]
         size = self.group_size
-        if rows.total % size or batch % size or rows.start % size:
-            raise ValueError(
-                f"Remix(group_size={size}) needs global batch ({rows.total}), local "
-                f"batch ({batch}) and its start ({rows.start}) divisible by {size}"
-            )
+        _check_groups("Remix", size, rows, batch)
         noise = torch.rand((rows.total // size, size, sources), generator=generator)
         perm = noise.argsort(dim=1)[rows.start // size : (rows.start + batch) // size]
         perm = perm.to(wav.device)  # (B/g, g, S)
@@ -200,6 +197,60 @@ class Remix(nn.Module):
         group_idx = torch.arange(batch // size, device=wav.device)[:, None, None]
         source_idx = torch.arange(sources, device=wav.device)[None, None, :]
         return groups[group_idx, perm, source_idx].reshape(wav.shape)
+
+
+def _check_groups(name: str, size: int, rows: BatchRows, batch: int) -> None:
+    """Refuse groups of ``size`` items that would cross the local batch (ValueError)."""
+    if rows.total % size or batch % size or rows.start % size:
+        raise ValueError(
+            f"{name}(group_size={size}) needs global batch ({rows.total}), local "
+            f"batch ({batch}) and its start ({rows.start}) divisible by {size}"
+        )
+
+
+class StemMixup(nn.Module):
+    """MSST's same-stem mixup: a stem becomes the mean of itself and, with probability
+    ``probs[k]`` each, the same stem of another item, every part scaled by a gain drawn in
+    ``[low, high)`` (MSST's ``mixup_probs`` and ``mixup_loudness_min/max``).
+
+    MSST draws the extra stems from random tracks; here they are the same stem of a random item
+    of the item's group of ``group_size`` (the :class:`Remix` groups, so ranks stay
+    independent). As in MSST, a stem that gets no partner is still scaled by its gain.
+
+    Args:
+        probs: probability of each extra stem (MSST: 0.2, 0.02).
+        low, high: gain range (MSST: 0.5, 1.5).
+        group_size: items per group g.
+    """
+
+    def __init__(self, probs: list[float], low: float, high: float, group_size: int) -> None:
+        super().__init__()
+        self.probs = [float(p) for p in probs]
+        self.low, self.high = float(low), float(high)
+        self.group_size = max(1, int(group_size))
+
+    def forward(
+        self, wav: torch.Tensor, generator: torch.Generator, rows: BatchRows | None = None
+    ) -> torch.Tensor:
+        """(B, S, C, T) -> (B, S, C, T)."""
+        rows = _rows(wav, rows)
+        if not self.training:
+            return wav
+        batch, sources = wav.shape[:2]
+        size, extra = self.group_size, len(self.probs)
+        _check_groups("StemMixup", size, rows, batch)
+        shape = (rows.total, sources, extra)
+        used = _local(torch.rand(shape, generator=generator) < torch.tensor(self.probs), rows, wav)
+        partner = _local(torch.randint(size, shape, generator=generator), rows, wav)
+        gains = torch.rand((rows.total, sources, extra + 1), generator=generator)
+        gains = _local(self.low + (self.high - self.low) * gains, rows, wav).to(wav.dtype)
+        first = (torch.arange(batch, device=wav.device) // size * size)[:, None]  # (B, 1)
+        stem = torch.arange(sources, device=wav.device)[None, :]  # (1, S)
+        out = wav * gains[..., 0, None, None]
+        for k in range(extra):
+            other = wav[first + partner[..., k], stem] * gains[..., k + 1, None, None]
+            out = out + torch.where(used[..., k, None, None], other, 0.0)
+        return out / (1 + used.sum(-1)).to(wav.dtype)[..., None, None]
 
 
 class AugmentPipeline(nn.Module):
@@ -228,15 +279,18 @@ def build_augment(
     flip_channels: bool,
     scale: tuple[float, float] | None,
     remix_group_size: int,
+    mixup: tuple[list[float], float, float] | None = None,
 ) -> AugmentPipeline:
-    """The v2 pipeline: Shift, FlipSign, FlipChannels, Scale, Remix (disabled ones left out).
+    """The v2 pipeline: Shift, FlipSign, FlipChannels, Scale, [StemMixup,] Remix (disabled ones
+    left out).
 
     Args:
         shift: Shift range in samples (0: off).
         flip_sign: enable :class:`FlipSign`.
         flip_channels: enable :class:`FlipChannels`.
         scale: ``(low, high)`` gains of :class:`Scale`, or None (off).
-        remix_group_size: :class:`Remix` group size (0: off).
+        remix_group_size: :class:`Remix` group size (0: off); also :class:`StemMixup`'s.
+        mixup: ``(probs, low, high)`` of :class:`StemMixup`, or None (off).
     """
     modules: list[nn.Module] = [Shift(shift)]
     if flip_sign:
@@ -245,6 +299,8 @@ def build_augment(
         modules.append(FlipChannels())
     if scale is not None:
         modules.append(Scale(*scale))
+    if mixup is not None:
+        modules.append(StemMixup(*mixup, group_size=remix_group_size))
     if remix_group_size:
         modules.append(Remix(remix_group_size))
     return AugmentPipeline(modules)

@@ -241,6 +241,8 @@ def _check_numbers(config: TrainConfig) -> None:
         (aug.shift >= 0, "augment.shift must be >= 0 seconds"),
         (0 <= aug.scale_min <= aug.scale_max, "need 0 <= augment.scale_min <= scale_max"),
         (aug.remix_group_size >= 0, "augment.remix_group_size must be >= 0"),
+        (all(0 <= p <= 1 for p in aug.mixup_probs), "augment.mixup_probs are probabilities"),
+        (0 <= aug.mixup_min <= aug.mixup_max, "need 0 <= augment.mixup_min <= mixup_max"),
         (opt.lr > 0 and opt.weight_decay >= 0, "optim.lr must be > 0, weight_decay >= 0"),
         (0 <= opt.beta1 < 1 and 0 <= opt.beta2 < 1, "optim.beta1/beta2 must be in [0, 1)"),
         (opt.warmup_steps >= 0 and opt.clip_grad >= 0, "warmup_steps/clip_grad must be >= 0"),

@@ -82,6 +82,9 @@ class AugmentConfig:
     scale_min: float = 0.25
     scale_max: float = 1.25
     remix_group_size: int = 4
+    mixup_probs: list[float] = field(default_factory=list)
+    mixup_min: float = 0.5
+    mixup_max: float = 1.5
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,7 @@ def build_state(
         flip_channels=aug.flip_channels,
         scale=(aug.scale_min, aug.scale_max) if aug.scale else None,
         remix_group_size=aug.remix_group_size,
+        mixup=(list(aug.mixup_probs), aug.mixup_min, aug.mixup_max) if aug.mixup_probs else None,
     ).to(dist.device)
     return TrainState(
         model=model,

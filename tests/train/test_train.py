@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from demucs_rr.train.augment import (
     Remix,
     Scale,
     Shift,
+    StemMixup,
     build_augment,
     step_generator,
 )
@@ -35,7 +37,7 @@ from demucs_rr.train.checkpoint import (
 from demucs_rr.train.cli import add_train_arguments, run_train
 from demucs_rr.train.config import load_config, model_kwargs
 from demucs_rr.train.ema import EMA
-from demucs_rr.train.loop import GlobalBatchSampler, fit
+from demucs_rr.train.loop import GlobalBatchSampler, check_batches, fit
 from demucs_rr.train.losses import SourceLoss
 from demucs_rr.train.state import make_model
 from tests.helpers.training import RATE, tiny_overrides
@@ -158,6 +160,29 @@ def test_augment_rank_slices_match_global_batch() -> None:
     assert torch.equal(torch.cat(halves), full)
     with pytest.raises(ValueError, match="divisible"):
         Remix(4)(wav[:2], step_generator(0), BatchRows(2, 8))
+
+
+def test_stem_mixup_is_msst_mixup_within_groups() -> None:
+    """Each stem is the mean of itself and the partners drawn for it, each times its gain:
+    checked against the draws written out; identity in eval; ranks see the global result."""
+    wav = _batch(b=8)
+    mix = StemMixup([0.6, 0.3], 0.5, 1.5, group_size=4)
+    out = mix(wav, step_generator(1, 2))
+    gen = step_generator(1, 2)  # the same draws, in the module's order
+    used = torch.rand((8, 4, 2), generator=gen) < torch.tensor([0.6, 0.3])
+    partner = torch.randint(4, (8, 4, 2), generator=gen)
+    gains = 0.5 + torch.rand((8, 4, 3), generator=gen)
+    for b, s in [(0, 0), (1, 3), (5, 2), (7, 1)]:
+        parts = [gains[b, s, 0] * wav[b, s]]
+        parts += [gains[b, s, k + 1] * wav[b // 4 * 4 + partner[b, s, k], s]
+                  for k in range(2) if used[b, s, k]]  # fmt: skip
+        assert torch.allclose(out[b, s], sum(parts) / len(parts), atol=1e-6)
+    assert used.any() and not used.all()  # both cases occur in this draw
+    halves = [mix(wav[4 * r : 4 * r + 4], step_generator(1, 2), BatchRows(4 * r, 8))
+              for r in range(2)]  # fmt: skip
+    assert torch.equal(torch.cat(halves), out)
+    mix.eval()
+    assert torch.equal(mix(wav, step_generator(0)), wav)
 
 
 def test_global_batch_sampler_splits_batches_across_ranks() -> None:
@@ -360,6 +385,18 @@ def test_plateau_schedule_follows_valid_nsdr_and_resumes_exactly(
     assert [r["lr"] for r in resumed] == [r["lr"] for r in straight]
     a, b = weights_of(tmp_path / "straight"), weights_of(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "model").glob("*.yaml"))
+)
+def test_every_preset_starts_on_one_process(preset: str) -> None:
+    """A preset's batch splits into its remix (and mixup) groups: ``check_batches`` accepts it
+    on one process with enough data (the band-split presets' batches of 6-10 once met the
+    default group of 4)."""
+    config = load_config([f"model={preset}", "dset=synthetic"])
+    data = SimpleNamespace(train=range(config.batch_size), train_tracks=[0])
+    check_batches(config, SimpleNamespace(world_size=1), data)  # type: ignore[arg-type]
 
 
 def test_plateau_refuses_warmup() -> None:

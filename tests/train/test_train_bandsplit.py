@@ -159,6 +159,13 @@ def _check_recipe(config: TrainConfig, msst: dict[str, Any]) -> None:
         aug["loudness_min"],
         aug["loudness_max"],
     )
+    mixup = aug.get("mixup", False)
+    assert config.augment.mixup_probs == (list(aug["mixup_probs"]) if mixup else [])
+    if mixup:
+        assert (config.augment.mixup_min, config.augment.mixup_max) == (
+            aug["mixup_loudness_min"],
+            aug["mixup_loudness_max"],
+        )
 
 
 @pytest.mark.parametrize(
