@@ -33,6 +33,7 @@ from demucs_rr.data.repitch import draw_repitch, repitch, soundstretch_available
 from demucs_rr.data.tracks import Track, read_frames, scan_tracks
 from demucs_rr.data.trackset import KINDS
 from demucs_rr.errors import ConfigError
+from demucs_rr.sources import MUSDB_SOURCES
 
 __all__ = ["StemSegments", "TrackSplits", "split_tracks"]
 
@@ -40,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 
 class StemSegments(Dataset):
-    """Fixed-length training items: (S, C, segment) float32 stems of one track.
+    """Fixed-length training items: (S, C, segment) float32 stems of one track, or
+    (S + 1, C, segment) with ``rest``.
 
     Items are numbered track after track; track ``t`` has
     ``floor((length_t - read_length) / stride) + 1`` items, or one zero-padded item when it is
@@ -63,6 +65,11 @@ class StemSegments(Dataset):
         repitch_proba: probability of repitching an item (0 turns it off).
         max_tempo: largest tempo change in percent, in [0, 100).
         seed: base seed of the repitch draws.
+        rest: append the rest of the song as a last stem, so that an item sums to the whole
+            mixture when the model's stems are a subset (a vocals-only model): the mixture file
+            minus the sources when the track has one (files derived from the stems, e.g. an
+            instrumental, are then never counted), else the sum of its other stems (zeros when
+            it has none).
     """
 
     def __init__(
@@ -77,6 +84,7 @@ class StemSegments(Dataset):
         repitch_proba: float = 0.0,
         max_tempo: float = 12.0,
         seed: int = 0,
+        rest: bool = False,
     ) -> None:
         if segment < 1 or stride < 1:
             raise ConfigError(f"segment and stride must be >= 1 sample, got {segment}, {stride}")
@@ -97,6 +105,7 @@ class StemSegments(Dataset):
                 raise ConfigError(f"track {track.name!r} has no stem {missing[0]!r}")
         self.tracks = list(tracks)
         self.sources = list(sources)
+        self.rest = rest
         self.segment, self.stride = int(segment), int(stride)
         self.samplerate, self.channels = int(samplerate), int(channels)
         self.normalize = normalize
@@ -141,11 +150,28 @@ class StemSegments(Dataset):
             convert_channels(read_frames(track.stems[name], start, frames), self.channels)
             for name in self.sources
         ]
+        if self.rest:
+            wavs.append(self._rest(track, wavs, start, frames))
         length = min(wav.shape[-1] for wav in wavs)
         stems = torch.stack([wav[:, :length] for wav in wavs])
         if rate != self.samplerate:
             stems = resample(stems, rate, self.samplerate)
         return stems[..., : self.read_length]
+
+    def _rest(
+        self, track: Track, wavs: list[torch.Tensor], start: int, frames: int
+    ) -> torch.Tensor:
+        """(C, n) the mixture minus ``wavs`` (the sources) when the track has a mixture file,
+        else the sum of its other stems (zeros when it has none)."""
+        if track.mixture is not None:
+            mixture = convert_channels(read_frames(track.mixture, start, frames), self.channels)
+            return mixture[:, : min(w.shape[-1] for w in wavs)] - _summed(wavs)
+        others = [
+            convert_channels(read_frames(path, start, frames), self.channels)
+            for name, path in track.stems.items()
+            if name not in self.sources
+        ]
+        return _summed(others) if others else torch.zeros_like(wavs[0])
 
     def __getitem__(self, index: int) -> torch.Tensor:
         track, offset = self.locate(index)
@@ -160,6 +186,12 @@ class StemSegments(Dataset):
                 speech = [i for i, name in enumerate(self.sources) if name == "vocals"]
                 stems = repitch(stems, semitones, tempo, self.samplerate, speech=speech)
         return stems[..., : self.segment].contiguous().float()
+
+
+def _summed(wavs: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of (C, T_i) waves over their common length."""
+    length = min(wav.shape[-1] for wav in wavs)
+    return torch.stack([wav[:, :length] for wav in wavs]).sum(dim=0)
 
 
 @dataclass(frozen=True)
@@ -182,6 +214,7 @@ def split_tracks(
     mixture: str | None = "mixture",
     cache: bool = True,
     cache_dir: str | Path | None = None,
+    every_stem: bool = False,
 ) -> TrackSplits:
     """Train, valid and test tracks of a dataset.
 
@@ -193,11 +226,38 @@ def split_tracks(
         out of ``train`` (``subset_*`` are ignored).
         ``musdb``: compressed MUSDB18 (``.stem.mp4``), decoded once into ``cache_dir``.
 
+    With ``every_stem`` each track holds all its stems (MUSDB's four; every audio file of a
+    folder track but the mixture), of which ``sources`` must be part: what a model of fewer
+    stems needs to see its whole mixtures.
+
     Raises:
-        ConfigError: unknown kind, or any error of :func:`scan_tracks` / ``musdb_tracks``.
+        ConfigError: unknown kind, a track without one of ``sources``, or any error of
+            :func:`scan_tracks` / ``musdb_tracks``.
     """
-    names = list(sources)
+    subsets = (subset_train, subset_valid, subset_test)
+    names = None if every_stem else list(sources)
+    splits = _split(root, names, kind, subsets, mixture, cache, cache_dir)
+    for track in splits.train + splits.valid + splits.test:
+        missing = [name for name in sources if name not in track.stems]
+        if missing:
+            has = ", ".join(track.stems)
+            raise ConfigError(f"track {track.name!r} has no stem {missing[0]!r} (it has {has})")
+    return splits
+
+
+def _split(
+    root: str | Path,
+    names: list[str] | None,
+    kind: str,
+    subsets: tuple[str, str, str],
+    mixture: str | None,
+    cache: bool,
+    cache_dir: str | Path | None,
+) -> TrackSplits:
+    """:func:`split_tracks` with ``names`` None for every stem."""
+    subset_train, subset_valid, subset_test = subsets
     if kind in ("musdb-hq", "musdb"):
+        names = names or list(MUSDB_SOURCES)
         from demucs_rr.data.musdb import musdb_tracks
 
         is_wav = kind == "musdb-hq"

@@ -381,7 +381,7 @@ def load_track(track: Track, sources: Sequence[str]) -> tuple[torch.Tensor, torc
 
     Returns:
         ``(mixture, stems)``: float32 (C, T) and (S, C, T). Without a mixture file the mixture
-        is the sum of the returned stems.
+        is the sum of all the track's stems (those scanned), not only of ``sources``.
 
     Raises:
         ConfigError: a stem name the track does not have.
@@ -393,9 +393,13 @@ def load_track(track: Track, sources: Sequence[str]) -> tuple[torch.Tensor, torc
             f"track {track.name!r} has no stem {missing[0]!r} (it has {', '.join(track.stems)})"
         )
     stems = read_stems(track, [track.stems[name] for name in sources])
-    if track.mixture is None:
-        return stems.sum(dim=0), stems
-    return read_stems(track, [track.mixture])[0], stems
+    if track.mixture is not None:
+        return read_stems(track, [track.mixture])[0], stems
+    others = [path for name, path in track.stems.items() if name not in sources]
+    mixture = stems.sum(dim=0)
+    if others:
+        mixture += read_stems(track, others).sum(dim=0)
+    return mixture, stems
 
 
 def read_stems(track: Track, files: Sequence[Path]) -> torch.Tensor:

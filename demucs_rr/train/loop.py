@@ -154,7 +154,8 @@ def train_step(state: TrainState, batch: torch.Tensor) -> dict[str, float]:
     stems = batch.to(dist.device, non_blocking=True)
     rows = BatchRows(dist.rank * stems.shape[0], stems.shape[0] * dist.world_size)
     stems = state.augment(stems, step_generator(state.seed, 1, state.step), rows)  # (b,S,C,T)
-    mix = stems.sum(dim=1)  # (b, C, T)
+    mix = stems.sum(dim=1)  # (b, C, T): the model's stems and, when they are a subset, the rest
+    stems = stems[:, : len(state.criterion.sources)]
     with torch.autocast(
         dist.device.type,
         dtype=state.amp_dtype or torch.float32,
@@ -253,8 +254,9 @@ def prepare_data(config: TrainConfig, model: SeparationModel, dist: Group) -> Tr
     if dset.kind == "synthetic":
         _make_synthetic(config, dist)
     splits = split_tracks(
-        str(dset.root), dset.sources, _kind(config), dset.train_split, dset.valid_split
-    )
+        str(dset.root), dset.sources, _kind(config), dset.train_split, dset.valid_split,
+        every_stem=True,
+    )  # fmt: skip
     repitch = config.data.repitch
     if repitch > 0 and not soundstretch_available():
         logger.warning("soundstretch is not installed: repitch augmentation is off")
@@ -272,6 +274,7 @@ def prepare_data(config: TrainConfig, model: SeparationModel, dist: Group) -> Tr
         repitch_proba=repitch,
         max_tempo=config.data.max_tempo,
         seed=config.seed,
+        rest=any(set(t.stems) - set(dset.sources) for t in splits.train),
     )
     data = TrainData(train, splits.train, splits.valid)
     check_batches(config, dist, data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,9 +15,12 @@ import pytest
 import soundfile
 import torch
 
+from demucs_rr.data.datasets import StemSegments, split_tracks
 from demucs_rr.data.synthetic import make_synthetic_dataset
+from demucs_rr.data.tracks import load_track, read_frames
 from demucs_rr.distributed import Group
 from demucs_rr.errors import ConfigError, PackageFormatError
+from demucs_rr.evaluate.metrics import nsdr
 from demucs_rr.train.augment import (
     BatchRows,
     FlipChannels,
@@ -397,6 +401,35 @@ def test_every_preset_starts_on_one_process(preset: str) -> None:
     config = load_config([f"model={preset}", "dset=synthetic"])
     data = SimpleNamespace(train=range(config.batch_size), train_tracks=[0])
     check_batches(config, SimpleNamespace(world_size=1), data)  # type: ignore[arg-type]
+
+
+def test_a_model_of_fewer_stems_sees_the_whole_mixture(small_synth: Path, tmp_path: Path) -> None:
+    """``dset.sources=[vocals]`` (MSST's single-target RoFormers, the vocals-only fine-tune):
+    training items carry the other stems' sum as a last stem, so the training mixture is the
+    whole song, and validation scores against the whole song too: the do-nothing nSDR is that
+    of the real mixture (a few dB), not of the vocals alone (a mixture equal to its target)."""
+    splits = split_tracks(small_synth, ["vocals"], "folder", every_stem=True)
+    items = StemSegments(splits.train, ["vocals"], 4000, 4000, RATE, normalize=False, rest=True)
+    track, offset = items.locate(1)
+    whole = sum(read_frames(track.stems[n], offset, 4000) for n in SOURCES)
+    assert items[1].shape == (2, 2, 4000)
+    assert torch.allclose(items[1].sum(0), whole, atol=1e-6)
+    config = load_config(tiny_overrides(small_synth, "epochs=1", "dset.sources=[vocals]"))
+    (record,) = fit(config, tmp_path / "run")
+    expected = []
+    for track in splits.valid:  # the whole song's file against the vocals, as validation says
+        vocals = read_frames(track.stems["vocals"])[None]
+        mixture = read_frames(small_synth / "valid" / track.name / "mixture.wav")[None]
+        expected.append(float(nsdr(vocals, mixture)[0]))
+    assert record["valid/baseline_nsdr"] == pytest.approx(np.mean(expected), abs=1e-9)
+    assert record["valid/baseline_nsdr"] < 20  # vocals alone as mixture: about 70 dB
+    bare = tmp_path / "bare"  # the set without its mixture files
+    shutil.copytree(small_synth, bare, ignore=shutil.ignore_patterns("mixture.wav"))
+    track = split_tracks(bare, ["vocals"], "folder", every_stem=True).valid[0]
+    mixture, vocals = load_track(track, ["vocals"])
+    assert vocals.shape[0] == 1
+    summed = sum(read_frames(track.stems[n]) for n in SOURCES)
+    assert torch.allclose(mixture, summed, atol=1e-6)
 
 
 def test_plateau_refuses_warmup() -> None:
