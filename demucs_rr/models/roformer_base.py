@@ -28,7 +28,7 @@ from demucs_rr.models.base import (
     StemLayout,
     check_num_overlap,
 )
-from demucs_rr.models.roformer_layers import RotaryEmbedding, Transformer
+from demucs_rr.models.roformer_layers import BandSplit, MaskEstimator, RotaryEmbedding, Transformer
 
 __all__ = [
     "AxialSpec",
@@ -151,6 +151,34 @@ class RoformerBase(FadedChunkingDefaults, nn.Module):
         self.skip_connection: bool = bool(kwargs["skip_connection"])
         self.use_torch_checkpoint: bool = bool(kwargs["use_torch_checkpoint"])
         self.num_freqs = self.n_fft // 2 + 1
+
+    def _init_trunk(self, kwargs: dict[str, Any], *, norm_output: bool) -> int:
+        """Contract attributes, MSST's loss settings and the axial ``layers`` (registered
+        first, as MSST does) from the constructor arguments; returns the stem count S."""
+        stems = check_sources(list(kwargs["sources"]), kwargs["num_stems"])
+        self._init_metadata(kwargs)
+        self.multi_stft_resolution_loss_weight = kwargs["multi_stft_resolution_loss_weight"]
+        self.multi_stft_resolutions_window_sizes = tuple(
+            kwargs["multi_stft_resolutions_window_sizes"]
+        )
+        self.multi_stft_hop_size = kwargs["multi_stft_hop_size"]
+        self.multi_stft_normalized = kwargs["multi_stft_normalized"]
+        axial = AxialSpec(
+            kwargs["dim"], kwargs["depth"], kwargs["heads"], kwargs["dim_head"],
+            kwargs["time_transformer_depth"], kwargs["freq_transformer_depth"],
+            kwargs["linear_transformer_depth"], kwargs["attn_dropout"], kwargs["ff_dropout"],
+            norm_output=norm_output,
+        )  # fmt: skip
+        self.layers = build_axial_layers(axial)
+        return stems
+
+    def _init_heads(self, dim_inputs: tuple[int, ...], depth: int, stems: int) -> None:
+        """``band_split`` and one ``mask_estimators`` entry per stem (MSST's order)."""
+        dim, factor = self.init_kwargs["dim"], self.init_kwargs["mlp_expansion_factor"]
+        self.band_split = BandSplit(dim, dim_inputs)
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(dim, dim_inputs, depth, factor) for _ in range(stems)
+        )
 
     def valid_length(self, length: int) -> int:
         """Any length is valid: the output always has the input's length."""
