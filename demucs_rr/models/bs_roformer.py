@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from demucs_rr.errors import ConfigError
+from demucs_rr.models.base import collect_kwargs
 from demucs_rr.models.roformer_base import (
     RoformerBase,
     as_complex,
@@ -26,22 +27,12 @@ from demucs_rr.models.roformer_base import (
 )
 from demucs_rr.models.roformer_layers import RMSNorm
 
-__all__ = ["DEFAULT_FREQS_PER_BANDS", "BSRoformer", "collect_kwargs"]
+__all__ = ["DEFAULT_FREQS_PER_BANDS", "BSRoformer"]
 
 DEFAULT_FREQS_PER_BANDS: tuple[int, ...] = (
     (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
 )
 """MSST's default split of the 1025 bins of a 2048-point STFT into 62 bands."""
-
-
-def collect_kwargs(values: dict[str, Any]) -> dict[str, Any]:
-    """Constructor ``locals()`` -> JSON-able ``init_kwargs`` (tuples become lists)."""
-    skip = {"self", "__class__"}
-    return {
-        key: list(value) if isinstance(value, (tuple, list)) else value
-        for key, value in values.items()
-        if key not in skip
-    }
 
 
 def check_common(kwargs: dict[str, Any]) -> None:

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.bs_roformer import check_common, collect_kwargs
+from demucs_rr.models.base import collect_kwargs
+from demucs_rr.models.bs_roformer import check_common
 from demucs_rr.models.mel_bands import mel_band_layout
 from demucs_rr.models.roformer_base import (
     RoformerBase,

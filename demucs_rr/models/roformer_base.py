@@ -26,7 +26,6 @@ from demucs_rr.errors import ConfigError
 from demucs_rr.models.base import (
     FadedChunkingDefaults,
     StemLayout,
-    check_num_overlap,
 )
 from demucs_rr.models.roformer_layers import BandSplit, MaskEstimator, RotaryEmbedding, Transformer
 
@@ -132,15 +131,9 @@ class RoformerBase(FadedChunkingDefaults, nn.Module):
             samplerate=kwargs["samplerate"],
             segment_length=kwargs["segment_length"],
         )
-        check_num_overlap(kwargs["num_overlap"])
         if kwargs["stft_win_length"] > kwargs["stft_n_fft"]:
             raise ConfigError("model.stft_win_length must not exceed model.stft_n_fft")
-        self.init_kwargs: dict[str, Any] = kwargs
-        self.sources: list[str] = list(kwargs["sources"])
-        self.samplerate: int = kwargs["samplerate"]
-        self.segment_length: int = kwargs["segment_length"]
-        self.num_overlap: int = kwargs["num_overlap"]
-        self.normalize: bool = bool(kwargs["normalize"])
+        self._init_chunking(kwargs)
         self.stereo: bool = bool(kwargs["stereo"])
         self.audio_channels: int = 2 if self.stereo else 1
         self.n_fft: int = kwargs["stft_n_fft"]
