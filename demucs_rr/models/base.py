@@ -66,6 +66,7 @@ __all__ = [
     "WeightedMember",
     "as_module",
     "check_num_overlap",
+    "collect_kwargs",
     "center_trim",
     "stem_blocks",
 ]
@@ -252,6 +253,16 @@ class SingleModelDefaults:
         return ()
 
 
+def collect_kwargs(values: dict[str, Any]) -> dict[str, Any]:
+    """Constructor ``locals()`` -> JSON-able ``init_kwargs`` (tuples become lists)."""
+    skip = {"self", "__class__"}
+    return {
+        key: list(value) if isinstance(value, (tuple, list)) else value
+        for key, value in values.items()
+        if key not in skip
+    }
+
+
 def check_num_overlap(value: Any) -> None:
     """Raise ConfigError unless ``value`` (MSST's ``inference.num_overlap``) is an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -267,6 +278,18 @@ class FadedChunkingDefaults(SingleModelDefaults):
 
     num_overlap: int
     normalize: bool
+
+    def _init_chunking(self, kwargs: dict[str, Any]) -> None:
+        """The contract attributes of an MSST-style model from its constructor arguments
+        (``kwargs`` as :func:`collect_kwargs` gives them): ``init_kwargs``, ``sources``,
+        ``samplerate``, ``segment_length``, ``num_overlap`` and ``normalize``."""
+        check_num_overlap(kwargs["num_overlap"])
+        self.init_kwargs: dict[str, Any] = kwargs
+        self.sources: list[str] = list(kwargs["sources"])
+        self.samplerate: int = kwargs["samplerate"]
+        self.segment_length: int = kwargs["segment_length"]
+        self.num_overlap = kwargs["num_overlap"]
+        self.normalize = bool(kwargs["normalize"])
 
     @property
     def chunking(self) -> ChunkingRule:

@@ -17,35 +17,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from demucs_rr.errors import ConfigError
+from demucs_rr.models.base import collect_kwargs
 from demucs_rr.models.roformer_base import (
-    AxialSpec,
     RoformerBase,
     as_complex,
-    build_axial_layers,
     check_positive,
-    check_sources,
 )
-from demucs_rr.models.roformer_layers import BandSplit, MaskEstimator, RMSNorm
+from demucs_rr.models.roformer_layers import RMSNorm
 
-__all__ = ["DEFAULT_FREQS_PER_BANDS", "BSRoformer", "collect_kwargs"]
+__all__ = ["DEFAULT_FREQS_PER_BANDS", "BSRoformer"]
 
 DEFAULT_FREQS_PER_BANDS: tuple[int, ...] = (
     (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
 )
 """MSST's default split of the 1025 bins of a 2048-point STFT into 62 bands."""
-
-
-def collect_kwargs(values: dict[str, Any]) -> dict[str, Any]:
-    """Constructor ``locals()`` -> JSON-able ``init_kwargs`` (tuples become lists)."""
-    skip = {"self", "__class__"}
-    return {
-        key: list(value) if isinstance(value, (tuple, list)) else value
-        for key, value in values.items()
-        if key not in skip
-    }
 
 
 def check_common(kwargs: dict[str, Any]) -> None:
@@ -142,31 +129,18 @@ class BSRoformer(RoformerBase):
         kwargs = collect_kwargs(locals())
         check_common(kwargs)
         check_positive(mask_estimator_depth=mask_estimator_depth)
-        stems = check_sources(list(sources), num_stems)
-        self._init_metadata(kwargs)
         bands = tuple(int(f) for f in freqs_per_bands)
-        if len(bands) < 2 or min(bands) < 1 or sum(bands) != self.num_freqs:
+        if len(bands) < 2 or min(bands) < 1 or sum(bands) != stft_n_fft // 2 + 1:
             raise ConfigError(
                 f"model.freqs_per_bands must be >= 2 positive counts summing to "
-                f"stft_n_fft // 2 + 1 = {self.num_freqs}, got {len(bands)} summing to {sum(bands)}"
+                f"stft_n_fft // 2 + 1 = {stft_n_fft // 2 + 1}, got {len(bands)} summing to "
+                f"{sum(bands)}"
             )
-        self.multi_stft_resolution_loss_weight = multi_stft_resolution_loss_weight
-        self.multi_stft_resolutions_window_sizes = tuple(multi_stft_resolutions_window_sizes)
-        self.multi_stft_hop_size = multi_stft_hop_size
-        self.multi_stft_normalized = multi_stft_normalized
-
+        stems = self._init_trunk(kwargs, norm_output=False)
         # MSST registration order: layers, final_norm, band_split, mask_estimators.
-        axial = AxialSpec(
-            dim, depth, heads, dim_head, time_transformer_depth, freq_transformer_depth,
-            linear_transformer_depth, attn_dropout, ff_dropout, norm_output=False,
-        )  # fmt: skip
-        self.layers = build_axial_layers(axial)
         self.final_norm = RMSNorm(dim)
-        dim_inputs = tuple(2 * f * self.audio_channels for f in bands)
-        self.band_split = BandSplit(dim, dim_inputs)
-        self.mask_estimators = nn.ModuleList(
-            MaskEstimator(dim, dim_inputs, mask_estimator_depth, mlp_expansion_factor)
-            for _ in range(stems)
+        self._init_heads(
+            tuple(2 * f * self.audio_channels for f in bands), mask_estimator_depth, stems
         )
 
     def final(self, x: torch.Tensor) -> torch.Tensor:

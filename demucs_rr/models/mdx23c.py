@@ -40,6 +40,7 @@ from demucs_rr.models.base import (
     FadedChunkingDefaults,
     StemLayout,
     check_num_overlap,
+    collect_kwargs,
     stem_blocks,
 )
 from demucs_rr.models.mdx23c_layers import (
@@ -99,21 +100,10 @@ class MDX23C(FadedChunkingDefaults, nn.Module):
         normalize: bool = False,
     ) -> None:
         super().__init__()
-        self.init_kwargs: dict[str, Any] = {
-            "sources": list(sources), "audio_channels": audio_channels, "n_fft": n_fft,
-            "hop_length": hop_length, "dim_f": dim_f, "act": act, "norm": norm,
-            "num_subbands": num_subbands, "num_scales": num_scales, "scale": list(scale),
-            "num_blocks_per_scale": num_blocks_per_scale, "num_channels": num_channels,
-            "growth": growth, "bottleneck_factor": bottleneck_factor,
-            "samplerate": samplerate, "segment_length": segment_length,
-            "num_overlap": num_overlap, "normalize": normalize,
-        }  # fmt: skip
-        _check_config(self.init_kwargs)
-        self.sources: list[str] = list(sources)
-        self.samplerate = samplerate
+        kwargs = collect_kwargs(locals())
+        _check_config(kwargs)
+        self._init_chunking(kwargs)
         self.audio_channels = audio_channels
-        self.segment_length = segment_length
-        self.num_overlap, self.normalize = num_overlap, bool(normalize)
         self.n_fft, self.hop_length, self.dim_f = n_fft, hop_length, dim_f
         self.num_subbands, self.num_scales, self.scale = num_subbands, num_scales, list(scale)
         self._build(num_channels, growth, num_blocks_per_scale, bottleneck_factor, norm, act)

@@ -200,7 +200,10 @@ class TFC_TDF(nn.Module):  # MSST's name
 
 
 class Downscale(nn.Module):
-    """Norm, activation, strided convolution (kernel = stride = ``scale``)."""
+    """Norm, activation, strided convolution (kernel = stride = ``scale``):
+    (B, in_c, T, F) -> (B, out_c, T / s0, F / s1)."""
+
+    conv_class: type[nn.Conv2d] | type[nn.ConvTranspose2d] = nn.Conv2d
 
     def __init__(self, in_c: int, out_c: int, scale: list[int], norm: str, act: str) -> None:
         super().__init__()
@@ -208,29 +211,19 @@ class Downscale(nn.Module):
         self.conv = nn.Sequential(
             make_norm(norm, in_c),
             make_act(act),
-            nn.Conv2d(in_c, out_c, kernel_size=kernel, stride=kernel, bias=False),
+            self.conv_class(in_c, out_c, kernel_size=kernel, stride=kernel, bias=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_c, T, F) -> (B, out_c, T / s0, F / s1)."""
+        """(B, in_c, T, F) -> (B, out_c, T', F') as the class docstring says."""
         return norm_act_conv(x, self.conv)
 
 
-class Upscale(nn.Module):
-    """Norm, activation, transposed convolution (kernel = stride = ``scale``)."""
+class Upscale(Downscale):
+    """Norm, activation, transposed convolution (kernel = stride = ``scale``):
+    (B, in_c, T, F) -> (B, out_c, T * s0, F * s1)."""
 
-    def __init__(self, in_c: int, out_c: int, scale: list[int], norm: str, act: str) -> None:
-        super().__init__()
-        kernel = (scale[0], scale[1])
-        self.conv = nn.Sequential(
-            make_norm(norm, in_c),
-            make_act(act),
-            nn.ConvTranspose2d(in_c, out_c, kernel_size=kernel, stride=kernel, bias=False),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_c, T, F) -> (B, out_c, T * s0, F * s1)."""
-        return norm_act_conv(x, self.conv)
+    conv_class = nn.ConvTranspose2d
 
 
 class EncoderBlock(nn.Module):

@@ -21,20 +21,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from demucs_rr.errors import ConfigError
-from demucs_rr.models.bs_roformer import check_common, collect_kwargs
+from demucs_rr.models.base import collect_kwargs
+from demucs_rr.models.bs_roformer import check_common
 from demucs_rr.models.mel_bands import mel_band_layout
 from demucs_rr.models.roformer_base import (
-    AxialSpec,
     RoformerBase,
     as_complex,
-    build_axial_layers,
     check_positive,
-    check_sources,
 )
-from demucs_rr.models.roformer_layers import BandSplit, MaskEstimator
 
 __all__ = ["MelBandRoformer"]
 
@@ -107,29 +103,14 @@ class MelBandRoformer(RoformerBase):
         check_positive(num_bands=num_bands, sample_rate=sample_rate)
         if mask_estimator_depth < 0:
             raise ConfigError("model.mask_estimator_depth must be >= 0")
-        stems = check_sources(list(sources), num_stems)
-        self._init_metadata(kwargs)
-        self.multi_stft_resolution_loss_weight = multi_stft_resolution_loss_weight
-        self.multi_stft_resolutions_window_sizes = tuple(multi_stft_resolutions_window_sizes)
-        self.multi_stft_hop_size = multi_stft_hop_size
-        self.multi_stft_normalized = multi_stft_normalized
-
+        stems = self._init_trunk(kwargs, norm_output=True)
         # MSST registration order: layers, (buffers), band_split, mask_estimators.
-        axial = AxialSpec(
-            dim, depth, heads, dim_head, time_transformer_depth, freq_transformer_depth,
-            linear_transformer_depth, attn_dropout, ff_dropout, norm_output=True,
-        )  # fmt: skip
-        self.layers = build_axial_layers(axial)
         layout = self._layout()
         for name, value in self._band_buffers(layout).items():
             self.register_buffer(name, value, persistent=False)
         counts = layout.sum(axis=1).tolist()
         dim_inputs = tuple(2 * int(n) * self.audio_channels for n in counts)
-        self.band_split = BandSplit(dim, dim_inputs)
-        self.mask_estimators = nn.ModuleList(
-            MaskEstimator(dim, dim_inputs, mask_estimator_depth + 1, mlp_expansion_factor)
-            for _ in range(stems)
-        )
+        self._init_heads(dim_inputs, mask_estimator_depth + 1, stems)
 
     def _layout(self) -> np.ndarray:
         """(F, Q) bool band coverage (ConfigError naming num_bands when a bin is uncovered)."""

@@ -26,9 +26,8 @@ from demucs_rr.errors import ConfigError
 from demucs_rr.models.base import (
     FadedChunkingDefaults,
     StemLayout,
-    check_num_overlap,
 )
-from demucs_rr.models.roformer_layers import RotaryEmbedding, Transformer
+from demucs_rr.models.roformer_layers import BandSplit, MaskEstimator, RotaryEmbedding, Transformer
 
 __all__ = [
     "AxialSpec",
@@ -132,15 +131,9 @@ class RoformerBase(FadedChunkingDefaults, nn.Module):
             samplerate=kwargs["samplerate"],
             segment_length=kwargs["segment_length"],
         )
-        check_num_overlap(kwargs["num_overlap"])
         if kwargs["stft_win_length"] > kwargs["stft_n_fft"]:
             raise ConfigError("model.stft_win_length must not exceed model.stft_n_fft")
-        self.init_kwargs: dict[str, Any] = kwargs
-        self.sources: list[str] = list(kwargs["sources"])
-        self.samplerate: int = kwargs["samplerate"]
-        self.segment_length: int = kwargs["segment_length"]
-        self.num_overlap: int = kwargs["num_overlap"]
-        self.normalize: bool = bool(kwargs["normalize"])
+        self._init_chunking(kwargs)
         self.stereo: bool = bool(kwargs["stereo"])
         self.audio_channels: int = 2 if self.stereo else 1
         self.n_fft: int = kwargs["stft_n_fft"]
@@ -151,6 +144,34 @@ class RoformerBase(FadedChunkingDefaults, nn.Module):
         self.skip_connection: bool = bool(kwargs["skip_connection"])
         self.use_torch_checkpoint: bool = bool(kwargs["use_torch_checkpoint"])
         self.num_freqs = self.n_fft // 2 + 1
+
+    def _init_trunk(self, kwargs: dict[str, Any], *, norm_output: bool) -> int:
+        """Contract attributes, MSST's loss settings and the axial ``layers`` (registered
+        first, as MSST does) from the constructor arguments; returns the stem count S."""
+        stems = check_sources(list(kwargs["sources"]), kwargs["num_stems"])
+        self._init_metadata(kwargs)
+        self.multi_stft_resolution_loss_weight = kwargs["multi_stft_resolution_loss_weight"]
+        self.multi_stft_resolutions_window_sizes = tuple(
+            kwargs["multi_stft_resolutions_window_sizes"]
+        )
+        self.multi_stft_hop_size = kwargs["multi_stft_hop_size"]
+        self.multi_stft_normalized = kwargs["multi_stft_normalized"]
+        axial = AxialSpec(
+            kwargs["dim"], kwargs["depth"], kwargs["heads"], kwargs["dim_head"],
+            kwargs["time_transformer_depth"], kwargs["freq_transformer_depth"],
+            kwargs["linear_transformer_depth"], kwargs["attn_dropout"], kwargs["ff_dropout"],
+            norm_output=norm_output,
+        )  # fmt: skip
+        self.layers = build_axial_layers(axial)
+        return stems
+
+    def _init_heads(self, dim_inputs: tuple[int, ...], depth: int, stems: int) -> None:
+        """``band_split`` and one ``mask_estimators`` entry per stem (MSST's order)."""
+        dim, factor = self.init_kwargs["dim"], self.init_kwargs["mlp_expansion_factor"]
+        self.band_split = BandSplit(dim, dim_inputs)
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(dim, dim_inputs, depth, factor) for _ in range(stems)
+        )
 
     def valid_length(self, length: int) -> int:
         """Any length is valid: the output always has the input's length."""

@@ -42,6 +42,7 @@ from demucs_rr.models.base import (
     FadedChunkingDefaults,
     StemLayout,
     check_num_overlap,
+    collect_kwargs,
     stem_blocks,
 )
 from demucs_rr.models.scnet_layers import DecoderBlock, SDblock
@@ -95,21 +96,10 @@ class SCNet(FadedChunkingDefaults, nn.Module):
         normalize: bool = False,
     ) -> None:
         super().__init__()
-        self.init_kwargs: dict[str, Any] = {
-            "sources": list(sources), "audio_channels": audio_channels, "dims": list(dims),
-            "nfft": nfft, "hop_size": hop_size, "win_size": win_size, "normalized": normalized,
-            "band_SR": list(band_SR), "band_stride": list(band_stride),
-            "band_kernel": list(band_kernel), "conv_depths": list(conv_depths),
-            "compress": compress, "conv_kernel": conv_kernel, "num_dplayer": num_dplayer,
-            "expand": expand, "samplerate": samplerate, "segment_length": segment_length,
-            "num_overlap": num_overlap, "normalize": normalize,
-        }  # fmt: skip
-        _check_config(self.init_kwargs)
-        self.sources: list[str] = list(sources)
-        self.samplerate = samplerate
+        kwargs = collect_kwargs(locals())
+        _check_config(kwargs)
+        self._init_chunking(kwargs)
         self.audio_channels = audio_channels
-        self.segment_length = segment_length
-        self.num_overlap, self.normalize = num_overlap, bool(normalize)
         self.dims = list(dims)
         self.nfft, self.hop_size, self.win_size = nfft, hop_size, win_size
         self.normalized = normalized
