@@ -51,7 +51,13 @@ from demucs_rr.hub.official_safetensors import model_from_hub_file
 from demucs_rr.hub.official_th import model_from_official_package
 loaders = {"model": load_model, "hub": model_from_hub_file, "official": model_from_official_package}
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM: this process's own high-water mark (ru_maxrss starts from the parent's at exec)
+    try:
+        with open("/proc/self/status") as status:
+            line = next(x for x in status if x.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 torch.zeros(1)
 before, seen = peak(), []
 for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):
