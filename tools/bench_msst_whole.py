@@ -66,11 +66,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-bf16", action="store_true", help="skip our bf16 run")
+    p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES), help="runs to make")
     p.add_argument("--msst-batch-size", type=int, default=1, help="MSST inference.batch_size")
     p.add_argument("--work", type=Path, required=True, help="scratch folder (outside the repo)")
     p.add_argument("--out", type=Path, default=REPO / "tools/results/bench_msst_whole.md")
     p.add_argument("--merge", action="store_true", help="keep the other configs' rows of --out")
     return p.parse_args()
+
+
+SIDES = ("ours_fp32", "ours_bf16", "msst")
+"""The runs of one round, in order."""
 
 
 def bench_config(args: argparse.Namespace, name: str, song: Path) -> dict[str, Any]:
@@ -83,7 +88,7 @@ def bench_config(args: argparse.Namespace, name: str, song: Path) -> dict[str, A
         args.msst_python, args.msst, model_type, work / "model.yaml", args.seed, ckpt
     )
     runs: dict[str, list[dict[str, Any]]] = {"msst": [], "ours_fp32": [], "ours_bf16": []}
-    sides = ["ours_fp32"] + ([] if args.no_bf16 else ["ours_bf16"]) + ["msst"]
+    sides = [s for s in SIDES if s in args.sides and not (args.no_bf16 and s == "ours_bf16")]
     for _ in range(args.rounds):
         for side in sides:
             out = work / f"out_{side}"
@@ -101,14 +106,16 @@ def bench_config(args: argparse.Namespace, name: str, song: Path) -> dict[str, A
             runs[side].append(run.__dict__)
             if run.returncode != 0:
                 raise SystemExit(f"{name}: {side} failed (log: {work / f'{side}.log'})")
-    msst, ours = read_stems(work / "out_msst"), read_stems(work / "out_ours_fp32")
     row: dict[str, Any] = {
         "config": name, "params": params, "seconds": args.seconds, "threads": args.threads,
-        "runs": runs, "err_vs_msst": compare(ours, msst), "engine": git_head(),
-        "msst_batch_size": args.msst_batch_size,
-        "within_tolerance": within_tolerance(ours, msst),
+        "runs": runs, "engine": git_head(), "msst_batch_size": args.msst_batch_size,
     }  # fmt: skip
-    if not args.no_bf16:
+    ours = read_stems(work / "out_ours_fp32") if runs["ours_fp32"] else {}
+    if runs["msst"] and ours:
+        msst = read_stems(work / "out_msst")
+        row["err_vs_msst"] = compare(ours, msst)
+        row["within_tolerance"] = within_tolerance(ours, msst)
+    if runs["ours_bf16"] and ours:
         row["bf16_snr_db"] = snr_db(read_stems(work / "out_ours_bf16"), ours)
     return row
 
@@ -128,30 +135,43 @@ def _best(row: dict[str, Any], side: str, key: str) -> float | None:
     return min(values) if values else None
 
 
+def _seconds(row: dict[str, Any], side: str) -> tuple[float, float] | None:
+    """Best-of-rounds (wall, CPU) seconds of one side, or None where it did not run."""
+    wall, cpu = _best(row, side, "wall_s"), _best(row, side, "cpu_s")
+    return (wall, cpu) if wall and cpu else None
+
+
+def _pair(seconds: tuple[float, float] | None) -> str:
+    return f"{seconds[0]:.1f} ({seconds[1]:.1f})" if seconds else "-"
+
+
+def _ratio(ours: tuple[float, float] | None, ref: tuple[float, float] | None) -> str:
+    if not (ours and ref):
+        return "-"
+    return f"{ours[0] / ref[0]:.2f}x ({ours[1] / ref[1]:.2f}x)"
+
+
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown rows: best-of-rounds wall (CPU) seconds and ratios, checks, load."""
     lines = [
         "| config | audio (s) | threads | MSST fp32 s (CPU) | ours fp32 s (CPU) | fp32 ratio "
         "wall (CPU) | ours bf16 s (CPU) | bf16 / MSST fp32 wall (CPU) | max err vs MSST "
-        "(MSST batch; within tolerance) | bf16 SNR per stem (dB) | load before MSST run |",
+        "(MSST batch; within tolerance) | bf16 SNR per stem (dB) "
+        "| load before MSST run (else ours) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        m_w, m_c = _best(row, "msst", "wall_s"), _best(row, "msst", "cpu_s")
-        o_w, o_c = _best(row, "ours_fp32", "wall_s"), _best(row, "ours_fp32", "cpu_s")
-        b_w, b_c = _best(row, "ours_bf16", "wall_s"), _best(row, "ours_bf16", "cpu_s")
-        assert m_w and m_c and o_w and o_c
-        bf16 = f"{b_w:.1f} ({b_c:.1f})" if b_w and b_c else "-"
-        bf16_ratio = f"{b_w / m_w:.2f}x ({b_c / m_c:.2f}x)" if b_w and b_c else "-"
-        err = max(row["err_vs_msst"].values()) if row["err_vs_msst"] else float("nan")
+        msst, ours, bf16 = (_seconds(row, side) for side in ("msst", "ours_fp32", "ours_bf16"))
+        err = max(row["err_vs_msst"].values()) if row.get("err_vs_msst") else float("nan")
         within = {True: "yes", False: "no", None: "?"}[row.get("within_tolerance")]
         batch = row.get("msst_batch_size", "config")
         snr = ", ".join(f"{k} {v:.1f}" for k, v in row.get("bf16_snr_db", {}).items()) or "-"
-        load = row["runs"]["msst"][0]["load_before"].split("load average:")[-1].strip()
+        load = next(iter(r for runs in row["runs"].values() for r in runs))["load_before"]
         lines.append(
-            f"| {row['config']} | {row['seconds']:g} | {row['threads']} | {m_w:.1f} ({m_c:.1f}) "
-            f"| {o_w:.1f} ({o_c:.1f}) | {o_w / m_w:.2f}x ({o_c / m_c:.2f}x) | {bf16} "
-            f"| {bf16_ratio} | {err:.1e} (batch {batch}; {within}) | {snr} | {load} |"
+            f"| {row['config']} | {row['seconds']:g} | {row['threads']} | {_pair(msst)} "
+            f"| {_pair(ours)} | {_ratio(ours, msst)} | {_pair(bf16)} | {_ratio(bf16, msst)} "
+            f"| {err:.1e} (batch {batch}; {within}) | {snr} "
+            f"| {load.split('load average:')[-1].strip()} |"
         )
     return lines
 
@@ -187,7 +207,9 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         "before and after each run, CPU seconds and peak RSS are in the JSON). Median wall "
         "of MSST runs per config: "
         + ", ".join(
-            f"{r['config']} {median(x['wall_s'] for x in r['runs']['msst']):.1f} s" for r in rows
+            f"{r['config']} {median(x['wall_s'] for x in r['runs']['msst']):.1f} s"
+            for r in rows
+            if r["runs"]["msst"]
         ),
     ]
     write_report(args.out, lines, {"rows": rows})

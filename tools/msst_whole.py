@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -110,16 +111,24 @@ def make_checkpoint(
 
 
 def write_song(song: Path, offset: float, seconds: float, out: Path) -> Path:
-    """``seconds`` of ``song`` from ``offset`` as a float WAV (the song looped when shorter)."""
+    """``seconds`` of ``song`` from ``offset`` as a float WAV (the song looped when shorter).
+
+    Written one pass of the song at a time: this process must stay smaller than the runs it
+    measures, since a child's ``ru_maxrss`` starts from its parent's peak RSS (Linux records the
+    parent's high-water mark at the child's ``exec``; a 30-minute song held here read as 673 MiB
+    for a separation that peaks at 516 MiB)."""
     if out.exists():
         return out
     audio, rate = soundfile.read(str(song), dtype="float32", always_2d=True)
     start = round(offset * rate) % len(audio)
-    want = round(seconds * rate)
-    reps = -(-(start + want) // len(audio))
-    clip = np.tile(audio, (reps, 1))[start : start + want]
+    left = round(seconds * rate)
     out.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(out), clip, rate, subtype="FLOAT")
+    with soundfile.SoundFile(str(out), "w", rate, audio.shape[1], subtype="FLOAT") as sink:
+        while left > 0:
+            block = audio[start : start + left]
+            sink.write(block)
+            left -= len(block)
+            start = 0
     return out
 
 
@@ -131,6 +140,7 @@ class Run:
     wall_s: float
     cpu_s: float
     peak_rss_mib: float
+    parent_peak_rss_mib: float
     load_before: str
     load_after: str
     returncode: int
@@ -161,6 +171,7 @@ def measure(side: str, cmd: list[str], threads: int, log: Path, cwd: Path | None
         wall_s=round(wall, 2),
         cpu_s=round(usage.ru_utime + usage.ru_stime, 2),
         peak_rss_mib=round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
+        parent_peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         load_before=before,
         load_after=uptime(),
         returncode=proc.returncode,
