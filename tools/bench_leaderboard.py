@@ -109,8 +109,11 @@ def side_by_side(root: Path, estimates: Path, name: str, repeats: int) -> dict:
     from demucs_rr.evaluate.metrics import score_track
 
     folder = root / "musdb" / "test" / name
-    refs = torch.from_numpy(np.stack([_read(folder / f"{s}.wav") for s in STEMS]))
+    # planar (S, C, T), the layout `evaluate` reads tracks into (data.tracks.read_stems); a stack
+    # of the decoder's (C, T) views would be channel-interleaved and cost a transposition
+    refs = torch.from_numpy(np.stack([_read(folder / f"{s}.wav") for s in STEMS])).contiguous()
     ests = torch.from_numpy(np.stack([_read(estimates / name / f"{s}.wav") for s in STEMS]))
+    ests = ests.contiguous()
     torch.set_num_threads(1)
     row: dict = {"track": name, "seconds": refs.shape[-1] / 44100, "ours_s": [], "ours_cpu_s": []}
     row["uptime_before"] = uptime()
@@ -124,8 +127,8 @@ def side_by_side(root: Path, estimates: Path, name: str, repeats: int) -> dict:
 
     for _ in range(repeats - 1):
         ours_once()
-    r64 = refs.double().permute(0, 2, 1).numpy()
-    e64 = ests.double().permute(0, 2, 1).numpy()
+    r64 = np.ascontiguousarray(refs.double().permute(0, 2, 1).numpy())  # (S, T, C) as museval's
+    e64 = np.ascontiguousarray(ests.double().permute(0, 2, 1).numpy())
     start, cpu = time.perf_counter(), time.process_time()
     theirs = museval.evaluate(r64, e64, win=44100, hop=44100)
     row["museval_cpu_s"] = time.process_time() - cpu
