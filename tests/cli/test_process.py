@@ -22,6 +22,9 @@ _PROBE = """
 import json, logging, os, resource, signal, sys
 import numpy as np, soundfile as sf, torch
 torch.set_num_threads(2)
+# Python's own SIGINT handler, as in a foreground start: a shell starts background jobs with
+# SIGINT ignored, which Python keeps, and ignoring it could not then be seen to change
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def malloc_faults():
     # minor page faults of the 2nd and 3rd allocation of a 64 MiB block: plain glibc maps
