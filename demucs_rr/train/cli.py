@@ -16,11 +16,13 @@ import argparse
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from demucs_rr.errors import ConfigError
 from demucs_rr.hub.training_info import VALID_LOSS, VALID_NSDR, TrainingInfo
-from demucs_rr.train.config import TrainConfig
+
+if TYPE_CHECKING:  # the config module imports OmegaConf: not for every command's --help
+    from demucs_rr.train.config import TrainConfig
 
 __all__ = ["add_export_arguments", "add_train_arguments", "run_export", "run_train"]
 

@@ -1,4 +1,5 @@
-"""The command line answers ``--help`` and usage errors without importing torch (< 1 s)."""
+"""The command line answers ``--help`` and usage errors without importing torch or OmegaConf
+(< 1 s)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ except SystemExit as exc:
     code = exc.code
 else:
     code = 0
-heavy = sorted(m for m in ("torch", "numpy", "soundfile") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "numpy", "soundfile", "omegaconf") if m in sys.modules)
 print("HEAVY", ",".join(heavy), "CODE", code, file=sys.stderr)
 """
 
@@ -46,6 +47,7 @@ def test_help_and_usage_errors_do_not_import_torch(argv: list[str]) -> None:
     assert last.startswith("HEAVY"), proc.stderr
     heavy = last.split()[1] if len(last.split()) > 3 else ""
     assert "torch" not in heavy, f"{argv}: torch imported before the command ran"
+    assert "omegaconf" not in heavy, f"{argv}: OmegaConf imported before the command ran"
     expected = "0" if "--help" in argv else "2"
     assert last.endswith(f"CODE {expected}"), proc.stderr
 
