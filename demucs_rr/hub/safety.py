@@ -201,7 +201,31 @@ class _CallLimit(TorchFunctionMode):
                 f"{self.source}: the stored arguments build a model far larger than the file "
                 f"(more than {self.limit} tensor operations)"
             )
+        if _sets_values_only(func) and _is_meta(args, kwargs):
+            # a meta tensor has no values to set; torch's meta path for these imports its
+            # compiler stack (sympy, dynamo): half a second of every process that loads a model
+            return args[0] if args else (kwargs or {}).get("tensor")
         return func(*args, **(kwargs or {}))
+
+
+_VALUE_METHODS = frozenset(
+    {"fill_", "zero_", "uniform_", "normal_", "div_", "mul_", "add_", "sub_", "clamp_", "copy_"}
+)
+"""In-place tensor methods that change values only (never shape, dtype or device)."""
+
+
+def _sets_values_only(func: Callable[..., Any]) -> bool:
+    """An initialiser of ``torch.nn.init`` or an in-place method of :data:`_VALUE_METHODS`."""
+    if getattr(func, "__module__", None) == "torch.nn.init":
+        return True
+    owner, _, name = getattr(func, "__qualname__", "").rpartition(".")
+    return owner in ("Tensor", "TensorBase") and name in _VALUE_METHODS
+
+
+def _is_meta(args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> bool:
+    """Whether the tensor changed (first argument or ``tensor=``) is on the meta device."""
+    tensor = args[0] if args else (kwargs or {}).get("tensor")
+    return isinstance(tensor, torch.Tensor) and tensor.is_meta
 
 
 def build_checked(
@@ -235,6 +259,14 @@ def build_checked(
     return model
 
 
+def _to_empty_cpu(module: nn.Module) -> None:
+    """``module.to_empty(device="cpu")`` through ``torch.empty``: ``to_empty`` calls
+    ``empty_like`` on the meta tensors, whose reference implementation imports sympy (0.3-0.45 s
+    of every process that loads a model)."""
+    empty = lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu")  # noqa: E731
+    module._apply(empty, recurse=True)  # type: ignore[no-untyped-call]  # what to_empty calls
+
+
 def load_weights(model: PackagedModel, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into ``model`` exactly: same keys, same shapes, or nothing is loaded.
 
@@ -258,7 +290,7 @@ def load_weights(model: PackagedModel, state: Mapping[str, torch.Tensor], source
     on_meta = module is not None and any(t.is_meta for t in module.state_dict().values())
     if on_meta and module is not None:
         _check_resettable(module)
-        module.to_empty(device="cpu")
+        _to_empty_cpu(module)
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a dtype that cannot be copied

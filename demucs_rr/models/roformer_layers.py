@@ -121,7 +121,9 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, dim: int, theta: float = 10000.0) -> None:
         super().__init__()
-        exponents = torch.arange(0, dim, 2)[: dim // 2].float() / dim
+        # on the CPU even in a meta-device build: E / 2 values, and torch's meta path for this
+        # arithmetic imports its compiler stack (half a second of a process that loads a model)
+        exponents = torch.arange(0, dim, 2, device="cpu")[: dim // 2].float() / dim
         self.freqs = nn.Parameter(1.0 / (theta**exponents), requires_grad=False)
 
     def tables(self, length: int, device: torch.device) -> Rope:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -402,3 +403,31 @@ def test_models_list_shows_the_exported_valid_nsdr(tmp_path, capsys) -> None:
     row = next(line.split() for line in lines if line.startswith("run "))
     assert row[:4] == ["run", "Demucs", "-", f"{record['valid/nsdr']:.2f}"]
     assert "best epoch 1" in " ".join(row)
+
+
+_LOAD_PROBE = """
+import sys
+from demucs_rr.hub import load_model
+model = load_model(sys.argv[1])
+print(type(model).__name__, "sympy" in sys.modules)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("arch", ["HTDemucs", "BSRoformer", "MelBandRoformer", "SCNet", "MDX23C"])
+def test_loading_a_package_does_not_import_sympy(tmp_path: Path, arch: str) -> None:
+    """The meta-device build sets no values: torch's meta path for value-setting calls imports
+    its compiler stack (sympy, dynamo), about half a second of every process that loads a model."""
+    import subprocess
+    import sys
+
+    from demucs_rr.hub import save_package
+    from tests.helpers.models import SOURCES, tiny_band_split, tiny_htdemucs
+
+    model = tiny_htdemucs() if arch == "HTDemucs" else tiny_band_split(arch, SOURCES)
+    path = save_package(model, tmp_path / "m.safetensors")
+    run = subprocess.run(
+        [sys.executable, "-c", _LOAD_PROBE, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [type(model).__name__, "False"], run.stdout
