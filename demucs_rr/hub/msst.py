@@ -78,6 +78,16 @@ _ConfigLoader.add_constructor("tag:yaml.org,2002:python/tuple", _tuple)
 _ConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/", _refuse)
 
 
+def _safe_load(text: str) -> Any:
+    """One YAML document through :class:`_ConfigLoader` (a ``SafeLoader``: no python object is
+    ever built)."""
+    loader = _ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_msst_config(path: str | Path) -> dict[str, Any]:
     """Read an MSST config safely (see the module docstring).
 
@@ -89,7 +99,7 @@ def read_msst_config(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelNotFoundError(f"no model config at {path}")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader)
+        data = _safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise PackageFormatError(f"{path}: not a readable model config ({one_line(exc)})") from None
     if not isinstance(data, dict):
